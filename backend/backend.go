@@ -1,0 +1,117 @@
+// Package backend is the small contract between snare's control plane and its two enforcement
+// back-ends: the XDP data path (package loader) and the ipset + iptables fallback (package
+// fallback, in iptables-fallback/). Nothing above this interface knows which one is in use.
+package backend
+
+import (
+	"context"
+	"net/netip"
+	"time"
+)
+
+// Rule is one block as the enforcer sees it: a source prefix (a /32 or /128 for a single
+// address) and the wall-clock time it stops dropping. A zero Deadline means permanent.
+type Rule struct {
+	Prefix   netip.Prefix
+	Deadline time.Time
+}
+
+// Permanent reports whether the rule never expires.
+func (r Rule) Permanent() bool { return r.Deadline.IsZero() }
+
+// RuleState is a rule as found in the kernel, with its hit counter.
+type RuleState struct {
+	Rule
+	Hits    uint64
+	LastHit time.Time // zero if never hit
+}
+
+// TrapConfig is what the enforcer needs to catch scanners itself.
+type TrapConfig struct {
+	TCPPorts  []uint16
+	UDPPorts  []uint16
+	Threshold int           // distinct trap ports within Window that trigger a block (1..16)
+	Window    time.Duration // how long a source's scan state counts
+	TTL       time.Duration // base TTL of a trap block; the daemon escalates afterwards (0 = permanent)
+	BlockTCP  bool          // false: log mode for TCP (record, do not block)
+	BlockUDP  bool          // false: log mode for UDP
+	// EventsPerSecond and EventBurst rate-limit trap events sent to user space.
+	EventsPerSecond int
+	EventBurst      int
+}
+
+// Settings are the enforcer-wide switches.
+type Settings struct {
+	DryRun bool // count what would be dropped, pass it
+	// IPv6Prefix is the prefix length an IPv6 block covers when given a single address (default 64).
+	IPv6Prefix int
+}
+
+// TrapEvent is sent by the enforcer when a source hits trap ports.
+type TrapEvent struct {
+	Time     time.Time
+	Source   netip.Addr
+	Proto    string   // "tcp" or "udp"
+	Ports    []uint16 // distinct trap ports hit in the window, newest last
+	TCPFlags string   // e.g. "SYN", "FIN", "NULL", "FIN|PSH|URG"
+	// Blocked is true when the enforcer inserted the block itself; false in log mode or when
+	// the source is allowlisted (Allowlisted then says why).
+	Blocked     bool
+	Allowlisted bool
+}
+
+// InterfaceStatus tells how the enforcer is attached to one interface.
+type InterfaceStatus struct {
+	Name string `json:"name"`
+	Mode string `json:"mode"` // "native", "generic", "iptables"
+}
+
+// Counters are the enforcer's totals since its maps or chains were created.
+type Counters struct {
+	Passed      uint64            `json:"passed"`
+	Dropped     uint64            `json:"dropped"`
+	ByReason    map[string]uint64 `json:"by_reason"` // e.g. "drop_exact", "drop_cidr", "pass_allow"
+	Evictions   uint64            `json:"evictions"`
+	TrapHits    uint64            `json:"trap_hits"`
+	TrapBlocks  uint64            `json:"trap_blocks"`
+	Suppressed  uint64            `json:"events_suppressed"`
+	ScanEntries int               `json:"scan_entries"`
+	Entries     int               `json:"entries"`
+	Capacity    int               `json:"capacity"`
+}
+
+// Status is a snapshot for `snarectl status` and metrics.
+type Status struct {
+	Backend    string            `json:"backend"` // "xdp" or "iptables"
+	Interfaces []InterfaceStatus `json:"interfaces"`
+	Counters   Counters          `json:"counters"`
+}
+
+// Enforcer is implemented by the XDP data path and by the iptables fallback.
+// All methods must be safe for concurrent use.
+type Enforcer interface {
+	// Name is "xdp" or "iptables".
+	Name() string
+	// Block inserts or replaces rules, all in one batch where the back-end allows.
+	Block(ctx context.Context, rules []Rule) error
+	// Unblock removes rules; prefixes that are not present are ignored.
+	Unblock(ctx context.Context, prefixes []netip.Prefix) error
+	// Replace makes the kernel state equal to rules exactly (used on start and to repair
+	// evictions or a flushed firewall). It returns how many rules had to be (re)inserted.
+	Replace(ctx context.Context, rules []Rule) (int, error)
+	// Rules reads every rule currently enforced, with hit counters.
+	Rules(ctx context.Context) ([]RuleState, error)
+	// SetAllow replaces the allowlist: sources inside it always pass and are never trap-blocked.
+	SetAllow(ctx context.Context, prefixes []netip.Prefix) error
+	// SetTrap configures trap detection; ports lists may be empty (detection off).
+	SetTrap(ctx context.Context, cfg TrapConfig) error
+	// SetSettings changes the enforcer-wide switches.
+	SetSettings(ctx context.Context, s Settings) error
+	// TrapEvents delivers trap events until ctx ends; the channel is closed then.
+	TrapEvents(ctx context.Context) (<-chan TrapEvent, error)
+	// Status reports attachment and counters.
+	Status(ctx context.Context) (Status, error)
+	// Close releases user-space resources but leaves enforcement in place (pinned / in the kernel),
+	// so a restarting daemon leaves no gap.
+	Close() error
+}

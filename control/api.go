@@ -1,0 +1,166 @@
+package control
+
+import (
+	"time"
+)
+
+// The API is HTTP+JSON on the daemon's Unix socket. These types are the wire contract between
+// snared and snarectl (and anyone scripting against the socket). Errors come back as a non-2xx
+// status with an ErrorResponse body.
+//
+//	POST /v1/block        BlockRequest      -> BlockResponse
+//	POST /v1/unblock      UnblockRequest    -> UnblockResponse
+//	GET  /v1/list                           -> ListResponse
+//	GET  /v1/status                         -> StatusResponse
+//	POST /v1/allow/add    AllowRequest      -> AllowResponse
+//	POST /v1/allow/del    AllowRequest      -> AllowResponse
+//	GET  /v1/allow                          -> AllowResponse
+//	POST /v1/import       ImportRequest     -> ImportResponse
+//	GET  /v1/export?format=blocked-list|plain -> text/plain body
+//	GET  /v1/events?follow=1                -> JSON lines of Event (streamed while follow)
+
+// ErrorResponse is the body of every failed request.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// BlockRequest asks to block addresses or CIDRs. TTL is "5d", "12h", "90m", "permanent" or
+// empty for the configured default.
+type BlockRequest struct {
+	Targets []string `json:"targets"`
+	TTL     string   `json:"ttl,omitempty"`
+	Reason  string   `json:"reason,omitempty"`
+}
+
+// BlockResponse lists the entries as stored after the change.
+type BlockResponse struct {
+	Entries []Entry `json:"entries"`
+}
+
+// UnblockRequest asks to remove blocks.
+type UnblockRequest struct {
+	Targets []string `json:"targets"`
+}
+
+// UnblockResponse names what was removed; NotFound names targets that were not blocked.
+type UnblockResponse struct {
+	Removed  []string `json:"removed"`
+	NotFound []string `json:"not_found,omitempty"`
+}
+
+// Entry is one block as the daemon knows it: durable fields from the store plus live counters
+// from the enforcer.
+type Entry struct {
+	Prefix    string    `json:"prefix"` // "198.18.0.7/32", "2001:db8::/64"
+	Reason    string    `json:"reason,omitempty"`
+	Origin    string    `json:"origin"` // "manual", "trap", "import"
+	Created   time.Time `json:"created"`
+	Expires   time.Time `json:"expires,omitzero"` // zero when permanent
+	Permanent bool      `json:"permanent"`
+	Offences  int       `json:"offences"` // how many times this source was blocked (repeat offences)
+	Hits      uint64    `json:"hits"`
+	LastHit   time.Time `json:"last_hit,omitzero"`
+}
+
+// ListResponse is every active block.
+type ListResponse struct {
+	Entries []Entry `json:"entries"`
+}
+
+// InterfaceStatus is how enforcement is attached to one interface.
+type InterfaceStatus struct {
+	Name string `json:"name"`
+	Mode string `json:"mode"` // "native", "generic", "iptables"
+}
+
+// TrapStatus describes trap detection in force.
+type TrapStatus struct {
+	TCPPorts    string `json:"tcp_ports"` // compact list, e.g. "1,11,15,32771-32774"
+	UDPPorts    string `json:"udp_ports"`
+	Threshold   int    `json:"threshold"`
+	Window      string `json:"window"`
+	TCPMode     string `json:"tcp_mode"` // "block" or "log"
+	UDPMode     string `json:"udp_mode"`
+	ScanEntries int    `json:"scan_entries"`
+	Hits        uint64 `json:"hits"`
+	Blocks      uint64 `json:"blocks"`
+	Suppressed  uint64 `json:"events_suppressed"`
+}
+
+// StatusResponse is `snarectl status`.
+type StatusResponse struct {
+	Version    string            `json:"version"`
+	Backend    string            `json:"backend"` // "xdp" or "iptables"
+	Fallback   string            `json:"fallback_reason,omitempty"`
+	DryRun     bool              `json:"dry_run"`
+	Interfaces []InterfaceStatus `json:"interfaces"`
+	Entries    int               `json:"entries"`
+	Capacity   int               `json:"capacity"`
+	Passed     uint64            `json:"passed"`
+	Dropped    uint64            `json:"dropped"`
+	ByReason   map[string]uint64 `json:"by_reason,omitempty"`
+	Evictions  uint64            `json:"evictions"`
+	Allowlist  int               `json:"allowlist"`
+	Trap       TrapStatus        `json:"trap"`
+	StartedAt  time.Time         `json:"started_at"`
+}
+
+// AllowRequest adds or removes configured allowlist entries.
+type AllowRequest struct {
+	Targets []string `json:"targets"`
+}
+
+// AllowEntry is one allowlist entry and where it comes from.
+type AllowEntry struct {
+	Prefix string `json:"prefix"`
+	Source string `json:"source"` // "config", "manual", "loopback", "own-address", "gateway", "resolver"
+}
+
+// AllowResponse is the whole allowlist after the request.
+type AllowResponse struct {
+	Entries []AllowEntry `json:"entries"`
+}
+
+// ImportRequest carries a block list. Content is the file's text: blocked.list lines
+// ("IP YYYYMMDD", keeping their dates: an entry dated D expires at D + TTL) or plain IP/CIDR lines,
+// with '#' or ';' comments. With SkipBad false, any bad line rejects the whole import.
+type ImportRequest struct {
+	Content string `json:"content"`
+	TTL     string `json:"ttl,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	SkipBad bool   `json:"skip_bad,omitempty"`
+	Name    string `json:"name,omitempty"` // file name, for messages
+}
+
+// LineError is one rejected import line.
+type LineError struct {
+	Line  int    `json:"line"`
+	Text  string `json:"text"`
+	Error string `json:"error"`
+}
+
+// ImportResponse reports the outcome; Imported counts entries now blocked, Expired counts dated
+// entries already past their deadline (skipped, not an error).
+type ImportResponse struct {
+	Imported int         `json:"imported"`
+	Expired  int         `json:"expired"`
+	Skipped  int         `json:"skipped"`
+	Errors   []LineError `json:"errors,omitempty"`
+}
+
+// Event is one line of the event log (the old scan.log) and of `snarectl events`.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Event    string    `json:"event"` // "scan", "block", "unblock", "expire", "evict", "allow", "disallow", "start", "stop"
+	Address  string    `json:"address,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	TTL      string    `json:"ttl,omitempty"`
+	Expires  time.Time `json:"expires,omitzero"`
+	Source   string    `json:"source,omitempty"` // who decided: "manual", "trap", "import", "sweep", "daemon"
+	Proto    string    `json:"proto,omitempty"`
+	Ports    []uint16  `json:"ports,omitempty"`
+	TCPFlags string    `json:"tcp_flags,omitempty"`
+	Action   string    `json:"action,omitempty"` // for scans: "blocked", "logged", "allowlisted"
+	Offences int       `json:"offences,omitempty"`
+	Detail   string    `json:"detail,omitempty"`
+}

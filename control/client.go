@@ -1,0 +1,193 @@
+package control
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"syscall"
+)
+
+// Client talks to snared over its Unix socket.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client for the daemon listening on socket.
+func NewClient(socket string) *Client {
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}
+	return &Client{
+		socket: socket,
+		http:   &http.Client{Transport: &http.Transport{DialContext: dial, DisableCompression: true}},
+	}
+}
+
+// APIError is an error the daemon answered with (bad input, refused target, ...), as opposed
+// to a failure to reach the daemon.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	resp, err := c.send(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, err = io.Copy(io.Discard, resp.Body)
+		return err
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decode answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// send performs the request and turns a non-2xx answer into an *APIError.
+func (c *Client) send(ctx context.Context, method, path string, in any) (*http.Response, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://snared"+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, c.dialError(err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var e ErrorResponse
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+			e.Error = fmt.Sprintf("daemon answered %s", resp.Status)
+		}
+		return nil, &APIError{Status: resp.StatusCode, Message: e.Error}
+	}
+	return resp, nil
+}
+
+// dialError explains the common reasons the daemon cannot be reached.
+func (c *Client) dialError(err error) error {
+	switch {
+	case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("cannot reach snared: socket %s does not exist (is snared running? see --socket)", c.socket)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return fmt.Errorf("cannot reach snared: nothing listens on %s (stale socket? is snared running?)", c.socket)
+	case errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("cannot reach snared: permission denied on %s (run as root)", c.socket)
+	}
+	return fmt.Errorf("cannot reach snared at %s: %w", c.socket, err)
+}
+
+// Block blocks targets.
+func (c *Client) Block(ctx context.Context, req BlockRequest) (BlockResponse, error) {
+	var out BlockResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/block", req, &out)
+}
+
+// Unblock removes blocks.
+func (c *Client) Unblock(ctx context.Context, req UnblockRequest) (UnblockResponse, error) {
+	var out UnblockResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/unblock", req, &out)
+}
+
+// List returns every active block.
+func (c *Client) List(ctx context.Context) (ListResponse, error) {
+	var out ListResponse
+	return out, c.do(ctx, http.MethodGet, "/v1/list", nil, &out)
+}
+
+// Status returns the daemon's status.
+func (c *Client) Status(ctx context.Context) (StatusResponse, error) {
+	var out StatusResponse
+	return out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
+}
+
+// AllowAdd adds configured allowlist entries.
+func (c *Client) AllowAdd(ctx context.Context, req AllowRequest) (AllowResponse, error) {
+	var out AllowResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/allow/add", req, &out)
+}
+
+// AllowDel removes configured allowlist entries.
+func (c *Client) AllowDel(ctx context.Context, req AllowRequest) (AllowResponse, error) {
+	var out AllowResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/allow/del", req, &out)
+}
+
+// AllowList returns the whole allowlist, implicit entries included.
+func (c *Client) AllowList(ctx context.Context) (AllowResponse, error) {
+	var out AllowResponse
+	return out, c.do(ctx, http.MethodGet, "/v1/allow", nil, &out)
+}
+
+// Import sends a block list to the daemon.
+func (c *Client) Import(ctx context.Context, req ImportRequest) (ImportResponse, error) {
+	var out ImportResponse
+	return out, c.do(ctx, http.MethodPost, "/v1/import", req, &out)
+}
+
+// Export writes the block list in format ("blocked-list" or "plain") to w.
+func (c *Client) Export(ctx context.Context, format string, w io.Writer) error {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/export?format="+url.QueryEscape(format), nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	return err
+}
+
+// Events calls fn for each event in the log, oldest first; with follow it then keeps streaming
+// new events until ctx ends or fn returns an error.
+func (c *Client) Events(ctx context.Context, follow bool, fn func(Event) error) error {
+	path := "/v1/events"
+	if follow {
+		path += "?follow=1"
+	}
+	resp, err := c.send(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var ev Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return fmt.Errorf("decode event: %w", err)
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("read events: %w", err)
+	}
+	return nil
+}

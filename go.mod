@@ -1,0 +1,3 @@
+module github.com/snare-dev/snare
+
+go 1.26.8
