@@ -24,6 +24,9 @@ type RuleState struct {
 	Rule
 	Hits    uint64
 	LastHit time.Time // zero if never hit
+	// FromTrap is true for blocks the enforcer inserted itself at a trap trigger; the daemon
+	// adopts those it has not heard of (a rate-limited event, a daemon that was down).
+	FromTrap bool
 }
 
 // TrapConfig is what the enforcer needs to catch scanners itself.

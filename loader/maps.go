@@ -1,0 +1,625 @@
+package loader
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/bpf"
+)
+
+// batchSize bounds one batch syscall; large enough to amortise the syscall, small enough that a
+// hash bucket always fits (ENOSPC otherwise).
+const batchSize = 4096
+
+// v6Mask returns the network-order mask of an IPv6 prefix length as the program reads it
+// (two little-endian u64 loads of the address bytes).
+func v6Mask(bits int) [2]uint64 {
+	var b [16]byte
+	for i := 0; i < bits && i < 128; i++ {
+		b[i/8] |= 0x80 >> (i % 8)
+	}
+	return [2]uint64{binary.LittleEndian.Uint64(b[:8]), binary.LittleEndian.Uint64(b[8:])}
+}
+
+func maskBits(m [2]uint64) int {
+	var b [16]byte
+	binary.LittleEndian.PutUint64(b[:8], m[0])
+	binary.LittleEndian.PutUint64(b[8:], m[1])
+	n := 0
+	for _, c := range b {
+		for i := 7; i >= 0; i-- {
+			if c&(1<<i) == 0 {
+				return n
+			}
+			n++
+		}
+	}
+	return n
+}
+
+func (x *XDP) settings() (bpf.SnareConfig, error) {
+	var c bpf.SnareConfig
+	if err := x.objs.Settings.Lookup(uint32(0), &c); err != nil {
+		return c, fmt.Errorf("read settings map: %w", err)
+	}
+	return c, nil
+}
+
+// updateSettings read-modify-writes the settings map; callers hold x.mu (or are in Open).
+func (x *XDP) updateSettings(fn func(*bpf.SnareConfig)) error {
+	c, err := x.settings()
+	if err != nil {
+		return err
+	}
+	fn(&c)
+	if err := x.objs.Settings.Put(uint32(0), &c); err != nil {
+		return fmt.Errorf("write settings map: %w", err)
+	}
+	return nil
+}
+
+// placement says which map holds a prefix: a /32 in block4, a v6 prefix of exactly the configured
+// block length in block6 (the program masks sources to that length), everything else in the
+// LPM tries.
+type placement int
+
+const (
+	inBlock4 placement = iota
+	inBlock6
+	inCidr4
+	inCidr6
+)
+
+func place(p netip.Prefix, v6bits int) placement {
+	if p.Addr().Is4() {
+		if p.Bits() == 32 {
+			return inBlock4
+		}
+		return inCidr4
+	}
+	if p.Bits() == v6bits {
+		return inBlock6
+	}
+	return inCidr6
+}
+
+func normalize(p netip.Prefix) (netip.Prefix, error) {
+	if !p.IsValid() {
+		return p, errors.New("invalid prefix")
+	}
+	if p.Addr().Is4In6() {
+		bits := p.Bits() - 96
+		if bits < 0 {
+			return p, fmt.Errorf("%s: IPv4-mapped prefix shorter than /96", p)
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), bits)
+	}
+	return p.Masked(), nil
+}
+
+func lpm4(p netip.Prefix) bpf.SnareLpm4Key {
+	return bpf.SnareLpm4Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As4()}
+}
+
+func lpm6(p netip.Prefix) bpf.SnareLpm6Key {
+	return bpf.SnareLpm6Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As16()}
+}
+
+// be32 is an IPv4 address as the program's u32 key: the address bytes in memory order.
+func be32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:])
+}
+
+func addrFromBE32(k uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], k)
+	return netip.AddrFrom4(b)
+}
+
+// sorted holds rules split by the map they belong in.
+type sorted struct {
+	k4 []uint32
+	v4 []bpf.SnareBlockVal
+	k6 []bpf.SnareAddr6
+	v6 []bpf.SnareBlockVal
+	c4 []bpf.SnareLpm4Key
+	w4 []bpf.SnareBlockVal
+	c6 []bpf.SnareLpm6Key
+	w6 []bpf.SnareBlockVal
+}
+
+func (x *XDP) sort(rules []backend.Rule, v6bits int) (sorted, error) {
+	var s sorted
+	c := now()
+	for _, r := range rules {
+		p, err := normalize(r.Prefix)
+		if err != nil {
+			return s, err
+		}
+		if p.Bits() == 0 {
+			return s, fmt.Errorf("refusing to block %s: it covers every address", p)
+		}
+		v := bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}
+		switch place(p, v6bits) {
+		case inBlock4:
+			s.k4 = append(s.k4, be32(p.Addr()))
+			s.v4 = append(s.v4, v)
+		case inBlock6:
+			s.k6 = append(s.k6, bpf.SnareAddr6{Addr: p.Addr().As16()})
+			s.v6 = append(s.v6, v)
+		case inCidr4:
+			s.c4 = append(s.c4, lpm4(p))
+			s.w4 = append(s.w4, v)
+		case inCidr6:
+			s.c6 = append(s.c6, lpm6(p))
+			s.w6 = append(s.w6, v)
+		}
+	}
+	return s, nil
+}
+
+// keepCounters carries hits and last-hit of existing entries over to a re-block, so extending a
+// block does not reset what `snarectl list` shows. Only for small batches: an import or restore
+// writes fresh entries.
+func keepCounters[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) {
+	if len(keys) > 1024 {
+		return
+	}
+	var old bpf.SnareBlockVal
+	for i := range keys {
+		if m.Lookup(&keys[i], &old) == nil {
+			vals[i].Hits, vals[i].LastHit, vals[i].Flags = old.Hits, old.LastHit, old.Flags
+		}
+	}
+}
+
+// putBatch writes keys/values with BPF_MAP_UPDATE_BATCH in chunks.
+func putBatch[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) error {
+	for i := 0; i < len(keys); i += batchSize {
+		j := min(i+batchSize, len(keys))
+		if _, err := m.BatchUpdate(keys[i:j], vals[i:j], nil); err != nil {
+			return fmt.Errorf("batch update %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// putEach writes entries one by one (LPM tries have no batch operations).
+func putEach[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) error {
+	for i := range keys {
+		if err := m.Put(&keys[i], &vals[i]); err != nil {
+			return fmt.Errorf("update %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// Block implements backend.Enforcer.
+func (x *XDP) Block(ctx context.Context, rules []backend.Rule) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	cfg, err := x.settings()
+	if err != nil {
+		return err
+	}
+	s, err := x.sort(rules, maskBits(cfg.V6Mask))
+	if err != nil {
+		return err
+	}
+	keepCounters(x.objs.Block4, s.k4, s.v4)
+	keepCounters(x.objs.Block6, s.k6, s.v6)
+	keepCounters(x.objs.Cidr4, s.c4, s.w4)
+	keepCounters(x.objs.Cidr6, s.c6, s.w6)
+	if err := putBatch(x.objs.Block4, s.k4, s.v4); err != nil {
+		return err
+	}
+	if err := putBatch(x.objs.Block6, s.k6, s.v6); err != nil {
+		return err
+	}
+	if len(s.c4)+len(s.c6) == 0 {
+		return nil
+	}
+	if err := putEach(x.objs.Cidr4, s.c4, s.w4); err != nil {
+		return err
+	}
+	if err := putEach(x.objs.Cidr6, s.c6, s.w6); err != nil {
+		return err
+	}
+	return x.recountCIDR()
+}
+
+// recountCIDR stores how many entries each LPM trie holds, so the program can skip empty tries.
+func (x *XDP) recountCIDR() error {
+	n4, err := countKeys(x.objs.Cidr4)
+	if err != nil {
+		return err
+	}
+	n6, err := countKeys(x.objs.Cidr6)
+	if err != nil {
+		return err
+	}
+	return x.updateSettings(func(c *bpf.SnareConfig) {
+		c.Cidr4Entries, c.Cidr6Entries = uint32(n4), uint32(n6)
+	})
+}
+
+func countKeys(m *ebpf.Map) (int, error) {
+	// Hash maps answer in batches of thousands per syscall; LPM tries and
+	// arrays do not support batch lookup, so they are walked key by key
+	// (they are small: CIDR lists and scan state).
+	if m.Type() == ebpf.Hash || m.Type() == ebpf.LRUHash {
+		kb := make([]byte, batchSize*int(m.KeySize()))
+		vb := make([]byte, batchSize*int(m.ValueSize()))
+		var (
+			cursor ebpf.MapBatchCursor
+			n      int
+		)
+		for {
+			c, err := m.BatchLookup(&cursor, kb, vb, nil)
+			n += c
+			if errors.Is(err, ebpf.ErrKeyNotExist) {
+				return n, nil
+			}
+			if err != nil {
+				return 0, fmt.Errorf("count %s: %w", m, err)
+			}
+		}
+	}
+	var (
+		key  = make([]byte, m.KeySize())
+		next = make([]byte, m.KeySize())
+		n    int
+		cur  any // nil: start from the first key
+	)
+	for {
+		err := m.NextKey(cur, &next)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return n, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("count %s: %w", m, err)
+		}
+		n++
+		copy(key, next)
+		cur = key
+	}
+}
+
+// deleteBatch deletes keys with BPF_MAP_DELETE_BATCH, stepping over keys that are not there.
+func deleteBatch[K any](m *ebpf.Map, keys []K) error {
+	for len(keys) > 0 {
+		chunk := keys[:min(batchSize, len(keys))]
+		n, err := m.BatchDelete(chunk, nil)
+		switch {
+		case err == nil:
+			keys = keys[len(chunk):]
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			keys = keys[n+1:] // the n-th key was missing: skip it, go on
+		default:
+			return fmt.Errorf("batch delete %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+func deleteEach[K any](m *ebpf.Map, keys []K) error {
+	for i := range keys {
+		if err := m.Delete(&keys[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("delete from %s: %w", m, err)
+		}
+	}
+	return nil
+}
+
+// Unblock implements backend.Enforcer.
+func (x *XDP) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
+	rules := make([]backend.Rule, len(prefixes))
+	for i, p := range prefixes {
+		rules[i].Prefix = p
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	cfg, err := x.settings()
+	if err != nil {
+		return err
+	}
+	s, err := x.sort(rules, maskBits(cfg.V6Mask))
+	if err != nil {
+		return err
+	}
+	if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
+		return err
+	}
+	if err := deleteBatch(x.objs.Block6, s.k6); err != nil {
+		return err
+	}
+	if len(s.c4)+len(s.c6) == 0 {
+		return nil
+	}
+	if err := deleteEach(x.objs.Cidr4, s.c4); err != nil {
+		return err
+	}
+	if err := deleteEach(x.objs.Cidr6, s.c6); err != nil {
+		return err
+	}
+	return x.recountCIDR()
+}
+
+// readAll reads a hash map with BPF_MAP_LOOKUP_BATCH (or an iterator for LPM tries, which have no
+// batch lookup). Not a consistent snapshot under concurrent change; the sweeper reconciles.
+func readAll[K any](m *ebpf.Map) ([]K, []bpf.SnareBlockVal, error) {
+	var (
+		keys []K
+		vals []bpf.SnareBlockVal
+	)
+	if m.Type() == ebpf.LPMTrie {
+		var (
+			k K
+			v bpf.SnareBlockVal
+		)
+		it := m.Iterate()
+		for it.Next(&k, &v) {
+			keys = append(keys, k)
+			vals = append(vals, v)
+		}
+		return keys, vals, it.Err()
+	}
+	kb := make([]K, batchSize)
+	vb := make([]bpf.SnareBlockVal, batchSize)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, kb, vb, nil)
+		keys = append(keys, kb[:n]...)
+		vals = append(vals, vb[:n]...)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return keys, vals, nil
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("batch lookup %s: %w", m, err)
+		}
+	}
+}
+
+// Rules implements backend.Enforcer.
+func (x *XDP) Rules(ctx context.Context) ([]backend.RuleState, error) {
+	x.mu.Lock()
+	cfg, err := x.settings()
+	x.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	v6bits := maskBits(cfg.V6Mask)
+	c := now()
+	var out []backend.RuleState
+	add := func(p netip.Prefix, v bpf.SnareBlockVal) {
+		out = append(out, backend.RuleState{
+			Rule:     backend.Rule{Prefix: p, Deadline: deadlineWall(c, v.Deadline)},
+			Hits:     v.Hits,
+			LastHit:  c.toWall(v.LastHit),
+			FromTrap: v.Flags&1 != 0,
+		})
+	}
+	k4, v4, err := readAll[uint32](x.objs.Block4)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range k4 {
+		add(netip.PrefixFrom(addrFromBE32(k), 32), v4[i])
+	}
+	k6, v6, err := readAll[bpf.SnareAddr6](x.objs.Block6)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range k6 {
+		add(netip.PrefixFrom(netip.AddrFrom16(k.Addr), v6bits), v6[i])
+	}
+	c4, w4, err := readAll[bpf.SnareLpm4Key](x.objs.Cidr4)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range c4 {
+		add(netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen)), w4[i])
+	}
+	c6, w6, err := readAll[bpf.SnareLpm6Key](x.objs.Cidr6)
+	if err != nil {
+		return nil, err
+	}
+	for i, k := range c6 {
+		add(netip.PrefixFrom(netip.AddrFrom16(k.Addr), int(k.Prefixlen)), w6[i])
+	}
+	return out, nil
+}
+
+// deadlineWall converts a kernel deadline to wall clock; an expired entry keeps a deadline in the
+// past (never the zero time, which means permanent).
+func deadlineWall(c clock, k uint64) time.Time {
+	if k == permanent {
+		return time.Time{}
+	}
+	if k <= 1 {
+		return c.wall.Add(-time.Duration(c.mono)) // set already expired: boot time
+	}
+	return c.toWall(k)
+}
+
+// sameDeadline tells whether a kernel entry already carries the wanted deadline, allowing for
+// the rounding of the clock conversion.
+func sameDeadline(c clock, have time.Time, want uint64) bool {
+	if have.IsZero() || want == permanent {
+		return have.IsZero() && want == permanent
+	}
+	d := int64(c.toKernel(have)) - int64(want)
+	return d > -int64(2*time.Millisecond) && d < int64(2*time.Millisecond)
+}
+
+// Replace implements backend.Enforcer: the kernel ends up holding exactly rules. Entries already
+// present with the same deadline keep their counters; the count of (re)inserted ones is returned.
+func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
+	have, err := x.Rules(ctx)
+	if err != nil {
+		return 0, err
+	}
+	c := now()
+	want := make(map[netip.Prefix]uint64, len(rules))
+	for _, r := range rules {
+		p, err := normalize(r.Prefix)
+		if err != nil {
+			return 0, err
+		}
+		want[p] = c.toKernel(r.Deadline)
+	}
+	var stale []netip.Prefix
+	present := make(map[netip.Prefix]bool, len(have))
+	for _, h := range have {
+		k, ok := want[h.Prefix]
+		if !ok {
+			stale = append(stale, h.Prefix)
+			continue
+		}
+		if sameDeadline(c, h.Deadline, k) {
+			present[h.Prefix] = true // keep the entry and its counters
+		}
+	}
+	var missing []backend.Rule
+	for _, r := range rules {
+		p, _ := normalize(r.Prefix)
+		if !present[p] {
+			missing = append(missing, backend.Rule{Prefix: p, Deadline: r.Deadline})
+		}
+	}
+	if len(stale) > 0 {
+		if err := x.Unblock(ctx, stale); err != nil {
+			return 0, err
+		}
+	}
+	if err := x.Block(ctx, missing); err != nil {
+		return 0, err
+	}
+	return len(missing), nil
+}
+
+// SetAllow implements backend.Enforcer.
+func (x *XDP) SetAllow(ctx context.Context, prefixes []netip.Prefix) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	want4 := map[bpf.SnareLpm4Key]bool{}
+	want6 := map[bpf.SnareLpm6Key]bool{}
+	for _, p := range prefixes {
+		p, err := normalize(p)
+		if err != nil {
+			return fmt.Errorf("allowlist: %w", err)
+		}
+		if p.Addr().Is4() {
+			want4[lpm4(p)] = true
+		} else {
+			want6[lpm6(p)] = true
+		}
+	}
+	if err := syncSet(x.objs.Allow4, want4); err != nil {
+		return fmt.Errorf("allowlist v4: %w", err)
+	}
+	if err := syncSet(x.objs.Allow6, want6); err != nil {
+		return fmt.Errorf("allowlist v6: %w", err)
+	}
+	return nil
+}
+
+// syncSet makes the keys of m equal to want (value 1).
+func syncSet[K comparable](m *ebpf.Map, want map[K]bool) error {
+	var (
+		k     K
+		v     uint8
+		stale []K
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if !want[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return err
+	}
+	for i := range stale {
+		if err := m.Delete(&stale[i]); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return err
+		}
+	}
+	one := uint8(1)
+	for k := range want {
+		if err := m.Put(&k, &one); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SetSettings implements backend.Enforcer. Changing the IPv6 block length re-places every IPv6
+// entry, since the program masks sources with it.
+func (x *XDP) SetSettings(ctx context.Context, s backend.Settings) error {
+	bits := s.IPv6Prefix
+	if bits == 0 {
+		bits = 64
+	}
+	if bits < 1 || bits > 128 {
+		return fmt.Errorf("ipv6 block prefix /%d out of range 1..128", bits)
+	}
+	x.mu.Lock()
+	cfg, err := x.settings()
+	x.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	var moved []backend.RuleState
+	if maskBits(cfg.V6Mask) != bits {
+		all, err := x.Rules(ctx)
+		if err != nil {
+			return err
+		}
+		for _, r := range all {
+			if r.Prefix.Addr().Is6() {
+				moved = append(moved, r)
+			}
+		}
+		prefixes := make([]netip.Prefix, len(moved))
+		for i, r := range moved {
+			prefixes[i] = r.Prefix
+		}
+		if err := x.Unblock(ctx, prefixes); err != nil {
+			return err
+		}
+	}
+	x.mu.Lock()
+	err = x.updateSettings(func(c *bpf.SnareConfig) {
+		c.V6Mask = v6Mask(bits)
+		c.Flags &^= cfgDryRun
+		if s.DryRun {
+			c.Flags |= cfgDryRun
+		}
+	})
+	x.mu.Unlock()
+	if err != nil || len(moved) == 0 {
+		return err
+	}
+	rules := make([]backend.Rule, len(moved))
+	for i, r := range moved {
+		rules[i] = r.Rule
+	}
+	return x.Block(ctx, rules)
+}
+
+// Flags of bpf.SnareConfig (CFG_* in snare.h).
+const (
+	cfgDryRun       = 1
+	cfgTrapTCPBlock = 2
+	cfgTrapUDPBlock = 4
+	cfgTrapOn       = 8
+)
