@@ -1,3 +1,10 @@
 module github.com/snare-dev/snare
 
 go 1.26.8
+
+require (
+	github.com/vishvananda/netlink v1.3.1
+	github.com/vishvananda/netns v0.0.5
+	golang.org/x/net v0.62.0
+	golang.org/x/sys v0.50.0
+)
