@@ -14,11 +14,14 @@ require (
 	github.com/knadh/koanf/v2 v2.4.1
 	github.com/spf13/pflag v1.1.0
 	github.com/vishvananda/netlink v1.3.1
-	github.com/vishvananda/netns v0.0.5 // indirect
+	github.com/vishvananda/netns v0.0.5
 	go.yaml.in/yaml/v3 v3.0.3
 )
 
-require golang.org/x/sys v0.45.0
+require (
+	golang.org/x/net v0.55.0
+	golang.org/x/sys v0.45.0
+)
 
 require (
 	github.com/fsnotify/fsnotify v1.9.0 // indirect

@@ -1,0 +1,27 @@
+// Package testutil holds the helpers snare's privileged tests share: a root check that never lets
+// CI skip silently, a scratch directory on bpffs, and a lab of network namespaces joined by veth
+// pairs in which real traffic, real scanners and the real daemon can run without touching the
+// machine's own network.
+//
+// The lab core (New, Lab.Close) does not depend on package testing so that the benchmark harness
+// in bench/ can build the same topology; tests use NewLab, which ties it to t.Cleanup.
+package testutil
+
+import (
+	"os"
+	"testing"
+)
+
+// RequireRoot skips the test when it does not run as root, saying why, and fails it instead when
+// the environment variable CI is set: a CI run must never pass by skipping the privileged tests.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	const msg = "needs root: network namespaces, BPF and XDP (run the tests with sudo)"
+	if os.Getenv("CI") != "" {
+		tb.Fatal(msg + "; CI is set, so this is a failure, not a skip")
+	}
+	tb.Skip(msg)
+}
