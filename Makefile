@@ -1,0 +1,51 @@
+# snare — build, test and run. Most targets need root (BPF, XDP, netns); CI runs as root.
+GO      ?= go
+PREFIX  ?= /usr/local
+BIN     := bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all generate check-generate build test test-short run lint bench bench-quick clean
+
+all: lint build
+
+## generate: rebuild the bpf2go bindings from bpf/*.c (needs clang, llvm, libbpf-dev)
+generate:
+	$(GO) generate ./bpf
+
+## check-generate: fail if the committed bpf2go output differs from a fresh build
+check-generate: generate
+	@git diff --exit-code -- bpf/ || { echo "bpf2go output is stale: run 'make generate' and commit" >&2; exit 1; }
+
+## build: snared and snarectl into ./bin
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/snared ./cmd/snared
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/snarectl ./cmd/snarectl
+
+## test: the whole suite (as root: real BPF, XDP on veth in network namespaces, nmap, ipset)
+test:
+	$(GO) test -count=1 -p 1 -timeout 30m ./...
+
+## test-short: unprivileged unit tests only
+test-short:
+	$(GO) test -short ./...
+
+## run: build and run snared in the foreground with the embedded defaults
+run: build
+	./$(BIN)/snared
+
+## lint: gofmt and go vet
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:" >&2; echo "$$out" >&2; exit 1; fi
+	$(GO) vet ./...
+
+## bench: the full benchmark (root, < 10 min); results in bench/results/
+bench:
+	$(GO) run ./bench/cmd/snarebench
+
+## bench-quick: a short benchmark for development (root, < 2 min)
+bench-quick:
+	$(GO) run ./bench/cmd/snarebench --quick
+
+clean:
+	rm -rf $(BIN)
