@@ -19,6 +19,8 @@ require (
 )
 
 require (
+	github.com/coreos/go-systemd/v22 v22.7.0
+	go.etcd.io/bbolt v1.5.0
 	golang.org/x/net v0.55.0
 	golang.org/x/sys v0.45.0
 )
