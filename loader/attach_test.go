@@ -188,3 +188,52 @@ func TestOpenBadInput(t *testing.T) {
 		})
 	}
 }
+
+// TestAutoFallsBackToGeneric uses a jumbo MTU, which veth cannot run native XDP with (ERANGE):
+// auto mode must fall back to generic and say so, native mode must fail with the reason.
+func TestAutoFallsBackToGeneric(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab, err := testutil.New(testutil.Config{Peers: []string{"attacker"}, MTU: 9000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	pins := filepath.Join(testutil.TempBPFFS(t), "snare")
+	opts := Options{Interfaces: lab.HostIfaceNames(), Mode: "native", PinDir: pins, Capacity: 1024, Logger: testLogger(t)}
+
+	if x, err := openIn(t, lab, opts); err == nil {
+		x.Close()
+		t.Fatal("native attach with a 9000 MTU on veth succeeded; the test premise is wrong")
+	} else {
+		t.Logf("native: %v", err)
+	}
+	if on, _ := xdpOn(t, lab, opts.Interfaces[0]); on {
+		t.Fatal("failed native attach left a program attached")
+	}
+
+	opts.Mode = "auto"
+	x, err := openIn(t, lab, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		x.Close()
+		lab.Do(lab.Host.NS, func() error { return Remove(pins, opts.Interfaces) })
+	}()
+	st, err := x.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Interfaces) != 1 || st.Interfaces[0].Mode != "generic" {
+		t.Fatalf("auto attached %+v, want generic", st.Interfaces)
+	}
+	if on, mode := xdpOn(t, lab, opts.Interfaces[0]); !on || mode != 2 {
+		t.Fatalf("kernel reports attached %v mode %d, want generic (2)", on, mode)
+	}
+	if err := x.Block(context.Background(), []backend.Rule{{Prefix: netip.PrefixFrom(lab.Attacker().Addr4(), 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	if reaches(lab, lab.Attacker(), lab.HostIface("attacker").Addr4.Addr()) {
+		t.Fatal("blocked attacker reaches the host through generic xdp")
+	}
+}
