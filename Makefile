@@ -5,7 +5,13 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all generate check-generate build test test-short run lint bench bench-quick clean
+# Debian packages the build and the test suite use (the tests drive real tools).
+DEB_PKGS := clang llvm libbpf-dev libc6-dev make git ca-certificates iproute2 iptables ipset \
+	nftables ethtool iputils-ping nmap hping3 tcpdump wrk xdp-tools bpftool
+# A command each package provides, to tell whether it is installed.
+DEB_CMDS := clang llc ip iptables ipset nft ethtool ping nmap hping3 tcpdump wrk xdp-filter bpftool
+
+.PHONY: all deps generate check-generate build test test-short run lint bench bench-quick clean
 
 all: lint build
 
@@ -22,8 +28,17 @@ build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/snared ./cmd/snared
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/snarectl ./cmd/snarectl
 
+## deps: install the Debian packages above if any of their commands is missing (root)
+deps:
+	@missing=; for c in $(DEB_CMDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	test -f /usr/include/bpf/bpf_helpers.h || missing="$$missing libbpf-dev"; \
+	if [ -n "$$missing" ]; then \
+		echo "missing:$$missing; installing $(DEB_PKGS)"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(DEB_PKGS); \
+	fi
+
 ## test: the whole suite (as root: real BPF, XDP on veth in network namespaces, nmap, ipset)
-test:
+test: deps
 	$(GO) test -count=1 -p 1 -timeout 30m ./...
 
 ## test-short: unprivileged unit tests only
@@ -49,3 +64,6 @@ bench-quick:
 
 clean:
 	rm -rf $(BIN)
+
+print-deb-pkgs:
+	@echo $(DEB_PKGS)
