@@ -24,7 +24,6 @@ import (
 
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
-	"github.com/snare-dev/snare/loader"
 )
 
 // The lab every test gets (see testutil.Lab for the veth star):
@@ -66,19 +65,33 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, backend string)) {
 	}
 }
 
-// requireFallback skips (fails in CI) while the ipset+iptables back-end is not in the tree.
+// requireFallback skips (fails in CI) while the ipset+iptables back-end is not in the tree or
+// not wired into snared.
 func requireFallback(tb testing.TB) {
 	tb.Helper()
-	files, _ := filepath.Glob("../iptables-fallback/*.go")
+	if !hasCode("../iptables-fallback/*.go", "func New(") || !hasCode("../cmd/snared/*.go", "fallback.New(") {
+		prerequisite(tb, "the iptables back-end (iptables-fallback, fallback.New wired into cmd/snared) is not merged yet: iptables run skipped")
+	}
+}
+
+// hasCode reports whether a non-test Go file matching glob has a line, not a comment, containing s.
+func hasCode(glob, s string) bool {
+	files, _ := filepath.Glob(glob)
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
 			continue
 		}
-		if b, err := os.ReadFile(f); err == nil && bytes.Contains(b, []byte("func New(")) {
-			return
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if l := strings.TrimSpace(line); strings.Contains(l, s) && !strings.HasPrefix(l, "//") {
+				return true
+			}
 		}
 	}
-	prerequisite(tb, "the iptables back-end (iptables-fallback: fallback.New) is not merged yet: iptables run skipped")
+	return false
 }
 
 // labEnv is one test's world: the lab, a web server on the host, and one snared.
@@ -413,29 +426,36 @@ func (d *daemon) kill9() {
 	}
 }
 
-// teardown stops the daemon (by its PID) and removes what it left in the kernel and on bpffs.
-// The lab's own cleanup (registered earlier, so it runs later) deletes the namespaces, which
-// takes the veths, their XDP programs, and the namespace's ipset sets and iptables rules with it.
+// teardown stops the daemon (by its PID) and runs `snared uninstall` in the host namespace,
+// which detaches the program from the lab's interfaces and removes every pin (and the fallback's
+// chains and sets). The lab's own cleanup (registered earlier, so it runs later) then deletes the
+// namespaces, which takes anything left on the veths and in the namespace's netfilter with it.
 func (d *daemon) teardown() {
 	t := d.e.t
-	if d.proc != nil {
-		if t.Failed() {
-			t.Logf("%s output:\n%s", d.name, d.proc.Output())
-		}
-		if err := d.proc.Stop(); err != nil {
-			t.Errorf("stop %s: %v", d.name, err)
-		}
+	if d.proc == nil {
+		return
 	}
-	if _, err := os.Stat(d.bpffs); err == nil {
-		// What `snared` documents for uninstall, done in the host namespace: detach the program
-		// from the lab's interfaces and remove every pin.
-		ifaces := d.e.lab.HostIfaceNames()
-		if err := d.e.lab.Do(d.e.lab.Host.NS, func() error { return loader.Remove(d.bpffs, ifaces) }); err != nil {
-			t.Errorf("remove snare from the lab host: %v", err)
+	if t.Failed() {
+		t.Logf("%s output:\n%s", d.name, d.proc.Output())
+	}
+	if err := d.proc.Stop(); err != nil {
+		t.Errorf("stop %s: %v", d.name, err)
+	}
+	if d.bpffs == "" {
+		return // it never owned anything (see the second-daemon test)
+	}
+	if out, err := d.e.lab.RunShared(d.e.lab.Host.NS, "env", append(cleanEnv(), append([]string{bins.snared, "uninstall"}, d.args()...)...)...); err != nil {
+		t.Errorf("snared uninstall: %v\n%s", err, out)
+	}
+	if entries, err := os.ReadDir(d.bpffs); err == nil && len(entries) > 0 {
+		var names []string
+		for _, en := range entries {
+			names = append(names, en.Name())
 		}
-		if err := os.RemoveAll(d.bpffs); err != nil {
-			t.Errorf("remove %s: %v", d.bpffs, err)
-		}
+		t.Errorf("snared uninstall left pins in %s: %v", d.bpffs, names)
+	}
+	if err := os.RemoveAll(d.bpffs); err != nil {
+		t.Errorf("remove %s: %v", d.bpffs, err)
 	}
 }
 
