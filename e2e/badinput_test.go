@@ -89,31 +89,42 @@ func TestBadInput(t *testing.T) {
 		}
 
 		t.Run("import with bad lines", func(t *testing.T) {
-			f := filepath.Join(e.dir, "bad.list")
-			content := "198.18.97.1 20250101\n198.18.97.2\nnot-an-address\n198.18.97.3 2025-13-45\n0.0.0.0/0\n" + own4 + "\n"
-			if err := os.WriteFile(f, []byte(content), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			r := d.ctl("import", f)
-			// Lines 3, 4, 5 and 6 are bad; the message names them.
-			checkRefused(t, r, "not-an-address")
-			for _, n := range []string{"3", "4", "5", "6"} {
-				if !regexp.MustCompile(`(^|[^\d.])` + n + `([^\d.]|$)`).MatchString(r.stderr) {
-					t.Errorf("import error does not name line %s:\n%v", n, r)
-				}
-			}
-			unchanged(t)
+			// Lines the client can judge alone (syntax, dates, the whole address space) and
+			// lines only the daemon can judge (allowlisted addresses): both name their lines and
+			// import nothing without --skip-bad.
+			for _, bc := range []struct {
+				name, content string
+				badLines      []string
+			}{
+				{"malformed", "198.18.97.1 20250101\n198.18.97.2\nnot-an-address\n198.18.97.3 2025-13-45\n0.0.0.0/0\n", []string{"3", "4", "5"}},
+				{"allowlisted", "# own address and resolver\n198.18.97.2\n" + own4 + "\n" + resolverV4.String() + " " + time.Now().Format("20060102") + "\n", []string{"3", "4"}},
+			} {
+				t.Run(bc.name, func(t *testing.T) {
+					f := filepath.Join(e.dir, bc.name+".list")
+					if err := os.WriteFile(f, []byte(bc.content), 0o600); err != nil {
+						t.Fatal(err)
+					}
+					r := d.ctl("import", f)
+					checkRefused(t, r)
+					for _, n := range bc.badLines {
+						if !regexp.MustCompile(`(^|[^\d.])` + n + `([^\d.]|$)`).MatchString(r.stderr) {
+							t.Errorf("import error does not name line %s:\n%v", n, r)
+						}
+					}
+					unchanged(t)
 
-			// With --skip-bad the good line is imported (the dated one is long expired).
-			r = d.ctl("import", "--skip-bad", f)
-			if r.code != 0 {
-				t.Fatalf("import --skip-bad: %v", r)
+					// With --skip-bad the good line is imported (a dated one is long expired).
+					r = d.ctl("import", "--skip-bad", f)
+					if r.code != 0 {
+						t.Fatalf("import --skip-bad: %v", r)
+					}
+					if l := d.list(t); find(l, "198.18.97.2/32") == nil || len(l) != 3 {
+						t.Errorf("import --skip-bad: %v, want the kept entries and 198.18.97.2/32", prefixes(l))
+					}
+					d.mustCtl(t, "unblock", "198.18.97.2")
+					unchanged(t)
+				})
 			}
-			if find(d.list(t), "198.18.97.2/32") == nil {
-				t.Errorf("import --skip-bad did not import the good line: %v", prefixes(d.list(t)))
-			}
-			d.mustCtl(t, "unblock", "198.18.97.2")
-			unchanged(t)
 		})
 
 		t.Run("socket missing", func(t *testing.T) {
