@@ -69,10 +69,10 @@ type Store struct {
 }
 
 var (
-	bucketRules     = []byte("rules")
-	bucketOffences  = []byte("offences")
-	bucketAllow     = []byte("allow")
-	bucketMeta      = []byte("meta")
+	bucketRules    = []byte("rules")
+	bucketOffences = []byte("offences")
+	bucketAllow    = []byte("allow")
+	bucketMeta     = []byte("meta")
 )
 
 // storeVersion is written to the meta bucket; a store from a newer snare is refused rather
@@ -233,9 +233,9 @@ func decodeOffence(v []byte) Offence {
 
 // Tx is a read-write view of the store inside one transaction.
 type Tx struct {
-	tx                    *bolt.Tx
+	tx                     *bolt.Tx
 	rules, offences, allow *bolt.Bucket
-	buf                   []byte
+	buf                    []byte
 }
 
 func wrapTx(tx *bolt.Tx) *Tx {
