@@ -133,24 +133,27 @@ func (s *Store) Size() int64 {
 	return n
 }
 
-// prefixKey encodes a prefix so that byte order equals netip.Prefix.Compare order:
-// family (4 or 6), prefix length, address bytes.
+// prefixKey encodes a (masked) prefix so that byte order equals netip.Prefix.Compare order:
+// family (4 or 6), address bytes, prefix length.
 func prefixKey(p netip.Prefix) []byte {
 	a := p.Addr()
 	if a.Is4() {
 		b := a.As4()
-		return []byte{4, byte(p.Bits()), b[0], b[1], b[2], b[3]}
+		return []byte{4, b[0], b[1], b[2], b[3], byte(p.Bits())}
 	}
 	b := a.As16()
-	return append([]byte{6, byte(p.Bits())}, b[:]...)
+	k := make([]byte, 0, 18)
+	k = append(k, 6)
+	k = append(k, b[:]...)
+	return append(k, byte(p.Bits()))
 }
 
 func parsePrefixKey(k []byte) (netip.Prefix, error) {
 	switch {
 	case len(k) == 6 && k[0] == 4:
-		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k[2:6])), int(k[1])), nil
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k[1:5])), int(k[5])), nil
 	case len(k) == 18 && k[0] == 6:
-		return netip.PrefixFrom(netip.AddrFrom16([16]byte(k[2:18])), int(k[1])), nil
+		return netip.PrefixFrom(netip.AddrFrom16([16]byte(k[1:17])), int(k[17])), nil
 	}
 	return netip.Prefix{}, fmt.Errorf("corrupt prefix key %x", k)
 }
@@ -265,8 +268,8 @@ func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
 
 // PutRule inserts or replaces a rule.
 func (t *Tx) PutRule(r Rule) error {
-	t.buf = encodeRule(t.buf[:0], r)
-	if err := t.rules.Put(prefixKey(r.Prefix), t.buf); err != nil {
+	// bbolt holds on to the value until commit: a fresh slice per Put.
+	if err := t.rules.Put(prefixKey(r.Prefix), encodeRule(nil, r)); err != nil {
 		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
 	}
 	return nil
