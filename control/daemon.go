@@ -184,6 +184,9 @@ func (d *Daemon) Close() error {
 // Backend names the enforcer in use and, for the fallback, why.
 func (d *Daemon) Backend() (name, fallbackReason string) { return d.enf.Name(), d.fallback }
 
+// Enforcer is the back-end in use (for metrics and tests).
+func (d *Daemon) Enforcer() backend.Enforcer { return d.enf }
+
 // Config returns the configuration in force.
 func (d *Daemon) Config() *Config {
 	d.mu.Lock()
