@@ -35,6 +35,8 @@ type fakeDaemon struct {
 	refuse   string                  // when set, POSTs answer 400 with this message
 	notFound map[string]bool         // unblock targets reported as not blocked
 	imported *control.ImportResponse // answer to import; default: one entry per line
+	// holdFollow keeps an events stream with follow=1 open until the client leaves.
+	holdFollow bool
 }
 
 type fakeCall struct {
@@ -134,6 +136,11 @@ func (f *fakeDaemon) handler() http.Handler {
 		enc := json.NewEncoder(w)
 		for _, ev := range f.events {
 			enc.Encode(ev)
+		}
+		if r.URL.Query().Get("follow") == "1" && f.holdFollow {
+			// Like snared: keep the stream open until the client goes away.
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
 		}
 	})
 	return mux

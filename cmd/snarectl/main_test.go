@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -41,12 +42,20 @@ type result struct {
 // SNARE_SOCKET, as a user would), with stdin as standard input.
 func runCLI(t *testing.T, socket, stdin string, args ...string) result {
 	t.Helper()
-	var out, errOut bytes.Buffer
+	var out bytes.Buffer
+	r := runCLIWith(context.Background(), &out, socket, stdin, args...)
+	r.stdout = out.String()
+	return r
+}
+
+// runCLIWith is runCLI with the caller's context and stdout (result.stdout stays empty).
+func runCLIWith(ctx context.Context, stdout io.Writer, socket, stdin string, args ...string) result {
+	var errOut bytes.Buffer
 	code := run(env{
-		ctx:    context.Background(),
+		ctx:    ctx,
 		args:   args,
 		stdin:  strings.NewReader(stdin),
-		stdout: &out,
+		stdout: stdout,
 		stderr: &errOut,
 		getenv: func(k string) string {
 			if k == "SNARE_SOCKET" {
@@ -57,7 +66,7 @@ func runCLI(t *testing.T, socket, stdin string, args ...string) result {
 		now: func() time.Time { return testNow },
 		loc: time.UTC,
 	})
-	return result{out.String(), errOut.String(), code}
+	return result{stderr: errOut.String(), code: code}
 }
 
 func writeFile(t *testing.T, name, content string) string {
@@ -260,6 +269,20 @@ func TestBlock(t *testing.T) {
 	f.lastBody(t, "/v1/block", &req)
 	if req.TTL != "permanent" || r.stdout != "blocked 198.18.0.9 permanently\n" {
 		t.Errorf("permanent: request %+v, stdout %q", req, r.stdout)
+	}
+}
+
+// Well-formed targets go to the daemon as typed: IPv4-mapped IPv6 and the configured bounds
+// (here the fake's /8 minimum) are the daemon's to apply.
+func TestBlockLeavesConfigRulesToDaemon(t *testing.T) {
+	f := newFakeDaemon(t)
+	r := runCLI(t, f.socket, "", "block", "::ffff:198.18.0.7")
+	if r.code != exitOK || r.stdout == "" || !strings.HasPrefix(r.stdout, "blocked 198.18.0.7 ") {
+		t.Errorf("mapped: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = runCLI(t, f.socket, "", "block", "198.0.0.0/7")
+	if r.code != exitError || !strings.Contains(r.stderr, "prefix /7 is wider than the configured minimum /8") {
+		t.Errorf("/7: code %d stderr %q", r.code, r.stderr)
 	}
 }
 
@@ -563,6 +586,42 @@ func TestEvents(t *testing.T) {
 			t.Errorf("line %d %q: %v", i, l, err)
 		}
 	}
+}
+
+// events -f prints events as they arrive and ends cleanly (exit 0) when interrupted.
+func TestEventsFollowInterrupted(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.holdFollow = true
+	f.events = []control.Event{
+		{Time: testNow, Event: "block", Address: "198.18.0.7/32", Source: "manual"},
+		{Time: testNow, Event: "unblock", Address: "198.18.0.7/32", Source: "manual"},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// The "user" presses ^C once both events are on the screen (the stream is still open).
+	out := &cancelAfter{lines: 3, cancel: cancel}
+	r := runCLIWith(ctx, out, f.socket, "", "events", "-f")
+	if r.code != exitOK || r.stderr != "" {
+		t.Errorf("code %d stderr %q", r.code, r.stderr)
+	}
+	if got := out.String(); !strings.Contains(got, " block ") || !strings.Contains(got, " unblock ") {
+		t.Errorf("stdout %q", got)
+	}
+}
+
+// cancelAfter is a stdout that calls cancel once it has seen the given number of lines.
+type cancelAfter struct {
+	bytes.Buffer
+	lines  int
+	cancel func()
+}
+
+func (c *cancelAfter) Write(p []byte) (int, error) {
+	n, err := c.Buffer.Write(p)
+	if strings.Count(c.String(), "\n") >= c.lines {
+		c.cancel()
+	}
+	return n, err
 }
 
 // Every verb has help with examples, and --help exits 0 without asking the daemon.
