@@ -270,6 +270,12 @@ func TestBlock(t *testing.T) {
 	if req.TTL != "permanent" || r.stdout != "blocked 198.18.0.9 permanently\n" {
 		t.Errorf("permanent: request %+v, stdout %q", req, r.stdout)
 	}
+
+	r = runCLI(t, f.socket, "", "block", "198.18.0.10", "-o", "json")
+	var resp control.BlockResponse
+	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || len(resp.Entries) != 1 || resp.Entries[0].Prefix != "198.18.0.10/32" {
+		t.Errorf("-o json: %v, stdout %q", err, r.stdout)
+	}
 }
 
 // Well-formed targets go to the daemon as typed: IPv4-mapped IPv6 and the configured bounds
@@ -300,6 +306,12 @@ func TestUnblock(t *testing.T) {
 	}
 	if r := runCLI(t, f.socket, "", "unblock", "198.18.0.7"); r.code != exitOK {
 		t.Errorf("code %d stderr %q", r.code, r.stderr)
+	}
+	r = runCLI(t, f.socket, "", "unblock", "198.18.0.7", "198.18.0.9", "-o", "json")
+	var resp control.UnblockResponse
+	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || r.code != exitError ||
+		!reflect.DeepEqual(resp, control.UnblockResponse{Removed: []string{"198.18.0.7"}, NotFound: []string{"198.18.0.9"}}) {
+		t.Errorf("-o json: code %d, %v, stdout %q", r.code, err, r.stdout)
 	}
 }
 
