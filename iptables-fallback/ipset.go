@@ -38,6 +38,7 @@ const (
 	ipsetAttrFlags       = 6
 	ipsetAttrData        = 7
 	ipsetAttrADT         = 8
+	ipsetAttrLineno      = 9
 	ipsetAttrRevisionMin = 10
 
 	// data attributes
@@ -153,12 +154,21 @@ type setSpec struct {
 }
 
 type ipsetConn struct {
-	mu sync.Mutex // one request at a time keeps batches in order
-	c  *netlink.Conn
+	mu   sync.Mutex // one request at a time keeps batches in order
+	c    *netlink.Conn
+	nsFD int
 }
 
 // dialIpset opens a netfilter netlink socket in the network namespace nsFD (0: current thread's).
 func dialIpset(nsFD int) (*ipsetConn, error) {
+	c, err := dialNetfilter(nsFD)
+	if err != nil {
+		return nil, err
+	}
+	return &ipsetConn{c: c, nsFD: nsFD}, nil
+}
+
+func dialNetfilter(nsFD int) (*netlink.Conn, error) {
 	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: nsFD})
 	if err != nil {
 		return nil, fmt.Errorf("open netfilter netlink socket: %w", err)
@@ -166,7 +176,7 @@ func dialIpset(nsFD int) (*ipsetConn, error) {
 	// Large batches go out in one message each; make sure the socket takes them.
 	_ = c.SetWriteBuffer(1 << 20)
 	_ = c.SetReadBuffer(4 << 20)
-	return &ipsetConn{c: c}, nil
+	return c, nil
 }
 
 func (s *ipsetConn) Close() error { return s.c.Close() }
@@ -183,13 +193,18 @@ func (s *ipsetConn) exec(cmd int, flags netlink.HeaderFlags, family uint8, ae *n
 	if err != nil {
 		return nil, err
 	}
+	// Commands that answer with data (type, list) get no extra ACK: Execute reads one reply, and
+	// a separate ACK left queued would answer the next request.
+	if cmd != ipsetCmdType && flags&netlink.Dump == 0 {
+		flags |= netlink.Acknowledge
+	}
 	data := make([]byte, 4, 4+len(attrs))
 	data[0] = family // nfgenmsg: family, version 0, res_id 0
 	data = append(data, attrs...)
 	msg := netlink.Message{
 		Header: netlink.Header{
 			Type:  netlink.HeaderType(nfnlSubsysIpset<<8 | cmd),
-			Flags: netlink.Request | netlink.Acknowledge | flags,
+			Flags: netlink.Request | flags,
 		},
 		Data: data,
 	}
@@ -197,6 +212,14 @@ func (s *ipsetConn) exec(cmd int, flags netlink.HeaderFlags, family uint8, ae *n
 	defer s.mu.Unlock()
 	msgs, err := s.c.Execute(msg)
 	if err != nil {
+		if flags&netlink.Dump != 0 {
+			// A failed dump (e.g. of a missing set) leaves a second error message queued that
+			// would answer the next request: start over on a fresh socket.
+			if c, derr := dialNetfilter(s.nsFD); derr == nil {
+				s.c.Close()
+				s.c = c
+			}
+		}
 		return nil, mapIpsetErr(err)
 	}
 	return msgs, nil
@@ -456,6 +479,7 @@ func (s *ipsetConn) adt(cmd int, name string, n int, encode func(i int, d *netli
 		end := min(start+per, n)
 		ae := newIpsetEncoder()
 		ae.String(ipsetAttrSetname, name)
+		ae.Uint32(ipsetAttrLineno|netlink.NetByteOrder, 0) // the kernel wants it with a batch
 		ae.Nested(ipsetAttrADT, func(adt *netlink.AttributeEncoder) error {
 			for i := start; i < end; i++ {
 				adt.Nested(ipsetAttrData, func(d *netlink.AttributeEncoder) error {
