@@ -3,7 +3,10 @@ package fallback
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
+	"slices"
+	"strings"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -53,6 +56,9 @@ func installedIPTables() []*iptables.IPTables {
 			if err != nil || seen[path] {
 				continue
 			}
+			if strings.HasSuffix(bin, "-legacy") && !legacyRawLoaded(proto) {
+				continue // listing it would load an empty legacy table (and iptables-nft warnings)
+			}
 			seen[path] = true
 			if ipt, err := newIPTables(proto, path); err == nil {
 				out = append(out, ipt)
@@ -67,6 +73,20 @@ func installedIPTables() []*iptables.IPTables {
 		}
 	}
 	return out
+}
+
+// legacyRawLoaded tells whether this network namespace has a legacy raw table. /proc/thread-self
+// is the calling thread's view, which is the one that counts under a locked, setns'd thread.
+func legacyRawLoaded(proto iptables.Protocol) bool {
+	file := "/proc/thread-self/net/ip_tables_names"
+	if proto == iptables.ProtocolIPv6 {
+		file = "/proc/thread-self/net/ip6_tables_names"
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return false
+	}
+	return slices.Contains(strings.Fields(string(b)), table)
 }
 
 func removeChains(ipt *iptables.IPTables, n names) error {
