@@ -49,7 +49,7 @@ unless --skip-bad is given: then the good lines are imported and the bad ones li
 			}
 			if len(bad) > 0 && !skipBad {
 				printLineErrors(c.stderr, name, bad)
-				return inputf("%s: %d bad %s, nothing imported (fix them, or use --skip-bad to import the rest)", name, len(bad), plural(len(bad), "line", "lines"))
+				return inputf("%s: %d bad %s, nothing imported (fix %s, or use --skip-bad to import the rest)", name, len(bad), plural(len(bad), "line", "lines"), plural(len(bad), "it", "them"))
 			}
 			resp, err := c.client().Import(cmd.Context(), control.ImportRequest{
 				Content: string(content), TTL: ttl, Reason: reason, SkipBad: skipBad, Name: name,
