@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ func TestBadInput(t *testing.T) {
 		d := e.d
 		// Something to keep: "nothing changed" must be able to fail.
 		d.mustCtl(t, "block", "198.18.99.9", "--ttl", "1h", "--reason", "keep me")
+		d.mustCtl(t, "block", e.attacker4().String(), "--ttl", "2h") // "unchanged" in traffic too
 		d.mustCtl(t, "block", "2001:db8:99::/64", "--ttl", "permanent")
 		d.mustCtl(t, "allow", "add", "198.18.55.0/24")
 		want := snapshot(d.list(t))
@@ -118,7 +120,7 @@ func TestBadInput(t *testing.T) {
 					if r.code != 0 {
 						t.Fatalf("import --skip-bad: %v", r)
 					}
-					if l := d.list(t); find(l, "198.18.97.2/32") == nil || len(l) != 3 {
+					if l := d.list(t); find(l, "198.18.97.2/32") == nil || len(l) != 4 {
 						t.Errorf("import --skip-bad: %v, want the kept entries and 198.18.97.2/32", prefixes(l))
 					}
 					d.mustCtl(t, "unblock", "198.18.97.2")
@@ -172,30 +174,56 @@ func TestBadInput(t *testing.T) {
 			unchanged(t)
 		})
 
-		t.Run("second daemon on the same bpffs", func(t *testing.T) {
-			second := e.newDaemon("second")
-			second.bpffs = d.bpffs // the point of the test
-			second.stateDir = filepath.Join(e.dir, "second-state")
-			p := second.launch()
-			second.proc = p
-			werr := p.Wait(20 * time.Second)
-			if exited, _ := p.Exited(); !exited {
-				t.Fatalf("second snared on %s still running, want it refused:\n%s", d.bpffs, p.Output())
-			}
-			second.bpffs = "" // its teardown must leave the first daemon's pins alone
-			if werr == nil {
-				t.Fatalf("second snared on the same bpffs exited 0, want an error:\n%s", p.Output())
-			}
-			out := strings.ToLower(p.Output())
-			if !strings.Contains(out, strings.ToLower(d.bpffs)) && !strings.Contains(out, "lock") {
-				t.Errorf("second snared's message names neither %s nor the lock:\n%s", d.bpffs, p.Output())
-			}
-			if _, err := os.Stat(second.socket); err == nil {
-				t.Errorf("second snared left a socket at %s", second.socket)
-			}
-			unchanged(t)
-			e.served(t, e.clientV4Peer())
-		})
+		// A second daemon for the same host (same pin directory, or same state directory) is
+		// refused before it touches anything: the first keeps enforcing and answering.
+		for _, sc := range []struct {
+			name                    string
+			sameBPFFS, sameStateDir bool
+		}{
+			{"second daemon on the same bpffs", true, false},
+			{"second daemon on the same state dir", false, true},
+		} {
+			t.Run(sc.name, func(t *testing.T) {
+				second := e.newDaemon("second-" + strconv.FormatBool(sc.sameBPFFS))
+				if sc.sameBPFFS {
+					second.bpffs = d.bpffs
+				}
+				if sc.sameStateDir {
+					second.stateDir = d.stateDir
+				}
+				p := second.launch()
+				second.proc = p
+				werr := p.Wait(20 * time.Second)
+				t.Logf("second snared: %s", strings.TrimSpace(p.Output()))
+				if exited, _ := p.Exited(); !exited {
+					t.Fatalf("second snared still running, want it refused:\n%s", p.Output())
+				}
+				if !sc.sameBPFFS {
+					if entries, err := os.ReadDir(second.bpffs); err == nil && len(entries) > 0 {
+						t.Errorf("refused snared left pins in %s: %d entries", second.bpffs, len(entries))
+					}
+					os.RemoveAll(second.bpffs)
+				}
+				// It owns nothing: its teardown must not uninstall the first daemon's program.
+				second.bpffs = ""
+				if werr == nil {
+					t.Fatalf("second snared exited 0, want an error:\n%s", p.Output())
+				}
+				out := strings.ToLower(p.Output())
+				if !strings.Contains(out, "lock") && !strings.Contains(out, "another snared") && !strings.Contains(out, "already") {
+					t.Errorf("second snared's message does not say another daemon holds the host:\n%s", p.Output())
+				}
+				if _, err := os.Stat(second.socket); err == nil {
+					t.Errorf("second snared left a socket at %s", second.socket)
+				}
+				unchanged(t)
+				e.dropped(t, e.attackerV4Peer())
+				e.served(t, e.clientV4Peer())
+				if r := d.ctl("status"); r.code != 0 {
+					t.Errorf("first daemon after the second one's attempt: %v", r)
+				}
+			})
+		}
 	})
 }
 

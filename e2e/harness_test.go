@@ -444,8 +444,8 @@ func (d *daemon) teardown() {
 	if d.bpffs == "" {
 		return // it never owned anything (see the second-daemon test)
 	}
-	if out, err := d.e.lab.RunShared(d.e.lab.Host.NS, "env", append(cleanEnv(), append([]string{bins.snared, "uninstall"}, d.args()...)...)...); err != nil {
-		t.Errorf("snared uninstall: %v\n%s", err, out)
+	if r := runIn(d.e.lab.Host.NS, bins.snared, append([]string{"uninstall"}, d.args()...)...); r.code != 0 {
+		t.Errorf("%v", r)
 	}
 	if entries, err := os.ReadDir(d.bpffs); err == nil && len(entries) > 0 {
 		var names []string
@@ -493,6 +493,13 @@ func runBin(bin string, args ...string) result {
 		r.code = -1
 		r.stderr += "\n(run failed: " + err.Error() + ")"
 	}
+	return r
+}
+
+// runIn runs a binary in namespace ns, keeping the mount namespace (bpffs), like snared itself.
+func runIn(ns, bin string, args ...string) result {
+	r := runBin("nsenter", append([]string{"--net=/run/netns/" + ns, "--", bin}, args...)...)
+	r.args = append([]string{filepath.Base(bin)}, args...)
 	return r
 }
 
