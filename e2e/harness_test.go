@@ -128,6 +128,9 @@ func baseConfig() map[string]any {
 // newEnv builds the lab, the web server and (unless opts.noStart) a running snared for backend.
 func newEnv(t *testing.T, backend string, opts options) *labEnv {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test (real daemon, netns lab, scanners): skipped with -short")
+	}
 	testutil.RequireRoot(t)
 	requireBinaries(t)
 	if err := testutil.EnsureBPFFS(); err != nil {
@@ -447,11 +450,7 @@ func (d *daemon) teardown() {
 	if r := runIn(d.e.lab.Host.NS, bins.snared, append([]string{"uninstall"}, d.args()...)...); r.code != 0 {
 		t.Errorf("%v", r)
 	}
-	if entries, err := os.ReadDir(d.bpffs); err == nil && len(entries) > 0 {
-		var names []string
-		for _, en := range entries {
-			names = append(names, en.Name())
-		}
+	if names := readDirNames(d.bpffs); len(names) > 0 {
 		t.Errorf("snared uninstall left pins in %s: %v", d.bpffs, names)
 	}
 	if err := os.RemoveAll(d.bpffs); err != nil {
@@ -619,4 +618,14 @@ func eventually(timeout time.Duration, cond func() error) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// readDirNames lists a directory (nil if it does not exist).
+func readDirNames(dir string) []string {
+	entries, _ := os.ReadDir(dir)
+	var names []string
+	for _, en := range entries {
+		names = append(names, en.Name())
+	}
+	return names
 }
