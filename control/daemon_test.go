@@ -334,3 +334,173 @@ func (w testWriter) Write(p []byte) (int, error) {
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+func TestDaemonImportExportAllowReload(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.start()
+	ctx := context.Background()
+	att := dl.lab.Attacker()
+	today := time.Now().Format("20060102")
+	old := time.Now().Add(-10 * 24 * time.Hour).Format("20060102")
+
+	// A bad line rejects the whole import, naming the line.
+	bad := "198.18.50.1 " + today + "\n198.18.50.2\nnot-an-address\n198.18.1.1\n"
+	_, err := dl.client.Import(ctx, control.ImportRequest{Content: bad, Name: "blocked.list"})
+	if apiStatus(err) != 400 || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "line 4") ||
+		!strings.Contains(err.Error(), "nothing imported") {
+		t.Fatalf("import with bad lines: %v", err)
+	}
+	if n := len(dl.entries()); n != 0 {
+		t.Fatalf("a rejected import left %d entries", n)
+	}
+
+	// With SkipBad the good lines go in; a dated line past date+TTL is skipped as expired.
+	list := "# seed\n198.18.50.1 " + today + "\n198.18.50.2 " + old + "\n198.18.60.0/24\n" + att.Addr4().String() + "\nbogus\n"
+	resp, err := dl.client.Import(ctx, control.ImportRequest{Content: list, Name: "blocked.list", SkipBad: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Imported != 3 || resp.Expired != 1 || resp.Skipped != 1 || len(resp.Errors) != 1 || resp.Errors[0].Line != 6 {
+		t.Fatalf("import answered %+v", resp)
+	}
+	es := dl.entries()
+	e := es["198.18.50.1/32"]
+	if e.Origin != control.OriginImport || e.Created.Format("20060102") != today {
+		t.Errorf("dated entry %+v: want origin import, created %s", e, today)
+	}
+	wantExp := e.Created.Add(5 * 24 * time.Hour)
+	if !e.Expires.Equal(wantExp) {
+		t.Errorf("dated entry expires %s, want date + 5d = %s", e.Expires, wantExp)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("imported block does not drop")
+	}
+
+	// Export, unblock everything, re-import the export: same prefixes and dates.
+	var out strings.Builder
+	if err := dl.client.Export(ctx, "blocked-list", &out); err != nil {
+		t.Fatal(err)
+	}
+	exported := out.String()
+	if !strings.Contains(exported, "198.18.50.1 "+today+"\n") || !strings.Contains(exported, "198.18.60.0/24 ") {
+		t.Fatalf("export:\n%s", exported)
+	}
+	var plain strings.Builder
+	if err := dl.client.Export(ctx, "plain", &plain); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(plain.String(), "\n") != 3 || strings.Contains(plain.String(), today) {
+		t.Errorf("plain export:\n%s", plain.String())
+	}
+	if err := dl.client.Export(ctx, "xml", &plain); apiStatus(err) != 400 {
+		t.Errorf("export in an unknown format: %v", err)
+	}
+	var all []string
+	for p := range es {
+		all = append(all, p)
+	}
+	if _, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: all}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dl.client.Import(ctx, control.ImportRequest{Content: exported}); err != nil {
+		t.Fatal(err)
+	}
+	again := dl.entries()
+	if len(again) != len(es) {
+		t.Fatalf("re-import of the export: %d entries, want %d", len(again), len(es))
+	}
+	for p, e := range es {
+		if a := again[p]; a.Created.Format("20060102") != e.Created.Format("20060102") {
+			t.Errorf("%s: created %s after re-import, was %s", p, a.Created, e.Created)
+		}
+	}
+
+	// Allowlist by hand: durable, refuses blocks, and cannot remove implicit entries.
+	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
+		t.Errorf("block inside a manual allow entry: %v", err)
+	}
+	if _, err := dl.client.AllowDel(ctx, control.AllowRequest{Targets: []string{"127.0.0.0/8"}}); apiStatus(err) != 400 {
+		t.Errorf("removing the implicit loopback entry: %v", err)
+	}
+	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{"0.0.0.0/0"}}); apiStatus(err) != 400 {
+		t.Errorf("allowing everything: %v", err)
+	}
+	al, err := dl.client.AllowList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := map[string]string{}
+	for _, a := range al.Entries {
+		sources[a.Prefix] = a.Source
+	}
+	if sources["198.18.70.0/24"] != "manual" || sources["198.18.1.1/32"] != "own-address" || sources["127.0.0.0/8"] != "loopback" {
+		t.Errorf("allowlist: %v", sources)
+	}
+
+	// Reload: new trap ports and a config allow entry take effect; enforcement stays.
+	next := *dl.cfg
+	next.Trap.TCPPorts = "7777,8000-8002"
+	next.Allow = []string{"198.18.80.0/24"}
+	next.Block.TTL = control.TTL(time.Hour)
+	if err := dl.d.Reload(ctx, &next); err != nil {
+		t.Fatal(err)
+	}
+	st, err := dl.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Trap.TCPPorts != "7777,8000-8002" {
+		t.Errorf("trap ports after reload: %q", st.Trap.TCPPorts)
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.80.9"}}); apiStatus(err) != 400 {
+		t.Errorf("block inside the reloaded config allow entry: %v", err)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("reload dropped enforcement")
+	}
+	if st.Backend != "xdp" || len(st.Interfaces) != 2 || st.Entries != len(es) {
+		t.Errorf("status %+v", st)
+	}
+
+	// The manual allow entry survives a restart.
+	dl.shutdown()
+	dl.start()
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
+		t.Errorf("manual allow entry lost across restart: %v", err)
+	}
+	if _, err := dl.client.AllowDel(ctx, control.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); err != nil {
+		t.Errorf("block after removing the allow entry: %v", err)
+	}
+}
+
+// A second daemon on the same pin directory is refused with loader.ErrLocked, even with
+// backend auto (a locked directory is not a reason to fall back).
+func TestSecondDaemonRefused(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.start()
+	cfg := *dl.cfg
+	cfg.StateDir = t.TempDir()
+	var err error
+	dl.lab.Do(dl.lab.Host.NS, func() error {
+		var enf interface{ Close() error }
+		enf, _, err = control.OpenEnforcer(&cfg, testLogger(t), nil)
+		if err == nil {
+			enf.Close()
+		}
+		return nil
+	})
+	if !errors.Is(err, loader.ErrLocked) {
+		t.Fatalf("second enforcer on the same pins: %v, want loader.ErrLocked", err)
+	}
+	// The same state directory is refused too, before anything is touched.
+	_, err = control.Open(context.Background(), control.Options{Config: dl.cfg})
+	if !errors.Is(err, control.ErrStoreLocked) {
+		t.Fatalf("second daemon on the same state dir: %v, want ErrStoreLocked", err)
+	}
+}
