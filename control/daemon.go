@@ -834,6 +834,18 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 				continue
 			}
 			scan.Action = "blocked"
+			if old, ok, err := tx.Rule(p); err == nil && ok && !old.Expired(now) && old.Origin == OriginTrap &&
+				!old.LastOffence.Before(scan.Time.Add(-time.Second)) {
+				// Already recorded since this event happened: adopted from the kernel by a sweep or
+				// at start before its event was read. The same offence, not a repeat; it only
+				// gets its real reason.
+				old.Reason = trapReason(ev)
+				if err := tx.PutRule(old); err != nil {
+					return err
+				}
+				evs = append(evs, scan)
+				continue
+			}
 			r, err := d.offendLocked(tx, cfg, p, OriginTrap, trapReason(ev), time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err

@@ -504,3 +504,54 @@ func TestSecondDaemonRefused(t *testing.T) {
 		t.Fatalf("second daemon on the same state dir: %v, want ErrStoreLocked", err)
 	}
 }
+
+// Trap hits from an allowlisted source are logged and never blocked; a trap block the kernel
+// makes while the daemon is down is adopted at start, and its late event is the same offence.
+func TestDaemonTrapAllowlistAndAdoption(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.start()
+	ctx := context.Background()
+	cli, att := dl.lab.Client(), dl.lab.Attacker()
+	cli4, att4 := cli.Addr4().String(), att.Addr4().String()
+
+	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{cli4}}); err != nil {
+		t.Fatal(err)
+	}
+	trapDial(t, dl, cli, 31337)
+	var scan *control.Event
+	for end := time.Now().Add(5 * time.Second); scan == nil && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		for _, ev := range dl.d.Events().Recent() {
+			if ev.Event == control.EventScan && ev.Address == cli4 {
+				scan = &ev
+			}
+		}
+	}
+	if scan == nil || scan.Action != "allowlisted" || scan.Proto != "tcp" || len(scan.Ports) != 1 || scan.Ports[0] != 31337 {
+		t.Fatalf("scan event of an allowlisted source: %+v", scan)
+	}
+	if _, ok := dl.entries()[cli4+"/32"]; ok || !dl.reaches(cli, false) {
+		t.Fatal("an allowlisted source was blocked by a trap")
+	}
+
+	// The daemon is down; the kernel still catches the scanner. (A different peer: the kernel
+	// keeps the allowlisted source's scan state for the trap window.)
+	dl.shutdown()
+	trapDial(t, dl, att, 1524)
+	if dl.reaches(att, false) {
+		t.Fatal("kernel did not block the scanner while the daemon was down")
+	}
+	dl.start()
+	var e control.Entry
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		e = dl.entries()[att4+"/32"]
+		if strings.HasPrefix(e.Reason, "trap: tcp/1524") {
+			break
+		}
+	}
+	if e.Origin != control.OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/1524") || e.Offences != 1 {
+		t.Fatalf("adopted trap block: %+v; want origin trap, reason from its event, one offence", e)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("adopted trap block does not drop")
+	}
+}
