@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ type Daemon struct {
 	trapTCP   []uint16  // trap ports in force
 	trapUDP   []uint16
 	lastPrune time.Time
+	sweeps    int
 
 	evictions atomic.Uint64
 
@@ -260,6 +262,9 @@ func (d *Daemon) restore(ctx context.Context) error {
 	n, err := d.enf.Replace(ctx, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
+	}
+	if len(live) >= bigBatch {
+		go debug.FreeOSMemory()
 	}
 	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopt), "expired", len(expired), "backend", d.enf.Name())
 
@@ -617,8 +622,7 @@ func (d *Daemon) Status(ctx context.Context) (StatusResponse, error) {
 	d.mu.Lock()
 	cfg, allow, tcp, udp := d.cfg, len(d.allow), d.trapTCP, d.trapUDP
 	d.mu.Unlock()
-	var n int
-	_ = d.store.View(func(tx *Tx) error { n = tx.RuleCount(); return nil })
+	n := d.store.Count()
 	c := st.Counters
 	out := StatusResponse{
 		Version: d.version, Backend: st.Backend, Fallback: d.fallback, DryRun: cfg.DryRun,
