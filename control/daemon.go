@@ -80,7 +80,7 @@ func userErrorf(format string, args ...any) error {
 }
 
 // Open opens the store, the event log and the enforcer and brings the kernel in line with the
-// store: blocks the kernel made while no daemon ran are adopted, expired ones dropped, and the
+// store (the store is the source of truth): blocks the kernel made while no daemon ran are adopted, expired ones dropped, and the
 // rest (re)inserted, all without removing what is still valid, so a restart never opens a gap.
 // Trap detection, the allowlist and the settings are in force when Open returns.
 func Open(ctx context.Context, o Options) (*Daemon, error) {
@@ -229,7 +229,7 @@ func (d *Daemon) restore(ctx context.Context) error {
 				continue
 			}
 			// A trap block the kernel made while no daemon ran (or whose event was suppressed):
-			// recorded like any trap block; Replace below writes its escalated deadline back.
+			// recorded like any trap block; replaceLocked below writes its escalated deadline back.
 			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err
@@ -259,7 +259,7 @@ func (d *Daemon) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore from store: %w", err)
 	}
-	n, err := d.enf.Replace(ctx, live)
+	n, err := d.replaceLocked(ctx, kernel, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
 	}
@@ -288,6 +288,56 @@ func (d *Daemon) restore(ctx context.Context) error {
 		d.log.Warn("cannot list listening sockets; trap ports are the configured lists as they are", "err", err)
 	}
 	return d.applyTrapLocked(ctx, cfg, tcp, udp)
+}
+
+// replaceLocked makes the kernel hold exactly live (in store order): what Enforcer.Replace
+// does, but with the kernel's rules already read (restore needs them for adoption first) and a
+// sorted merge instead of maps, which matters with a million entries. Entries already present
+// with the same deadline are left alone (keeping their counters); it returns how many it
+// (re)inserted.
+func (d *Daemon) replaceLocked(ctx context.Context, kernel []backend.RuleState, live []backend.Rule) (int, error) {
+	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	var put []backend.Rule
+	var stale []netip.Prefix
+	i := 0
+	for _, r := range live {
+		for i < len(kernel) && kernel[i].Prefix.Compare(r.Prefix) < 0 {
+			stale = append(stale, kernel[i].Prefix)
+			i++
+		}
+		if i < len(kernel) && kernel[i].Prefix == r.Prefix {
+			same := sameDeadline(kernel[i].Deadline, r.Deadline)
+			i++
+			if same {
+				continue
+			}
+		}
+		put = append(put, r)
+	}
+	for ; i < len(kernel); i++ {
+		stale = append(stale, kernel[i].Prefix)
+	}
+	if len(stale) > 0 {
+		if err := d.enf.Unblock(ctx, stale); err != nil {
+			return 0, err
+		}
+	}
+	if len(put) > 0 {
+		if err := d.enf.Block(ctx, put); err != nil {
+			return 0, err
+		}
+	}
+	return len(put), nil
+}
+
+// sameDeadline compares a deadline read back from the kernel (converted from its clock, so
+// off by a millisecond or two) with the stored one.
+func sameDeadline(kernel, stored time.Time) bool {
+	if kernel.IsZero() || stored.IsZero() {
+		return kernel.IsZero() && stored.IsZero()
+	}
+	d := kernel.Sub(stored)
+	return d > -10*time.Millisecond && d < 10*time.Millisecond
 }
 
 // trapSpec is the trap-port policy of cfg.
