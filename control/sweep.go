@@ -195,7 +195,12 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 		}
 		res.Adopted = len(rules)
 		var evs []Event
-		for _, r := range rules {
+		for j, r := range rules {
+			if j == maxExpireEvents {
+				evs = append(evs, Event{Time: now, Event: EventBlock, Source: OriginTrap,
+					Detail: fmt.Sprintf("and %d more trap blocks adopted from the kernel", len(rules)-j)})
+				break
+			}
 			evs = append(evs, blockEvent(r, OriginTrap, now))
 		}
 		d.logEvents(evs...)
