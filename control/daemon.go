@@ -330,14 +330,16 @@ func (d *Daemon) replaceLocked(ctx context.Context, kernel []backend.RuleState, 
 	return len(put), nil
 }
 
-// sameDeadline compares a deadline read back from the kernel (converted from its clock, so
-// off by a millisecond or two) with the stored one.
+// sameDeadline compares a deadline read back from the kernel with the stored one. XDP's are off
+// by a millisecond or two (clock conversion), ipset's by up to a second (its timeouts count
+// whole seconds); a larger difference means the wall clock was stepped since the block was
+// written, and the stored (wall-clock) deadline is written again.
 func sameDeadline(kernel, stored time.Time) bool {
 	if kernel.IsZero() || stored.IsZero() {
 		return kernel.IsZero() && stored.IsZero()
 	}
 	d := kernel.Sub(stored)
-	return d > -10*time.Millisecond && d < 10*time.Millisecond
+	return d > -1500*time.Millisecond && d < 1500*time.Millisecond
 }
 
 // trapSpec is the trap-port policy of cfg.

@@ -12,14 +12,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
+	fallback "github.com/snare-dev/snare/iptables-fallback"
 	"github.com/snare-dev/snare/loader"
 )
 
 // daemonLab is a lab with a daemon on its host namespace, driven through the real Go client.
 type daemonLab struct {
-	t      *testing.T
+	t       *testing.T
+	backend string // "xdp" (default) or "iptables"
 	lab    *testutil.Lab
 	cfg    *control.Config
 	client *control.Client
@@ -54,11 +57,16 @@ func newDaemonLab(t *testing.T) *daemonLab {
 func (dl *daemonLab) start() {
 	t := dl.t
 	t.Helper()
-	var x *loader.XDP
+	var x backend.Enforcer
 	var implicit control.Allowlist
 	err := dl.lab.Do(dl.lab.Host.NS, func() error {
 		var err error
-		x, err = loader.Open(loader.Options{Interfaces: dl.cfg.Interfaces, Mode: dl.cfg.XDPMode, PinDir: dl.cfg.BPFFS, Capacity: 4096})
+		if dl.backend == "iptables" {
+			x, err = fallback.New(fallback.Options{Interfaces: dl.cfg.Interfaces, Capacity: 4096,
+				Prefix: "sntc" + dl.lab.Suffix, NetNS: "/run/netns/" + dl.lab.Host.NS, Logger: testLogger(t)})
+		} else {
+			x, err = loader.Open(loader.Options{Interfaces: dl.cfg.Interfaces, Mode: dl.cfg.XDPMode, PinDir: dl.cfg.BPFFS, Capacity: 4096})
+		}
 		if err != nil {
 			return err
 		}
@@ -553,5 +561,74 @@ func TestDaemonTrapAllowlistAndAdoption(t *testing.T) {
 	}
 	if dl.reaches(att, false) {
 		t.Fatal("adopted trap block does not drop")
+	}
+}
+
+// The same daemon on the iptables fallback: block drops, refused input changes nothing, expiry
+// at the deadline, restart keeps the list and enforcement, unblock, trap block.
+func TestDaemonFallback(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.backend = "iptables"
+	dl.start()
+	ctx := context.Background()
+	att, cli := dl.lab.Attacker(), dl.lab.Client()
+	att4 := att.Addr4().String()
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{att4}, Reason: "fb"}); err != nil {
+		t.Fatal(err)
+	}
+	if dl.reaches(att, false) || !dl.reaches(cli, false) {
+		t.Fatal("fallback block: attacker passes or client blocked")
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{dl.lab.HostIface("client").Addr4.Addr().String()}}); apiStatus(err) != 400 {
+		t.Errorf("own address on the fallback: %v", err)
+	}
+	short, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{cli.Addr4().String()}, TTL: "2s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dl.reaches(cli, false) {
+		t.Fatal("client passes right after its 2s block")
+	}
+	for time.Now().Before(short.Entries[0].Expires.Add(4 * time.Second)) {
+		if dl.reaches(cli, false) {
+			break
+		}
+	}
+	if !dl.reaches(cli, false) {
+		t.Fatal("client still blocked after its deadline")
+	}
+	st, err := dl.client.Status(ctx)
+	if err != nil || st.Backend != "iptables" {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	dl.shutdown()
+	if dl.reaches(att, false) {
+		t.Fatal("attacker passes while the daemon is down")
+	}
+	dl.start()
+	if e, ok := dl.entries()[att4+"/32"]; !ok || e.Reason != "fb" {
+		t.Fatalf("after restart: %+v %v", e, ok)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("attacker passes after restart")
+	}
+	if _, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: []string{att4}}); err != nil {
+		t.Fatal(err)
+	}
+	if !dl.reaches(att, false) {
+		t.Fatal("unblocked attacker still dropped")
+	}
+	trapDial(t, dl, att, 31337)
+	var e control.Entry
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if e = dl.entries()[att4+"/32"]; e.Origin == control.OriginTrap {
+			break
+		}
+	}
+	if e.Origin != control.OriginTrap || !strings.Contains(e.Reason, "tcp/31337") {
+		t.Fatalf("fallback trap block: %+v", e)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("trapped attacker passes on the fallback")
 	}
 }
