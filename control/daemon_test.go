@@ -23,11 +23,11 @@ import (
 type daemonLab struct {
 	t       *testing.T
 	backend string // "xdp" (default) or "iptables"
-	lab    *testutil.Lab
-	cfg    *control.Config
-	client *control.Client
-	d      *control.Daemon
-	stop   func()
+	lab     *testutil.Lab
+	cfg     *control.Config
+	client  *control.Client
+	d       *control.Daemon
+	stop    func()
 }
 
 func newDaemonLab(t *testing.T) *daemonLab {
