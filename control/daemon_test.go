@@ -632,3 +632,58 @@ func TestDaemonFallback(t *testing.T) {
 		t.Fatal("trapped attacker passes on the fallback")
 	}
 }
+
+// backend auto: when XDP cannot attach (native mode on a jumbo-MTU veth fails with ERANGE), the
+// daemon runs on the iptables fallback and says why; backend xdp fails instead.
+func TestAutoFallback(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab, err := testutil.New(testutil.Config{Peers: []string{"attacker"}, MTU: 9000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	cfg, err := control.LoadConfig(control.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Interfaces = lab.HostIfaceNames()
+	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
+	cfg.XDPMode = "native"
+	openFB := func(c *control.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
+		return fallback.New(fallback.Options{Interfaces: ifaces, Capacity: 1024, Prefix: "snta" + lab.Suffix,
+			NetNS: "/run/netns/" + lab.Host.NS, Logger: log})
+	}
+	open := func(c *control.Config) (backend.Enforcer, string, error) {
+		var enf backend.Enforcer
+		var reason string
+		var err error
+		lab.Do(lab.Host.NS, func() error {
+			enf, reason, err = control.OpenEnforcer(c, testLogger(t), openFB)
+			return nil
+		})
+		return enf, reason, err
+	}
+
+	enf, reason, err := open(cfg)
+	if err != nil {
+		t.Fatalf("backend auto with XDP failing: %v", err)
+	}
+	if enf.Name() != "iptables" || !strings.Contains(reason, "xdp unavailable") {
+		t.Errorf("backend %s, reason %q: want the iptables fallback with the XDP error as reason", enf.Name(), reason)
+	}
+	enf.Close()
+
+	xdpOnly := *cfg
+	xdpOnly.Backend = "xdp"
+	if enf, _, err := open(&xdpOnly); err == nil {
+		enf.Close()
+		t.Fatal("backend xdp succeeded where XDP cannot attach")
+	}
+	lab.Do(lab.Host.NS, func() error {
+		_, _, err = control.OpenEnforcer(cfg, testLogger(t), nil)
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "not available") {
+		t.Fatalf("auto without a fallback available: %v", err)
+	}
+}
