@@ -274,3 +274,55 @@ func TestListenSocket(t *testing.T) {
 	}
 	l2.Close()
 }
+
+func TestServeEventsFollow(t *testing.T) {
+	d, _ := fakeDaemon(t)
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- d.ServeListener(ctx, l, func() { close(ready) }) }()
+	<-ready
+	c := NewClient(sock)
+
+	got := make(chan Event, 16)
+	fctx, fcancel := context.WithCancel(context.Background())
+	followDone := make(chan error, 1)
+	go func() {
+		followDone <- c.Events(fctx, true, func(ev Event) error { got <- ev; return nil })
+	}()
+	waitFor := func(kind, addr string) {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case ev := <-got:
+				if ev.Event == kind && ev.Address == addr {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no %s event for %s", kind, addr)
+			}
+		}
+	}
+	waitFor(EventStart, "") // the recent history comes first
+	if _, err := c.Block(context.Background(), BlockRequest{Targets: []string{"198.18.0.7"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(EventBlock, "198.18.0.7/32")
+	fcancel()
+	if err := <-followDone; err != nil {
+		t.Errorf("follow ended with %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Status(context.Background()); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("socket after stop: %v", err)
+	}
+}
