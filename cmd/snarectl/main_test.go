@@ -545,6 +545,12 @@ func TestImport(t *testing.T) {
 		!strings.Contains(r.stderr, "the daemon refused 1 line, nothing imported") {
 		t.Errorf("refused lines: code %d stderr %q", r.code, r.stderr)
 	}
+	// snared answers such an import with an error naming the lines.
+	f.refuse = wide + ": 1 bad line, nothing imported (--skip-bad imports the good lines):\n  line 1: prefix /7 is wider"
+	r = runCLI(t, f.socket, "", "import", wide)
+	if r.code != exitError || !strings.Contains(r.stderr, "Error: import "+wide+": "+f.refuse) {
+		t.Errorf("refused import: code %d stderr %q", r.code, r.stderr)
+	}
 }
 
 func TestExport(t *testing.T) {
@@ -751,5 +757,31 @@ func TestExitCodesOfTheBinary(t *testing.T) {
 	}
 	if m := f.Mutations(); len(m) != 1 {
 		t.Errorf("want exactly the one refused block to reach the daemon, got %+v", m)
+	}
+}
+
+// snarectl's fast pre-check of import files agrees line by line with the daemon's parser
+// (control.ParseBlockList) on everything that does not depend on the daemon's configuration.
+func TestImportCheckMatchesDaemonParser(t *testing.T) {
+	lines := []string{
+		"198.18.0.7", "198.18.0.7 20261101", "  198.18.0.7\t20261101  # note", "198.18.1.0/24 ; net",
+		"2001:db8::1", "2001:db8::/48 20250101", "::ffff:198.18.0.9", "# only a comment", "", "   ",
+		"198.18.0.300", "198.18.0.0/33", "2001:db8::/129", "0.0.0.0/0", "::/0", "0.0.0.0", "::",
+		"198.18.0.7 2026-11-01", "198.18.0.7 20261301", "198.18.0.7 2026110", "198.18.0.7 20991231",
+		"198.18.0.7 20261101 extra", "fe80::1%eth0", "198.18.0.0/x", "host.example", "198.18.0.7\r",
+		"198.18.0.7;20261101", "198.18.0.7 20261101#c",
+	}
+	now := time.Now()
+	content := strings.Join(lines, "\n") + "\n"
+	_, want, _ := control.ParseBlockList(content, control.TargetRules{}, now)
+	got, err := checkBlockList(strings.NewReader(content), now.In(time.Local))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want) < 10 {
+		t.Fatalf("the corpus should hold many bad lines; the daemon's parser found %d", len(want))
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("snarectl's check and control.ParseBlockList disagree:\n got  %+v\n want %+v", got, want)
 	}
 }
