@@ -57,7 +57,7 @@ unless --skip-bad is given: then the good lines are imported and the bad ones li
 				Content: string(content), TTL: ttl, Reason: reason, SkipBad: skipBad, Name: name,
 			})
 			if err != nil {
-				return fmt.Errorf("import %s: %w", name, err)
+				return fmt.Errorf("import: %w", err) // snared's messages name the file
 			}
 			printLineErrors(c.stderr, name, resp.Errors)
 			if len(resp.Errors) > 0 && !skipBad {

@@ -442,7 +442,7 @@ evictions:          0
 allowlist:          6 entries
 trap tcp ports:     1,11,15 (block)
 trap udp ports:     1,7,9 (log)
-trap trigger:       1 distinct ports within 1m
+trap trigger:       1 distinct port within 1m
 trap hits:          40 (12 blocks)
 scan entries:       17
 events suppressed:  3
@@ -548,7 +548,7 @@ func TestImport(t *testing.T) {
 	// snared answers such an import with an error naming the lines.
 	f.refuse = wide + ": 1 bad line, nothing imported (--skip-bad imports the good lines):\n  line 1: prefix /7 is wider"
 	r = runCLI(t, f.socket, "", "import", wide)
-	if r.code != exitError || !strings.Contains(r.stderr, "Error: import "+wide+": "+f.refuse) {
+	if r.code != exitError || !strings.Contains(r.stderr, "Error: import: "+f.refuse) {
 		t.Errorf("refused import: code %d stderr %q", r.code, r.stderr)
 	}
 }

@@ -62,11 +62,11 @@ func (c *cli) statusTable(st control.StatusResponse) error {
 	row("passed", "%s packets", countText(st.Passed))
 	row("dropped", "%s packets%s", countText(st.Dropped), reasonsText(st.ByReason))
 	row("evictions", "%s", countText(st.Evictions))
-	row("allowlist", "%d entries", st.Allowlist)
+	row("allowlist", "%d %s", st.Allowlist, plural(st.Allowlist, "entry", "entries"))
 	t := st.Trap
 	row("trap tcp ports", "%s (%s)", orDash(t.TCPPorts), orDash(t.TCPMode))
 	row("trap udp ports", "%s (%s)", orDash(t.UDPPorts), orDash(t.UDPMode))
-	row("trap trigger", "%d distinct ports within %s", t.Threshold, orDash(t.Window))
+	row("trap trigger", "%d distinct %s within %s", t.Threshold, plural(t.Threshold, "port", "ports"), orDash(t.Window))
 	row("trap hits", "%s (%s blocks)", countText(t.Hits), countText(t.Blocks))
 	row("scan entries", "%d", t.ScanEntries)
 	row("events suppressed", "%s", countText(t.Suppressed))
