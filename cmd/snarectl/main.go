@@ -173,6 +173,7 @@ func (c *cli) rootCommand() *cobra.Command {
   snarectl list --sort hits
   snarectl status -o json
   SNARE_SOCKET=/tmp/snare.sock snarectl events -f`,
+		Version:           snarectlVersion(),
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
