@@ -692,6 +692,30 @@ func TestCompletion(t *testing.T) {
 	}
 }
 
+// unblock and allow del complete from what the daemon has; without a daemon, nothing (and no
+// error on the user's terminal).
+func TestCompletionFromDaemon(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.list.Entries = sampleEntries()
+	f.allow.Entries = []control.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
+	r := runCLI(t, f.socket, "", "__complete", "unblock", "198.18.1.0/24", "")
+	want := "198.18.0.7\tssh brute force\n2001:db8::/64\ttrap tcp/1\n:4\n"
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, want) {
+		t.Errorf("unblock completion: code %d stdout %q, want prefix %q", r.code, r.stdout, want)
+	}
+	r = runCLI(t, f.socket, "", "__complete", "allow", "del", "")
+	if !strings.HasPrefix(r.stdout, "198.18.10.0/24\n:4\n") {
+		t.Errorf("allow del completion: %q", r.stdout)
+	}
+	r = runCLI(t, "/nonexistent.sock", "", "__complete", "unblock", "")
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, ":4\n") {
+		t.Errorf("completion without daemon: code %d stdout %q", r.code, r.stdout)
+	}
+	if m := f.Mutations(); len(m) != 0 {
+		t.Errorf("completion changed something: %+v", m)
+	}
+}
+
 // The committed docs/ are what gen-docs writes now (the man pages' date line aside).
 func TestDocsUpToDate(t *testing.T) {
 	dir := t.TempDir()
