@@ -99,55 +99,52 @@ func (c *cli) entryTable(entries []control.Entry) error {
 }
 
 // sortEntries orders entries for list and top; every order falls back to the address so the
-// output is stable.
+// output is stable. Addresses are parsed once, not per comparison: lists can hold a million
+// entries.
 func sortEntries(entries []control.Entry, by string) {
-	byAddr := func(a, b control.Entry) int { return comparePrefixes(a.Prefix, b.Prefix) }
-	var primary func(a, b control.Entry) int
+	type keyed struct {
+		control.Entry
+		prefix netip.Prefix // invalid if the daemon sent something unparsable: sorts last
+	}
+	keys := make([]keyed, len(entries))
+	for i, e := range entries {
+		p, _ := netip.ParsePrefix(e.Prefix)
+		keys[i] = keyed{e, p}
+	}
+	// IPv4 before IPv6, then by address, then by length.
+	byAddr := func(a, b keyed) int {
+		if !a.prefix.IsValid() || !b.prefix.IsValid() {
+			return cmp.Or(cmp.Compare(boolInt(!a.prefix.IsValid()), boolInt(!b.prefix.IsValid())), cmp.Compare(a.Prefix, b.Prefix))
+		}
+		return cmp.Or(a.prefix.Addr().Compare(b.prefix.Addr()), cmp.Compare(a.prefix.Bits(), b.prefix.Bits()))
+	}
+	var primary func(a, b keyed) int
 	switch by {
 	case "hits":
-		primary = func(a, b control.Entry) int {
+		primary = func(a, b keyed) int {
 			return cmp.Or(cmp.Compare(b.Hits, a.Hits), b.LastHit.Compare(a.LastHit))
 		}
 	case "expires":
-		primary = func(a, b control.Entry) int {
-			switch {
-			case a.Permanent != b.Permanent:
-				return boolOrder(a.Permanent)
-			case a.Permanent:
-				return 0
-			}
-			return a.Expires.Compare(b.Expires)
+		// Soonest first, permanent last.
+		primary = func(a, b keyed) int {
+			return cmp.Or(cmp.Compare(boolInt(a.Permanent), boolInt(b.Permanent)), a.Expires.Compare(b.Expires))
 		}
 	case "created":
-		primary = func(a, b control.Entry) int { return b.Created.Compare(a.Created) }
+		primary = func(a, b keyed) int { return b.Created.Compare(a.Created) }
 	default:
-		primary = func(control.Entry, control.Entry) int { return 0 }
+		primary = func(keyed, keyed) int { return 0 }
 	}
-	slices.SortStableFunc(entries, func(a, b control.Entry) int { return cmp.Or(primary(a, b), byAddr(a, b)) })
+	slices.SortFunc(keys, func(a, b keyed) int { return cmp.Or(primary(a, b), byAddr(a, b)) })
+	for i := range keys {
+		entries[i] = keys[i].Entry
+	}
 }
 
-// boolOrder puts false before true.
-func boolOrder(aTrue bool) int {
-	if aTrue {
+func boolInt(b bool) int {
+	if b {
 		return 1
 	}
-	return -1
-}
-
-// comparePrefixes orders IPv4 before IPv6, then by address, then by length; unparsable strings
-// (which the daemon should never send) sort last, by text.
-func comparePrefixes(a, b string) int {
-	pa, errA := netip.ParsePrefix(a)
-	pb, errB := netip.ParsePrefix(b)
-	switch {
-	case errA != nil && errB != nil:
-		return cmp.Compare(a, b)
-	case errA != nil:
-		return 1
-	case errB != nil:
-		return -1
-	}
-	return cmp.Or(pa.Addr().Compare(pb.Addr()), cmp.Compare(pa.Bits(), pb.Bits()))
+	return 0
 }
 
 // countText is n with thousands separators: 1234567 → "1,234,567".
