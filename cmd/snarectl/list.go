@@ -15,23 +15,41 @@ import (
 func (c *cli) listCommand() *cobra.Command {
 	var output, sortBy *choice
 	cmd := &cobra.Command{
-		Use:     "list",
+		Use:     "list [ADDR|CIDR...]",
 		Aliases: []string{"ls"},
 		Short:   "List active blocks",
 		Long: `List every active block: address or CIDR, reason, origin (manual, trap, import), when it was
 created and when it expires, how many packets it dropped (hits) and when the last one came.
+
+With addresses or CIDRs, list only the blocks that cover or overlap them: "is this address
+blocked, and by what?" (a single IPv6 address is shown blocked by its /64).
 
 --sort orders the rows: address (default), hits (most first), expires (soonest first,
 permanent last) or created (newest first). -o json prints the daemon's answer
 ({"entries": [...]}, times in RFC 3339) in the same order, for scripts.`,
 		Example: `  snarectl list
   snarectl list --sort hits
+  snarectl list 198.18.0.7 2001:db8::1
   snarectl list -o json | jq -r '.entries[].prefix'`,
-		Args: noArgs,
-		RunE: c.verb(func(cmd *cobra.Command, _ []string) error {
+		Args: cobra.ArbitraryArgs,
+		RunE: c.verb(func(cmd *cobra.Command, args []string) error {
+			var only []netip.Prefix
+			for _, a := range args {
+				p, err := control.ParseAllowPrefix(a)
+				if err != nil {
+					return inputf("bad address to look for: %v", err)
+				}
+				only = append(only, p)
+			}
 			resp, err := c.client().List(cmd.Context())
 			if err != nil {
 				return fmt.Errorf("list: %w", err)
+			}
+			if len(only) > 0 {
+				resp.Entries = slices.DeleteFunc(resp.Entries, func(e control.Entry) bool {
+					p, err := netip.ParsePrefix(e.Prefix)
+					return err != nil || !slices.ContainsFunc(only, p.Overlaps)
+				})
 			}
 			sortEntries(resp.Entries, sortBy.value)
 			if output.value == "json" {

@@ -137,7 +137,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"import two files", []string{"import", good, good}, []string{"too many arguments"}},
 		{"list bad output", []string{"list", "-o", "yaml"}, []string{`invalid argument "yaml" for "-o, --output" flag: must be one of table, json`}},
 		{"list bad sort", []string{"list", "--sort", "size"}, []string{`invalid argument "size" for "--sort" flag`}},
-		{"list extra arg", []string{"list", "198.18.0.7"}, []string{`unexpected arguments ["198.18.0.7"]`}},
+		{"list bad address", []string{"list", "198.18.0.256"}, []string{`bad address to look for: "198.18.0.256" is not an IP address or CIDR`}},
+		{"status extra arg", []string{"status", "198.18.0.7"}, []string{`unexpected arguments ["198.18.0.7"]`}},
 		{"status bad output", []string{"status", "-o", "xml"}, []string{`invalid argument "xml"`}},
 		{"export bad format", []string{"export", "--format", "csv"}, []string{`invalid argument "csv" for "--format" flag: must be one of blocked-list, plain`}},
 		{"top negative limit", []string{"top", "-n", "-1"}, []string{`bad --limit -1`}},
@@ -356,6 +357,31 @@ func TestListTable(t *testing.T) {
 	} {
 		if got := order("list", "--sort", sort); !reflect.DeepEqual(got, want) {
 			t.Errorf("--sort %s: %q, want %q", sort, got, want)
+		}
+	}
+}
+
+// list ADDR|CIDR... shows only the blocks covering or overlapping them.
+func TestListFilter(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.list.Entries = sampleEntries()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"198.18.1.77"}, "198.18.1.0/24"},
+		{[]string{"2001:db8::42", "198.18.0.7"}, "198.18.0.7 2001:db8::/64"},
+		{[]string{"::ffff:198.18.0.7"}, "198.18.0.7"},
+		{[]string{"198.18.0.0/16"}, "198.18.0.7 198.18.1.0/24"},
+		{[]string{"198.18.200.1"}, ""},
+	} {
+		r := runCLI(t, f.socket, "", append([]string{"list"}, tc.args...)...)
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n")[1:] {
+			got = append(got, strings.Fields(l)[0])
+		}
+		if r.code != exitOK || strings.Join(got, " ") != tc.want {
+			t.Errorf("list %v: code %d, got %q, want %q", tc.args, r.code, got, tc.want)
 		}
 	}
 }
