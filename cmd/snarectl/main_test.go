@@ -447,7 +447,8 @@ func sampleStatus() control.StatusResponse {
 		Version: "v0.1.0", Backend: "xdp",
 		Interfaces: []control.InterfaceStatus{{Name: "eth0", Mode: "native"}, {Name: "veth1", Mode: "generic"}},
 		Entries:    2500, Capacity: 1000000, Passed: 123456789, Dropped: 4321,
-		ByReason:  map[string]uint64{"exact": 4000, "cidr": 321},
+		ByReason: map[string]uint64{"drop_exact": 4000, "drop_cidr": 321, "drop_trap": 0, "pass": 123456000,
+			"pass_allow": 789, "dry_run": 5},
 		Evictions: 0, Allowlist: 6,
 		Trap: control.TrapStatus{TCPPorts: "1,11,15", UDPPorts: "1,7,9", Threshold: 1, Window: "1m", TCPMode: "block", UDPMode: "log",
 			ScanEntries: 17, Hits: 40, Blocks: 12, Suppressed: 3},
@@ -462,8 +463,9 @@ func TestStatus(t *testing.T) {
 	want := `backend:            xdp
 interfaces:         eth0 (native), veth1 (generic)
 entries:            2,500 of 1,000,000 (0.2% full)
-passed:             123,456,789 packets
+passed:             123,456,789 packets (allow: 789, not blocked: 123,456,000)
 dropped:            4,321 packets (cidr: 321, exact: 4,000)
+other counters:     dry_run: 5
 evictions:          0
 allowlist:          6 entries
 trap tcp ports:     1,11,15 (block)
