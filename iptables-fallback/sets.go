@@ -224,6 +224,18 @@ func (e *Enforcer) sortRules(rules []backend.Rule, fromTrap bool) (batch, error)
 	v6bits := e.v6bits
 	e.mu.Unlock()
 	now := time.Now()
+	// Size each set's batch first: a million-entry load would otherwise spend its time growing
+	// slices.
+	counts := map[string]int{}
+	for _, r := range rules {
+		if p, err := normalizePrefix(r.Prefix); err == nil {
+			set, _ := e.setFor(p, v6bits)
+			counts[set]++
+		}
+	}
+	for set, n := range counts {
+		b.add[set] = make([]setEntry, 0, n)
+	}
 	for _, r := range rules {
 		p, err := normalizePrefix(r.Prefix)
 		if err != nil {
@@ -287,9 +299,18 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 	e.mu.Lock()
 	v6bits := e.v6bits
 	e.mu.Unlock()
+	blockSets := []string{e.n.ip4, e.n.net4, e.n.ip6, e.n.net6}
+	size := 0
+	for _, set := range blockSets {
+		h, err := e.sets.header(set)
+		if err != nil {
+			return nil, err
+		}
+		size += int(h.Elements)
+	}
 	now := time.Now()
-	var out []backend.RuleState
-	for _, set := range []string{e.n.ip4, e.n.net4, e.n.ip6, e.n.net6} {
+	out := make([]backend.RuleState, 0, size+size/8) // entries may arrive while listing
+	for _, set := range blockSets {
 		err := e.sets.list(set, func(se setEntry) {
 			p := se.Prefix
 			if set == e.n.ip6 {
@@ -348,7 +369,7 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 	if err != nil {
 		return 0, err
 	}
-	want := make(map[netip.Prefix]time.Time, len(rules))
+	want := make(map[netip.Prefix]time.Time, min(len(rules), len(have)))
 	norm := make([]backend.Rule, 0, len(rules))
 	for _, r := range rules {
 		p, err := normalizePrefix(r.Prefix)
@@ -358,7 +379,9 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 		if p.Bits() == 0 {
 			return 0, fmt.Errorf("refusing to block %s: it covers every address", p)
 		}
-		want[p] = r.Deadline
+		if len(have) > 0 {
+			want[p] = r.Deadline
+		}
 		norm = append(norm, backend.Rule{Prefix: p, Deadline: r.Deadline})
 	}
 	var stale []netip.Prefix
@@ -373,10 +396,13 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 			present[h.Prefix] = true
 		}
 	}
-	var missing []backend.Rule
-	for _, r := range norm {
-		if !present[r.Prefix] {
-			missing = append(missing, r)
+	missing := norm // the bulk load (empty sets): everything
+	if len(present) > 0 {
+		missing = make([]backend.Rule, 0, len(norm)-len(present))
+		for _, r := range norm {
+			if !present[r.Prefix] {
+				missing = append(missing, r)
+			}
 		}
 	}
 	if err := e.Unblock(ctx, stale); err != nil {
