@@ -225,6 +225,32 @@ func (f *family) syncChain(chain string, rules []rule) (bool, error) {
 	return changed, nil
 }
 
+// dryRunInPlace tells whether an existing chain (left by a previous run) counts instead of
+// dropping, so a restart in dry-run mode does not drop until the daemon repeats the setting.
+func (f *family) dryRunInPlace(chain, ipSet string) (bool, error) {
+	dry := false
+	err := f.ns.do(func() error {
+		ok, err := f.ipt.ChainExists(table, chain)
+		if err != nil || !ok {
+			return err
+		}
+		lines, err := f.ipt.List(table, chain)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			if strings.Contains(l, " "+ipSet+" src") {
+				dry = !strings.Contains(l, "-j DROP")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("read chain %s: %w", chain, err)
+	}
+	return dry, nil
+}
+
 // positionMatches is a cheap order check of a listed rule against the wanted one: the set names
 // and the target must appear in it in the same order. (iptables -S normalises the rest.)
 func positionMatches(line string, args []string) bool {

@@ -118,6 +118,9 @@ func (e *Enforcer) open() error {
 	if err := e.loadTrapPorts(); err != nil {
 		return err
 	}
+	if e.settings.DryRun, err = e.fams[0].dryRunInPlace(e.n.chain, e.n.ip4); err != nil {
+		return err
+	}
 	if _, err := e.syncChainsLocked(false); err != nil {
 		return err
 	}

@@ -282,6 +282,19 @@ func TestRestartKeepsState(t *testing.T) {
 	if !strings.Contains(f.ipsetList(t, e3.n.ip4), "maxelem 8192") {
 		t.Errorf("set not migrated:\n%s", f.ipsetList(t, e3.n.ip4))
 	}
+
+	// Dry-run survives a restart: the new process does not drop before the daemon says so again.
+	if err := e3.SetSettings(f.ctx, backend.Settings{DryRun: true}); err != nil {
+		t.Fatal(err)
+	}
+	e3.Close()
+	e4 := f.open(t)
+	if !f.reachable(att.NS, h4) {
+		t.Error("restart in dry-run mode drops")
+	}
+	if !e4.settings.DryRun {
+		t.Error("dry-run not adopted from the chain")
+	}
 }
 
 // TestIPv6Prefix: changing the IPv6 block length rebuilds the hash:ip set with the new netmask and
