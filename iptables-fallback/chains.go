@@ -36,8 +36,10 @@ type family struct {
 	ipt             *iptables.IPTables
 	ns              nsHandle
 	allow, ip, cidr string // set names
-	// snapshot is each chain's listing after the last sync; the watcher compares against it.
+	// snapshot is each chain's listing after the last sync and synced the wanted state it
+	// achieved; the watcher compares against both.
 	snapshot map[string][]string
+	synced   []string
 }
 
 // rule is one rule of snare's chain and the counter it feeds.
@@ -128,16 +130,17 @@ func (e *Enforcer) jumps() [][]string {
 	return out
 }
 
-// syncChainsLocked brings both families' chains and jumps to the wanted rules. With check set it
-// first compares the listings with the last sync's and stops there when nothing changed (the
-// watcher's cheap path: one iptables process per chain). It reports whether it changed anything.
-func (e *Enforcer) syncChainsLocked(check bool) (bool, error) {
+// syncChainsLocked brings both families' chains and jumps to the wanted rules and reports whether
+// it changed anything. When the wanted rules are those of the last sync and the listings are
+// unchanged since, it stops after one iptables process per chain (the watcher's path).
+func (e *Enforcer) syncChainsLocked() (bool, error) {
 	changed := false
 	for _, f := range e.fams {
 		main, trap := e.rulesLocked(f)
+		want := wantedState(main, trap, e.jumps())
 		var c bool
 		err := f.ns.do(func() error {
-			if check && f.unchanged(e.n.chain, e.n.trapChain) {
+			if slices.Equal(want, f.synced) && f.unchanged(e.n.chain, e.n.trapChain) {
 				return nil
 			}
 			// The trap chain first: the main chain jumps to it.
@@ -150,15 +153,35 @@ func (e *Enforcer) syncChainsLocked(check bool) (bool, error) {
 				return err
 			}
 			c3, err := f.syncJumps(e.n.chain, e.jumps())
+			if err != nil {
+				return err
+			}
 			c = c1 || c2 || c3
-			return err
+			f.synced = want
+			return nil
 		})
 		if err != nil {
+			f.synced = nil
 			return changed, fmt.Errorf("%s rules: %w", f.name, err)
 		}
 		changed = changed || c
 	}
 	return changed, nil
+}
+
+// wantedState flattens the wanted rules into comparable strings.
+func wantedState(main, trap []rule, jumps [][]string) []string {
+	var out []string
+	for _, r := range main {
+		out = append(out, "main "+strings.Join(r.args, " "))
+	}
+	for _, r := range trap {
+		out = append(out, "trap "+strings.Join(r.args, " "))
+	}
+	for _, j := range jumps {
+		out = append(out, "jump "+strings.Join(j, " "))
+	}
+	return out
 }
 
 // unchanged reports whether the chains and PREROUTING list as they did after the last sync.

@@ -121,7 +121,7 @@ func (e *Enforcer) open() error {
 	if e.settings.DryRun, err = e.fams[0].dryRunInPlace(e.n.chain, e.n.ip4); err != nil {
 		return err
 	}
-	if _, err := e.syncChainsLocked(false); err != nil {
+	if _, err := e.syncChainsLocked(); err != nil {
 		return err
 	}
 	return nil
@@ -198,7 +198,7 @@ func (e *Enforcer) Repair(ctx context.Context) (bool, error) {
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	changed, err := e.syncChainsLocked(true)
+	changed, err := e.syncChainsLocked()
 	return repaired || changed, err
 }
 

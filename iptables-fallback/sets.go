@@ -491,7 +491,7 @@ func (e *Enforcer) SetSettings(ctx context.Context, s backend.Settings) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.settings = s
-	_, err := e.syncChainsLocked(false)
+	_, err := e.syncChainsLocked()
 	return err
 }
 
