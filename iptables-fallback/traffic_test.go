@@ -226,6 +226,32 @@ func TestFlushRepaired(t *testing.T) {
 				t.Errorf("second Repair = %v, %v; want false, nil", repaired, err)
 			}
 
+			// Flushed chain and destroyed sets: the sets come back (allowlist included), and the
+			// daemon's Replace refills the blocks.
+			cli := f.lab.Client()
+			if err := f.e.SetAllow(f.ctx, []netip.Prefix{netip.PrefixFrom(cli.Addr4(), 32)}); err != nil {
+				t.Fatal(err)
+			}
+			f.ipt(t, false, "-t", "raw", "-F", chain)
+			f.ipt(t, true, "-t", "raw", "-F", chain)
+			for _, set := range []string{f.e.n.allow4, f.e.n.ip4} {
+				if out, err := f.lab.Run(f.lab.Host.NS, "ipset", "destroy", set); err != nil {
+					t.Fatalf("ipset destroy %s: %v (%s)", set, err, out)
+				}
+			}
+			if repaired, err := f.e.Repair(f.ctx); err != nil || !repaired {
+				t.Fatalf("Repair after destroyed sets = %v, %v", repaired, err)
+			}
+			if !strings.Contains(f.ipsetList(t, f.e.n.allow4), cli.Addr4().String()) {
+				t.Errorf("allowlist not restored:\n%s", f.ipsetList(t, f.e.n.allow4))
+			}
+			if n, err := f.e.Replace(f.ctx, []backend.Rule{{Prefix: netip.PrefixFrom(att.Addr4(), 32)}}); err != nil || n != 1 {
+				t.Fatalf("Replace after repair = %d, %v; want 1, nil", n, err)
+			}
+			if f.reachable(att.NS, h4) {
+				t.Error("block not restored by Repair + Replace")
+			}
+
 			// The watcher does it by itself: delete the jump from PREROUTING this time.
 			f.e.Close()
 			f.opts.CheckInterval = 200 * time.Millisecond
