@@ -15,7 +15,7 @@ import (
 //
 //	<PREFIX>:       -m set --match-set allow src -j <PREFIX>-TRAP   (trap on: allowlisted scans are reported)
 //	                -m set --match-set allow src -j ACCEPT          (allowlist first)
-//	                -m set --match-set ip src -j DROP               (dry-run: no target, the rule only counts)
+//	                -m set --match-set ip src -j DROP               (dry-run: RETURN, the rule only counts)
 //	                -m set --match-set net src -j DROP
 //	                -j <PREFIX>-TRAP                                (trap on)
 //	<PREFIX>-TRAP:  -p tcp --tcp-flags ACK,RST NONE -m set --match-set trap-tcp dst -j NFLOG ...
@@ -96,7 +96,9 @@ func (e *Enforcer) rulesLocked(f *family) (main, trap []rule) {
 	drop := []string{"-j", "DROP"}
 	exact, cidr := "drop_exact", "drop_cidr"
 	if e.settings.DryRun {
-		drop, exact, cidr = nil, "dry_run", "dry_run"
+		// Count and pass, skipping the trap rules as XDP's dry-run does: a blocked source
+		// must not be re-blocked (with a new deadline) by its own traffic.
+		drop, exact, cidr = []string{"-j", "RETURN"}, "dry_run", "dry_run"
 	}
 	if trapOn {
 		main = append(main, rule{args: append(matchSet(f.allow, "src"), "-j", e.n.trapChain)})
@@ -363,8 +365,8 @@ func ourJumps(listing []string, chain string) [][]string {
 }
 
 // countedRules lists chain with counters (iptables -S -v) and returns each rule's arguments and
-// packet count. (go-iptables' Stats parses the -L table, which has no column for a rule without a
-// target, such as the dry-run counting rules.)
+// packet count. (go-iptables' Stats parses the -L table, whose columns shift for a rule without a
+// target.)
 func (f *family) countedRules(chain string) (args [][]string, packets []uint64, err error) {
 	var lines []string
 	err = f.ns.do(func() error {
