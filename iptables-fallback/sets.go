@@ -201,12 +201,11 @@ func entryFor(p netip.Prefix, deadline time.Time, fromTrap bool, now time.Time) 
 	if d <= 0 {
 		return se, true
 	}
-	secs := (d + time.Second - 1) / time.Second
-	if secs > ipsetMaxTimeout {
+	if (d+time.Second-1)/time.Second > ipsetMaxTimeout {
 		se.Comment = makeComment(fromTrap, deadline.Add(time.Second-1).Unix())
 		return se, false
 	}
-	se.Timeout = uint32(secs)
+	se.Deadline = deadline // the timeout is computed as the entry is sent
 	se.Comment = makeComment(fromTrap, 0)
 	return se, false
 }
@@ -296,6 +295,13 @@ func (e *Enforcer) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 // the second (ipset reports whole seconds left); LastHit is when Rules first saw the entry's
 // packet counter grow.
 func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
+	out, _, err := e.rules()
+	return out, err
+}
+
+// rules is Rules plus how long the listing took: ipset computes each entry's time left when
+// it sends it, so deadlines read late in a long dump come out up to that much early.
+func (e *Enforcer) rules() ([]backend.RuleState, time.Duration, error) {
 	e.mu.Lock()
 	v6bits := e.v6bits
 	e.mu.Unlock()
@@ -304,7 +310,7 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 	for _, set := range blockSets {
 		h, err := e.sets.header(set)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		size += int(h.Elements)
 	}
@@ -320,14 +326,14 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 			rs := backend.RuleState{Rule: backend.Rule{Prefix: p}, Hits: se.Packets, FromTrap: fromTrap}
 			switch {
 			case se.Timeout > 0:
-				rs.Deadline = now.Add(time.Duration(se.Timeout) * time.Second).Truncate(time.Second)
+				rs.Deadline = now.Add(time.Duration(se.Timeout) * time.Second)
 			case !until.IsZero():
 				rs.Deadline = until
 			}
 			out = append(out, rs)
 		})
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	e.hitMu.Lock()
@@ -346,16 +352,19 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 	}
 	e.hits = seen
 	e.hitMu.Unlock()
-	return out, nil
+	return out, time.Since(now), nil
 }
 
-// sameDeadline allows for ipset's whole-second timeouts.
-func sameDeadline(have, want time.Time) bool {
+// sameDeadline allows for ipset's whole-second timeouts (rounded up when written, down when
+// read); slack is how much earlier a slow read may see it.
+func sameDeadline(have, want time.Time) bool { return withinSlack(have, want, 0) }
+
+func withinSlack(have, want time.Time, slack time.Duration) bool {
 	if have.IsZero() || want.IsZero() {
 		return have.IsZero() && want.IsZero()
 	}
 	d := have.Sub(want)
-	return d > -2*time.Second && d < 2*time.Second
+	return d > -2*time.Second-slack && d < 2*time.Second
 }
 
 // Replace implements backend.Enforcer: the sets end up holding exactly rules. Entries already
@@ -365,7 +374,7 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 	if _, err := e.Repair(ctx); err != nil {
 		return 0, err
 	}
-	have, err := e.Rules(ctx)
+	have, slack, err := e.rules()
 	if err != nil {
 		return 0, err
 	}
@@ -392,7 +401,7 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 			stale = append(stale, h.Prefix)
 			continue
 		}
-		if sameDeadline(h.Deadline, d) {
+		if withinSlack(h.Deadline, d, slack) {
 			present[h.Prefix] = true
 		}
 	}
