@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"runtime"
 	"strconv"
 	"strings"
@@ -31,9 +30,6 @@ type StatusSource interface {
 type MetricsOptions struct {
 	// Status is read on every scrape; nil leaves out the enforcer's metrics.
 	Status StatusSource
-	// StorePath is the durable store's file (Config.DBPath); its size is snare_store_bytes.
-	// Empty leaves the metric out.
-	StorePath string
 	// Version goes into snare_build_info.
 	Version string
 	// StatusTimeout bounds one read of Status during a scrape (default 5s).
@@ -57,6 +53,7 @@ type Metrics struct {
 	trapHits     *prometheus.CounterVec
 	sweep        prometheus.Histogram
 	scrapeErrors prometheus.Counter
+	storeBytes   prometheus.Gauge
 
 	buildInfo   *prometheus.Desc
 	up          *prometheus.Desc
@@ -70,7 +67,6 @@ type Metrics struct {
 	suppressed  *prometheus.Desc
 	trapProbes  *prometheus.Desc
 	trapTrigger *prometheus.Desc
-	storeBytes  *prometheus.Desc
 
 	// lastErr keeps the last scrape error for the log, so a broken enforcer is not silent.
 	mu      sync.Mutex
@@ -111,7 +107,11 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		}),
 		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "snare_scrape_errors_total",
-			Help: "Scrapes in which the enforcer's status or the store size could not be read.",
+			Help: "Scrapes in which the enforcer's status could not be read.",
+		}),
+		storeBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "snare_store_bytes",
+			Help: "Size of the durable store's file in bytes, as of the last sweep.",
 		}),
 		buildInfo: prometheus.NewDesc("snare_build_info",
 			"Always 1; the labels say which snare is running.", []string{"version", "goversion"}, nil),
@@ -139,8 +139,6 @@ func NewMetrics(o MetricsOptions) *Metrics {
 			"Packets that reached a trap port, counted in the data path (not rate-limited).", nil, nil),
 		trapTrigger: prometheus.NewDesc("snare_trap_triggers_total",
 			"Blocks the data path inserted itself when a source tripped the trap threshold.", nil, nil),
-		storeBytes: prometheus.NewDesc("snare_store_bytes",
-			"Size of the durable store's file in bytes.", nil, nil),
 	}
 	for _, o := range blockOrigins {
 		m.blocks.WithLabelValues(o) // export zeros so rate() works from the first block
@@ -148,11 +146,16 @@ func NewMetrics(o MetricsOptions) *Metrics {
 	return m
 }
 
-// Blocked counts one block recorded with the given origin ("manual", "trap", "import").
-func (m *Metrics) Blocked(origin string) { m.blocks.WithLabelValues(origin).Inc() }
+// Metrics is the daemon's Recorder.
+var _ Recorder = (*Metrics)(nil)
 
-// Unblocked counts one block removed by hand.
-func (m *Metrics) Unblocked() { m.unblocks.Inc() }
+// Blocked counts n blocks recorded with the given origin ("manual", "trap", "import").
+func (m *Metrics) Blocked(origin string, n int) {
+	m.blocks.WithLabelValues(origin).Add(float64(max(n, 0)))
+}
+
+// Unblocked counts n blocks removed by hand.
+func (m *Metrics) Unblocked(n int) { m.unblocks.Add(float64(max(n, 0))) }
 
 // Expired counts n blocks reclaimed after their deadline.
 func (m *Metrics) Expired(n int) { m.expiries.Add(float64(max(n, 0))) }
@@ -162,6 +165,9 @@ func (m *Metrics) Evicted(n int) { m.evictions.Add(float64(max(n, 0))) }
 
 // SweepDuration observes how long one sweep took.
 func (m *Metrics) SweepDuration(d time.Duration) { m.sweep.Observe(d.Seconds()) }
+
+// StoreSize sets snare_store_bytes, the durable store's file size.
+func (m *Metrics) StoreSize(bytes int64) { m.storeBytes.Set(float64(bytes)) }
 
 // TrapHit counts one trap event by protocol and the trap port that was hit.
 func (m *Metrics) TrapHit(proto string, port uint16) {
@@ -185,7 +191,7 @@ func (m *Metrics) LastError() error {
 }
 
 func (m *Metrics) inner() []prometheus.Collector {
-	return []prometheus.Collector{m.blocks, m.unblocks, m.expiries, m.evictions, m.trapHits, m.sweep, m.scrapeErrors}
+	return []prometheus.Collector{m.blocks, m.unblocks, m.expiries, m.evictions, m.trapHits, m.sweep, m.scrapeErrors, m.storeBytes}
 }
 
 // Describe implements prometheus.Collector.
@@ -194,30 +200,19 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 		c.Describe(ch)
 	}
 	for _, d := range []*prometheus.Desc{m.buildInfo, m.up, m.backendInfo, m.ifaceInfo, m.packets, m.bytes,
-		m.entries, m.capacity, m.fillRatio, m.suppressed, m.trapProbes, m.trapTrigger, m.storeBytes} {
+		m.entries, m.capacity, m.fillRatio, m.suppressed, m.trapProbes, m.trapTrigger} {
 		ch <- d
 	}
 }
 
 // Collect implements prometheus.Collector: the recorder's metrics plus a fresh read of the
-// enforcer's status and the store's size.
+// enforcer's status.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.buildInfo, prometheus.GaugeValue, 1, m.opts.Version, runtime.Version())
-	var errs []error
+	var err error
 	if m.opts.Status != nil {
-		if err := m.collectStatus(ch); err != nil {
-			errs = append(errs, err)
-		}
+		err = m.collectStatus(ch)
 	}
-	if m.opts.StorePath != "" {
-		fi, err := os.Stat(m.opts.StorePath)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("store size: %w", err))
-		} else {
-			ch <- prometheus.MustNewConstMetric(m.storeBytes, prometheus.GaugeValue, float64(fi.Size()))
-		}
-	}
-	err := errors.Join(errs...)
 	if err != nil {
 		m.scrapeErrors.Inc()
 	}

@@ -8,8 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -40,7 +38,7 @@ func (f *fakeStatus) set(fn func(*backend.Status)) {
 	fn(&f.st)
 }
 
-func newTestMetrics(t *testing.T) (*Metrics, *prometheus.Registry, *fakeStatus, string) {
+func newTestMetrics(t *testing.T) (*Metrics, *prometheus.Registry, *fakeStatus) {
 	t.Helper()
 	src := &fakeStatus{st: backend.Status{
 		Backend:    "xdp",
@@ -56,20 +54,16 @@ func newTestMetrics(t *testing.T) (*Metrics, *prometheus.Registry, *fakeStatus, 
 			Capacity:      1000,
 		},
 	}}
-	store := filepath.Join(t.TempDir(), "snare.db")
-	if err := os.WriteFile(store, make([]byte, 4096), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	m := NewMetrics(MetricsOptions{Status: src, StorePath: store, Version: "test-1"})
+	m := NewMetrics(MetricsOptions{Status: src, Version: "test-1"})
 	reg := prometheus.NewPedanticRegistry()
 	if err := reg.Register(m); err != nil {
 		t.Fatalf("register: %v", err)
 	}
-	return m, reg, src, store
+	return m, reg, src
 }
 
 func TestMetricsFromStatus(t *testing.T) {
-	_, reg, src, store := newTestMetrics(t)
+	_, reg, src := newTestMetrics(t)
 
 	want := `
 # HELP snare_packets_total Packets seen by the enforcer, by verdict (action) and why (reason). Since the kernel maps were created.
@@ -106,9 +100,6 @@ snare_backend_info{backend="xdp"} 1
 # HELP snare_enforcer_up 1 when the enforcer's status could be read in this scrape, else 0.
 # TYPE snare_enforcer_up gauge
 snare_enforcer_up 1
-# HELP snare_store_bytes Size of the durable store's file in bytes.
-# TYPE snare_store_bytes gauge
-snare_store_bytes 4096
 # HELP snare_trap_probes_total Packets that reached a trap port, counted in the data path (not rate-limited).
 # TYPE snare_trap_probes_total counter
 snare_trap_probes_total 5
@@ -118,7 +109,7 @@ snare_trap_triggers_total 2
 `
 	names := []string{"snare_packets_total", "snare_bytes_total", "snare_entries", "snare_capacity", "snare_fill_ratio",
 		"snare_events_suppressed_total", "snare_interface_info", "snare_backend_info", "snare_enforcer_up",
-		"snare_store_bytes", "snare_trap_probes_total", "snare_trap_triggers_total"}
+		"snare_trap_probes_total", "snare_trap_triggers_total"}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
 	}
@@ -131,9 +122,6 @@ snare_trap_triggers_total 2
 		st.Counters.Suppressed = 11
 		st.Interfaces = st.Interfaces[:1]
 	})
-	if err := os.WriteFile(store, make([]byte, 8192), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	want2 := `
 # HELP snare_fill_ratio Block entries divided by block capacity (0..1); alert well before 1.
 # TYPE snare_fill_ratio gauge
@@ -144,12 +132,9 @@ snare_events_suppressed_total 11
 # HELP snare_interface_info Always 1 per protected interface; mode is native, generic (XDP) or iptables.
 # TYPE snare_interface_info gauge
 snare_interface_info{interface="eth0",mode="native"} 1
-# HELP snare_store_bytes Size of the durable store's file in bytes.
-# TYPE snare_store_bytes gauge
-snare_store_bytes 8192
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want2),
-		"snare_fill_ratio", "snare_events_suppressed_total", "snare_interface_info", "snare_store_bytes"); err != nil {
+		"snare_fill_ratio", "snare_events_suppressed_total", "snare_interface_info"); err != nil {
 		t.Fatal(err)
 	}
 	mfs, err := reg.Gather()
@@ -184,7 +169,7 @@ snare_store_bytes 8192
 }
 
 func TestMetricsRecorderCalls(t *testing.T) {
-	m, reg, _, _ := newTestMetrics(t)
+	m, reg, _ := newTestMetrics(t)
 
 	// Before anything happened: the origins are exported as zeros.
 	want := `
@@ -198,13 +183,18 @@ snare_blocks_total{origin="trap"} 0
 		t.Fatal(err)
 	}
 
-	m.Blocked("manual")
-	m.Blocked("manual")
-	m.Blocked("trap")
-	m.Unblocked()
+	m.Blocked("manual", 1)
+	m.Blocked("manual", 1)
+	m.Blocked("trap", 1)
+	m.Blocked("import", 1000)
+	m.Blocked("import", 0)
+	m.Blocked("import", -5) // a caller bug must not make a counter go down (prometheus would panic)
+	m.Unblocked(2)
+	m.StoreSize(1 << 20)
+	m.StoreSize(32768)
 	m.Expired(3)
 	m.Expired(0)
-	m.Expired(-1) // a caller bug must not make a counter go down (prometheus would panic)
+	m.Expired(-1)
 	m.Evicted(2)
 	m.SweepDuration(1500 * time.Microsecond)
 	m.SweepDuration(40 * time.Millisecond)
@@ -216,12 +206,15 @@ snare_blocks_total{origin="trap"} 0
 	want = `
 # HELP snare_blocks_total Blocks recorded by the daemon, by origin (manual, trap, import). Repeat blocks count again.
 # TYPE snare_blocks_total counter
-snare_blocks_total{origin="import"} 0
+snare_blocks_total{origin="import"} 1000
 snare_blocks_total{origin="manual"} 2
 snare_blocks_total{origin="trap"} 1
 # HELP snare_unblocks_total Blocks removed by hand.
 # TYPE snare_unblocks_total counter
-snare_unblocks_total 1
+snare_unblocks_total 2
+# HELP snare_store_bytes Size of the durable store's file in bytes, as of the last sweep.
+# TYPE snare_store_bytes gauge
+snare_store_bytes 32768
 # HELP snare_expiries_total Blocks that reached their deadline and were reclaimed by the sweeper.
 # TYPE snare_expiries_total counter
 snare_expiries_total 3
@@ -234,7 +227,7 @@ snare_trap_hits_total{port="1",proto="tcp"} 2
 snare_trap_hits_total{port="161",proto="udp"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "snare_blocks_total", "snare_unblocks_total",
-		"snare_expiries_total", "snare_evictions_total", "snare_trap_hits_total"); err != nil {
+		"snare_store_bytes", "snare_expiries_total", "snare_evictions_total", "snare_trap_hits_total"); err != nil {
 		t.Fatal(err)
 	}
 	if n := testutil.CollectAndCount(m.sweep); n != 1 {
@@ -261,37 +254,31 @@ snare_trap_hits_total{port="161",proto="udp"} 1
 }
 
 func TestMetricsStatusError(t *testing.T) {
-	m, reg, src, store := newTestMetrics(t)
+	m, reg, src := newTestMetrics(t)
 	src.mu.Lock()
 	src.err = errors.New("map gone")
 	src.mu.Unlock()
-	if err := os.Remove(store); err != nil {
-		t.Fatal(err)
-	}
 	// A broken enforcer does not break the scrape: the daemon's own metrics still come, up says 0
 	// and the error is counted.
 	want := `
 # HELP snare_enforcer_up 1 when the enforcer's status could be read in this scrape, else 0.
 # TYPE snare_enforcer_up gauge
 snare_enforcer_up 0
-# HELP snare_scrape_errors_total Scrapes in which the enforcer's status or the store size could not be read.
+# HELP snare_scrape_errors_total Scrapes in which the enforcer's status could not be read.
 # TYPE snare_scrape_errors_total counter
 snare_scrape_errors_total 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "snare_enforcer_up", "snare_scrape_errors_total",
-		"snare_packets_total", "snare_store_bytes"); err != nil {
+		"snare_packets_total"); err != nil {
 		t.Fatal(err)
 	}
 	err := m.LastError()
-	if err == nil || !strings.Contains(err.Error(), "map gone") || !strings.Contains(err.Error(), "store size") {
-		t.Fatalf("LastError = %v, want both the status and the store error", err)
+	if err == nil || !strings.Contains(err.Error(), "map gone") {
+		t.Fatalf("LastError = %v, want the status error", err)
 	}
 	src.mu.Lock()
 	src.err = nil
 	src.mu.Unlock()
-	if err := os.WriteFile(store, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}
@@ -326,7 +313,7 @@ func TestVerdict(t *testing.T) {
 }
 
 func TestServeMetricsHTTP(t *testing.T) {
-	m, reg, _, _ := newTestMetrics(t)
+	m, reg, _ := newTestMetrics(t)
 	var logBuf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -362,7 +349,7 @@ func TestServeMetricsHTTP(t *testing.T) {
 			t.Errorf("first scrape lacks %q", line)
 		}
 	}
-	m.Blocked("trap")
+	m.Blocked("trap", 1)
 	if body := scrape(); !strings.Contains(body, `snare_blocks_total{origin="trap"} 1`) {
 		t.Errorf("second scrape does not show the trap block:\n%s", body)
 	}
