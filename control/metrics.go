@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/snare-dev/snare/backend"
@@ -26,9 +27,28 @@ type StatusSource interface {
 	Status(context.Context) (backend.Status, error)
 }
 
+// StatusFunc adapts a function to StatusSource, e.g. StatusFunc(daemon.EnforcerStatus).
+type StatusFunc func(context.Context) (backend.Status, error)
+
+// Status implements StatusSource.
+func (f StatusFunc) Status(ctx context.Context) (backend.Status, error) { return f(ctx) }
+
+// EnforcerStatus is the enforcer's own status, what metrics read at scrape time. A back-end that
+// does not know its capacity (ipset sizes come from the config) gets block.capacity.
+func (d *Daemon) EnforcerStatus(ctx context.Context) (backend.Status, error) {
+	st, err := d.enf.Status(ctx)
+	if err == nil && st.Counters.Capacity == 0 {
+		d.mu.Lock()
+		st.Counters.Capacity = d.cfg.Block.Capacity
+		d.mu.Unlock()
+	}
+	return st, err
+}
+
 // MetricsOptions configure NewMetrics.
 type MetricsOptions struct {
-	// Status is read on every scrape; nil leaves out the enforcer's metrics.
+	// Status is read on every scrape; nil leaves out the enforcer's metrics until
+	// SetStatusSource is called (the daemon exists only after its Recorder).
 	Status StatusSource
 	// Version goes into snare_build_info.
 	Version string
@@ -68,9 +88,9 @@ type Metrics struct {
 	trapProbes  *prometheus.Desc
 	trapTrigger *prometheus.Desc
 
-	// lastErr keeps the last scrape error for the log, so a broken enforcer is not silent.
 	mu      sync.Mutex
-	lastErr error
+	status  StatusSource
+	lastErr error // the last scrape error, for LastError
 }
 
 // NewMetrics builds the metrics; register the result with a prometheus.Registry.
@@ -79,7 +99,8 @@ func NewMetrics(o MetricsOptions) *Metrics {
 		o.StatusTimeout = 5 * time.Second
 	}
 	m := &Metrics{
-		opts: o,
+		opts:   o,
+		status: o.Status,
 		blocks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "snare_blocks_total",
 			Help: "Blocks recorded by the daemon, by origin (manual, trap, import). Repeat blocks count again.",
@@ -183,6 +204,25 @@ func (m *Metrics) TrapEvent(ev backend.TrapEvent) {
 	m.TrapHit(ev.Proto, ev.Ports[len(ev.Ports)-1])
 }
 
+// SetStatusSource sets (or replaces) what scrapes read the enforcer's counters from.
+func (m *Metrics) SetStatusSource(src StatusSource) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.status = src
+}
+
+// NewMetricsRegistry returns a registry with m and the standard Go runtime and process
+// collectors (go_*, process_*: memory, file descriptors, CPU), ready for ServeMetrics.
+func NewMetricsRegistry(m *Metrics) (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	for _, c := range []prometheus.Collector{m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return reg, nil
+}
+
 // LastError returns the last error a scrape met (nil if the last scrape was clean).
 func (m *Metrics) LastError() error {
 	m.mu.Lock()
@@ -209,9 +249,12 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 // enforcer's status.
 func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.buildInfo, prometheus.GaugeValue, 1, m.opts.Version, runtime.Version())
+	m.mu.Lock()
+	src := m.status
+	m.mu.Unlock()
 	var err error
-	if m.opts.Status != nil {
-		err = m.collectStatus(ch)
+	if src != nil {
+		err = m.collectStatus(ch, src)
 	}
 	if err != nil {
 		m.scrapeErrors.Inc()
@@ -224,10 +267,10 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func (m *Metrics) collectStatus(ch chan<- prometheus.Metric) error {
+func (m *Metrics) collectStatus(ch chan<- prometheus.Metric, src StatusSource) error {
 	ctx, cancel := context.WithTimeout(context.Background(), m.opts.StatusTimeout)
 	defer cancel()
-	st, err := m.opts.Status.Status(ctx)
+	st, err := src.Status(ctx)
 	if err != nil {
 		ch <- prometheus.MustNewConstMetric(m.up, prometheus.GaugeValue, 0)
 		return fmt.Errorf("enforcer status: %w", err)

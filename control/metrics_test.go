@@ -417,3 +417,33 @@ func TestMetricsWarnsOffLoopback(t *testing.T) {
 		}
 	}
 }
+
+func TestMetricsStatusSourceLater(t *testing.T) {
+	// The daemon needs its Recorder before the enforcer exists: metrics start without a source.
+	m := NewMetrics(MetricsOptions{Version: "test-1"})
+	reg, err := NewMetricsRegistry(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := testutil.GatherAndCount(reg, "snare_enforcer_up", "snare_packets_total"); err != nil || n != 0 {
+		t.Fatalf("without a source: %d enforcer series (err %v), want 0", n, err)
+	}
+	src := &fakeStatus{st: backend.Status{Backend: "iptables", Counters: backend.Counters{
+		ByReason: map[string]uint64{"drop_exact": 4}, Entries: 10, Capacity: 100}}}
+	m.SetStatusSource(StatusFunc(src.Status))
+	want := `
+# HELP snare_packets_total Packets seen by the enforcer, by verdict (action) and why (reason). Since the kernel maps were created.
+# TYPE snare_packets_total counter
+snare_packets_total{action="drop",reason="exact"} 4
+# HELP snare_fill_ratio Block entries divided by block capacity (0..1); alert well before 1.
+# TYPE snare_fill_ratio gauge
+snare_fill_ratio 0.1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "snare_packets_total", "snare_fill_ratio"); err != nil {
+		t.Fatal(err)
+	}
+	// The standard collectors are there too.
+	if n, err := testutil.GatherAndCount(reg, "go_goroutines", "process_resident_memory_bytes"); err != nil || n != 2 {
+		t.Errorf("go/process collectors: %d series (err %v), want 2", n, err)
+	}
+}
