@@ -184,6 +184,9 @@ func (d *Daemon) Close() error {
 // Backend names the enforcer in use and, for the fallback, why.
 func (d *Daemon) Backend() (name, fallbackReason string) { return d.enf.Name(), d.fallback }
 
+// Enforcer is the back-end in use (for metrics and tests).
+func (d *Daemon) Enforcer() backend.Enforcer { return d.enf }
+
 // Config returns the configuration in force.
 func (d *Daemon) Config() *Config {
 	d.mu.Lock()
@@ -225,27 +228,31 @@ func (d *Daemon) restore(ctx context.Context) error {
 			}
 			// A trap block the kernel made while no daemon ran (or whose event was suppressed):
 			// recorded like any trap block; Replace below writes its escalated deadline back.
-			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, "trap (blocked by the kernel, event not received)", time.Duration(cfg.Block.TTL), false, now)
+			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err
 			}
 			adopt = append(adopt, r)
 		}
-		gone, err := tx.ExpiredBefore(now, 0)
+		var gone []Rule
+		err := tx.ForEachRule(func(r Rule) error {
+			if r.Expired(now) {
+				gone = append(gone, r)
+			} else {
+				live = append(live, backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline})
+			}
+			return nil
+		})
 		if err != nil {
 			return err
 		}
-		for _, p := range gone {
-			r, _, _ := tx.Rule(p)
-			if _, err := tx.DeleteRule(p); err != nil {
+		for _, r := range gone {
+			if _, err := tx.DeleteRule(r.Prefix); err != nil {
 				return err
 			}
-			expired = append(expired, r)
 		}
-		return tx.ForEachRule(func(r Rule) error {
-			live = append(live, backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline})
-			return nil
-		})
+		expired = gone
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("restore from store: %w", err)

@@ -3,7 +3,6 @@ package control
 import (
 	"bufio"
 	"fmt"
-	"io"
 	"net/netip"
 	"strings"
 	"time"
@@ -24,14 +23,13 @@ type ImportLine struct {
 // maxImportLineErrors bounds the errors reported for one import; the count of bad lines stays exact.
 const maxImportLineErrors = 1000
 
-// ParseBlockList reads a block list: the seed's blocked.list lines ("198.18.0.7 20260101") or
+// ParseBlockList parses a block list: the seed's blocked.list lines ("198.18.0.7 20260101") or
 // plain IP/CIDR lines, with comments from '#' or ';' to the end of a line and blank lines
 // ignored. It returns the good lines and one LineError per bad line (line numbers from 1),
 // plus the total count of bad lines. Dates in the future are bad (a block cannot have been made
 // tomorrow); so are prefixes ParseTarget refuses.
-func ParseBlockList(r io.Reader, rules TargetRules, now time.Time) (good []ImportLine, errs []LineError, bad int, err error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
+func ParseBlockList(content string, rules TargetRules, now time.Time) (good []ImportLine, errs []LineError, bad int) {
+	good = make([]ImportLine, 0, strings.Count(content, "\n")+1)
 	n := 0
 	fail := func(line int, text, msg string) {
 		bad++
@@ -40,9 +38,15 @@ func ParseBlockList(r io.Reader, rules TargetRules, now time.Time) (good []Impor
 		}
 	}
 	today := now.Local()
-	for sc.Scan() {
+	for len(content) > 0 {
 		n++
-		raw := sc.Text()
+		raw := content
+		if i := strings.IndexByte(content, '\n'); i >= 0 {
+			raw, content = content[:i], content[i+1:]
+		} else {
+			content = ""
+		}
+		raw = strings.TrimSuffix(raw, "\r")
 		text := raw
 		if i := strings.IndexAny(text, "#;"); i >= 0 {
 			text = text[:i]
@@ -79,10 +83,7 @@ func ParseBlockList(r io.Reader, rules TargetRules, now time.Time) (good []Impor
 		}
 		good = append(good, il)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, nil, 0, fmt.Errorf("read line %d: %w", n+1, err)
-	}
-	return good, errs, bad, nil
+	return good, errs, bad
 }
 
 // Export formats.

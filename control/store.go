@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,21 +58,21 @@ type AllowRecord struct {
 // Buckets:
 //
 //	rules     prefix key -> rule value
-//	deadlines deadline (8 bytes, big endian unix ms) + prefix key -> empty; the sweeper walks it
-//	          in order and stops at the first deadline in the future
 //	offences  prefix key -> offence value (escalation history, kept for the lookback)
 //	allow     prefix key -> created (unix ms)
+//
+// There is no deadline index: the sweeper walks every rule anyway to reconcile the kernel with
+// the store, and an index would double the writes of an import.
 type Store struct {
 	db   *bolt.DB
 	path string
 }
 
 var (
-	bucketRules     = []byte("rules")
-	bucketDeadlines = []byte("deadlines")
-	bucketOffences  = []byte("offences")
-	bucketAllow     = []byte("allow")
-	bucketMeta      = []byte("meta")
+	bucketRules    = []byte("rules")
+	bucketOffences = []byte("offences")
+	bucketAllow    = []byte("allow")
+	bucketMeta     = []byte("meta")
 )
 
 // storeVersion is written to the meta bucket; a store from a newer snare is refused rather
@@ -88,7 +87,10 @@ func OpenStore(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType,
+		// Map 1 GiB of address space up front: growing the mapping re-reads every node of a big
+		// transaction, which made a 1,000,000-entry import quadratic.
+		InitialMmapSize: 1 << 30})
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, fmt.Errorf("open store %s: %w", path, ErrStoreLocked)
@@ -97,7 +99,7 @@ func OpenStore(path string) (*Store, error) {
 	}
 	s := &Store{db: db, path: path}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRules, bucketDeadlines, bucketOffences, bucketAllow, bucketMeta} {
+		for _, b := range [][]byte{bucketRules, bucketOffences, bucketAllow, bucketMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -131,24 +133,27 @@ func (s *Store) Size() int64 {
 	return n
 }
 
-// prefixKey encodes a prefix so that byte order equals netip.Prefix.Compare order:
-// family (4 or 6), prefix length, address bytes.
+// prefixKey encodes a (masked) prefix so that byte order equals netip.Prefix.Compare order:
+// family (4 or 6), address bytes, prefix length.
 func prefixKey(p netip.Prefix) []byte {
 	a := p.Addr()
 	if a.Is4() {
 		b := a.As4()
-		return []byte{4, byte(p.Bits()), b[0], b[1], b[2], b[3]}
+		return []byte{4, b[0], b[1], b[2], b[3], byte(p.Bits())}
 	}
 	b := a.As16()
-	return append([]byte{6, byte(p.Bits())}, b[:]...)
+	k := make([]byte, 0, 18)
+	k = append(k, 6)
+	k = append(k, b[:]...)
+	return append(k, byte(p.Bits()))
 }
 
 func parsePrefixKey(k []byte) (netip.Prefix, error) {
 	switch {
 	case len(k) == 6 && k[0] == 4:
-		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k[2:6])), int(k[1])), nil
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k[1:5])), int(k[5])), nil
 	case len(k) == 18 && k[0] == 6:
-		return netip.PrefixFrom(netip.AddrFrom16([16]byte(k[2:18])), int(k[1])), nil
+		return netip.PrefixFrom(netip.AddrFrom16([16]byte(k[1:17])), int(k[17])), nil
 	}
 	return netip.Prefix{}, fmt.Errorf("corrupt prefix key %x", k)
 }
@@ -212,11 +217,6 @@ func decodeRule(p netip.Prefix, v []byte) (Rule, error) {
 	return r, nil
 }
 
-func deadlineKey(deadline time.Time, pk []byte) []byte {
-	k := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(pk)), uint64(unixMs(deadline)))
-	return append(k, pk...)
-}
-
 func encodeOffence(o Offence) []byte {
 	b := binary.AppendUvarint(nil, uint64(o.Count))
 	return binary.AppendVarint(b, unixMs(o.Last))
@@ -236,15 +236,13 @@ func decodeOffence(v []byte) Offence {
 
 // Tx is a read-write view of the store inside one transaction.
 type Tx struct {
-	tx                         *bolt.Tx
-	rules, deadlines, offences *bolt.Bucket
-	allow                      *bolt.Bucket
-	buf                        []byte
+	tx                     *bolt.Tx
+	rules, offences, allow *bolt.Bucket
+	buf                    []byte
 }
 
 func wrapTx(tx *bolt.Tx) *Tx {
-	return &Tx{tx: tx, rules: tx.Bucket(bucketRules), deadlines: tx.Bucket(bucketDeadlines),
-		offences: tx.Bucket(bucketOffences), allow: tx.Bucket(bucketAllow)}
+	return &Tx{tx: tx, rules: tx.Bucket(bucketRules), offences: tx.Bucket(bucketOffences), allow: tx.Bucket(bucketAllow)}
 }
 
 // Update runs fn in one read-write transaction, committed (and fsynced) when fn returns nil and
@@ -268,25 +266,11 @@ func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
 	return r, err == nil, err
 }
 
-// PutRule inserts or replaces a rule, keeping the deadline index in step.
+// PutRule inserts or replaces a rule.
 func (t *Tx) PutRule(r Rule) error {
-	pk := prefixKey(r.Prefix)
-	if old := t.rules.Get(pk); old != nil {
-		or, err := decodeRule(r.Prefix, old)
-		if err == nil && !or.Deadline.IsZero() {
-			if err := t.deadlines.Delete(deadlineKey(or.Deadline, pk)); err != nil {
-				return err
-			}
-		}
-	}
-	t.buf = encodeRule(t.buf[:0], r)
-	if err := t.rules.Put(pk, t.buf); err != nil {
+	// bbolt holds on to the value until commit: a fresh slice per Put.
+	if err := t.rules.Put(prefixKey(r.Prefix), encodeRule(nil, r)); err != nil {
 		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
-	}
-	if !r.Deadline.IsZero() {
-		if err := t.deadlines.Put(deadlineKey(r.Deadline, pk), nil); err != nil {
-			return fmt.Errorf("store deadline of %s: %w", r.Prefix, err)
-		}
 	}
 	return nil
 }
@@ -294,50 +278,37 @@ func (t *Tx) PutRule(r Rule) error {
 // DeleteRule removes the rule for p; it reports whether there was one.
 func (t *Tx) DeleteRule(p netip.Prefix) (bool, error) {
 	pk := prefixKey(p)
-	old := t.rules.Get(pk)
-	if old == nil {
+	if t.rules.Get(pk) == nil {
 		return false, nil
-	}
-	if or, err := decodeRule(p, old); err == nil && !or.Deadline.IsZero() {
-		if err := t.deadlines.Delete(deadlineKey(or.Deadline, pk)); err != nil {
-			return false, err
-		}
 	}
 	return true, t.rules.Delete(pk)
 }
 
-// PutRulesSorted writes many new-or-replacing rules at once. It is the import and adoption path:
-// rules are sorted by key first, which makes bbolt's page writes sequential (1,000,000 rules in
-// well under a second), and the buckets are filled densely.
+// Empty reports whether no rule is stored.
+func (t *Tx) Empty() bool {
+	k, _ := t.rules.Cursor().First()
+	return k == nil
+}
+
+// PutRulesSorted writes many new-or-replacing rules at once: the import, restore and adoption
+// path. Rules are sorted by key first, which makes bbolt's page writes sequential, and pages are
+// filled densely.
 func (t *Tx) PutRulesSorted(rules []Rule) error {
 	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
 	t.rules.FillPercent = 0.9
-	var newDeadlines [][]byte
-	var oldDeadlines [][]byte
+	var arena []byte
 	for _, r := range rules {
-		pk := prefixKey(r.Prefix)
-		if old := t.rules.Get(pk); old != nil {
-			if or, err := decodeRule(r.Prefix, old); err == nil && !or.Deadline.IsZero() {
-				oldDeadlines = append(oldDeadlines, deadlineKey(or.Deadline, pk))
-			}
+		// bbolt keeps the key and value slices until commit, so each gets its own bytes, cut
+		// from large chunks rather than allocated one by one.
+		if cap(arena)-len(arena) < 64+len(r.Reason) {
+			arena = make([]byte, 0, max(1<<20, 64+len(r.Reason)))
 		}
-		if err := t.rules.Put(pk, encodeRule(nil, r)); err != nil {
+		start := len(arena)
+		arena = append(arena, prefixKey(r.Prefix)...)
+		mid := len(arena)
+		arena = encodeRule(arena, r)
+		if err := t.rules.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
 			return fmt.Errorf("store rule %s: %w", r.Prefix, err)
-		}
-		if !r.Deadline.IsZero() {
-			newDeadlines = append(newDeadlines, deadlineKey(r.Deadline, pk))
-		}
-	}
-	for _, k := range oldDeadlines {
-		if err := t.deadlines.Delete(k); err != nil {
-			return err
-		}
-	}
-	slices.SortFunc(newDeadlines, bytes.Compare)
-	t.deadlines.FillPercent = 0.9
-	for _, k := range newDeadlines {
-		if err := t.deadlines.Put(k, nil); err != nil {
-			return fmt.Errorf("store deadline index: %w", err)
 		}
 	}
 	return nil
@@ -360,28 +331,6 @@ func (t *Tx) ForEachRule(fn func(Rule) error) error {
 
 // RuleCount is the number of stored rules.
 func (t *Tx) RuleCount() int { return t.rules.Stats().KeyN }
-
-// ExpiredBefore returns the prefixes whose deadline is at or before now, oldest first, at most
-// limit of them (limit <= 0: all).
-func (t *Tx) ExpiredBefore(now time.Time, limit int) ([]netip.Prefix, error) {
-	var out []netip.Prefix
-	c := t.deadlines.Cursor()
-	bound := uint64(now.UnixMilli())
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		if len(k) < 8 || binary.BigEndian.Uint64(k[:8]) > bound {
-			break
-		}
-		p, err := parsePrefixKey(k[8:])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-		if limit > 0 && len(out) >= limit {
-			break
-		}
-	}
-	return out, nil
-}
 
 // Offence returns the escalation history of p.
 func (t *Tx) Offence(p netip.Prefix) Offence {

@@ -26,9 +26,10 @@ type SweepResult struct {
 }
 
 // Sweep removes expired blocks from store and kernel (the data path already ignores them; this
-// reclaims memory and logs each expiry), then reconciles the kernel with the store: blocks the
+// reclaims memory and logs each expiry) and reconciles the kernel with the store: blocks the
 // kernel lost (LRU eviction, a flushed firewall) are re-inserted and counted, trap blocks the
 // kernel made without an event reaching us are adopted, and entries nobody knows are removed.
+// Kernel and store are walked once each, in the same (prefix) order.
 func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	start := time.Now()
 	d.mu.Lock()
@@ -37,66 +38,14 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	now := time.Now()
 	var res SweepResult
 
-	var expired []Rule
-	err := d.store.Update(func(tx *Tx) error {
-		gone, err := tx.ExpiredBefore(now, 0)
-		if err != nil {
-			return err
-		}
-		for _, p := range gone {
-			r, ok, err := tx.Rule(p)
-			if err != nil {
-				return err
-			}
-			if _, err := tx.DeleteRule(p); err != nil {
-				return err
-			}
-			if ok {
-				expired = append(expired, r)
-			}
-		}
-		if now.Sub(d.lastPrune) >= offencePruneInterval {
-			if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
-				return err
-			}
-			d.lastPrune = now
-		}
-		return nil
-	})
-	if err != nil {
-		return res, fmt.Errorf("sweep store: %w", err)
-	}
-	res.Expired = len(expired)
-	if len(expired) > 0 {
-		ps := make([]netip.Prefix, len(expired))
-		for i, r := range expired {
-			ps[i] = r.Prefix
-		}
-		if err := d.enf.Unblock(ctx, ps); err != nil {
-			return res, fmt.Errorf("sweep %d expired from the kernel: %w", len(ps), err)
-		}
-		d.logEvents(expireEvents(expired, now)...)
-		d.rec.Expired(len(expired))
-	}
-
-	if err := d.reconcileLocked(ctx, cfg, now, &res); err != nil {
-		return res, err
-	}
-	res.Duration = time.Since(start)
-	d.rec.SweepDuration(res.Duration)
-	d.rec.StoreSize(d.store.Size())
-	return res, nil
-}
-
-// reconcileLocked walks the kernel's rules and the store's in the same (prefix) order.
-func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time, res *SweepResult) error {
 	kernel, err := d.enf.Rules(ctx)
 	if err != nil {
-		return fmt.Errorf("reconcile: read enforced rules: %w", err)
+		return res, fmt.Errorf("sweep: read enforced rules: %w", err)
 	}
 	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
-	var missing []Rule
+	var expired, missing []Rule
 	var unknown []backend.RuleState
+	var remove []netip.Prefix // expired or unknown entries to delete from the kernel
 	i := 0
 	err = d.store.View(func(tx *Tx) error {
 		return tx.ForEachRule(func(r Rule) error {
@@ -104,83 +53,116 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 				unknown = append(unknown, kernel[i])
 				i++
 			}
-			if i < len(kernel) && kernel[i].Prefix == r.Prefix {
+			inKernel := i < len(kernel) && kernel[i].Prefix == r.Prefix
+			if inKernel {
 				i++
-				return nil
 			}
-			if !r.Expired(now) {
+			switch {
+			case r.Expired(now):
+				expired = append(expired, r)
+				if inKernel {
+					remove = append(remove, r.Prefix)
+				}
+			case !inKernel:
 				missing = append(missing, r)
 			}
 			return nil
 		})
 	})
 	if err != nil {
-		return fmt.Errorf("reconcile: read store: %w", err)
+		return res, fmt.Errorf("sweep: read store: %w", err)
 	}
 	unknown = append(unknown, kernel[i:]...)
+	kernel = nil
 
 	var adopt []backend.RuleState
-	var stale []netip.Prefix
 	for _, k := range unknown {
-		live := k.Deadline.IsZero() || k.Deadline.After(now)
-		if k.FromTrap && live {
+		if k.FromTrap && (k.Deadline.IsZero() || k.Deadline.After(now)) {
 			adopt = append(adopt, k)
 		} else {
-			stale = append(stale, k.Prefix)
+			remove = append(remove, k.Prefix)
+		}
+	}
+	res.Stale = len(unknown) - len(adopt)
+
+	var adopted []Rule
+	err = d.store.Update(func(tx *Tx) error {
+		for _, r := range expired {
+			if _, err := tx.DeleteRule(r.Prefix); err != nil {
+				return err
+			}
+		}
+		if now.Sub(d.lastPrune) >= offencePruneInterval {
+			if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
+				return err
+			}
+		}
+		for _, k := range adopt {
+			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
+			if err != nil {
+				return err
+			}
+			adopted = append(adopted, r)
+		}
+		if len(adopted) > 0 {
+			// The escalated deadline goes back to the kernel.
+			return d.enf.Block(ctx, toBackend(adopted))
+		}
+		return nil
+	})
+	if err != nil {
+		return res, fmt.Errorf("sweep: update store: %w", err)
+	}
+	if now.Sub(d.lastPrune) >= offencePruneInterval {
+		d.lastPrune = now
+	}
+	res.Expired, res.Adopted = len(expired), len(adopted)
+	if len(remove) > 0 {
+		if err := d.enf.Unblock(ctx, remove); err != nil {
+			return res, fmt.Errorf("sweep: remove %d expired or unknown entries from the kernel: %w", len(remove), err)
 		}
 	}
 	if len(missing) > 0 {
 		if err := d.enf.Block(ctx, toBackend(missing)); err != nil {
-			return fmt.Errorf("reconcile: re-insert %d evicted blocks: %w", len(missing), err)
+			return res, fmt.Errorf("sweep: re-insert %d evicted blocks: %w", len(missing), err)
 		}
 		res.Evicted = len(missing)
 		d.evictions.Add(uint64(len(missing)))
-		d.rec.Evicted(len(missing))
 		d.log.Warn("blocks were missing from the kernel (evicted or flushed); re-inserted", "count", len(missing))
-		var evs []Event
-		for j, r := range missing {
-			if j == maxExpireEvents {
-				evs = append(evs, Event{Time: now, Event: EventEvict, Source: "sweep",
-					Detail: fmt.Sprintf("and %d more re-inserted", len(missing)-j)})
-				break
-			}
-			evs = append(evs, Event{Time: now, Event: EventEvict, Address: r.Prefix.String(), Reason: r.Reason,
-				Expires: r.Deadline, Source: "sweep", Detail: "missing from the kernel, re-inserted"})
-		}
-		d.logEvents(evs...)
 	}
-	if len(stale) > 0 {
-		if err := d.enf.Unblock(ctx, stale); err != nil {
-			return fmt.Errorf("reconcile: remove %d unknown entries: %w", len(stale), err)
+
+	var evs []Event
+	evs = append(evs, expireEvents(expired, now)...)
+	for j, r := range missing {
+		if j == maxExpireEvents {
+			evs = append(evs, Event{Time: now, Event: EventEvict, Source: "sweep",
+				Detail: fmt.Sprintf("and %d more re-inserted", len(missing)-j)})
+			break
 		}
-		res.Stale = len(stale)
+		evs = append(evs, Event{Time: now, Event: EventEvict, Address: r.Prefix.String(), Reason: r.Reason,
+			Expires: r.Deadline, Source: "sweep", Detail: "missing from the kernel, re-inserted"})
 	}
-	if len(adopt) > 0 {
-		var rules []Rule
-		err := d.store.Update(func(tx *Tx) error {
-			for _, k := range adopt {
-				r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, "trap (blocked by the kernel, event not received)",
-					time.Duration(cfg.Block.TTL), false, now)
-				if err != nil {
-					return err
-				}
-				rules = append(rules, r)
-			}
-			return d.enf.Block(ctx, toBackend(rules))
-		})
-		if err != nil {
-			return fmt.Errorf("reconcile: adopt %d trap blocks: %w", len(adopt), err)
-		}
-		res.Adopted = len(rules)
-		var evs []Event
-		for _, r := range rules {
-			evs = append(evs, blockEvent(r, OriginTrap, now))
-		}
-		d.logEvents(evs...)
-		d.rec.Blocked(OriginTrap, len(rules))
+	for _, r := range adopted {
+		evs = append(evs, blockEvent(r, OriginTrap, now))
 	}
-	return nil
+	d.logEvents(evs...)
+	if res.Expired > 0 {
+		d.rec.Expired(res.Expired)
+	}
+	if res.Evicted > 0 {
+		d.rec.Evicted(res.Evicted)
+	}
+	if res.Adopted > 0 {
+		d.rec.Blocked(OriginTrap, res.Adopted)
+	}
+	res.Duration = time.Since(start)
+	d.rec.SweepDuration(res.Duration)
+	d.rec.StoreSize(d.store.Size())
+	return res, nil
 }
+
+// adoptReason is the reason of a trap block found in the kernel without its event.
+const adoptReason = "trap (blocked by the kernel, event not received)"
 
 // Import blocks every entry of a block list. Dated lines (blocked.list) keep their dates: a line
 // dated D expires at D + TTL, and lines already past that are skipped and counted as Expired.
@@ -206,10 +188,7 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 	if reason == "" {
 		reason = "import " + name
 	}
-	good, errs, bad, err := ParseBlockList(strings.NewReader(req.Content), cfg.TargetRules(), now)
-	if err != nil {
-		return ImportResponse{}, userErrorf("%s: %v", name, err)
-	}
+	good, errs, bad := ParseBlockList(req.Content, cfg.TargetRules(), now)
 	// Allowlisted targets are bad lines too.
 	kept := good[:0]
 	for _, l := range good {
@@ -260,8 +239,11 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 		}
 		rules = rules[:w+1]
 	}
-	err = d.store.Update(func(tx *Tx) error {
+	err := d.store.Update(func(tx *Tx) error {
 		for i := range rules {
+			if i == 0 && tx.Empty() {
+				break // nothing to merge with (the common first import)
+			}
 			old, ok, err := tx.Rule(rules[i].Prefix)
 			if err != nil {
 				return err

@@ -5,15 +5,21 @@ import (
 
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control"
+	fallback "github.com/snare-dev/snare/iptables-fallback"
 )
 
-// openFallback opens the ipset + iptables back-end (package fallback in iptables-fallback/).
-// TODO(fallback): fallback.New is not in main yet; until it is, the fallback path reports that
-// it is not available. Wire it as:
-//
-//	return fallback.New(fallback.Options{Interfaces: ifaces, Capacity: cfg.Block.Capacity, Logger: log})
-var openFallback func(cfg *control.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error)
+// fallbackPrefix names snare's iptables chains and ipset sets.
+const fallbackPrefix = "snare"
 
-// removeFallback removes the fallback's chains, rules and sets (fallback.Remove("snare")); nil
-// until the package lands.
-var removeFallback func() error
+// openFallback opens the ipset + iptables back-end (package fallback in iptables-fallback/).
+func openFallback(cfg *control.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
+	return fallback.New(fallback.Options{
+		Interfaces: ifaces,
+		Capacity:   cfg.Block.Capacity,
+		Prefix:     fallbackPrefix,
+		Logger:     log,
+	})
+}
+
+// removeFallback removes the fallback's chains, rules and sets.
+func removeFallback() error { return fallback.Remove(fallbackPrefix) }

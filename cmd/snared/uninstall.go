@@ -31,12 +31,10 @@ func uninstall(cfg *control.Config, log *slog.Logger) error {
 	} else {
 		log.Info("removed XDP program and pins", "bpffs", cfg.BPFFS, "interfaces", ifaces)
 	}
-	if removeFallback != nil {
-		if err := removeFallback(); err != nil {
-			errs = append(errs, fmt.Errorf("remove iptables fallback: %w", err))
-		} else {
-			log.Info("removed iptables fallback chains and sets")
-		}
+	if err := removeFallback(); err != nil {
+		errs = append(errs, fmt.Errorf("remove iptables fallback: %w", err))
+	} else {
+		log.Info("removed iptables fallback chains and sets")
 	}
 	return errors.Join(errs...)
 }
