@@ -90,7 +90,7 @@ install: build
 	install -D -m 0755 $(BIN)/snared $(DESTDIR)$(PREFIX)/sbin/snared
 	install -D -m 0755 $(BIN)/snarectl $(DESTDIR)$(PREFIX)/bin/snarectl
 	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
-	sed 's|/usr/sbin/snared|$(PREFIX)/sbin/snared|g' packaging/snared.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/snared.service
+	sed -e 's|/usr/sbin/snared|$(PREFIX)/sbin/snared|g' -e 's|/etc/snare/|$(SYSCONFDIR)/snare/|g' packaging/snared.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/snared.service
 	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/snared.service
 	install -d $(DESTDIR)$(SYSCONFDIR)/snare/conf.d
 	@if [ -e $(DESTDIR)$(SYSCONFDIR)/snare/snare.yaml ]; then \

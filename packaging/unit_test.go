@@ -51,7 +51,7 @@ func TestUnitContract(t *testing.T) {
 	keys := unitKeys(t, unitFile)
 	for key, want := range map[string]string{
 		"Service.Type":                  "notify",
-		"Service.ExecStart":             "/usr/sbin/snared",
+		"Service.ExecStart":             "/usr/sbin/snared --config /etc/snare/snare.yaml",
 		"Service.ExecReload":            "/bin/kill -HUP $MAINPID",
 		"Service.Restart":               "always",
 		"Service.RuntimeDirectory":      "snare",
@@ -69,7 +69,7 @@ func TestUnitContract(t *testing.T) {
 			t.Errorf("%s = %q, want exactly %q", key, got, want)
 		}
 	}
-	if !slices.Contains(keys["Service.ExecStartPre"], "/usr/sbin/snared --check-config") {
+	if !slices.Contains(keys["Service.ExecStartPre"], "/usr/sbin/snared --config /etc/snare/snare.yaml --check-config") {
 		t.Errorf("ExecStartPre = %q, want the config checked before start", keys["Service.ExecStartPre"])
 	}
 	for _, c := range strings.Fields(keys["Service.CapabilityBoundingSet"][0]) {
@@ -182,7 +182,7 @@ func TestUnitSystemdVerifyCatchesMistakes(t *testing.T) {
 	for _, tc := range []struct{ from, to, want string }{
 		{"ProtectHome=yes", "ProtectHomee=yes", "Unknown key"},
 		{"Type=notify", "Type=notfy", "notfy"},
-		{"ExecStart=/usr/sbin/snared", "ExecStart=/usr/sbin/snared-missing", "snared-missing"},
+		{"ExecStart=/usr/sbin/snared ", "ExecStart=/usr/sbin/snared-missing ", "snared-missing"},
 	} {
 		bad := strings.Replace(string(unit), tc.from, tc.to, 1)
 		if bad == string(unit) {
