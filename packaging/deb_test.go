@@ -268,3 +268,57 @@ func TestMaintainerScripts(t *testing.T) {
 		}
 	}
 }
+
+// TestMakeInstall stages `make install` and `make uninstall` into a DESTDIR: the files land where
+// the unit expects them (with PREFIX substituted into the unit), an existing config is kept, and
+// uninstall removes what install put there but the config. Nothing on the host is touched:
+// with DESTDIR set, neither target calls systemctl or snared uninstall.
+func TestMakeInstall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds snared and snarectl: not in -short")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("SKIP (loud): make is not installed")
+	}
+	dest := t.TempDir()
+	mk := func(args ...string) string {
+		t.Helper()
+		return run(t, "make", append([]string{"-C", "..", "DESTDIR=" + dest, "PREFIX=/opt/snare"}, args...)...)
+	}
+	mk("install")
+	exists := func(p string) bool { _, err := os.Stat(filepath.Join(dest, p)); return err == nil }
+	for _, p := range []string{"opt/snare/sbin/snared", "opt/snare/bin/snarectl", "opt/snare/lib/systemd/system/snared.service",
+		"etc/snare/snare.yaml", "etc/snare/conf.d", "opt/snare/share/man/man1/snarectl.1"} {
+		if !exists(p) {
+			t.Errorf("after make install: %s missing", p)
+		}
+	}
+	unit, err := os.ReadFile(filepath.Join(dest, "opt/snare/lib/systemd/system/snared.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(unit), "ExecStart=/opt/snare/sbin/snared --config /etc/snare/snare.yaml\n") ||
+		strings.Contains(string(unit), "/usr/sbin/snared") {
+		t.Errorf("installed unit does not run the installed snared:\n%s", unit)
+	}
+	// A second install keeps the operator's config.
+	conf := filepath.Join(dest, "etc/snare/snare.yaml")
+	if err := os.WriteFile(conf, []byte("dry_run: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := mk("install"); !strings.Contains(out, "keeping existing") {
+		t.Errorf("second install did not say it kept the config:\n%s", out)
+	}
+	if b, _ := os.ReadFile(conf); string(b) != "dry_run: true\n" {
+		t.Errorf("second install replaced the config: %q", b)
+	}
+	mk("uninstall")
+	for _, p := range []string{"opt/snare/sbin/snared", "opt/snare/bin/snarectl", "opt/snare/lib/systemd/system/snared.service", "opt/snare/share/man/man1/snarectl.1"} {
+		if exists(p) {
+			t.Errorf("after make uninstall: %s still there", p)
+		}
+	}
+	if !exists("etc/snare/snare.yaml") {
+		t.Error("make uninstall deleted the config")
+	}
+}
