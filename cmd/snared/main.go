@@ -151,6 +151,10 @@ func serve(cfg *control.Config, file string, environ []string, fs *pflag.FlagSet
 				err = d.Reload(ctx, next)
 			}
 			if err != nil {
+				// Log rotation must work even when the new config is broken.
+				if rerr := d.Events().Reopen(); rerr != nil {
+					log.Error("reopen event log", "err", rerr)
+				}
 				log.Error("reload failed; the previous configuration stays in force", "err", err)
 			} else {
 				log.Info("configuration reloaded")
