@@ -393,6 +393,18 @@ func warnIfExposed(log *slog.Logger, addr net.Addr) {
 	}
 }
 
+// StartMetrics is snared's whole metrics wiring after Open: m (the daemon's Recorder) reads d's
+// enforcer at scrape time, and the registry (m plus Go and process metrics) is served on listen
+// until ctx ends. Call it only when metrics.listen is not empty.
+func StartMetrics(ctx context.Context, m *Metrics, d *Daemon, listen string, log *slog.Logger) (*MetricsServer, error) {
+	m.SetStatusSource(StatusFunc(d.EnforcerStatus))
+	reg, err := NewMetricsRegistry(m)
+	if err != nil {
+		return nil, err
+	}
+	return ServeMetrics(ctx, listen, reg, log)
+}
+
 // Addr is the address the server listens on.
 func (s *MetricsServer) Addr() net.Addr { return s.ln.Addr() }
 

@@ -511,12 +511,7 @@ func TestMetricsRealDaemon(t *testing.T) {
 		// Take the program off the lab's veths and remove the pins (the lab goes away anyway).
 		_ = lab.Do(lab.Host.NS, func() error { return loader.Remove(cfg.BPFFS, cfg.Interfaces) })
 	})
-	m.SetStatusSource(StatusFunc(d.EnforcerStatus))
-	reg, err := NewMetricsRegistry(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ServeMetrics(ctx, "127.0.0.1:0", reg, nil)
+	srv, err := StartMetrics(ctx, m, d, "127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
