@@ -176,7 +176,9 @@ func TestMaintainerScripts(t *testing.T) {
 		want         []string
 	}{
 		{"fresh install", "postinst", []string{"configure", ""}, 0, 0,
-			[]string{"systemctl daemon-reload", "systemctl enable snared.service", "systemctl start snared.service"}},
+			[]string{"systemctl daemon-reload", "systemctl is-enabled snared.service", "systemctl enable snared.service", "systemctl start snared.service"}},
+		{"fresh install, masked", "postinst", []string{"configure", ""}, 0, 0,
+			[]string{"systemctl daemon-reload", "systemctl is-enabled snared.service"}},
 		{"upgrade", "postinst", []string{"configure", "0.0.1"}, 0, 0,
 			[]string{"systemctl daemon-reload", "systemctl try-restart snared.service"}},
 		{"remove", "prerm", []string{"remove"}, 0, 0,
@@ -200,7 +202,8 @@ func TestMaintainerScripts(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			fake("systemctl", `echo "systemctl $*" >>`+log)
+			masked := map[bool]string{true: "masked", false: "disabled"}[strings.Contains(tc.name, "masked")]
+			fake("systemctl", `echo "systemctl $*" >>`+log+`; if [ "$1" = is-enabled ]; then echo `+masked+`; fi`)
 			fake("snared", `echo "snared $*" >>`+log+`; exit `+string(rune('0'+tc.uninstallRC)))
 			// In the namespace: a tmpfs on /run with /run/systemd/system (a "systemd host"), the
 			// fake snared bound over /usr/sbin/snared, a /var/lib holding a fake store and an /etc
