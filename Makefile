@@ -64,7 +64,7 @@ bench-quick:
 
 ## demo: a netns lab with a host, an attacker and a client; snared catches nmap (root, ~1 min)
 demo:
-	./scripts/demo.sh
+	GO=$(GO) ./scripts/demo.sh
 
 clean:
 	rm -rf $(BIN)

@@ -14,7 +14,8 @@ if [ "$(id -u)" != 0 ]; then
 	echo "demo.sh: needs root (network namespaces, XDP); run: sudo make demo" >&2
 	exit 1
 fi
-for c in ip nsenter nmap go timeout mountpoint; do
+GO=${GO:-go}
+for c in ip nsenter nmap "$GO" timeout mountpoint; do
 	command -v "$c" >/dev/null || { echo "demo.sh: needs $c (make deps installs the tools)" >&2; exit 1; }
 done
 cd "$(dirname "$0")/.."
@@ -72,9 +73,9 @@ show_fetch() {
 }
 
 say "building snared and snarectl"
-go build -o "$WORK/snared" ./cmd/snared
-go build -o "$WORK/snarectl" ./cmd/snarectl
-go build -o "$WORK/demoweb" ./e2e/demoweb
+"$GO" build -o "$WORK/snared" ./cmd/snared
+"$GO" build -o "$WORK/snarectl" ./cmd/snarectl
+"$GO" build -o "$WORK/demoweb" ./e2e/demoweb
 
 say "building the lab (suffix $SFX)"
 for ns in "$HOST" "$ATT" "$CLI"; do
