@@ -299,6 +299,7 @@ type daemon struct {
 	socket   string
 	bpffs    string
 	config   string
+	extra    []string // more snared flags
 	proc     *testutil.Proc
 }
 
@@ -349,6 +350,7 @@ func (d *daemon) args(extra ...string) []string {
 	for _, ifc := range d.e.lab.HostIfaceNames() {
 		a = append(a, "--iface", ifc)
 	}
+	a = append(a, d.extra...)
 	return append(a, extra...)
 }
 

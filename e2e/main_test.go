@@ -74,6 +74,9 @@ func prerequisite(tb testing.TB, msg string) {
 // requireBinaries checks that snared and snarectl were built.
 func requireBinaries(tb testing.TB) {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("end-to-end test (real binaries): skipped with -short")
+	}
 	for _, name := range []string{"snared", "snarectl"} {
 		if err := bins.err[name]; err != nil {
 			prerequisite(tb, fmt.Sprintf("needs %s: %v", name, err))
