@@ -273,6 +273,15 @@ func TestListenSocket(t *testing.T) {
 		t.Fatalf("listen after close: %v", err)
 	}
 	l2.Close()
+
+	plain := filepath.Join(dir, "not-a-socket")
+	os.WriteFile(plain, []byte("keep me"), 0o600)
+	if _, err := Listen(plain); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("listen on a regular file: %v", err)
+	}
+	if b, _ := os.ReadFile(plain); string(b) != "keep me" {
+		t.Error("a regular file at the socket path was replaced")
+	}
 }
 
 func TestServeEventsFollow(t *testing.T) {
