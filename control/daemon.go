@@ -460,7 +460,7 @@ func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]t
 // Block blocks targets (addresses or CIDRs) with ttl ("" for the configured default, "5d",
 // "permanent", ...). A source blocked before within the escalation lookback gets a longer TTL
 // when no TTL is given; an explicit TTL is taken as it is. Blocking an already blocked entry
-// extends it (never shortens it, unless a TTL is given) and counts a repeat offence.
+// extends it (never shortens it: unblock first for that) and counts a repeat offence.
 func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]Rule, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -527,8 +527,8 @@ func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reaso
 	}
 	if exists && !old.Expired(now) {
 		r.Created = old.Created
-		if !explicit && (old.Permanent() || old.Deadline.After(r.Deadline)) && !r.Permanent() {
-			r.Deadline = old.Deadline // never shorten an existing block without being told to
+		if laterDeadline(old.Deadline, r.Deadline) {
+			r.Deadline = old.Deadline // blocking again extends, never shortens (unblock first for that)
 		}
 	}
 	if err := tx.PutOffence(p, Offence{Count: prior + 1, Last: now}); err != nil {

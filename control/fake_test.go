@@ -156,10 +156,17 @@ func TestEscalationThroughBlocks(t *testing.T) {
 	if !within(r.Deadline, 90*day) {
 		t.Fatalf("sixth block %+v: want the 90d cap", r)
 	}
-	// An explicit TTL is the operator's word: no escalation, and it may shorten.
+	// An explicit TTL is the operator's word: no escalation; it does not shorten a block.
 	r = block("2h")
-	if !within(r.Deadline, 2*time.Hour) || r.Offences != 7 {
-		t.Fatalf("explicit TTL %+v: want 2h, offences counted", r)
+	if !within(r.Deadline, 90*day) || r.Offences != 7 {
+		t.Fatalf("explicit shorter TTL %+v: want the 90d kept, offences counted", r)
+	}
+	if _, _, err := d.Unblock(ctx, []string{"198.18.0.7"}); err != nil {
+		t.Fatal(err)
+	}
+	r = block("2h")
+	if !within(r.Deadline, 2*time.Hour) || r.Offences != 8 {
+		t.Fatalf("explicit TTL %+v: want exactly 2h for a repeat offender", r)
 	}
 	// The kernel got the same deadline the store has.
 	rs, _ := f.Rules(ctx)
