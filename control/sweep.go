@@ -287,6 +287,7 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 		}
 		rules = rules[:w+1]
 	}
+	good = nil // the parsed lines are not needed any more: let a big import's memory go
 	err := d.store.Update(func(tx *Tx) error {
 		for i := range rules {
 			if i == 0 && tx.Empty() {
@@ -314,7 +315,6 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 	}
 	resp.Imported = len(rules)
 	if len(rules) >= bigBatch {
-		rules, good = nil, nil
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
 	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),
