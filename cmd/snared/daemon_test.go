@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,9 +63,27 @@ func TestSnaredProcess(t *testing.T) {
 	c := control.NewClient(sock)
 	ctx := context.Background()
 
+	// systemd's notify socket: READY=1 must come once the daemon answers.
+	notifyPath := filepath.Join(state, "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notifyPath)
+
 	p, err := lab.StartShared(lab.Host.NS, bin, args...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	notify.SetReadDeadline(time.Now().Add(15 * time.Second))
+	buf := make([]byte, 256)
+	n, err := notify.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("sd_notify: %q, %v\n%s", buf[:n], err, p.Output())
+	}
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatalf("READY=1 sent before the API answers: %v", err)
 	}
 	waitSocket(t, c, p)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
