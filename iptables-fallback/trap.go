@@ -259,7 +259,7 @@ func (e *Enforcer) SetTrap(ctx context.Context, cfg backend.TrapConfig) error {
 	if err := e.writeTrapPortsLocked(); err != nil {
 		return err
 	}
-	_, err := e.syncChainsLocked(false)
+	_, err := e.syncChainsLocked()
 	return err
 }
 
