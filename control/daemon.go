@@ -378,6 +378,32 @@ func (d *Daemon) applyTrapLocked(ctx context.Context, cfg *Config, tcp, udp []ui
 	return nil
 }
 
+// RefreshImplicitAllow rediscovers the host's own addresses, gateways and resolvers (they change
+// with DHCP, VPNs, new interfaces) and hands a changed allowlist to the enforcer. The sweeper
+// calls it every interval.
+func (d *Daemon) RefreshImplicitAllow(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.cfg.AllowImplicit {
+		return nil
+	}
+	imp, err := d.opts.ImplicitAllow()
+	if err != nil {
+		return err
+	}
+	if slices.Equal(imp, d.implicit) {
+		return nil
+	}
+	old := d.implicit
+	d.implicit = imp
+	if err := d.refreshAllowLocked(ctx, false); err != nil {
+		d.implicit = old
+		return err
+	}
+	d.log.Info("implicit allowlist changed", "entries", len(imp))
+	return nil
+}
+
 // refreshAllowLocked recomputes the allowlist (rediscovering the implicit part when asked) and
 // hands it to the enforcer.
 func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error {

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -340,5 +341,29 @@ func TestServeEventsFollow(t *testing.T) {
 	}
 	if _, err := c.Status(context.Background()); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Errorf("socket after stop: %v", err)
+	}
+}
+
+func TestImplicitAllowFollowsTheHost(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	gw := netip.MustParsePrefix("198.18.9.1/32")
+	d.opts.ImplicitAllow = func() (Allowlist, error) {
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress}, {gw, AllowGateway}}, nil
+	}
+	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err != nil {
+		t.Fatalf("block before the gateway appeared: %v", err)
+	}
+	if _, _, err := d.Unblock(ctx, []string{"198.18.9.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RefreshImplicitAllow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err == nil || !strings.Contains(err.Error(), "gateway") {
+		t.Errorf("block of the new gateway: %v", err)
+	}
+	if !slices.Contains(f.allow, gw) {
+		t.Errorf("enforcer allowlist %v lacks the new gateway", f.allow)
 	}
 }

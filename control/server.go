@@ -293,6 +293,9 @@ func (d *Daemon) sweepLoop(ctx context.Context) {
 			return
 		case <-time.After(interval):
 		}
+		if err := d.RefreshImplicitAllow(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("rediscover implicit allowlist", "err", err)
+		}
 		res, err := d.Sweep(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
