@@ -52,14 +52,9 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		var next time.Time
 		err := d.store.Update(func(tx *Tx) error {
 			var err error
-			expired, next, err = tx.ExpiredRules(now)
+			expired, next, err = tx.DeleteExpired(now)
 			if err != nil {
 				return err
-			}
-			for _, r := range expired {
-				if _, err := tx.DeleteRule(r.Prefix); err != nil {
-					return err
-				}
 			}
 			if now.Sub(d.lastPrune) >= offencePruneInterval {
 				if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
