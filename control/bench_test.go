@@ -96,4 +96,3 @@ func BenchmarkStoreExpire1M(b *testing.B) {
 		b.StartTimer()
 	}
 }
-
