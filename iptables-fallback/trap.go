@@ -208,7 +208,11 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 		se, _ := entryFor(key, deadline, true, now)
 		set, isNet := e.setFor(key, v6bits)
 		if err := e.sets.add(set, isNet, []setEntry{se}); err != nil {
-			e.log.Error("trap block", "source", ev.Source, "err", err)
+			// A full set fails every trap block of a flood: log the first of each minute.
+			if n := e.trapErrors.Add(1); n == 1 || now.Sub(time.Unix(0, e.trapErrLogged.Load())) > time.Minute {
+				e.trapErrLogged.Store(now.UnixNano())
+				e.log.Error("trap block failed", "source", ev.Source, "failures", n, "err", err)
+			}
 		} else {
 			ev.Blocked = true
 			e.trapBlocks.Add(1)
