@@ -14,9 +14,10 @@ import (
 )
 
 // A small ipset client over one persistent netlink socket. vishvananda/netlink's ipset API sends
-// one message per entry, cannot set hashsize, and logs every attribute it does not know; ipset
-// itself loads lists by packing many entries into one message (IPSET_ATTR_ADT), which is what add
-// and del do here. The constants are those of linux/netfilter/ipset/ip_set.h.
+// one request per entry, each on a socket of its own, cannot set hashsize or netmask, and has no
+// comment support; loading a million entries that way takes minutes. ipset itself loads lists by
+// packing many elements into one message (IPSET_ATTR_ADT), which is what add and del do here.
+// The constants are those of linux/netfilter/ipset/ip_set.h.
 
 const (
 	ipsetProtocol = 7

@@ -373,6 +373,7 @@ func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
 	}
 	cn.ByReason["trap_block"] = e.trapBlocks.Load()
 	cn.ByReason["event_suppressed"] = e.suppressed.Load()
+	cn.ByReason["trap_block_failed"] = e.trapErrors.Load()
 	cn.Dropped = cn.ByReason["drop_exact"] + cn.ByReason["drop_cidr"]
 	if total > cn.Dropped {
 		cn.Passed = total - cn.Dropped
