@@ -14,10 +14,10 @@ import (
 )
 
 // A small ipset client over one persistent netlink socket. vishvananda/netlink's ipset API sends
-// one request per entry, each on a socket of its own, cannot set hashsize or netmask, and has no
-// comment support: a bulk load would be a million round trips on a million sockets. ipset itself
-// loads lists by packing many elements into one message (IPSET_ATTR_ADT), which is what add and
-// del do here. The constants are those of linux/netfilter/ipset/ip_set.h.
+// one request per entry, each on a socket of its own, and cannot create sets with a hashsize or a
+// netmask (the IPv6 block length): a bulk load would be a million round trips on a million
+// sockets. ipset itself loads lists by packing many elements into one message (IPSET_ATTR_ADT),
+// which is what add and del do here. The constants are those of linux/netfilter/ipset/ip_set.h.
 
 const (
 	ipsetProtocol = 7
