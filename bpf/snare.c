@@ -405,9 +405,11 @@ static __always_inline int trap(struct config *cfg, struct pkt *p, void *data_en
 		st->ports[n & (TRAP_MAX_PORTS - 1)] = pp;
 		st->nports = n + 1;
 	}
-	if (st->nports < cfg->trap_threshold || st->reported)
+	__u32 act = (cfg->flags & block_bit) ? SCAN_REP_BLOCK : SCAN_REP_LOG;
+
+	if (st->nports < cfg->trap_threshold || (st->reported & act))
 		return XDP_PASS;
-	st->reported = 1;
+	st->reported |= act;
 
 	if (allowlisted(p)) {
 		send_event(cfg, p, st, flags, TRAP_ACT_ALLOWLISTED, now, 0);

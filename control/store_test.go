@@ -135,7 +135,7 @@ func TestStoreRoundTripAcrossReopen(t *testing.T) {
 
 	s = openTestStore(t, path)
 	err = s.View(func(tx *Tx) error {
-		if n := tx.RuleCount(); n != 2 {
+		if n := s.Count(); n != 2 {
 			t.Errorf("%d rules after reopen, want 2", n)
 		}
 		for _, want := range []Rule{a, b} {
@@ -266,7 +266,7 @@ func TestStoreSurvivesKill(t *testing.T) {
 				return fmt.Errorf("acknowledged write %d (%s) lost after kill -9 (err %v)", i, p, err)
 			}
 		}
-		if n := tx.RuleCount(); n < acked+1 {
+		if n := s.Count(); n < acked+1 {
 			return fmt.Errorf("%d rules, want at least %d", n, acked+1)
 		}
 		return nil
