@@ -545,6 +545,9 @@ func (s *ipsetConn) add(name string, isNet bool, entries []setEntry) error {
 			timeout = timeoutUntil(e.Deadline, time.Now())
 		}
 		d.Uint32(ipsetAttrTimeout|netlink.NetByteOrder, timeout)
+		if e.Packets > 0 { // initial counter (a trap block counts its trigger, as in XDP)
+			d.Uint64(ipsetAttrPackets|netlink.NetByteOrder, e.Packets)
+		}
 		if e.Comment != "" {
 			d.String(ipsetAttrComment, e.Comment)
 		}

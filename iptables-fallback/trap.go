@@ -72,8 +72,7 @@ func parseProbe(b []byte) (probe, bool) {
 			return p, false
 		}
 		p.src = netip.AddrFrom16([16]byte(b[8:24]))
-		p.proto = b[6] // the trap rules only match TCP/UDP right after the fixed header in practice
-		l4 = b[40:]
+		p.proto, l4 = skipExtHeaders(b[6], b[40:])
 	default:
 		return p, false
 	}
@@ -92,6 +91,32 @@ func parseProbe(b []byte) (probe, bool) {
 	}
 	p.port = binary.BigEndian.Uint16(l4[2:4])
 	return p, true
+}
+
+// skipExtHeaders walks IPv6 extension headers (a bounded number, as the XDP parser does) to the
+// transport header. A fragment header ends the walk: only a first fragment carries the ports.
+func skipExtHeaders(next uint8, b []byte) (uint8, []byte) {
+	for range 8 {
+		switch next {
+		case 0, 43, 60: // hop-by-hop, routing, destination options
+			if len(b) < 8 {
+				return 0, nil
+			}
+			n := (int(b[1]) + 1) * 8
+			if len(b) < n {
+				return 0, nil
+			}
+			next, b = b[0], b[n:]
+		case 44: // fragment
+			if len(b) < 8 || binary.BigEndian.Uint16(b[2:4])&0xfff8 != 0 {
+				return 0, nil
+			}
+			next, b = b[0], b[8:]
+		default:
+			return next, b
+		}
+	}
+	return 0, nil
 }
 
 // tcpFlags names a probe's flags the way the XDP back-end does: NULL, XMAS, or the flags joined.
@@ -206,6 +231,7 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 			deadline = now.Add(cfg.TTL)
 		}
 		se, _ := entryFor(key, deadline, true, now)
+		se.Packets = 1
 		set, isNet := e.setFor(key, v6bits)
 		if err := e.sets.add(set, isNet, []setEntry{se}); err != nil {
 			// A full set fails every trap block of a flood: log the first of each minute.

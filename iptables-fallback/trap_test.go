@@ -151,6 +151,16 @@ func TestParseProbe(t *testing.T) {
 	if !ok || p.src != netip.MustParseAddr("2001:db8:1::2") || p.port != 161 || p.proto != protoUDP {
 		t.Errorf("v6 udp: %+v %v", p, ok)
 	}
+	// A destination-options header before UDP.
+	ext := make([]byte, 56)
+	copy(ext, v6[:40])
+	ext[6] = 60        // next: destination options
+	ext[40] = protoUDP // its next header
+	ext[41] = 0        // 8 bytes long
+	binary.BigEndian.PutUint16(ext[50:52], 162)
+	if p, ok := parseProbe(ext); !ok || p.port != 162 || p.proto != protoUDP {
+		t.Errorf("v6 with extension header: %+v %v", p, ok)
+	}
 	for _, bad := range [][]byte{nil, {0x45}, {0x75, 0, 0}} {
 		if _, ok := parseProbe(bad); ok {
 			t.Errorf("parsed %x", bad)
@@ -237,7 +247,7 @@ func TestTrapScan(t *testing.T) {
 				t.Error("trap-blocked attacker still reaches the host")
 			}
 			rs, ok := rulesByPrefix(t, e)[netip.PrefixFrom(att.Addr4(), 32)]
-			if !ok || !rs.FromTrap || !sameDeadline(rs.Deadline, ev.Time.Add(time.Hour)) {
+			if !ok || !rs.FromTrap || rs.Hits < 1 || !sameDeadline(rs.Deadline, ev.Time.Add(time.Hour)) {
 				t.Errorf("trap block in Rules: %+v (present %v)", rs, ok)
 			}
 			st, err := e.Status(ctx)
