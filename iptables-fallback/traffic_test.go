@@ -101,6 +101,9 @@ func TestDrop(t *testing.T) {
 			if !f.reachable(att.NS, h4a) || !f.reachable(att.NS, h6a) {
 				t.Error("attacker still dropped after Remove")
 			}
+			if err := f.lab.Do(f.lab.Host.NS, func() error { return Remove(f.prefix) }); err != nil {
+				t.Errorf("second Remove: %v (want nothing to do)", err)
+			}
 			for _, set := range f.e.n.allSets() {
 				if f.setExists(t, set) {
 					t.Errorf("set %s survived Remove", set)
