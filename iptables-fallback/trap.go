@@ -34,8 +34,15 @@ const (
 type scanState struct {
 	first    time.Time
 	ports    []uint32 // proto<<16 | port, in the order first hit
-	reported bool
+	reported uint8    // repLog | repBlock: which kinds of trigger were reported in this window
 }
+
+// A source is reported once per window and kind, as in the XDP program: a log-mode trigger
+// (say UDP) must not use up a later block-mode trigger (TCP) of the same source.
+const (
+	repLog   = 1
+	repBlock = 2
+)
 
 // probe is what snare needs from one logged packet.
 type probe struct {
@@ -179,12 +186,16 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 	e.mu.Lock()
 	cfg, allow, v6bits, limiter := e.trap, e.allow, e.v6bits, e.limiter
 	e.mu.Unlock()
-	ports := cfg.UDPPorts
+	ports, block := cfg.UDPPorts, cfg.BlockUDP
 	if p.proto == protoTCP {
-		ports = cfg.TCPPorts
+		ports, block = cfg.TCPPorts, cfg.BlockTCP
 		if p.flags&(0x10|0x04) != 0 { // ACK or RST: not a probe (the rule filters these too)
 			return
 		}
+	}
+	act := uint8(repLog)
+	if block {
+		act = repBlock
 	}
 	if !slices.Contains(ports, p.port) {
 		return
@@ -204,11 +215,11 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 	if !slices.Contains(st.ports, pp) && len(st.ports) < maxThreshold {
 		st.ports = append(st.ports, pp)
 	}
-	if len(st.ports) < cfg.Threshold || st.reported {
+	if len(st.ports) < cfg.Threshold || st.reported&act != 0 {
 		e.scanMu.Unlock()
 		return
 	}
-	st.reported = true
+	st.reported |= act
 	ev := backend.TrapEvent{Time: now, Source: p.src.Unmap(), Proto: "udp"}
 	for _, pp := range st.ports {
 		ev.Ports = append(ev.Ports, uint16(pp))
@@ -217,10 +228,6 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 
 	if p.proto == protoTCP {
 		ev.Proto, ev.TCPFlags = "tcp", tcpFlags(p.flags)
-	}
-	block := cfg.BlockUDP
-	if p.proto == protoTCP {
-		block = cfg.BlockTCP
 	}
 	switch {
 	case allowlisted(allow, ev.Source):

@@ -219,10 +219,7 @@ func TestTrapScan(t *testing.T) {
 			if !f.reachable(att.NS, h4a) {
 				t.Fatal("log mode blocked the attacker")
 			}
-			// The source is reported once per window (as in XDP): start a fresh one.
-			e.scanMu.Lock()
-			e.scan.Purge()
-			e.scanMu.Unlock()
+			// The log-mode report does not use up the block-mode trigger of the same window.
 
 			// Allowlisted client: reported as such, still reachable.
 			if out, err := f.lab.Run(cli.NS, "hping3", "-S", "-p", "31337", "-c", "1", h4c.String()); err != nil {
@@ -278,5 +275,23 @@ func TestTrapScan(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTrapReportKinds: a log-mode trigger (UDP here) does not use up a block-mode trigger (TCP) of
+// the same source and window; each kind is reported once per window, as in the XDP program.
+func TestTrapReportKinds(t *testing.T) {
+	e := unitEnforcer(t, backend.TrapConfig{TCPPorts: []uint16{1, 2}, UDPPorts: []uint16{7, 8}, Threshold: 1,
+		Window: time.Minute, BlockTCP: true, BlockUDP: false, EventsPerSecond: 100, EventBurst: 100})
+	src := netip.MustParseAddr("198.18.6.6")
+	e.allow = []netip.Prefix{netip.PrefixFrom(src, 32)} // no set needed: allowlisted sources are only reported
+	now := time.Now()
+	e.onProbe(probe{src: src, proto: protoUDP, port: 7}, now)
+	e.onProbe(probe{src: src, proto: protoUDP, port: 8}, now)
+	e.onProbe(probe{src: src, proto: protoTCP, port: 1, flags: 2}, now)
+	e.onProbe(probe{src: src, proto: protoTCP, port: 2, flags: 2}, now)
+	evs := drain(e)
+	if len(evs) != 2 || evs[0].Proto != "udp" || evs[1].Proto != "tcp" {
+		t.Fatalf("events %+v, want one udp (log mode) and one tcp (block mode)", evs)
 	}
 }
