@@ -52,7 +52,7 @@ func TestDrop(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Counters.Dropped == 0 || st.Counters.ByReason["drop_exact"] == 0 || st.Counters.Passed == 0 {
+			if st.Counters.Dropped == 0 || st.Counters.ByReason["drop_exact"] == 0 || st.Counters.BytesByReason["drop_exact"] == 0 || st.Counters.Passed == 0 {
 				t.Errorf("status counters %+v", st.Counters)
 			}
 

@@ -376,6 +376,7 @@ func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
 	}
 	cn := &st.Counters
 	cn.ByReason = map[string]uint64{}
+	cn.BytesByReason = map[string]uint64{}
 	var total uint64
 	for _, f := range e.fams {
 		e.mu.Lock()
@@ -394,7 +395,8 @@ func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
 			}
 			for i, r := range c.rules {
 				if r.reason != "" {
-					cn.ByReason[r.reason] += counts[i]
+					cn.ByReason[r.reason] += counts[i].packets
+					cn.BytesByReason[r.reason] += counts[i].bytes
 				}
 			}
 		}
