@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -94,6 +95,30 @@ func TestSnaredProcess(t *testing.T) {
 	}
 	if reaches() {
 		t.Fatal("blocked attacker reaches the host")
+	}
+
+	// Metrics are served on the namespace's loopback by default and count the manual block.
+	var metrics string
+	err = lab.Do(lab.Host.NS, func() error {
+		// Dial here: http.Transport dials on goroutines that are not in the namespace.
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9477", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			return err
+		}
+		b, err := io.ReadAll(conn)
+		metrics = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("scrape metrics: %v\n%s", err, p.Output())
+	}
+	if !strings.Contains(metrics, `snare_blocks_total{origin="manual"} 1`) {
+		t.Errorf("metrics lack the manual block:\n%s", metrics)
 	}
 
 	// A second daemon on the same pins (own state dir and socket) is refused.
