@@ -368,7 +368,8 @@ func (d *Daemon) stopTrapWatcher() {
 // Reload applies a new configuration without dropping enforcement: allowlist (rediscovering the
 // implicit part), TTLs and escalation, trap ports and mode, dry-run, sweep interval; the event
 // log is reopened (log rotation). Keys that need a restart (interfaces, backend, xdp_mode,
-// state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file, metrics.listen) keep their old values, with a warning.
+// state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file, metrics.listen) keep
+// their old values, with a warning.
 func (d *Daemon) Reload(ctx context.Context, next *Config) error {
 	d.mu.Lock()
 	cur := d.cfg
