@@ -857,6 +857,9 @@ func (d *Daemon) HandleTrapEvents(ctx context.Context, ch <-chan backend.TrapEve
 				break drain
 			}
 		}
+		for _, ev := range batch {
+			d.rec.TrapEvent(ev)
+		}
 		if err := d.handleTraps(ctx, batch); err != nil {
 			d.log.Error("record trap events", "err", err, "events", len(batch))
 		}

@@ -96,6 +96,24 @@ func TestSnaredProcess(t *testing.T) {
 	if reaches() {
 		t.Fatal("blocked attacker reaches the host")
 	}
+	// Metrics on the default loopback address of the host's namespace count the manual block.
+	var scrape []byte
+	err = lab.Do(lab.Host.NS, func() error {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9477", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := conn.Write([]byte("GET /metrics HTTP/1.0\r\nHost: snared\r\n\r\n")); err != nil {
+			return err
+		}
+		scrape, err = io.ReadAll(conn)
+		return err
+	})
+	if err != nil || !strings.Contains(string(scrape), `snare_blocks_total{origin="manual"} 1`) {
+		t.Errorf("metrics scrape (%v):\n%.2000s", err, scrape)
+	}
 
 	// Metrics are served on the namespace's loopback by default and count the manual block.
 	var metrics string

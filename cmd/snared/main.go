@@ -138,11 +138,13 @@ func serve(cfg *control.Config, load control.LoadOptions, log *slog.Logger) erro
 	}
 	defer d.Close()
 	if cfg.Metrics.Listen != "" {
-		ms, err := control.StartMetrics(ctx, metrics, d, cfg.Metrics.Listen, log)
+		// Metrics that cannot be served (the port is taken) are no reason to stop enforcing.
+		srv, err := control.StartMetrics(ctx, metrics, d, cfg.Metrics.Listen, log)
 		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
+			log.Error("metrics disabled", "err", err)
+		} else {
+			defer srv.Close()
 		}
-		defer ms.Close()
 	}
 	name, reason := d.Backend()
 	st, _ := d.Status(ctx)
