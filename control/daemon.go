@@ -441,7 +441,63 @@ func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error 
 	if err := d.enf.SetAllow(ctx, list.Prefixes()); err != nil {
 		return fmt.Errorf("set allowlist: %w", err)
 	}
+	changed := d.allow == nil || !slices.Equal(d.allow.Prefixes(), list.Prefixes())
 	d.allow = list
+	if !changed {
+		return nil
+	}
+	return d.dropAllowlistedLocked(ctx, list)
+}
+
+// dropAllowlistedLocked removes the blocks that lie inside the allowlist: an address blocked
+// before it was allowlisted (by hand, or an own address or gateway that appeared later). The
+// allowlist always wins, and the data path checks it only on CIDR and trap matches, so such a
+// block must not stay in the exact-match map.
+func (d *Daemon) dropAllowlistedLocked(ctx context.Context, allow Allowlist) error {
+	if len(allow) == 0 {
+		return nil
+	}
+	inside := func(p netip.Prefix) bool {
+		for _, a := range allow {
+			if a.Prefix.Bits() <= p.Bits() && a.Prefix.Contains(p.Addr()) {
+				return true
+			}
+		}
+		return false
+	}
+	var gone []Rule
+	err := d.store.Update(func(tx *Tx) error {
+		err := tx.ForEachRule(func(r Rule) error {
+			if inside(r.Prefix) {
+				gone = append(gone, r)
+			}
+			return nil
+		})
+		if err != nil || len(gone) == 0 {
+			return err
+		}
+		ps := make([]netip.Prefix, len(gone))
+		for i, r := range gone {
+			ps[i] = r.Prefix
+			if _, err := tx.DeleteRule(r.Prefix); err != nil {
+				return err
+			}
+		}
+		return d.enf.Unblock(ctx, ps)
+	})
+	if err != nil {
+		return fmt.Errorf("remove allowlisted blocks: %w", err)
+	}
+	now := time.Now()
+	var evs []Event
+	for _, r := range gone {
+		evs = append(evs, Event{Time: now, Event: EventUnblock, Address: r.Prefix.String(), Reason: r.Reason,
+			Source: "daemon", Detail: "the address is allowlisted now"})
+	}
+	d.logEvents(evs...)
+	if len(gone) > 0 {
+		d.rec.Unblocked(len(gone))
+	}
 	return nil
 }
 

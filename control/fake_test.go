@@ -367,3 +367,62 @@ func TestImplicitAllowFollowsTheHost(t *testing.T) {
 		t.Errorf("enforcer allowlist %v lacks the new gateway", f.allow)
 	}
 }
+
+// TestAllowlistWinsOverExistingBlocks: an address allowlisted after it was blocked (by hand, or
+// a gateway that appeared) loses its block at once, in the store and in the kernel; blocks
+// outside the new allow prefix stay.
+func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	if _, err := d.Block(ctx, []string{"198.18.5.5", "198.18.6.6", "198.18.9.1"}, "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AllowAdd(ctx, []string{"198.18.5.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	held := func() []string {
+		rs, err := f.Rules(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Prefix.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := held(), []string{"198.18.6.6/32", "198.18.9.1/32"}; !slices.Equal(got, want) {
+		t.Fatalf("enforcer holds %v after allow add, want %v", got, want)
+	}
+	es, err := d.Entries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if e.Prefix == "198.18.5.5/32" {
+			t.Fatalf("store still lists the allowlisted %s", e.Prefix)
+		}
+	}
+	var unblocked bool
+	for _, ev := range d.Events().Recent() {
+		if ev.Event == EventUnblock && ev.Address == "198.18.5.5/32" && strings.Contains(ev.Detail, "allowlisted") {
+			unblocked = true
+		}
+	}
+	if !unblocked {
+		t.Error("no unblock event for the allowlisted address")
+	}
+
+	// The implicit allowlist growing (a new gateway) has the same effect.
+	d.opts.ImplicitAllow = func() (Allowlist, error) {
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
+			{netip.MustParsePrefix("198.18.9.1/32"), AllowGateway}}, nil
+	}
+	if err := d.RefreshImplicitAllow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := held(), []string{"198.18.6.6/32"}; !slices.Equal(got, want) {
+		t.Fatalf("enforcer holds %v after the gateway appeared, want %v", got, want)
+	}
+}
