@@ -11,7 +11,7 @@ DEB_PKGS := clang llvm libbpf-dev libc6-dev make git ca-certificates iproute2 ip
 # A command each package provides, to tell whether it is installed.
 DEB_CMDS := clang llc ip iptables ipset nft ethtool ping nmap hping3 tcpdump wrk xdp-filter bpftool
 
-.PHONY: all deps generate check-generate build test test-short run lint bench bench-quick clean
+.PHONY: all deps generate check-generate build test test-short run lint bench bench-quick demo clean
 
 all: lint build
 
@@ -65,6 +65,10 @@ bench:
 ## bench-quick: a short benchmark for development (root, < 2 min)
 bench-quick:
 	$(GO) run ./bench/cmd/snarebench --quick
+
+## demo: a netns lab with a host, an attacker and a client; snared catches nmap (root, ~1 min)
+demo:
+	GO=$(GO) ./scripts/demo.sh
 
 clean:
 	rm -rf $(BIN)
