@@ -19,9 +19,13 @@ all: lint build
 generate:
 	$(GO) generate ./bpf
 
-## check-generate: fail if the committed bpf2go output differs from a fresh build
-check-generate: generate
-	@git diff --exit-code -- bpf/ || { echo "bpf2go output is stale: run 'make generate' and commit" >&2; exit 1; }
+## check-generate: fail if the bpf2go output does not match a fresh build of bpf/*.c
+check-generate:
+	@before=$$(sha256sum bpf/snare_bpfel.go bpf/snare_bpfel.o); \
+	$(GO) generate ./bpf && \
+	after=$$(sha256sum bpf/snare_bpfel.go bpf/snare_bpfel.o); \
+	if [ "$$before" != "$$after" ]; then echo "bpf2go output was stale: regenerated, commit it" >&2; exit 1; fi; \
+	git diff --quiet HEAD -- bpf/snare_bpfel.go bpf/snare_bpfel.o || { echo "bpf2go output differs from the commit: commit it" >&2; exit 1; }
 
 ## build: snared and snarectl into ./bin
 build:

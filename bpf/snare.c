@@ -474,6 +474,14 @@ int snare_xdp(struct xdp_md *ctx)
 	if (v) {
 		now = bpf_ktime_get_coarse_ns();
 		if (in_force(v, now)) {
+			/* An IPv6 entry covers a whole /64, which may hold an allowlisted
+			 * address (the gateway on a shared /64): check it. IPv4 entries are
+			 * single addresses the daemon and the trap never block when
+			 * allowlisted, so the v4 drop path stays one lookup. */
+			if (p.family == 6 && allowlisted(&p)) {
+				count(STAT_PASS_ALLOW, len);
+				return XDP_PASS;
+			}
 			reason = STAT_DROP_EXACT;
 			goto drop;
 		}

@@ -378,6 +378,32 @@ func (d *Daemon) applyTrapLocked(ctx context.Context, cfg *Config, tcp, udp []ui
 	return nil
 }
 
+// RefreshImplicitAllow rediscovers the host's own addresses, gateways and resolvers (they change
+// with DHCP, VPNs, new interfaces) and hands a changed allowlist to the enforcer. The sweeper
+// calls it every interval.
+func (d *Daemon) RefreshImplicitAllow(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.cfg.AllowImplicit {
+		return nil
+	}
+	imp, err := d.opts.ImplicitAllow()
+	if err != nil {
+		return err
+	}
+	if slices.Equal(imp, d.implicit) {
+		return nil
+	}
+	old := d.implicit
+	d.implicit = imp
+	if err := d.refreshAllowLocked(ctx, false); err != nil {
+		d.implicit = old
+		return err
+	}
+	d.log.Info("implicit allowlist changed", "entries", len(imp))
+	return nil
+}
+
 // refreshAllowLocked recomputes the allowlist (rediscovering the implicit part when asked) and
 // hands it to the enforcer.
 func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error {
@@ -415,7 +441,63 @@ func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error 
 	if err := d.enf.SetAllow(ctx, list.Prefixes()); err != nil {
 		return fmt.Errorf("set allowlist: %w", err)
 	}
+	changed := d.allow == nil || !slices.Equal(d.allow.Prefixes(), list.Prefixes())
 	d.allow = list
+	if !changed {
+		return nil
+	}
+	return d.dropAllowlistedLocked(ctx, list)
+}
+
+// dropAllowlistedLocked removes the blocks that lie inside the allowlist: an address blocked
+// before it was allowlisted (by hand, or an own address or gateway that appeared later). The
+// allowlist always wins, and the data path checks it only on CIDR and trap matches, so such a
+// block must not stay in the exact-match map.
+func (d *Daemon) dropAllowlistedLocked(ctx context.Context, allow Allowlist) error {
+	if len(allow) == 0 {
+		return nil
+	}
+	inside := func(p netip.Prefix) bool {
+		for _, a := range allow {
+			if a.Prefix.Bits() <= p.Bits() && a.Prefix.Contains(p.Addr()) {
+				return true
+			}
+		}
+		return false
+	}
+	var gone []Rule
+	err := d.store.Update(func(tx *Tx) error {
+		err := tx.ForEachRule(func(r Rule) error {
+			if inside(r.Prefix) {
+				gone = append(gone, r)
+			}
+			return nil
+		})
+		if err != nil || len(gone) == 0 {
+			return err
+		}
+		ps := make([]netip.Prefix, len(gone))
+		for i, r := range gone {
+			ps[i] = r.Prefix
+			if _, err := tx.DeleteRule(r.Prefix); err != nil {
+				return err
+			}
+		}
+		return d.enf.Unblock(ctx, ps)
+	})
+	if err != nil {
+		return fmt.Errorf("remove allowlisted blocks: %w", err)
+	}
+	now := time.Now()
+	var evs []Event
+	for _, r := range gone {
+		evs = append(evs, Event{Time: now, Event: EventUnblock, Address: r.Prefix.String(), Reason: r.Reason,
+			Source: "daemon", Detail: "the address is allowlisted now"})
+	}
+	d.logEvents(evs...)
+	if len(gone) > 0 {
+		d.rec.Unblocked(len(gone))
+	}
 	return nil
 }
 
@@ -460,7 +542,7 @@ func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]t
 // Block blocks targets (addresses or CIDRs) with ttl ("" for the configured default, "5d",
 // "permanent", ...). A source blocked before within the escalation lookback gets a longer TTL
 // when no TTL is given; an explicit TTL is taken as it is. Blocking an already blocked entry
-// extends it (never shortens it, unless a TTL is given) and counts a repeat offence.
+// extends it (never shortens it: unblock first for that) and counts a repeat offence.
 func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]Rule, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -527,8 +609,8 @@ func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reaso
 	}
 	if exists && !old.Expired(now) {
 		r.Created = old.Created
-		if !explicit && (old.Permanent() || old.Deadline.After(r.Deadline)) && !r.Permanent() {
-			r.Deadline = old.Deadline // never shorten an existing block without being told to
+		if laterDeadline(old.Deadline, r.Deadline) {
+			r.Deadline = old.Deadline // blocking again extends, never shortens (unblock first for that)
 		}
 	}
 	if err := tx.PutOffence(p, Offence{Count: prior + 1, Last: now}); err != nil {
@@ -830,6 +912,9 @@ func (d *Daemon) HandleTrapEvents(ctx context.Context, ch <-chan backend.TrapEve
 			default:
 				break drain
 			}
+		}
+		for _, ev := range batch {
+			d.rec.TrapEvent(ev)
 		}
 		if err := d.handleTraps(ctx, batch); err != nil {
 			d.log.Error("record trap events", "err", err, "events", len(batch))

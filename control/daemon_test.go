@@ -562,6 +562,29 @@ func TestDaemonTrapAllowlistAndAdoption(t *testing.T) {
 	if dl.reaches(att, false) {
 		t.Fatal("adopted trap block does not drop")
 	}
+
+	// IPv6: a trap hit blocks the source's /64, recorded as such. (The client's IPv4 address is
+	// allowlisted, its IPv6 address is not.)
+	dst := net.JoinHostPort(dl.lab.HostIface("client").Addr6.Addr().String(), "31337")
+	_ = dl.lab.Do(cli.NS, func() error {
+		if c, err := net.DialTimeout("tcp", dst, 500*time.Millisecond); err == nil {
+			c.Close()
+		}
+		return nil
+	})
+	want6 := netip.PrefixFrom(cli.Addr6(), 64).Masked().String()
+	var e6 control.Entry
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if e6 = dl.entries()[want6]; e6.Origin != "" {
+			break
+		}
+	}
+	if e6.Origin != control.OriginTrap || !strings.HasPrefix(e6.Reason, "trap: tcp/31337") {
+		t.Fatalf("IPv6 trap block of %s: %+v", want6, e6)
+	}
+	if dl.reaches(cli, true) || !dl.reaches(cli, false) {
+		t.Fatal("IPv6 trap block: v6 still passes or v4 (allowlisted) dropped")
+	}
 }
 
 // The same daemon on the iptables fallback: block drops, refused input changes nothing, expiry

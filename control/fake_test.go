@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -156,10 +157,17 @@ func TestEscalationThroughBlocks(t *testing.T) {
 	if !within(r.Deadline, 90*day) {
 		t.Fatalf("sixth block %+v: want the 90d cap", r)
 	}
-	// An explicit TTL is the operator's word: no escalation, and it may shorten.
+	// An explicit TTL is the operator's word: no escalation; it does not shorten a block.
 	r = block("2h")
-	if !within(r.Deadline, 2*time.Hour) || r.Offences != 7 {
-		t.Fatalf("explicit TTL %+v: want 2h, offences counted", r)
+	if !within(r.Deadline, 90*day) || r.Offences != 7 {
+		t.Fatalf("explicit shorter TTL %+v: want the 90d kept, offences counted", r)
+	}
+	if _, _, err := d.Unblock(ctx, []string{"198.18.0.7"}); err != nil {
+		t.Fatal(err)
+	}
+	r = block("2h")
+	if !within(r.Deadline, 2*time.Hour) || r.Offences != 8 {
+		t.Fatalf("explicit TTL %+v: want exactly 2h for a repeat offender", r)
 	}
 	// The kernel got the same deadline the store has.
 	rs, _ := f.Rules(ctx)
@@ -273,6 +281,15 @@ func TestListenSocket(t *testing.T) {
 		t.Fatalf("listen after close: %v", err)
 	}
 	l2.Close()
+
+	plain := filepath.Join(dir, "not-a-socket")
+	os.WriteFile(plain, []byte("keep me"), 0o600)
+	if _, err := Listen(plain); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("listen on a regular file: %v", err)
+	}
+	if b, _ := os.ReadFile(plain); string(b) != "keep me" {
+		t.Error("a regular file at the socket path was replaced")
+	}
 }
 
 func TestServeEventsFollow(t *testing.T) {
@@ -324,5 +341,88 @@ func TestServeEventsFollow(t *testing.T) {
 	}
 	if _, err := c.Status(context.Background()); err == nil || !strings.Contains(err.Error(), "does not exist") {
 		t.Errorf("socket after stop: %v", err)
+	}
+}
+
+func TestImplicitAllowFollowsTheHost(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	gw := netip.MustParsePrefix("198.18.9.1/32")
+	d.opts.ImplicitAllow = func() (Allowlist, error) {
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress}, {gw, AllowGateway}}, nil
+	}
+	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err != nil {
+		t.Fatalf("block before the gateway appeared: %v", err)
+	}
+	if _, _, err := d.Unblock(ctx, []string{"198.18.9.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RefreshImplicitAllow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err == nil || !strings.Contains(err.Error(), "gateway") {
+		t.Errorf("block of the new gateway: %v", err)
+	}
+	if !slices.Contains(f.allow, gw) {
+		t.Errorf("enforcer allowlist %v lacks the new gateway", f.allow)
+	}
+}
+
+// TestAllowlistWinsOverExistingBlocks: an address allowlisted after it was blocked (by hand, or
+// a gateway that appeared) loses its block at once, in the store and in the kernel; blocks
+// outside the new allow prefix stay.
+func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	if _, err := d.Block(ctx, []string{"198.18.5.5", "198.18.6.6", "198.18.9.1"}, "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AllowAdd(ctx, []string{"198.18.5.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	held := func() []string {
+		rs, err := f.Rules(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Prefix.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := held(), []string{"198.18.6.6/32", "198.18.9.1/32"}; !slices.Equal(got, want) {
+		t.Fatalf("enforcer holds %v after allow add, want %v", got, want)
+	}
+	es, err := d.Entries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if e.Prefix == "198.18.5.5/32" {
+			t.Fatalf("store still lists the allowlisted %s", e.Prefix)
+		}
+	}
+	var unblocked bool
+	for _, ev := range d.Events().Recent() {
+		if ev.Event == EventUnblock && ev.Address == "198.18.5.5/32" && strings.Contains(ev.Detail, "allowlisted") {
+			unblocked = true
+		}
+	}
+	if !unblocked {
+		t.Error("no unblock event for the allowlisted address")
+	}
+
+	// The implicit allowlist growing (a new gateway) has the same effect.
+	d.opts.ImplicitAllow = func() (Allowlist, error) {
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
+			{netip.MustParsePrefix("198.18.9.1/32"), AllowGateway}}, nil
+	}
+	if err := d.RefreshImplicitAllow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := held(), []string{"198.18.6.6/32"}; !slices.Equal(got, want) {
+		t.Fatalf("enforcer holds %v after the gateway appeared, want %v", got, want)
 	}
 }

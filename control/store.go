@@ -425,6 +425,50 @@ func rawDeadline(v []byte) time.Time {
 	return time.Time{}
 }
 
+// DeleteExpired deletes the rules whose deadline is at or before now and returns them, with
+// the earliest deadline among the rest (zero if none). When most rules have expired (a big
+// import running out), the bucket is rebuilt from the survivors instead: deleting a million
+// keys one by one costs seconds, dropping a bucket almost nothing.
+func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err error) {
+	expired, next, err = t.ExpiredRules(now)
+	if err != nil || len(expired) == 0 {
+		return expired, next, err
+	}
+	total := t.rules.Stats().KeyN
+	if live := total - len(expired); len(expired) > 10_000 && len(expired) > live {
+		keep := make([][2][]byte, 0, live)
+		err := t.rules.ForEach(func(k, v []byte) error {
+			if d := rawDeadline(v); d.IsZero() || now.Before(d) {
+				keep = append(keep, [2][]byte{slices.Clone(k), slices.Clone(v)})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		if err := t.tx.DeleteBucket(bucketRules); err != nil {
+			return nil, time.Time{}, fmt.Errorf("drop rules bucket: %w", err)
+		}
+		if t.rules, err = t.tx.CreateBucket(bucketRules); err != nil {
+			return nil, time.Time{}, fmt.Errorf("recreate rules bucket: %w", err)
+		}
+		t.rules.FillPercent = 0.9
+		for _, kv := range keep {
+			if err := t.rules.Put(kv[0], kv[1]); err != nil {
+				return nil, time.Time{}, err
+			}
+		}
+		t.added -= len(expired)
+		return expired, next, nil
+	}
+	for _, r := range expired {
+		if _, err := t.DeleteRule(r.Prefix); err != nil {
+			return nil, time.Time{}, err
+		}
+	}
+	return expired, next, nil
+}
+
 // ExpiredRules returns the rules whose deadline is at or before now, decoding only those, and
 // the earliest deadline among the rest (zero if none).
 func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err error) {

@@ -52,14 +52,9 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		var next time.Time
 		err := d.store.Update(func(tx *Tx) error {
 			var err error
-			expired, next, err = tx.ExpiredRules(now)
+			expired, next, err = tx.DeleteExpired(now)
 			if err != nil {
 				return err
-			}
-			for _, r := range expired {
-				if _, err := tx.DeleteRule(r.Prefix); err != nil {
-					return err
-				}
 			}
 			if now.Sub(d.lastPrune) >= offencePruneInterval {
 				if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
@@ -287,6 +282,7 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 		}
 		rules = rules[:w+1]
 	}
+	good = nil // the parsed lines are not needed any more: let a big import's memory go
 	err := d.store.Update(func(tx *Tx) error {
 		for i := range rules {
 			if i == 0 && tx.Empty() {
@@ -314,7 +310,6 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 	}
 	resp.Imported = len(rules)
 	if len(rules) >= bigBatch {
-		rules, good = nil, nil
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
 	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),

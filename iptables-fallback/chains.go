@@ -364,10 +364,13 @@ func ourJumps(listing []string, chain string) [][]string {
 	return out
 }
 
+// counter is one rule's packet and byte count.
+type counter struct{ packets, bytes uint64 }
+
 // countedRules lists chain with counters (iptables -S -v) and returns each rule's arguments and
-// packet count. (go-iptables' Stats parses the -L table, whose columns shift for a rule without a
+// counters. (go-iptables' Stats parses the -L table, whose columns shift for a rule without a
 // target.)
-func (f *family) countedRules(chain string) (args [][]string, packets []uint64, err error) {
+func (f *family) countedRules(chain string) (args [][]string, counts []counter, err error) {
 	var lines []string
 	err = f.ns.do(func() error {
 		var err error
@@ -382,38 +385,39 @@ func (f *family) countedRules(chain string) (args [][]string, packets []uint64, 
 		if len(fields) < 2 || fields[0] != "-A" || fields[1] != chain {
 			continue
 		}
-		var n uint64
+		var c counter
 		var rest []string
 		for i := 2; i < len(fields); i++ {
 			if fields[i] == "-c" && i+2 < len(fields) {
-				n, _ = strconv.ParseUint(fields[i+1], 10, 64)
+				c.packets, _ = strconv.ParseUint(fields[i+1], 10, 64)
+				c.bytes, _ = strconv.ParseUint(fields[i+2], 10, 64)
 				i += 2
 				continue
 			}
 			rest = append(rest, fields[i])
 		}
 		args = append(args, rest)
-		packets = append(packets, n)
+		counts = append(counts, c)
 	}
-	return args, packets, nil
+	return args, counts, nil
 }
 
-// ruleCounters returns the packet counters of chain's rules in order.
-func (f *family) ruleCounters(chain string) ([]uint64, error) {
-	_, packets, err := f.countedRules(chain)
-	return packets, err
+// ruleCounters returns the counters of chain's rules in order.
+func (f *family) ruleCounters(chain string) ([]counter, error) {
+	_, counts, err := f.countedRules(chain)
+	return counts, err
 }
 
 // jumpPackets sums the packets PREROUTING sent to chain.
 func (f *family) jumpPackets(chain string) (uint64, error) {
-	args, packets, err := f.countedRules(prerouting)
+	args, counts, err := f.countedRules(prerouting)
 	if err != nil {
 		return 0, err
 	}
 	var sum uint64
 	for i, a := range args {
 		if len(a) >= 2 && a[len(a)-2] == "-j" && a[len(a)-1] == chain {
-			sum += packets[i]
+			sum += counts[i].packets
 		}
 	}
 	return sum, nil

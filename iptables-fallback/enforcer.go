@@ -47,6 +47,9 @@ type Enforcer struct {
 	events     chan backend.TrapEvent
 	trapBlocks atomic.Uint64
 	suppressed atomic.Uint64
+	// trapErrors counts failed trap blocks (a full set); trapErrLogged is when one was last logged.
+	trapErrors    atomic.Uint64
+	trapErrLogged atomic.Int64
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup

@@ -14,9 +14,10 @@ import (
 )
 
 // A small ipset client over one persistent netlink socket. vishvananda/netlink's ipset API sends
-// one message per entry, cannot set hashsize, and logs every attribute it does not know; ipset
-// itself loads lists by packing many entries into one message (IPSET_ATTR_ADT), which is what add
-// and del do here. The constants are those of linux/netfilter/ipset/ip_set.h.
+// one request per entry, each on a socket of its own, and cannot create sets with a hashsize or a
+// netmask (the IPv6 block length): a bulk load would be a million round trips on a million
+// sockets. ipset itself loads lists by packing many elements into one message (IPSET_ATTR_ADT),
+// which is what add and del do here. The constants are those of linux/netfilter/ipset/ip_set.h.
 
 const (
 	ipsetProtocol = 7
@@ -544,6 +545,9 @@ func (s *ipsetConn) add(name string, isNet bool, entries []setEntry) error {
 			timeout = timeoutUntil(e.Deadline, time.Now())
 		}
 		d.Uint32(ipsetAttrTimeout|netlink.NetByteOrder, timeout)
+		if e.Packets > 0 { // initial counter (a trap block counts its trigger, as in XDP)
+			d.Uint64(ipsetAttrPackets|netlink.NetByteOrder, e.Packets)
+		}
 		if e.Comment != "" {
 			d.String(ipsetAttrComment, e.Comment)
 		}

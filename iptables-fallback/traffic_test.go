@@ -52,7 +52,7 @@ func TestDrop(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Counters.Dropped == 0 || st.Counters.ByReason["drop_exact"] == 0 || st.Counters.Passed == 0 {
+			if st.Counters.Dropped == 0 || st.Counters.ByReason["drop_exact"] == 0 || st.Counters.BytesByReason["drop_exact"] == 0 || st.Counters.Passed == 0 {
 				t.Errorf("status counters %+v", st.Counters)
 			}
 
@@ -100,6 +100,9 @@ func TestDrop(t *testing.T) {
 			}
 			if !f.reachable(att.NS, h4a) || !f.reachable(att.NS, h6a) {
 				t.Error("attacker still dropped after Remove")
+			}
+			if err := f.lab.Do(f.lab.Host.NS, func() error { return Remove(f.prefix) }); err != nil {
+				t.Errorf("second Remove: %v (want nothing to do)", err)
 			}
 			for _, set := range f.e.n.allSets() {
 				if f.setExists(t, set) {

@@ -151,6 +151,16 @@ func TestParseProbe(t *testing.T) {
 	if !ok || p.src != netip.MustParseAddr("2001:db8:1::2") || p.port != 161 || p.proto != protoUDP {
 		t.Errorf("v6 udp: %+v %v", p, ok)
 	}
+	// A destination-options header before UDP.
+	ext := make([]byte, 56)
+	copy(ext, v6[:40])
+	ext[6] = 60        // next: destination options
+	ext[40] = protoUDP // its next header
+	ext[41] = 0        // 8 bytes long
+	binary.BigEndian.PutUint16(ext[50:52], 162)
+	if p, ok := parseProbe(ext); !ok || p.port != 162 || p.proto != protoUDP {
+		t.Errorf("v6 with extension header: %+v %v", p, ok)
+	}
 	for _, bad := range [][]byte{nil, {0x45}, {0x75, 0, 0}} {
 		if _, ok := parseProbe(bad); ok {
 			t.Errorf("parsed %x", bad)
@@ -209,10 +219,7 @@ func TestTrapScan(t *testing.T) {
 			if !f.reachable(att.NS, h4a) {
 				t.Fatal("log mode blocked the attacker")
 			}
-			// The source is reported once per window (as in XDP): start a fresh one.
-			e.scanMu.Lock()
-			e.scan.Purge()
-			e.scanMu.Unlock()
+			// The log-mode report does not use up the block-mode trigger of the same window.
 
 			// Allowlisted client: reported as such, still reachable.
 			if out, err := f.lab.Run(cli.NS, "hping3", "-S", "-p", "31337", "-c", "1", h4c.String()); err != nil {
@@ -237,7 +244,7 @@ func TestTrapScan(t *testing.T) {
 				t.Error("trap-blocked attacker still reaches the host")
 			}
 			rs, ok := rulesByPrefix(t, e)[netip.PrefixFrom(att.Addr4(), 32)]
-			if !ok || !rs.FromTrap || !sameDeadline(rs.Deadline, ev.Time.Add(time.Hour)) {
+			if !ok || !rs.FromTrap || rs.Hits < 1 || !sameDeadline(rs.Deadline, ev.Time.Add(time.Hour)) {
 				t.Errorf("trap block in Rules: %+v (present %v)", rs, ok)
 			}
 			st, err := e.Status(ctx)
@@ -268,5 +275,23 @@ func TestTrapScan(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTrapReportKinds: a log-mode trigger (UDP here) does not use up a block-mode trigger (TCP) of
+// the same source and window; each kind is reported once per window, as in the XDP program.
+func TestTrapReportKinds(t *testing.T) {
+	e := unitEnforcer(t, backend.TrapConfig{TCPPorts: []uint16{1, 2}, UDPPorts: []uint16{7, 8}, Threshold: 1,
+		Window: time.Minute, BlockTCP: true, BlockUDP: false, EventsPerSecond: 100, EventBurst: 100})
+	src := netip.MustParseAddr("198.18.6.6")
+	e.allow = []netip.Prefix{netip.PrefixFrom(src, 32)} // no set needed: allowlisted sources are only reported
+	now := time.Now()
+	e.onProbe(probe{src: src, proto: protoUDP, port: 7}, now)
+	e.onProbe(probe{src: src, proto: protoUDP, port: 8}, now)
+	e.onProbe(probe{src: src, proto: protoTCP, port: 1, flags: 2}, now)
+	e.onProbe(probe{src: src, proto: protoTCP, port: 2, flags: 2}, now)
+	evs := drain(e)
+	if len(evs) != 2 || evs[0].Proto != "udp" || evs[1].Proto != "tcp" {
+		t.Fatalf("events %+v, want one udp (log mode) and one tcp (block mode)", evs)
 	}
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,9 +64,27 @@ func TestSnaredProcess(t *testing.T) {
 	c := control.NewClient(sock)
 	ctx := context.Background()
 
+	// systemd's notify socket: READY=1 must come once the daemon answers.
+	notifyPath := filepath.Join(state, "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notifyPath)
+
 	p, err := lab.StartShared(lab.Host.NS, bin, args...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	notify.SetReadDeadline(time.Now().Add(15 * time.Second))
+	buf := make([]byte, 256)
+	n, err := notify.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("sd_notify: %q, %v\n%s", buf[:n], err, p.Output())
+	}
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatalf("READY=1 sent before the API answers: %v", err)
 	}
 	waitSocket(t, c, p)
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
@@ -75,6 +95,48 @@ func TestSnaredProcess(t *testing.T) {
 	}
 	if reaches() {
 		t.Fatal("blocked attacker reaches the host")
+	}
+	// Metrics on the default loopback address of the host's namespace count the manual block.
+	var scrape []byte
+	err = lab.Do(lab.Host.NS, func() error {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9477", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := conn.Write([]byte("GET /metrics HTTP/1.0\r\nHost: snared\r\n\r\n")); err != nil {
+			return err
+		}
+		scrape, err = io.ReadAll(conn)
+		return err
+	})
+	if err != nil || !strings.Contains(string(scrape), `snare_blocks_total{origin="manual"} 1`) {
+		t.Errorf("metrics scrape (%v):\n%.2000s", err, scrape)
+	}
+
+	// Metrics are served on the namespace's loopback by default and count the manual block.
+	var metrics string
+	err = lab.Do(lab.Host.NS, func() error {
+		// Dial here: http.Transport dials on goroutines that are not in the namespace.
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9477", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			return err
+		}
+		b, err := io.ReadAll(conn)
+		metrics = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("scrape metrics: %v\n%s", err, p.Output())
+	}
+	if !strings.Contains(metrics, `snare_blocks_total{origin="manual"} 1`) {
+		t.Errorf("metrics lack the manual block:\n%s", metrics)
 	}
 
 	// A second daemon on the same pins (own state dir and socket) is refused.

@@ -129,13 +129,23 @@ func serve(cfg *control.Config, load control.LoadOptions, log *slog.Logger) erro
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	metrics := control.NewMetrics(control.MetricsOptions{Version: version})
 	d, err := control.Open(ctx, control.Options{
-		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback,
+		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback, Recorder: metrics,
 	})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
+	if cfg.Metrics.Listen != "" {
+		// Metrics that cannot be served (the port is taken) are no reason to stop enforcing.
+		srv, err := control.StartMetrics(ctx, metrics, d, cfg.Metrics.Listen, log)
+		if err != nil {
+			log.Error("metrics disabled", "err", err)
+		} else {
+			defer srv.Close()
+		}
+	}
 	name, reason := d.Backend()
 	st, _ := d.Status(ctx)
 	log.Info("snared running", "version", version, "backend", name, "fallback_reason", reason,
