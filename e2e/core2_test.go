@@ -94,7 +94,8 @@ func TestDryRun(t *testing.T) {
 }
 
 // Blocking a source again counts a repeat offence; with the default TTL (block.ttl, 1h here) it
-// escalates by block.escalation.factor (2); an explicit --ttl is taken as given.
+// escalates by block.escalation.factor (2); an explicit --ttl is taken as given, but a block is
+// never shortened by blocking again.
 func TestRepeatOffence(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, options{})
@@ -120,8 +121,11 @@ func TestRepeatOffence(t *testing.T) {
 		check("blocked again after unblock", 2, 2*time.Hour)
 		d.mustCtl(t, "block", att)
 		check("blocked again while blocked", 3, 4*time.Hour)
+		// Blocking again extends, never shortens (unblock first for that), explicit TTL or not.
 		d.mustCtl(t, "block", att, "--ttl", "30m")
-		check("explicit ttl", 4, 30*time.Minute)
+		check("explicit shorter ttl", 4, 4*time.Hour)
+		d.mustCtl(t, "block", att, "--ttl", "10h")
+		check("explicit longer ttl", 5, 10*time.Hour)
 		e.dropped(t, e.attackerV4Peer())
 	})
 }
