@@ -25,6 +25,16 @@ func TestAllowlistWins(t *testing.T) {
 			t.Errorf("allow list lacks %s (manual)", att)
 		}
 		e.served(t, e.attackerV4Peer())
+		// Allowlisting an address lifts its block (logged as an unblock): the allowlist wins and
+		// the block does not linger hidden in the kernel.
+		if en := find(d.list(t), host32(e.attacker4())); en != nil {
+			t.Errorf("block of %s still listed after allow add", att)
+		}
+		requireEvents(t, d, "unblock", host32(e.attacker4()))
+		// And it cannot be blocked again while allowlisted.
+		if r := d.ctl("block", att); r.code == 0 {
+			t.Errorf("block of an allowlisted address accepted: %v", r)
+		}
 
 		// Durable: a restarted daemon still allows it.
 		d.stop()
@@ -34,14 +44,13 @@ func TestAllowlistWins(t *testing.T) {
 		}
 		e.served(t, e.attackerV4Peer())
 
-		// Removing it lets the block, still there, drop again.
+		// Removed from the allowlist, it can be blocked again.
 		d.mustCtl(t, "allow", "del", att)
 		if allowHas(t, d, host32(e.attacker4()), "") {
 			t.Errorf("%s still allowlisted after allow del", att)
 		}
-		if find(d.list(t), host32(e.attacker4())) == nil {
-			t.Fatalf("block of %s gone: %v", att, prefixes(d.list(t)))
-		}
+		e.served(t, e.attackerV4Peer())
+		d.mustCtl(t, "block", att, "--ttl", "1h")
 		e.dropped(t, e.attackerV4Peer())
 		e.served(t, e.clientV4Peer())
 	})
@@ -115,8 +124,9 @@ func TestRepeatOffence(t *testing.T) {
 		check("blocked again after unblock", 2, 2*time.Hour)
 		d.mustCtl(t, "block", att)
 		check("blocked again while blocked", 3, 4*time.Hour)
+		// An explicit shorter TTL never shortens a block in force (unblock first for that).
 		d.mustCtl(t, "block", att, "--ttl", "30m")
-		check("explicit ttl", 4, 30*time.Minute)
+		check("explicit shorter ttl", 4, 4*time.Hour)
 		e.dropped(t, e.attackerV4Peer())
 	})
 }
