@@ -27,10 +27,13 @@ func TestAllowlistWins(t *testing.T) {
 			t.Errorf("allow list lacks %s (manual)", att)
 		}
 		e.served(t, e.attackerV4Peer())
+		// Allowlisting an address lifts its block (logged as an unblock): the allowlist wins and
+		// the block does not linger hidden in the kernel.
 		if en := find(d.list(t), host32(e.attacker4())); en != nil {
-			t.Errorf("block %+v still listed although allowlisted", *en)
+			t.Errorf("block %+v still listed after allow add", *en)
 		}
-		// Blocking it now is refused.
+		requireEvents(t, d, "unblock", host32(e.attacker4()))
+		// And it cannot be blocked again while allowlisted.
 		checkRefused(t, d.ctl("block", att), att)
 
 		// Durable: a restarted daemon still allows it.
@@ -41,12 +44,13 @@ func TestAllowlistWins(t *testing.T) {
 		}
 		e.served(t, e.attackerV4Peer())
 
+		// Removed from the allowlist, it can be blocked again.
 		d.mustCtl(t, "allow", "del", att)
 		if allowHas(t, d, host32(e.attacker4()), "") {
 			t.Errorf("%s still allowlisted after allow del", att)
 		}
 		e.served(t, e.attackerV4Peer())
-		d.mustCtl(t, "block", att)
+		d.mustCtl(t, "block", att, "--ttl", "1h")
 		e.dropped(t, e.attackerV4Peer())
 		e.served(t, e.clientV4Peer())
 	})
