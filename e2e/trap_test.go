@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,8 +72,9 @@ func TestTrapScans(t *testing.T) {
 				if err != nil {
 					t.Fatalf("nmap: %v", err)
 				}
-				if sc.seesOpen && strings.Contains(out, fmt.Sprintf("%d/tcp open", webPort)) {
-					t.Errorf("nmap saw the web port open: the scanner got past the trap")
+				// nmap aligns its columns: "8080/tcp  open   http-proxy".
+				if sc.seesOpen && regexp.MustCompile(fmt.Sprintf(`(?m)^%d/tcp\s+open\s`, webPort)).MatchString(out) {
+					t.Errorf("nmap saw the web port %d open: the scanner's probes got past the trap port it hit first", webPort)
 				}
 
 				// Listed (the event reaches user space asynchronously to the block itself).
