@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -234,4 +236,85 @@ func sameAddr(addr, prefix string) bool {
 
 func containsAll(s string, subs ...string) bool {
 	return !slices.ContainsFunc(subs, func(sub string) bool { return !strings.Contains(s, sub) })
+}
+
+// Not one connection from a blocked source gets through while the daemon stops, starts, is
+// killed and starts again: enforcement never has a gap.
+func TestNoGapAcrossRestarts(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, options{})
+		d := e.d
+		d.mustCtl(t, "block", e.attacker4().String(), "--ttl", "1h")
+		d.mustCtl(t, "block", attackerV6.String(), "--ttl", "1h")
+		e.dropped(t, e.attackerV4Peer())
+
+		// The probe can see a connection get through: the client's does.
+		if err := eventually(time.Second, func() error { return quickDial(e, e.clientV4Peer()) }); err != nil {
+			t.Fatalf("30ms dial from the client fails (%v): the probe cannot tell", err)
+		}
+
+		// The attacker keeps trying from 4 workers, IPv4 and IPv6, until told to stop (bounded:
+		// at most 2000 attempts each). A SYN-ACK over a veth takes microseconds: a 30ms timeout
+		// tells a dropped SYN from an answered one.
+		stop := make(chan struct{})
+		type tally struct{ attempts, through int }
+		done := make(chan tally)
+		const workers = 4
+		for w := 0; w < workers; w++ {
+			p := e.attackerV4Peer()
+			if w%2 == 1 {
+				p = e.attackerV6Peer()
+			}
+			go func() {
+				var n tally
+				for i := 0; i < 2000; i++ {
+					select {
+					case <-stop:
+						done <- n
+						return
+					default:
+					}
+					err := quickDial(e, p)
+					n.attempts++
+					if err == nil {
+						n.through++
+					}
+				}
+				<-stop
+				done <- n
+			}()
+		}
+
+		d.stop()
+		d.start()
+		d.kill9()
+		d.start()
+		close(stop)
+		var n tally
+		for w := 0; w < workers; w++ {
+			got := <-done
+			n.attempts += got.attempts
+			n.through += got.through
+		}
+		t.Logf("%d connection attempts across stop/start/kill -9/start, %d got through", n.attempts, n.through)
+		if n.attempts < 20 {
+			t.Errorf("only %d attempts: the check proves nothing", n.attempts)
+		}
+		if n.through != 0 {
+			t.Errorf("%d of %d connections from blocked sources got through during the restarts", n.through, n.attempts)
+		}
+		e.served(t, e.clientV4Peer())
+	})
+}
+
+// quickDial opens (and closes) one TCP connection from p to the web port with a 30ms timeout.
+func quickDial(e *labEnv, p peer) error {
+	return e.lab.Do(p.ns, func() error {
+		dl := net.Dialer{Timeout: 30 * time.Millisecond, LocalAddr: &net.TCPAddr{IP: p.src.AsSlice()}}
+		c, err := dl.Dial("tcp", netip.AddrPortFrom(p.dst, webPort).String())
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
 }
