@@ -34,9 +34,9 @@ type XDP struct {
 
 type ifaceLink struct {
 	name  string
-	index int // ifindex: picks the interface's counter slot
-	mode string // "native" or "generic"
-	link link.Link
+	index int    // ifindex: picks the interface's counter slot
+	mode  string // "native" or "generic"
+	link  link.Link
 }
 
 // dataMaps are the maps whose contents must survive an upgrade that changes their size.
