@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -59,8 +60,8 @@ func numericColumn(rows [][]string, col int) bool {
 		if col >= len(r) || r[col] == "" || r[col] == "n/a" || r[col] == "-" {
 			continue
 		}
-		c := r[col][0]
-		if (c < '0' || c > '9') && c != '-' && c != '+' {
+		v := strings.NewReplacer(",", "", "%", "", "x", "", "±", "", " ms", "", " s", "", " MB", "").Replace(r[col])
+		if _, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err != nil {
 			return false
 		}
 		n++
