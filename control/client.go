@@ -91,17 +91,21 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	return resp, nil
 }
 
+// ErrUnreachable is wrapped by every error that means the daemon could not be reached at all
+// (as opposed to an *APIError, where it answered), so callers can tell the two apart.
+var ErrUnreachable = errors.New("cannot reach snared")
+
 // dialError explains the common reasons the daemon cannot be reached.
 func (c *Client) dialError(err error) error {
 	switch {
 	case errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT):
-		return fmt.Errorf("cannot reach snared: socket %s does not exist (is snared running? see --socket)", c.socket)
+		return fmt.Errorf("%w: socket %s does not exist (is snared running? see --socket)", ErrUnreachable, c.socket)
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("cannot reach snared: nothing listens on %s (stale socket? is snared running?)", c.socket)
+		return fmt.Errorf("%w: nothing listens on %s (stale socket? is snared running?)", ErrUnreachable, c.socket)
 	case errors.Is(err, os.ErrPermission) || errors.Is(err, syscall.EACCES):
-		return fmt.Errorf("cannot reach snared: permission denied on %s (run as root)", c.socket)
+		return fmt.Errorf("%w: permission denied on %s (run as root)", ErrUnreachable, c.socket)
 	}
-	return fmt.Errorf("cannot reach snared at %s: %w", c.socket, err)
+	return fmt.Errorf("%w at %s: %w", ErrUnreachable, c.socket, err)
 }
 
 // Block blocks targets.

@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/bpf"
 )
@@ -274,7 +275,7 @@ func (x *XDP) attach(iface, mode string) error {
 		}
 		l, err := link.AttachXDP(link.XDPOptions{Program: x.objs.SnareXdp, Interface: nl.Attrs().Index, Flags: flags})
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: %w", m, err))
+			errs = append(errs, fmt.Errorf("%s: %w%s", m, err, attachHint(err)))
 			continue
 		}
 		os.Remove(pin)
@@ -290,6 +291,19 @@ func (x *XDP) attach(iface, mode string) error {
 		return nil
 	}
 	return fmt.Errorf("attach xdp to %s: %w", iface, errors.Join(errs...))
+}
+
+// attachHint explains the attach errors operators meet most.
+func attachHint(err error) string {
+	switch {
+	case errors.Is(err, unix.ERANGE):
+		return " (the MTU is too large for native XDP on this driver; lower it or use --xdp-mode generic)"
+	case errors.Is(err, unix.EOPNOTSUPP):
+		return " (the driver has no native XDP; use --xdp-mode generic or auto)"
+	case errors.Is(err, unix.EBUSY):
+		return " (another XDP program is attached to this interface; remove it first)"
+	}
+	return ""
 }
 
 // attachedMode reads the XDP mode in effect on iface from the kernel.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -256,8 +257,7 @@ func countKeys(m *ebpf.Map) (int, error) {
 	// arrays do not support batch lookup, so they are walked key by key
 	// (they are small: CIDR lists and scan state).
 	if m.Type() == ebpf.Hash || m.Type() == ebpf.LRUHash {
-		kb := make([]byte, batchSize*int(m.KeySize()))
-		vb := make([]byte, batchSize*int(m.ValueSize()))
+		kb, vb := byteRecords(batchSize, m.KeySize()), byteRecords(batchSize, m.ValueSize())
 		var (
 			cursor ebpf.MapBatchCursor
 			n      int
@@ -291,6 +291,12 @@ func countKeys(m *ebpf.Map) (int, error) {
 		copy(key, next)
 		cur = key
 	}
+}
+
+// byteRecords returns n records of size bytes each as a slice of byte arrays: batch operations
+// count elements, so a flat []byte would not do.
+func byteRecords(n int, size uint32) any {
+	return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]())), n, n).Interface()
 }
 
 // deleteBatch deletes keys with BPF_MAP_DELETE_BATCH, stepping over keys that are not there.

@@ -1,0 +1,213 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/snare-dev/snare/control"
+)
+
+// fakeDaemon is a minimal stand-in for snared's API (control/api.go) on a Unix socket: it records
+// every request and answers with canned data. The real daemon is tested end to end elsewhere;
+// this only shows what snarectl sends and how it prints the answers.
+type fakeDaemon struct {
+	socket string
+
+	mu    sync.Mutex
+	calls []fakeCall
+
+	// Canned answers.
+	list     control.ListResponse
+	status   control.StatusResponse
+	allow    control.AllowResponse
+	events   []control.Event
+	export   string
+	refuse   string                  // when set, POSTs answer 400 with this message
+	notFound map[string]bool         // unblock targets reported as not blocked
+	imported *control.ImportResponse // answer to import; default: one entry per line
+	// holdFollow keeps an events stream with follow=1 open until the client leaves.
+	holdFollow bool
+}
+
+type fakeCall struct {
+	Method, Path, Query string
+	Body                []byte
+}
+
+// newFakeDaemon serves the fake API on a fresh socket until the test ends. The directory is
+// short (not t.TempDir, whose path grows with the test name) because a Unix socket path must
+// fit in 108 bytes.
+func newFakeDaemon(t *testing.T) *fakeDaemon {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "snarectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	f := &fakeDaemon{socket: filepath.Join(dir, "snare.sock"), notFound: map[string]bool{}}
+	ln, err := net.Listen("unix", f.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: f.handler()}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return f
+}
+
+func (f *fakeDaemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {
+		var req control.BlockRequest
+		if !f.decode(w, r, &req) {
+			return
+		}
+		now := time.Now()
+		var resp control.BlockResponse
+		for _, t := range req.Targets {
+			p, err := control.ParseTarget(t, control.DefaultTargetRules)
+			if err != nil {
+				fail(w, http.StatusBadRequest, err.Error())
+				return
+			}
+			e := control.Entry{Prefix: p.String(), Reason: req.Reason, Origin: "manual", Created: now, Offences: 1}
+			if req.TTL == "permanent" {
+				e.Permanent = true
+			} else {
+				e.Expires = now.Add(5 * 24 * time.Hour)
+			}
+			resp.Entries = append(resp.Entries, e)
+		}
+		answer(w, resp)
+	})
+	mux.HandleFunc("POST /v1/unblock", func(w http.ResponseWriter, r *http.Request) {
+		var req control.UnblockRequest
+		if !f.decode(w, r, &req) {
+			return
+		}
+		var resp control.UnblockResponse
+		for _, t := range req.Targets {
+			if f.notFound[t] {
+				resp.NotFound = append(resp.NotFound, t)
+			} else {
+				resp.Removed = append(resp.Removed, t)
+			}
+		}
+		answer(w, resp)
+	})
+	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) { f.record(r, nil); answer(w, f.list) })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { f.record(r, nil); answer(w, f.status) })
+	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) { f.record(r, nil); answer(w, f.allow) })
+	allowChange := func(w http.ResponseWriter, r *http.Request) {
+		var req control.AllowRequest
+		if f.decode(w, r, &req) {
+			answer(w, f.allow)
+		}
+	}
+	mux.HandleFunc("POST /v1/allow/add", allowChange)
+	mux.HandleFunc("POST /v1/allow/del", allowChange)
+	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
+		var req control.ImportRequest
+		if !f.decode(w, r, &req) {
+			return
+		}
+		if f.imported != nil {
+			answer(w, *f.imported)
+			return
+		}
+		answer(w, control.ImportResponse{Imported: len(strings.Fields(req.Content))})
+	})
+	mux.HandleFunc("GET /v1/export", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r, nil)
+		io.WriteString(w, f.export)
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		f.record(r, nil)
+		enc := json.NewEncoder(w)
+		for _, ev := range f.events {
+			enc.Encode(ev)
+		}
+		if r.URL.Query().Get("follow") == "1" && f.holdFollow {
+			// Like snared: keep the stream open until the client goes away.
+			w.(http.Flusher).Flush()
+			<-r.Context().Done()
+		}
+	})
+	return mux
+}
+
+// decode records a POST and decodes its body; a refusing fake answers 400 instead.
+func (f *fakeDaemon) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	body, _ := io.ReadAll(r.Body)
+	f.record(r, body)
+	if f.refuse != "" {
+		fail(w, http.StatusBadRequest, f.refuse)
+		return false
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		fail(w, http.StatusBadRequest, fmt.Sprintf("bad request body: %v", err))
+		return false
+	}
+	return true
+}
+
+func (f *fakeDaemon) record(r *http.Request, body []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fakeCall{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Body: body})
+}
+
+// Calls returns every request received so far.
+func (f *fakeDaemon) Calls() []fakeCall {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]fakeCall(nil), f.calls...)
+}
+
+// Mutations returns the requests that could have changed something (every POST).
+func (f *fakeDaemon) Mutations() []fakeCall {
+	var m []fakeCall
+	for _, c := range f.Calls() {
+		if c.Method != http.MethodGet {
+			m = append(m, c)
+		}
+	}
+	return m
+}
+
+// lastBody decodes the body of the last request to path into v.
+func (f *fakeDaemon) lastBody(t *testing.T, path string, v any) {
+	t.Helper()
+	calls := f.Calls()
+	for i := len(calls) - 1; i >= 0; i-- {
+		if calls[i].Path == path {
+			reflect.ValueOf(v).Elem().SetZero() // no fields left over from an earlier decode
+			if err := json.Unmarshal(calls[i].Body, v); err != nil {
+				t.Fatalf("decode %s body %q: %v", path, calls[i].Body, err)
+			}
+			return
+		}
+	}
+	t.Fatalf("no request to %s; got %+v", path, calls)
+}
+
+func answer(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func fail(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(control.ErrorResponse{Error: msg})
+}

@@ -1,0 +1,174 @@
+// Command snared is snare's daemon: it attaches the XDP blocker (or the iptables fallback),
+// restores the blocks from its durable store, catches scanners on trap ports, expires blocks on
+// time and serves snarectl on a Unix socket.
+//
+//	snared [--config FILE] [--iface NAME]... [--backend auto|xdp|iptables] [--xdp-mode auto|native|generic]
+//	       [--state-dir DIR] [--socket PATH] [--bpffs DIR] [--dry-run]
+//	snared --check-config [...]   validate and print the merged configuration (exit 0 or 1)
+//	snared --print-config [...]   print the merged configuration
+//	snared uninstall [...]        remove snare from the host (see uninstall.go)
+//
+// Signals: SIGTERM/SIGINT stop the daemon and leave enforcement in place (pinned XDP program and
+// maps, or the ipset sets and iptables rules), so a restart or upgrade leaves no gap. SIGHUP
+// reloads the configuration and reopens the event log.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/spf13/pflag"
+
+	"github.com/snare-dev/snare/control"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+type options struct {
+	config      string
+	checkConfig bool
+	printConfig bool
+	uninstall   bool
+	version     bool
+}
+
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	fs := pflag.NewFlagSet("snared", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o options
+	fs.StringVarP(&o.config, "config", "c", "", "YAML config file (default: none, the embedded defaults)")
+	fs.BoolVar(&o.checkConfig, "check-config", false, "validate the configuration, print it merged, and exit (0 valid, 1 not)")
+	fs.BoolVar(&o.printConfig, "print-config", false, "print the merged configuration and exit")
+	fs.BoolVar(&o.uninstall, "uninstall", false, "same as the uninstall command")
+	fs.BoolVar(&o.version, "version", false, "print the version and exit")
+	control.AddFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: snared [flags]\n       snared uninstall [flags]\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return exitOK
+		}
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return exitUsage
+	}
+	rest := fs.Args()
+	if len(rest) > 0 {
+		if rest[0] != "uninstall" || len(rest) > 1 {
+			fmt.Fprintf(stderr, "Error: unexpected argument %q (the only command is uninstall)\n", rest[0])
+			return exitUsage
+		}
+		o.uninstall = true
+	}
+	if o.version {
+		fmt.Fprintf(stdout, "snared %s\n", version)
+		return exitOK
+	}
+
+	cfg, err := control.LoadConfig(control.LoadOptions{File: o.config, Env: environ, Flags: fs})
+	if err != nil {
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return exitError
+	}
+	if o.checkConfig || o.printConfig {
+		out, err := cfg.YAML()
+		if err != nil {
+			fmt.Fprintf(stderr, "Error: %v\n", err)
+			return exitError
+		}
+		stdout.Write(out)
+		if o.checkConfig {
+			fmt.Fprintln(stderr, "configuration is valid")
+		}
+		return exitOK
+	}
+
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if o.uninstall {
+		if err := uninstall(cfg, log); err != nil {
+			fmt.Fprintf(stderr, "Error: %v\n", err)
+			return exitError
+		}
+		fmt.Fprintln(stdout, "snare removed from this host (its store in", cfg.StateDir, "is kept; delete it to forget every block)")
+		return exitOK
+	}
+	if err := serve(cfg, o.config, environ, fs, log); err != nil {
+		log.Error("snared failed", "err", err)
+		fmt.Fprintf(stderr, "Error: %v\n", err)
+		return exitError
+	}
+	return exitOK
+}
+
+func serve(cfg *control.Config, file string, environ []string, fs *pflag.FlagSet, log *slog.Logger) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	d, err := control.Open(ctx, control.Options{
+		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback,
+	})
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	name, reason := d.Backend()
+	st, _ := d.Status(ctx)
+	log.Info("snared running", "version", version, "backend", name, "fallback_reason", reason,
+		"interfaces", st.Interfaces, "entries", st.Entries, "socket", cfg.Socket, "dry_run", cfg.DryRun)
+
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyReloading)
+			next, err := control.LoadConfig(control.LoadOptions{File: file, Env: environ, Flags: fs})
+			if err == nil {
+				err = d.Reload(ctx, next)
+			}
+			if err != nil {
+				log.Error("reload failed; the previous configuration stays in force", "err", err)
+			} else {
+				log.Info("configuration reloaded")
+			}
+			_, _ = daemon.SdNotify(false, daemon.SdNotifyReady)
+		}
+	}()
+
+	err = d.Serve(ctx, func() {
+		// READY only now: the program is attached, the blocks are restored, the socket answers.
+		if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+			log.Warn("sd_notify", "err", err)
+		}
+	})
+	_, _ = daemon.SdNotify(false, daemon.SdNotifyStopping)
+	if err != nil {
+		return err
+	}
+	log.Info("snared stopped; enforcement stays in place")
+	return nil
+}

@@ -1,0 +1,67 @@
+package control
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestAllowlistRefuse(t *testing.T) {
+	list := Allowlist{
+		{netip.MustParsePrefix("127.0.0.0/8"), AllowLoopback},
+		{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
+		{netip.MustParsePrefix("198.18.1.254/32"), AllowGateway},
+		{netip.MustParsePrefix("2001:db8:1::1/128"), AllowOwnAddress},
+		{netip.MustParsePrefix("198.18.200.0/24"), AllowConfig},
+	}
+	for _, tc := range []struct {
+		target  string
+		refused string // substring of the error, "" for allowed
+	}{
+		{"198.18.1.1", "allowlisted (own-address"},
+		{"198.18.1.254", "allowlisted (gateway"},
+		{"127.0.0.53", "allowlisted (loopback"},
+		{"198.18.1.0/24", "covers allowlisted 198.18.1.1/32"},
+		{"198.18.0.0/15", "covers allowlisted"},
+		{"198.18.200.128/25", "inside allowlisted 198.18.200.0/24"},
+		{"198.18.200.7", "allowlisted (config"},
+		{"2001:db8:1::1", "allowlisted (own-address"},
+		{"2001:db8:1::/48", "covers allowlisted 2001:db8:1::1/128"},
+		// A single address is judged by itself: its /64 may hold the host (allowlist wins in XDP).
+		{"2001:db8:1::2", ""},
+		{"198.18.1.2", ""},
+		{"198.18.2.0/24", ""},
+	} {
+		rules := DefaultTargetRules
+		p, err := ParseTarget(tc.target, rules)
+		if err != nil {
+			t.Fatal(err)
+		}
+		single := !strings.Contains(tc.target, "/")
+		var addr netip.Addr
+		if single {
+			addr = netip.MustParseAddr(tc.target)
+		}
+		err = list.Refuse(tc.target, p, addr, single)
+		switch {
+		case tc.refused == "" && err != nil:
+			t.Errorf("%s refused: %v", tc.target, err)
+		case tc.refused != "" && (err == nil || !strings.Contains(err.Error(), tc.refused)):
+			t.Errorf("%s: error %v, want one containing %q", tc.target, err, tc.refused)
+		}
+	}
+}
+
+func TestParseResolvConf(t *testing.T) {
+	in := "# generated\nsearch example.test\nnameserver 198.18.3.53\nnameserver   2001:db8:3::53\nnameserver fe80::1%eth0\nnameserver bogus\noptions edns0\n"
+	got := parseResolvConf(strings.NewReader(in))
+	want := []string{"198.18.3.53", "2001:db8:3::53", "fe80::1"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Errorf("resolver %d: %s, want %s", i, got[i], want[i])
+		}
+	}
+}

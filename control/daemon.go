@@ -1,0 +1,865 @@
+package control
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/loader"
+)
+
+// Options configure Open.
+type Options struct {
+	Config   *Config
+	Logger   *slog.Logger // nil: discard
+	Recorder Recorder     // nil: NopRecorder
+	Version  string
+	// Enforcer, when set, is used instead of opening one from the config (tests open the loader
+	// inside a network namespace). The daemon owns it and closes it.
+	Enforcer backend.Enforcer
+	// FallbackReason says why an Enforcer given here is the fallback (for status).
+	FallbackReason string
+	// OpenFallback opens the iptables back-end; nil means it is not available in this build.
+	OpenFallback func(cfg *Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error)
+	// ImplicitAllow discovers the implicit allowlist; nil means ImplicitAllowlist("/etc/resolv.conf").
+	ImplicitAllow func() (Allowlist, error)
+	// Listening lists the host's listening ports for the trap-port watcher; nil means ListeningPorts.
+	Listening func(ctx context.Context) (tcp, udp map[uint16]bool, err error)
+}
+
+// Daemon is snared's core: it owns the configuration, the durable store, the enforcer and the
+// event log, and serves the API. Every state change goes through it, serialised by mu, and is
+// committed to the store before the call returns.
+type Daemon struct {
+	log      *slog.Logger
+	rec      Recorder
+	version  string
+	started  time.Time
+	opts     Options
+	store    *Store
+	enf      backend.Enforcer
+	fallback string // why the fallback back-end runs, "" for the configured one
+	events   *EventLog
+
+	mu        sync.Mutex
+	cfg       *Config
+	implicit  Allowlist
+	allow     Allowlist // implicit + config + manual, what the enforcer has
+	trapTCP   []uint16  // trap ports in force
+	trapUDP   []uint16
+	lastPrune time.Time
+
+	evictions atomic.Uint64
+
+	// watch restarts the trap-port watcher after a reload (set while Serve runs).
+	watchMu     sync.Mutex
+	watchCancel context.CancelFunc
+	serveCtx    context.Context
+}
+
+// UserError is a problem with the request (bad address, refused target, bad TTL): the API
+// answers it with a 4xx status and the message as is.
+type UserError struct{ Err error }
+
+func (e *UserError) Error() string { return e.Err.Error() }
+func (e *UserError) Unwrap() error { return e.Err }
+
+func userErrorf(format string, args ...any) error {
+	return &UserError{Err: fmt.Errorf(format, args...)}
+}
+
+// Open opens the store, the event log and the enforcer and brings the kernel in line with the
+// store: blocks the kernel made while no daemon ran are adopted, expired ones dropped, and the
+// rest (re)inserted, all without removing what is still valid, so a restart never opens a gap.
+// Trap detection, the allowlist and the settings are in force when Open returns.
+func Open(ctx context.Context, o Options) (*Daemon, error) {
+	if o.Config == nil {
+		return nil, errors.New("no configuration")
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Recorder == nil {
+		o.Recorder = NopRecorder{}
+	}
+	if o.ImplicitAllow == nil {
+		o.ImplicitAllow = func() (Allowlist, error) { return ImplicitAllowlist("/etc/resolv.conf") }
+	}
+	if o.Listening == nil {
+		o.Listening = ListeningPorts
+	}
+	d := &Daemon{log: o.Logger, rec: o.Recorder, version: o.Version, started: time.Now(), opts: o, cfg: o.Config}
+
+	store, err := OpenStore(o.Config.DBPath())
+	if err != nil {
+		return nil, err
+	}
+	d.store = store
+	ev, err := OpenEventLog(o.Config.EventsPath())
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	d.events = ev
+
+	d.enf, d.fallback = o.Enforcer, o.FallbackReason
+	if d.enf == nil {
+		d.enf, d.fallback, err = OpenEnforcer(o.Config, o.Logger, o.OpenFallback)
+		if err != nil {
+			d.events.Close()
+			d.store.Close()
+			return nil, err
+		}
+	}
+	if err := d.restore(ctx); err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+// OpenEnforcer opens the back-end the config asks for. With backend auto, an XDP back-end that
+// cannot load or attach is replaced by the iptables fallback and the reason returned; a pin
+// directory held by another daemon is an error either way (it is not a reason to fall back).
+func OpenEnforcer(cfg *Config, log *slog.Logger, openFallback func(*Config, []string, *slog.Logger) (backend.Enforcer, error)) (backend.Enforcer, string, error) {
+	ifaces := cfg.Interfaces
+	if len(ifaces) == 0 {
+		var err error
+		if ifaces, err = DefaultRouteInterfaces(); err != nil {
+			return nil, "", err
+		}
+	}
+	fallback := func(reason string) (backend.Enforcer, string, error) {
+		if openFallback == nil {
+			return nil, "", fmt.Errorf("iptables fallback is not available in this build (%s)", reason)
+		}
+		enf, err := openFallback(cfg, ifaces, log)
+		if err != nil {
+			return nil, "", fmt.Errorf("iptables fallback: %w", err)
+		}
+		return enf, reason, nil
+	}
+	if cfg.Backend == "iptables" {
+		return fallback("")
+	}
+	x, err := loader.Open(loader.Options{
+		Interfaces: ifaces, Mode: cfg.XDPMode, PinDir: cfg.BPFFS, Capacity: cfg.Block.Capacity, Logger: log,
+	})
+	if err == nil {
+		return x, "", nil
+	}
+	if cfg.Backend == "xdp" || errors.Is(err, loader.ErrLocked) {
+		return nil, "", fmt.Errorf("xdp back-end: %w", err)
+	}
+	reason := fmt.Sprintf("xdp unavailable: %v", err)
+	log.Warn("XDP back-end unavailable, using the iptables fallback", "reason", err)
+	return fallback(reason)
+}
+
+// Close stops nothing in the kernel: enforcement stays in place (pinned maps and links, or
+// ipset sets and rules) so that a restarting daemon leaves no gap.
+func (d *Daemon) Close() error {
+	var errs []error
+	if d.enf != nil {
+		errs = append(errs, d.enf.Close())
+	}
+	if d.events != nil {
+		errs = append(errs, d.events.Close())
+	}
+	if d.store != nil {
+		errs = append(errs, d.store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Backend names the enforcer in use and, for the fallback, why.
+func (d *Daemon) Backend() (name, fallbackReason string) { return d.enf.Name(), d.fallback }
+
+// Enforcer is the back-end in use (for metrics and tests).
+func (d *Daemon) Enforcer() backend.Enforcer { return d.enf }
+
+// Config returns the configuration in force.
+func (d *Daemon) Config() *Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
+
+// Events is the event log.
+func (d *Daemon) Events() *EventLog { return d.events }
+
+// restore is Open's reconciliation of kernel and store.
+func (d *Daemon) restore(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cfg := d.cfg
+	now := time.Now()
+
+	if err := d.enf.SetSettings(ctx, cfg.EnforcerSettings()); err != nil {
+		return fmt.Errorf("enforcer settings: %w", err)
+	}
+	if err := d.refreshAllowLocked(ctx, true); err != nil {
+		return err
+	}
+
+	kernel, err := d.enf.Rules(ctx)
+	if err != nil {
+		return fmt.Errorf("read enforced rules: %w", err)
+	}
+	var adopt []Rule
+	var expired []Rule
+	var live []backend.Rule
+	err = d.store.Update(func(tx *Tx) error {
+		for _, k := range kernel {
+			if !k.FromTrap || (!k.Deadline.IsZero() && !k.Deadline.After(now)) {
+				continue
+			}
+			if _, ok, err := tx.Rule(k.Prefix); err != nil || ok {
+				continue
+			}
+			// A trap block the kernel made while no daemon ran (or whose event was suppressed):
+			// recorded like any trap block; Replace below writes its escalated deadline back.
+			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
+			if err != nil {
+				return err
+			}
+			adopt = append(adopt, r)
+		}
+		var gone []Rule
+		err := tx.ForEachRule(func(r Rule) error {
+			if r.Expired(now) {
+				gone = append(gone, r)
+			} else {
+				live = append(live, backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline})
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for _, r := range gone {
+			if _, err := tx.DeleteRule(r.Prefix); err != nil {
+				return err
+			}
+		}
+		expired = gone
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("restore from store: %w", err)
+	}
+	n, err := d.enf.Replace(ctx, live)
+	if err != nil {
+		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
+	}
+	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopt), "expired", len(expired), "backend", d.enf.Name())
+
+	var evs []Event
+	evs = append(evs, Event{Time: now, Event: EventStart, Source: "daemon",
+		Detail: fmt.Sprintf("snared %s, %s back-end, %d blocks restored (%d reinserted), %d adopted, %d expired", d.version, d.enf.Name(), len(live), n, len(adopt), len(expired))})
+	for _, r := range adopt {
+		evs = append(evs, blockEvent(r, OriginTrap, now))
+	}
+	evs = append(evs, expireEvents(expired, now)...)
+	d.logEvents(evs...)
+	if len(adopt) > 0 {
+		d.rec.Blocked(OriginTrap, len(adopt))
+	}
+	if len(expired) > 0 {
+		d.rec.Expired(len(expired))
+	}
+
+	tcp, udp, err := d.trapPorts(ctx, cfg)
+	if err != nil {
+		d.log.Warn("cannot list listening sockets; trap ports are the configured lists as they are", "err", err)
+	}
+	return d.applyTrapLocked(ctx, cfg, tcp, udp)
+}
+
+// trapSpec is the trap-port policy of cfg.
+func trapSpec(cfg *Config) TrapPortSpec {
+	t := cfg.EnforcerTrap()
+	ex, _ := ParsePorts(cfg.Trap.Exclude)
+	return TrapPortSpec{TCP: t.TCPPorts, UDP: t.UDPPorts, AdvancedBelow: cfg.Trap.AdvancedBelow, Exclude: ex}
+}
+
+// trapPorts computes the trap ports in force once (the watcher keeps them current later). When
+// the listening sockets cannot be read, the configured lists are used as they are.
+func (d *Daemon) trapPorts(ctx context.Context, cfg *Config) (tcp, udp []uint16, err error) {
+	spec := trapSpec(cfg)
+	if spec.AdvancedBelow > 0 {
+		if lo, hi, err := EphemeralPortRange(); err == nil {
+			spec.EphemeralLow, spec.EphemeralHigh = lo, hi
+		}
+	}
+	tl, ul, err := d.opts.Listening(ctx)
+	if err != nil {
+		spec.AdvancedBelow = 0
+		tcp, udp = TrapPorts(spec, nil, nil)
+		return tcp, udp, err
+	}
+	tcp, udp = TrapPorts(spec, tl, ul)
+	return tcp, udp, nil
+}
+
+func (d *Daemon) applyTrapLocked(ctx context.Context, cfg *Config, tcp, udp []uint16) error {
+	tc := cfg.EnforcerTrap()
+	tc.TCPPorts, tc.UDPPorts = tcp, udp
+	if err := d.enf.SetTrap(ctx, tc); err != nil {
+		return fmt.Errorf("configure trap ports: %w", err)
+	}
+	d.trapTCP, d.trapUDP = tcp, udp
+	return nil
+}
+
+// refreshAllowLocked recomputes the allowlist (rediscovering the implicit part when asked) and
+// hands it to the enforcer.
+func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error {
+	cfg := d.cfg
+	if rediscover {
+		d.implicit = nil
+		if cfg.AllowImplicit {
+			imp, err := d.opts.ImplicitAllow()
+			if err != nil {
+				return fmt.Errorf("discover implicit allowlist: %w", err)
+			}
+			d.implicit = imp
+		}
+	}
+	list := slices.Clone(d.implicit)
+	for _, s := range cfg.Allow {
+		p, err := ParseAllowPrefix(s)
+		if err != nil {
+			return fmt.Errorf("allow: %w", err)
+		}
+		list = append(list, AllowItem{p, AllowConfig})
+	}
+	var manual []AllowRecord
+	if err := d.store.View(func(tx *Tx) error {
+		var err error
+		manual, err = tx.Allow()
+		return err
+	}); err != nil {
+		return fmt.Errorf("read allowlist: %w", err)
+	}
+	for _, m := range manual {
+		list = append(list, AllowItem{m.Prefix, AllowManual})
+	}
+	list = dedupeAllow(list)
+	if err := d.enf.SetAllow(ctx, list.Prefixes()); err != nil {
+		return fmt.Errorf("set allowlist: %w", err)
+	}
+	d.allow = list
+	return nil
+}
+
+// target is one parsed block target.
+type target struct {
+	text   string
+	prefix netip.Prefix
+	addr   netip.Addr
+	single bool
+}
+
+func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]target, error) {
+	if len(texts) == 0 {
+		return nil, userErrorf("no address given")
+	}
+	var out []target
+	var errs []string
+	for _, s := range texts {
+		p, err := ParseTarget(s, cfg.TargetRules())
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		t := target{text: s, prefix: p, single: !strings.Contains(s, "/")}
+		if t.single {
+			t.addr = netip.MustParseAddr(strings.TrimSpace(s)).Unmap()
+		}
+		if checkAllow {
+			if err := d.allow.Refuse(s, p, t.addr, t.single); err != nil {
+				errs = append(errs, err.Error())
+				continue
+			}
+		}
+		out = append(out, t)
+	}
+	if len(errs) > 0 {
+		return nil, userErrorf("%s; nothing changed", strings.Join(errs, "; "))
+	}
+	return out, nil
+}
+
+// Block blocks targets (addresses or CIDRs) with ttl ("" for the configured default, "5d",
+// "permanent", ...). A source blocked before within the escalation lookback gets a longer TTL
+// when no TTL is given; an explicit TTL is taken as it is. Blocking an already blocked entry
+// extends it (never shortens it, unless a TTL is given) and counts a repeat offence.
+func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]Rule, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cfg := d.cfg
+	ts, err := d.parseTargets(targets, cfg, true)
+	if err != nil {
+		return nil, err
+	}
+	base, explicit := time.Duration(cfg.Block.TTL), false
+	if strings.TrimSpace(ttl) != "" {
+		if base, err = ParseTTL(ttl); err != nil {
+			return nil, &UserError{Err: err}
+		}
+		explicit = true
+	}
+	if reason == "" {
+		reason = "manual"
+	}
+	now := time.Now()
+	var out []Rule
+	err = d.store.Update(func(tx *Tx) error {
+		seen := map[netip.Prefix]bool{}
+		for _, t := range ts {
+			if seen[t.prefix] {
+				continue
+			}
+			seen[t.prefix] = true
+			r, err := d.offendLocked(tx, cfg, t.prefix, OriginManual, reason, base, explicit, now)
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return d.enf.Block(ctx, toBackend(out))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("block: %w", err)
+	}
+	evs := make([]Event, 0, len(out))
+	for _, r := range out {
+		evs = append(evs, blockEvent(r, OriginManual, now))
+	}
+	d.logEvents(evs...)
+	d.rec.Blocked(OriginManual, len(out))
+	return out, nil
+}
+
+// offendLocked records one offence of prefix and returns the rule as stored: escalated TTL
+// (unless explicit), deadline extended, offence counted.
+func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reason string, base time.Duration, explicit bool, now time.Time) (Rule, error) {
+	old, exists, err := tx.Rule(p)
+	if err != nil {
+		return Rule{}, err
+	}
+	hist := tx.Offence(p)
+	prior := priorOffences(hist, now, cfg.Block.Escalation)
+	ttl := base
+	if !explicit {
+		ttl = EscalatedTTL(base, prior, cfg.Block.Escalation)
+	}
+	r := Rule{Prefix: p, Reason: reason, Origin: origin, Created: now, Offences: prior + 1, LastOffence: now}
+	if ttl != 0 {
+		r.Deadline = now.Add(ttl)
+	}
+	if exists && !old.Expired(now) {
+		r.Created = old.Created
+		if !explicit && (old.Permanent() || old.Deadline.After(r.Deadline)) && !r.Permanent() {
+			r.Deadline = old.Deadline // never shorten an existing block without being told to
+		}
+	}
+	if err := tx.PutOffence(p, Offence{Count: prior + 1, Last: now}); err != nil {
+		return Rule{}, err
+	}
+	if err := tx.PutRule(r); err != nil {
+		return Rule{}, err
+	}
+	return r, nil
+}
+
+func toBackend(rules []Rule) []backend.Rule {
+	out := make([]backend.Rule, len(rules))
+	for i, r := range rules {
+		out[i] = backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline}
+	}
+	return out
+}
+
+func ttlText(r Rule, now time.Time) string {
+	if r.Permanent() {
+		return "permanent"
+	}
+	return FormatDuration(r.Deadline.Sub(now).Round(time.Second))
+}
+
+func blockEvent(r Rule, source string, now time.Time) Event {
+	return Event{Time: now, Event: EventBlock, Address: r.Prefix.String(), Reason: r.Reason, TTL: ttlText(r, now),
+		Expires: r.Deadline, Source: source, Offences: r.Offences}
+}
+
+// maxExpireEvents bounds the per-entry expire events of one sweep; the rest are summarised.
+const maxExpireEvents = 10000
+
+func expireEvents(rules []Rule, now time.Time) []Event {
+	var evs []Event
+	for i, r := range rules {
+		if i == maxExpireEvents {
+			evs = append(evs, Event{Time: now, Event: EventExpire, Source: "sweep",
+				Detail: fmt.Sprintf("and %d more entries expired", len(rules)-maxExpireEvents)})
+			break
+		}
+		evs = append(evs, Event{Time: now, Event: EventExpire, Address: r.Prefix.String(), Reason: r.Reason,
+			Expires: r.Deadline, Source: "sweep"})
+	}
+	return evs
+}
+
+func (d *Daemon) logEvents(evs ...Event) {
+	if len(evs) == 0 {
+		return
+	}
+	if err := d.events.Log(evs...); err != nil {
+		d.log.Error("event log", "err", err)
+	}
+}
+
+// Unblock removes blocks. Targets that were not blocked are named in notFound.
+func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFound []string, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cfg := d.cfg
+	ts, err := d.parseTargets(targets, cfg, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	var gone []Rule
+	err = d.store.Update(func(tx *Tx) error {
+		var prefixes []netip.Prefix
+		for _, t := range ts {
+			prefixes = append(prefixes, t.prefix)
+			r, ok, err := tx.Rule(t.prefix)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				notFound = append(notFound, t.text)
+				continue
+			}
+			if _, err := tx.DeleteRule(t.prefix); err != nil {
+				return err
+			}
+			gone = append(gone, r)
+			removed = append(removed, t.prefix.String())
+		}
+		// Also prefixes the store does not know: a trap block not yet adopted must go too.
+		return d.enf.Unblock(ctx, prefixes)
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("unblock: %w", err)
+	}
+	var evs []Event
+	for _, r := range gone {
+		evs = append(evs, Event{Time: now, Event: EventUnblock, Address: r.Prefix.String(), Reason: r.Reason, Source: OriginManual})
+	}
+	d.logEvents(evs...)
+	if len(gone) > 0 {
+		d.rec.Unblocked(len(gone))
+	}
+	return removed, notFound, nil
+}
+
+// Entries returns every active block with its live counters, in prefix order.
+func (d *Daemon) Entries(ctx context.Context) ([]Entry, error) {
+	states, err := d.enf.Rules(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read enforced rules: %w", err)
+	}
+	hits := make(map[netip.Prefix]backend.RuleState, len(states))
+	for _, s := range states {
+		hits[s.Prefix] = s
+	}
+	now := time.Now()
+	var out []Entry
+	err = d.store.View(func(tx *Tx) error {
+		return tx.ForEachRule(func(r Rule) error {
+			if r.Expired(now) {
+				return nil
+			}
+			e := entryOf(r)
+			if s, ok := hits[r.Prefix]; ok {
+				e.Hits, e.LastHit = s.Hits, s.LastHit
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err
+}
+
+func entryOf(r Rule) Entry {
+	return Entry{Prefix: r.Prefix.String(), Reason: r.Reason, Origin: r.Origin, Created: r.Created,
+		Expires: r.Deadline, Permanent: r.Permanent(), Offences: r.Offences}
+}
+
+// Status reports the back-end, its counters and the trap ports in force.
+func (d *Daemon) Status(ctx context.Context) (StatusResponse, error) {
+	st, err := d.enf.Status(ctx)
+	if err != nil {
+		return StatusResponse{}, fmt.Errorf("enforcer status: %w", err)
+	}
+	d.mu.Lock()
+	cfg, allow, tcp, udp := d.cfg, len(d.allow), d.trapTCP, d.trapUDP
+	d.mu.Unlock()
+	var n int
+	_ = d.store.View(func(tx *Tx) error { n = tx.RuleCount(); return nil })
+	c := st.Counters
+	out := StatusResponse{
+		Version: d.version, Backend: st.Backend, Fallback: d.fallback, DryRun: cfg.DryRun,
+		Entries: n, Capacity: c.Capacity, Passed: c.Passed, Dropped: c.Dropped, ByReason: c.ByReason,
+		Evictions: c.Evictions + d.evictions.Load(), Allowlist: allow, StartedAt: d.started,
+		Trap: TrapStatus{
+			TCPPorts: FormatPorts(tcp), UDPPorts: FormatPorts(udp), Threshold: cfg.Trap.Threshold,
+			Window: FormatDuration(time.Duration(cfg.Trap.Window)), TCPMode: cfg.Trap.TCPMode, UDPMode: cfg.Trap.UDPMode,
+			ScanEntries: c.ScanEntries, Hits: c.TrapHits, Blocks: c.TrapBlocks, Suppressed: c.Suppressed,
+		},
+	}
+	if out.Capacity == 0 {
+		out.Capacity = cfg.Block.Capacity
+	}
+	for _, i := range st.Interfaces {
+		out.Interfaces = append(out.Interfaces, InterfaceStatus{Name: i.Name, Mode: i.Mode})
+	}
+	return out, nil
+}
+
+// Evictions is how many blocks the sweeper found missing from the kernel and re-inserted.
+func (d *Daemon) Evictions() uint64 { return d.evictions.Load() }
+
+// Allowlist returns the whole allowlist, implicit entries included.
+func (d *Daemon) Allowlist() []AllowEntry {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]AllowEntry, 0, len(d.allow))
+	for _, it := range d.allow {
+		out = append(out, AllowEntry{Prefix: it.Prefix.String(), Source: it.Source})
+	}
+	return out
+}
+
+// AllowAdd adds hand-made allowlist entries (durable).
+func (d *Daemon) AllowAdd(ctx context.Context, targets []string) error {
+	return d.changeAllow(ctx, targets, true)
+}
+
+// AllowDel removes hand-made allowlist entries; entries from the config or implicit ones
+// cannot be removed this way.
+func (d *Daemon) AllowDel(ctx context.Context, targets []string) error {
+	return d.changeAllow(ctx, targets, false)
+}
+
+func (d *Daemon) changeAllow(ctx context.Context, targets []string, add bool) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(targets) == 0 {
+		return userErrorf("no address given")
+	}
+	var ps []netip.Prefix
+	var errs []string
+	for _, s := range targets {
+		p, err := ParseAllowPrefix(s)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		ps = append(ps, p)
+	}
+	if len(errs) > 0 {
+		return userErrorf("%s; nothing changed", strings.Join(errs, "; "))
+	}
+	now := time.Now()
+	if !add {
+		for _, p := range ps {
+			var from []string
+			manual := false
+			for _, it := range d.allow {
+				if it.Prefix == p {
+					if it.Source == AllowManual {
+						manual = true
+					} else {
+						from = append(from, it.Source)
+					}
+				}
+			}
+			switch {
+			case !manual && len(from) > 0:
+				return userErrorf("%s is allowlisted by %s, not by hand: change the config (allow, allow_implicit) instead; nothing changed", p, strings.Join(from, ", "))
+			case !manual:
+				return userErrorf("%s is not in the allowlist; nothing changed", p)
+			}
+		}
+	}
+	old := d.allow
+	err := d.store.Update(func(tx *Tx) error {
+		for _, p := range ps {
+			if add {
+				if err := tx.PutAllow(AllowRecord{Prefix: p, Created: now}); err != nil {
+					return err
+				}
+			} else if _, err := tx.DeleteAllow(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store allowlist: %w", err)
+	}
+	if err := d.refreshAllowLocked(ctx, false); err != nil {
+		// Put the store back so the durable state matches what is enforced.
+		_ = d.store.Update(func(tx *Tx) error {
+			for _, p := range ps {
+				if add {
+					_, _ = tx.DeleteAllow(p)
+				} else {
+					_ = tx.PutAllow(AllowRecord{Prefix: p, Created: now})
+				}
+			}
+			return nil
+		})
+		d.allow = old
+		return err
+	}
+	kind := EventAllow
+	if !add {
+		kind = EventDisallow
+	}
+	var evs []Event
+	for _, p := range ps {
+		evs = append(evs, Event{Time: now, Event: kind, Address: p.String(), Source: OriginManual})
+	}
+	d.logEvents(evs...)
+	return nil
+}
+
+// HandleTrapEvents records trap events until ch closes: each scan goes to the event log, and a
+// block the kernel made goes to the store (escalated, written back to the kernel). Events that
+// arrive together are stored in one transaction.
+func (d *Daemon) HandleTrapEvents(ctx context.Context, ch <-chan backend.TrapEvent) {
+	for {
+		var batch []backend.TrapEvent
+		select {
+		case ev, ok := <-ch:
+			if !ok {
+				return
+			}
+			batch = append(batch, ev)
+		case <-ctx.Done():
+			return
+		}
+	drain:
+		for len(batch) < 512 {
+			select {
+			case ev, ok := <-ch:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, ev)
+			default:
+				break drain
+			}
+		}
+		if err := d.handleTraps(ctx, batch); err != nil {
+			d.log.Error("record trap events", "err", err, "events", len(batch))
+		}
+	}
+}
+
+func trapReason(ev backend.TrapEvent) string {
+	ports := make([]string, len(ev.Ports))
+	for i, p := range ev.Ports {
+		ports[i] = strconv.Itoa(int(p))
+	}
+	s := "trap: " + ev.Proto + "/" + strings.Join(ports, ",")
+	if ev.TCPFlags != "" {
+		s += " " + ev.TCPFlags
+	}
+	return s
+}
+
+func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cfg := d.cfg
+	now := time.Now()
+	var evs []Event
+	var blocked []Rule
+	var release []netip.Prefix
+	err := d.store.Update(func(tx *Tx) error {
+		for _, ev := range batch {
+			scan := Event{Time: ev.Time, Event: EventScan, Address: ev.Source.String(), Proto: ev.Proto,
+				Ports: ev.Ports, TCPFlags: ev.TCPFlags, Source: OriginTrap}
+			if scan.Time.IsZero() {
+				scan.Time = now
+			}
+			p, perr := ParseTarget(ev.Source.String(), cfg.TargetRules())
+			item, allowed := d.allow.Contains(ev.Source)
+			switch {
+			case ev.Allowlisted || allowed:
+				scan.Action = "allowlisted"
+				if allowed {
+					scan.Detail = fmt.Sprintf("%s %s: not blocked", item.Source, item.Prefix)
+				} else {
+					scan.Detail = "allowlisted: not blocked"
+				}
+				if ev.Blocked && perr == nil {
+					release = append(release, p) // the kernel's allowlist was behind ours
+				}
+				evs = append(evs, scan)
+				continue
+			case !ev.Blocked:
+				scan.Action = "logged"
+				evs = append(evs, scan)
+				continue
+			case perr != nil:
+				scan.Action = "blocked"
+				scan.Detail = perr.Error()
+				evs = append(evs, scan)
+				continue
+			}
+			scan.Action = "blocked"
+			r, err := d.offendLocked(tx, cfg, p, OriginTrap, trapReason(ev), time.Duration(cfg.Block.TTL), false, now)
+			if err != nil {
+				return err
+			}
+			blocked = append(blocked, r)
+			evs = append(evs, scan, blockEvent(r, OriginTrap, now))
+		}
+		if len(blocked) > 0 {
+			// The kernel inserted the base TTL; write the escalated deadline back.
+			if err := d.enf.Block(ctx, toBackend(blocked)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(release) > 0 {
+		if err := d.enf.Unblock(ctx, release); err != nil {
+			d.log.Error("release allowlisted trap block", "err", err)
+		}
+	}
+	d.logEvents(evs...)
+	if len(blocked) > 0 {
+		d.rec.Blocked(OriginTrap, len(blocked))
+	}
+	return nil
+}

@@ -1,0 +1,53 @@
+package control
+
+import (
+	"testing"
+	"time"
+)
+
+func TestEscalatedTTL(t *testing.T) {
+	day := 24 * time.Hour
+	esc := EscalationConfig{Enabled: true, Lookback: Duration(30 * day), Factor: 2, MaxTTL: TTL(90 * day)}
+	for _, tc := range []struct {
+		name  string
+		base  time.Duration
+		prior int
+		esc   EscalationConfig
+		want  time.Duration
+	}{
+		{"first offence", 5 * day, 0, esc, 5 * day},
+		{"second", 5 * day, 1, esc, 10 * day},
+		{"third", 5 * day, 2, esc, 20 * day},
+		{"fifth", 5 * day, 4, esc, 80 * day},
+		{"capped", 5 * day, 5, esc, 90 * day},
+		{"far past the cap", 5 * day, 500, esc, 90 * day},
+		{"permanent stays permanent", 0, 3, esc, 0},
+		{"disabled", 5 * day, 3, EscalationConfig{Enabled: false, Factor: 2, MaxTTL: TTL(90 * day)}, 5 * day},
+		{"factor 1", 5 * day, 3, EscalationConfig{Enabled: true, Factor: 1, MaxTTL: TTL(90 * day)}, 5 * day},
+		{"factor 1.5", 4 * time.Hour, 2, EscalationConfig{Enabled: true, Factor: 1.5, MaxTTL: TTL(90 * day)}, 9 * time.Hour},
+		{"no cap (max_ttl permanent)", 5 * day, 3, EscalationConfig{Enabled: true, Factor: 2}, 40 * day},
+		{"no cap overflows to 100 years", 5 * day, 1000, EscalationConfig{Enabled: true, Factor: 2}, maxDuration},
+	} {
+		if got := EscalatedTTL(tc.base, tc.prior, tc.esc); got != tc.want {
+			t.Errorf("%s: EscalatedTTL(%s, %d) = %s, want %s", tc.name, tc.base, tc.prior, got, tc.want)
+		}
+	}
+}
+
+func TestPriorOffences(t *testing.T) {
+	now := time.Now()
+	esc := EscalationConfig{Enabled: true, Lookback: Duration(30 * 24 * time.Hour), Factor: 2}
+	for _, tc := range []struct {
+		o    Offence
+		want int
+	}{
+		{Offence{}, 0},
+		{Offence{Count: 3, Last: now.Add(-time.Hour)}, 3},
+		{Offence{Count: 3, Last: now.Add(-30 * 24 * time.Hour)}, 3},
+		{Offence{Count: 3, Last: now.Add(-30*24*time.Hour - time.Second)}, 0},
+	} {
+		if got := priorOffences(tc.o, now, esc); got != tc.want {
+			t.Errorf("priorOffences(%+v) = %d, want %d", tc.o, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,185 @@
+package control
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// Event kinds of the event log.
+const (
+	EventScan     = "scan"
+	EventBlock    = "block"
+	EventUnblock  = "unblock"
+	EventExpire   = "expire"
+	EventEvict    = "evict"
+	EventAllow    = "allow"
+	EventDisallow = "disallow"
+	EventStart    = "start"
+	EventStop     = "stop"
+)
+
+// recentEvents is how many events the API returns without follow.
+const recentEvents = 1000
+
+// EventLog writes events as JSON lines to a file (the old scan.log), keeps the most recent ones
+// in memory for the API and fans new ones out to followers.
+type EventLog struct {
+	mu      sync.Mutex
+	path    string
+	f       *os.File
+	w       *bufio.Writer
+	recent  []Event // ring of the last recentEvents, oldest at next
+	next    int
+	full    bool
+	subs    map[chan Event]struct{}
+	dropped uint64 // events a slow follower missed
+}
+
+// OpenEventLog opens (appending) or creates the log at path and loads its tail as the recent
+// events.
+func OpenEventLog(path string) (*EventLog, error) {
+	l := &EventLog{path: path, recent: make([]Event, recentEvents), subs: map[chan Event]struct{}{}}
+	l.loadTail()
+	if err := l.open(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *EventLog) open() error {
+	if err := os.MkdirAll(filepath.Dir(l.path), 0o700); err != nil {
+		return fmt.Errorf("create event log directory: %w", err)
+	}
+	f, err := os.OpenFile(l.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640)
+	if err != nil {
+		return fmt.Errorf("open event log: %w", err)
+	}
+	l.f, l.w = f, bufio.NewWriterSize(f, 64<<10)
+	return nil
+}
+
+// loadTail reads the last events of an existing log so `snarectl events` shows history across
+// restarts. A missing or unreadable file just means no history.
+func (l *EventLog) loadTail() {
+	f, err := os.Open(l.path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	const tail = 512 << 10
+	if st, err := f.Stat(); err == nil && st.Size() > tail {
+		if _, err := f.Seek(st.Size()-tail, io.SeekStart); err != nil {
+			return
+		}
+	}
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return
+	}
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		var ev Event
+		if json.Unmarshal(line, &ev) == nil && ev.Event != "" {
+			l.remember(ev)
+		}
+	}
+}
+
+func (l *EventLog) remember(ev Event) {
+	l.recent[l.next] = ev
+	l.next = (l.next + 1) % len(l.recent)
+	if l.next == 0 {
+		l.full = true
+	}
+}
+
+// Log appends events to the file (flushed before Log returns) and hands them to followers.
+func (l *EventLog) Log(evs ...Event) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	enc := json.NewEncoder(l.w)
+	var werr error
+	for _, ev := range evs {
+		if werr == nil && l.w != nil {
+			werr = enc.Encode(ev)
+		}
+		l.remember(ev)
+		for ch := range l.subs {
+			select {
+			case ch <- ev:
+			default:
+				l.dropped++
+			}
+		}
+	}
+	if werr == nil && l.w != nil {
+		werr = l.w.Flush()
+	}
+	if werr != nil {
+		return fmt.Errorf("write event log %s: %w", l.path, werr)
+	}
+	return nil
+}
+
+// Recent returns the events kept in memory, oldest first.
+func (l *EventLog) Recent() []Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.recentLocked()
+}
+
+func (l *EventLog) recentLocked() []Event {
+	var out []Event
+	if l.full {
+		out = append(out, l.recent[l.next:]...)
+	}
+	return append(out, l.recent[:l.next]...)
+}
+
+// Follow returns the recent events and a channel of every later one; cancel stops it. Taking
+// both under one lock means no event falls between them. A follower that does not keep up
+// misses events rather than slowing the daemon down.
+func (l *EventLog) Follow() (recent []Event, ch <-chan Event, cancel func()) {
+	c := make(chan Event, 1024)
+	l.mu.Lock()
+	recent = l.recentLocked()
+	l.subs[c] = struct{}{}
+	l.mu.Unlock()
+	return recent, c, func() {
+		l.mu.Lock()
+		delete(l.subs, c)
+		l.mu.Unlock()
+	}
+}
+
+// Reopen closes and reopens the file, for log rotation (SIGHUP).
+func (l *EventLog) Reopen() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f != nil {
+		l.w.Flush()
+		l.f.Close()
+		l.f, l.w = nil, nil
+	}
+	return l.open()
+}
+
+// Close flushes and closes the file.
+func (l *EventLog) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	err := l.w.Flush()
+	if cerr := l.f.Close(); err == nil {
+		err = cerr
+	}
+	l.f, l.w = nil, nil
+	return err
+}

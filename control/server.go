@@ -1,0 +1,424 @@
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// maxRequestBody bounds a request; an import of 1,000,000 addresses is about 20 MB of JSON.
+const maxRequestBody = 512 << 20
+
+// Handler returns the API (see api.go) as an http.Handler.
+func (d *Daemon) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {
+		var req BlockRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		rules, err := d.Block(r.Context(), req.Targets, req.TTL, req.Reason)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		out := BlockResponse{Entries: make([]Entry, 0, len(rules))}
+		for _, r := range rules {
+			out.Entries = append(out.Entries, entryOf(r))
+		}
+		writeJSON(w, out)
+	})
+	mux.HandleFunc("POST /v1/unblock", func(w http.ResponseWriter, r *http.Request) {
+		var req UnblockRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		removed, notFound, err := d.Unblock(r.Context(), req.Targets)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, UnblockResponse{Removed: orEmpty(removed), NotFound: notFound})
+	})
+	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) {
+		entries, err := d.Entries(r.Context())
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, ListResponse{Entries: orEmpty(entries)})
+	})
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := d.Status(r.Context())
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, st)
+	})
+	allow := func(add bool) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			var req AllowRequest
+			if !decode(w, r, &req) {
+				return
+			}
+			change := d.AllowDel
+			if add {
+				change = d.AllowAdd
+			}
+			if err := change(r.Context(), req.Targets); err != nil {
+				writeError(w, err)
+				return
+			}
+			writeJSON(w, AllowResponse{Entries: d.Allowlist()})
+		}
+	}
+	mux.HandleFunc("POST /v1/allow/add", allow(true))
+	mux.HandleFunc("POST /v1/allow/del", allow(false))
+	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, AllowResponse{Entries: d.Allowlist()})
+	})
+	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
+		var req ImportRequest
+		if !decode(w, r, &req) {
+			return
+		}
+		resp, err := d.Import(r.Context(), req)
+		if err != nil {
+			writeError(w, err)
+			return
+		}
+		writeJSON(w, resp)
+	})
+	mux.HandleFunc("GET /v1/export", func(w http.ResponseWriter, r *http.Request) {
+		format := r.URL.Query().Get("format")
+		if format != "" && format != FormatBlockedList && format != FormatPlain {
+			writeError(w, userErrorf("unknown export format %q (want %s or %s)", format, FormatBlockedList, FormatPlain))
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if err := d.Export(w, format); err != nil {
+			d.log.Error("export", "err", err)
+		}
+	})
+	mux.HandleFunc("GET /v1/events", d.serveEvents)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErrorStatus(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
+	})
+	return mux
+}
+
+func (d *Daemon) serveEvents(w http.ResponseWriter, r *http.Request) {
+	follow := r.URL.Query().Get("follow")
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	flusher, _ := w.(http.Flusher)
+	if follow == "" || follow == "0" || follow == "false" {
+		for _, ev := range d.events.Recent() {
+			if enc.Encode(ev) != nil {
+				return
+			}
+		}
+		return
+	}
+	recent, ch, cancel := d.events.Follow()
+	defer cancel()
+	for _, ev := range recent {
+		if enc.Encode(ev) != nil {
+			return
+		}
+	}
+	if flusher != nil {
+		flusher.Flush()
+	}
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case ev := <-ch:
+			if enc.Encode(ev) != nil {
+				return
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+	}
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func decode(w http.ResponseWriter, r *http.Request, into any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(into); err != nil {
+		writeErrorStatus(w, http.StatusBadRequest, fmt.Sprintf("bad request body: %v", err))
+		return false
+	}
+	return true
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	var ue *UserError
+	if errors.As(err, &ue) {
+		writeErrorStatus(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	writeErrorStatus(w, http.StatusInternalServerError, err.Error())
+}
+
+func writeErrorStatus(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(ErrorResponse{Error: msg})
+}
+
+// Listen opens the API socket: its directory is created (0755), a stale socket left by a dead
+// daemon is removed, one a live daemon answers on is refused, and the socket is made 0600.
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create socket directory: %w", err)
+	}
+	if _, err := os.Lstat(path); err == nil {
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s: another snared is answering there", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("chmod socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// Serve runs the daemon until ctx ends: the API on the config's socket, the sweeper, the trap
+// event reader and the trap-port watcher. ready is called once the socket accepts connections.
+// On return the socket is removed; enforcement stays in place (Close does not tear it down).
+func (d *Daemon) Serve(ctx context.Context, ready func()) error {
+	cfg := d.Config()
+	l, err := Listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	return d.ServeListener(ctx, l, ready)
+}
+
+// ServeListener is Serve on an already open listener.
+func (d *Daemon) ServeListener(ctx context.Context, l net.Listener, ready func()) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	srv := &http.Server{Handler: d.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
+
+	var bg []func()
+	run := func(f func()) {
+		ch := make(chan struct{})
+		bg = append(bg, func() { <-ch })
+		go func() { defer close(ch); f() }()
+	}
+
+	events, err := d.enf.TrapEvents(ctx)
+	if err != nil {
+		l.Close()
+		return fmt.Errorf("trap events: %w", err)
+	}
+	run(func() { d.HandleTrapEvents(ctx, events) })
+	run(func() { d.sweepLoop(ctx) })
+	d.watchMu.Lock()
+	d.serveCtx = ctx
+	d.watchMu.Unlock()
+	d.startTrapWatcher()
+
+	srvErr := make(chan error, 1)
+	go func() {
+		err := srv.Serve(l)
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		srvErr <- err
+	}()
+	if ready != nil {
+		ready()
+	}
+	select {
+	case <-ctx.Done():
+	case err = <-srvErr:
+		cancel()
+	}
+	shutCtx, shutCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer shutCancel()
+	_ = srv.Shutdown(shutCtx)
+	cancel()
+	d.stopTrapWatcher()
+	for _, wait := range bg {
+		wait()
+	}
+	d.logEvents(Event{Time: time.Now(), Event: EventStop, Source: "daemon", Detail: "snared stopped; enforcement stays in place"})
+	return err
+}
+
+func (d *Daemon) sweepLoop(ctx context.Context) {
+	for {
+		interval := time.Duration(d.Config().Sweep.Interval)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(interval):
+		}
+		res, err := d.Sweep(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Error("sweep", "err", err)
+			}
+			continue
+		}
+		if res.Expired+res.Evicted+res.Adopted+res.Stale > 0 {
+			d.log.Info("sweep", "expired", res.Expired, "evicted", res.Evicted, "adopted", res.Adopted, "stale", res.Stale, "took", res.Duration)
+		}
+	}
+}
+
+// startTrapWatcher (re)starts the watcher that keeps trap ports current as services start and
+// stop, with the configuration in force.
+func (d *Daemon) startTrapWatcher() {
+	d.watchMu.Lock()
+	defer d.watchMu.Unlock()
+	if d.serveCtx == nil {
+		return
+	}
+	if d.watchCancel != nil {
+		d.watchCancel()
+	}
+	cfg := d.Config()
+	spec := trapSpec(cfg)
+	if len(spec.TCP)+len(spec.UDP) == 0 && spec.AdvancedBelow == 0 {
+		d.watchCancel = nil
+		return
+	}
+	ctx, cancel := context.WithCancel(d.serveCtx)
+	d.watchCancel = cancel
+	w := TrapPortWatcher{
+		Spec:      spec,
+		Listening: d.opts.Listening,
+		Update: func(tcp, udp []uint16) {
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if ctx.Err() != nil || d.cfg != cfg {
+				return // superseded by a reload
+			}
+			if slices.Equal(tcp, d.trapTCP) && slices.Equal(udp, d.trapUDP) {
+				return
+			}
+			if err := d.applyTrapLocked(ctx, cfg, tcp, udp); err != nil {
+				d.log.Error("update trap ports", "err", err)
+				return
+			}
+			d.log.Info("trap ports changed", "tcp", len(tcp), "udp", len(udp))
+		},
+		OnError: func(err error) { d.log.Warn("trap port watcher", "err", err) },
+	}
+	go func() {
+		if err := w.Run(ctx); err != nil {
+			d.log.Warn("trap port watcher stopped; trap ports stay as they are", "err", err)
+		}
+	}()
+}
+
+func (d *Daemon) stopTrapWatcher() {
+	d.watchMu.Lock()
+	defer d.watchMu.Unlock()
+	if d.watchCancel != nil {
+		d.watchCancel()
+		d.watchCancel = nil
+	}
+	d.serveCtx = nil
+}
+
+// Reload applies a new configuration without dropping enforcement: allowlist (rediscovering the
+// implicit part), TTLs and escalation, trap ports and mode, dry-run, sweep interval; the event
+// log is reopened (log rotation). Keys that need a restart (interfaces, backend, xdp_mode,
+// state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file) keep their old values, with a warning.
+func (d *Daemon) Reload(ctx context.Context, next *Config) error {
+	d.mu.Lock()
+	cur := d.cfg
+	merged := *next
+	var kept []string
+	keep := func(name string, same bool) {
+		if !same {
+			kept = append(kept, name)
+		}
+	}
+	keep("interfaces", slices.Equal(cur.Interfaces, next.Interfaces))
+	keep("backend", cur.Backend == next.Backend)
+	keep("xdp_mode", cur.XDPMode == next.XDPMode)
+	keep("state_dir", cur.StateDir == next.StateDir)
+	keep("socket", cur.Socket == next.Socket)
+	keep("bpffs", cur.BPFFS == next.BPFFS)
+	keep("block.capacity", cur.Block.Capacity == next.Block.Capacity)
+	keep("block.ipv6_prefix", cur.Block.IPv6Prefix == next.Block.IPv6Prefix)
+	keep("events_file", cur.EventsPath() == next.EventsPath())
+	merged.Interfaces, merged.Backend, merged.XDPMode = cur.Interfaces, cur.Backend, cur.XDPMode
+	merged.StateDir, merged.Socket, merged.BPFFS = cur.StateDir, cur.Socket, cur.BPFFS
+	merged.Block.Capacity, merged.Block.IPv6Prefix, merged.EventsFile = cur.Block.Capacity, cur.Block.IPv6Prefix, cur.EventsFile
+	if len(kept) > 0 {
+		d.log.Warn("reload: these keys only change on restart", "keys", kept)
+	}
+	d.cfg = &merged
+	err := d.applyConfigLocked(ctx, &merged)
+	if err != nil {
+		// Go back to what was in force; the enforcer may hold parts of the new config.
+		d.cfg = cur
+		if rerr := d.applyConfigLocked(ctx, cur); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("restore previous config: %w", rerr))
+		}
+	}
+	d.mu.Unlock()
+	if rerr := d.events.Reopen(); rerr != nil {
+		err = errors.Join(err, rerr)
+	}
+	if err != nil {
+		return fmt.Errorf("reload: %w", err)
+	}
+	d.startTrapWatcher()
+	d.logEvents(Event{Time: time.Now(), Event: EventStart, Source: "daemon", Detail: "configuration reloaded"})
+	return nil
+}
+
+func (d *Daemon) applyConfigLocked(ctx context.Context, cfg *Config) error {
+	if err := d.enf.SetSettings(ctx, cfg.EnforcerSettings()); err != nil {
+		return fmt.Errorf("enforcer settings: %w", err)
+	}
+	if err := d.refreshAllowLocked(ctx, true); err != nil {
+		return err
+	}
+	tcp, udp, err := d.trapPorts(ctx, cfg)
+	if err != nil {
+		d.log.Warn("cannot list listening sockets; trap ports are the configured lists as they are", "err", err)
+	}
+	return d.applyTrapLocked(ctx, cfg, tcp, udp)
+}

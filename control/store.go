@@ -1,0 +1,396 @@
+package control
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Origins of a block.
+const (
+	OriginManual = "manual"
+	OriginTrap   = "trap"
+	OriginImport = "import"
+)
+
+// Rule is one block as the store keeps it. Deadlines are wall-clock times so they hold across
+// reboots; the enforcer converts them to the kernel clock.
+type Rule struct {
+	Prefix   netip.Prefix
+	Reason   string
+	Origin   string
+	Created  time.Time
+	Deadline time.Time // zero: permanent
+	Offences int       // times this source was blocked within the escalation lookback
+	// LastOffence is when it was last blocked (or re-blocked).
+	LastOffence time.Time
+}
+
+// Permanent reports whether the rule never expires.
+func (r Rule) Permanent() bool { return r.Deadline.IsZero() }
+
+// Expired reports whether the rule's deadline has passed at now.
+func (r Rule) Expired(now time.Time) bool { return !r.Deadline.IsZero() && !now.Before(r.Deadline) }
+
+// Offence is the escalation history of one source: how many times it was blocked within the
+// lookback, and when last. It outlives the block itself (that is the point).
+type Offence struct {
+	Count int
+	Last  time.Time
+}
+
+// AllowRecord is an allowlist entry added by hand (snarectl allow add).
+type AllowRecord struct {
+	Prefix  netip.Prefix
+	Created time.Time
+}
+
+// Store is the durable state: a bbolt database with one bucket per kind. Every write is one
+// transaction, committed with fsync before the call returns.
+//
+// Buckets:
+//
+//	rules     prefix key -> rule value
+//	offences  prefix key -> offence value (escalation history, kept for the lookback)
+//	allow     prefix key -> created (unix ms)
+//
+// There is no deadline index: the sweeper walks every rule anyway to reconcile the kernel with
+// the store, and an index would double the writes of an import.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+var (
+	bucketRules    = []byte("rules")
+	bucketOffences = []byte("offences")
+	bucketAllow    = []byte("allow")
+	bucketMeta     = []byte("meta")
+)
+
+// storeVersion is written to the meta bucket; a store from a newer snare is refused rather
+// than misread.
+const storeVersion = 1
+
+// ErrStoreLocked is returned by OpenStore when another process has the store open.
+var ErrStoreLocked = errors.New("store is in use by another snared")
+
+// OpenStore opens or creates the store at path (creating its directory, mode 0700).
+func OpenStore(path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create state directory: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType,
+		// Map 1 GiB of address space up front: growing the mapping re-reads every node of a big
+		// transaction, which made a 1,000,000-entry import quadratic.
+		InitialMmapSize: 1 << 30})
+	if err != nil {
+		if errors.Is(err, bolt.ErrTimeout) {
+			return nil, fmt.Errorf("open store %s: %w", path, ErrStoreLocked)
+		}
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	s := &Store{db: db, path: path}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketRules, bucketOffences, bucketAllow, bucketMeta} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get([]byte("version")); v != nil {
+			if len(v) != 1 || v[0] > storeVersion {
+				return fmt.Errorf("store format %v is newer than this snared understands (%d)", v, storeVersion)
+			}
+			return nil
+		}
+		return meta.Put([]byte("version"), []byte{storeVersion})
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Size is the database file's size in bytes.
+func (s *Store) Size() int64 {
+	var n int64
+	_ = s.db.View(func(tx *bolt.Tx) error { n = tx.Size(); return nil })
+	return n
+}
+
+// prefixKey encodes a (masked) prefix so that byte order equals netip.Prefix.Compare order:
+// family (4 or 6), address bytes, prefix length.
+func prefixKey(p netip.Prefix) []byte {
+	a := p.Addr()
+	if a.Is4() {
+		b := a.As4()
+		return []byte{4, b[0], b[1], b[2], b[3], byte(p.Bits())}
+	}
+	b := a.As16()
+	k := make([]byte, 0, 18)
+	k = append(k, 6)
+	k = append(k, b[:]...)
+	return append(k, byte(p.Bits()))
+}
+
+func parsePrefixKey(k []byte) (netip.Prefix, error) {
+	switch {
+	case len(k) == 6 && k[0] == 4:
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte(k[1:5])), int(k[5])), nil
+	case len(k) == 18 && k[0] == 6:
+		return netip.PrefixFrom(netip.AddrFrom16([16]byte(k[1:17])), int(k[17])), nil
+	}
+	return netip.Prefix{}, fmt.Errorf("corrupt prefix key %x", k)
+}
+
+// unixMs is a time as unix milliseconds, 0 for the zero time.
+func unixMs(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMilli()
+}
+
+func fromMs(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
+
+var origins = []string{OriginManual, OriginTrap, OriginImport}
+
+// encodeRule writes a rule compactly: origin byte, then varints created, deadline, offences,
+// last offence, then the reason's bytes.
+func encodeRule(dst []byte, r Rule) []byte {
+	o := slices.Index(origins, r.Origin)
+	if o < 0 {
+		o = 0
+	}
+	dst = append(dst, byte(o))
+	dst = binary.AppendVarint(dst, unixMs(r.Created))
+	dst = binary.AppendVarint(dst, unixMs(r.Deadline))
+	dst = binary.AppendUvarint(dst, uint64(max(r.Offences, 0)))
+	dst = binary.AppendVarint(dst, unixMs(r.LastOffence))
+	return append(dst, r.Reason...)
+}
+
+func decodeRule(p netip.Prefix, v []byte) (Rule, error) {
+	r := Rule{Prefix: p}
+	if len(v) < 1 || int(v[0]) >= len(origins) {
+		return r, fmt.Errorf("corrupt rule %s", p)
+	}
+	r.Origin = origins[v[0]]
+	v = v[1:]
+	var vals [4]int64
+	for i := range vals {
+		var n int
+		if i == 2 {
+			var u uint64
+			u, n = binary.Uvarint(v)
+			vals[i] = int64(u)
+		} else {
+			vals[i], n = binary.Varint(v)
+		}
+		if n <= 0 {
+			return r, fmt.Errorf("corrupt rule %s", p)
+		}
+		v = v[n:]
+	}
+	r.Created, r.Deadline, r.Offences, r.LastOffence = fromMs(vals[0]), fromMs(vals[1]), int(vals[2]), fromMs(vals[3])
+	r.Reason = string(v)
+	return r, nil
+}
+
+func encodeOffence(o Offence) []byte {
+	b := binary.AppendUvarint(nil, uint64(o.Count))
+	return binary.AppendVarint(b, unixMs(o.Last))
+}
+
+func decodeOffence(v []byte) Offence {
+	c, n := binary.Uvarint(v)
+	if n <= 0 {
+		return Offence{}
+	}
+	l, m := binary.Varint(v[n:])
+	if m <= 0 {
+		return Offence{}
+	}
+	return Offence{Count: int(c), Last: fromMs(l)}
+}
+
+// Tx is a read-write view of the store inside one transaction.
+type Tx struct {
+	tx                     *bolt.Tx
+	rules, offences, allow *bolt.Bucket
+	buf                    []byte
+}
+
+func wrapTx(tx *bolt.Tx) *Tx {
+	return &Tx{tx: tx, rules: tx.Bucket(bucketRules), offences: tx.Bucket(bucketOffences), allow: tx.Bucket(bucketAllow)}
+}
+
+// Update runs fn in one read-write transaction, committed (and fsynced) when fn returns nil and
+// rolled back when it returns an error.
+func (s *Store) Update(fn func(*Tx) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error { return fn(wrapTx(tx)) })
+}
+
+// View runs fn in a read-only transaction; only the read methods of Tx may be used.
+func (s *Store) View(fn func(*Tx) error) error {
+	return s.db.View(func(tx *bolt.Tx) error { return fn(wrapTx(tx)) })
+}
+
+// Rule returns the stored rule for p.
+func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
+	v := t.rules.Get(prefixKey(p))
+	if v == nil {
+		return Rule{}, false, nil
+	}
+	r, err := decodeRule(p, v)
+	return r, err == nil, err
+}
+
+// PutRule inserts or replaces a rule.
+func (t *Tx) PutRule(r Rule) error {
+	// bbolt holds on to the value until commit: a fresh slice per Put.
+	if err := t.rules.Put(prefixKey(r.Prefix), encodeRule(nil, r)); err != nil {
+		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+	}
+	return nil
+}
+
+// DeleteRule removes the rule for p; it reports whether there was one.
+func (t *Tx) DeleteRule(p netip.Prefix) (bool, error) {
+	pk := prefixKey(p)
+	if t.rules.Get(pk) == nil {
+		return false, nil
+	}
+	return true, t.rules.Delete(pk)
+}
+
+// Empty reports whether no rule is stored.
+func (t *Tx) Empty() bool {
+	k, _ := t.rules.Cursor().First()
+	return k == nil
+}
+
+// PutRulesSorted writes many new-or-replacing rules at once: the import, restore and adoption
+// path. Rules are sorted by key first, which makes bbolt's page writes sequential, and pages are
+// filled densely.
+func (t *Tx) PutRulesSorted(rules []Rule) error {
+	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
+	t.rules.FillPercent = 0.9
+	var arena []byte
+	for _, r := range rules {
+		// bbolt keeps the key and value slices until commit, so each gets its own bytes, cut
+		// from large chunks rather than allocated one by one.
+		if cap(arena)-len(arena) < 64+len(r.Reason) {
+			arena = make([]byte, 0, max(1<<20, 64+len(r.Reason)))
+		}
+		start := len(arena)
+		arena = append(arena, prefixKey(r.Prefix)...)
+		mid := len(arena)
+		arena = encodeRule(arena, r)
+		if err := t.rules.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
+			return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+		}
+	}
+	return nil
+}
+
+// ForEachRule calls fn for every rule in prefix order; fn's error stops the walk.
+func (t *Tx) ForEachRule(fn func(Rule) error) error {
+	return t.rules.ForEach(func(k, v []byte) error {
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		r, err := decodeRule(p, v)
+		if err != nil {
+			return err
+		}
+		return fn(r)
+	})
+}
+
+// RuleCount is the number of stored rules.
+func (t *Tx) RuleCount() int { return t.rules.Stats().KeyN }
+
+// Offence returns the escalation history of p.
+func (t *Tx) Offence(p netip.Prefix) Offence {
+	v := t.offences.Get(prefixKey(p))
+	if v == nil {
+		return Offence{}
+	}
+	return decodeOffence(v)
+}
+
+// PutOffence records the escalation history of p.
+func (t *Tx) PutOffence(p netip.Prefix, o Offence) error {
+	return t.offences.Put(prefixKey(p), encodeOffence(o))
+}
+
+// PruneOffences deletes histories whose last offence is before cutoff; it returns how many.
+func (t *Tx) PruneOffences(cutoff time.Time) (int, error) {
+	var stale [][]byte
+	err := t.offences.ForEach(func(k, v []byte) error {
+		if decodeOffence(v).Last.Before(cutoff) {
+			stale = append(stale, slices.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	for _, k := range stale {
+		if err := t.offences.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(stale), nil
+}
+
+// Allow returns the hand-added allowlist.
+func (t *Tx) Allow() ([]AllowRecord, error) {
+	var out []AllowRecord
+	err := t.allow.ForEach(func(k, v []byte) error {
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		ms, _ := binary.Varint(v)
+		out = append(out, AllowRecord{Prefix: p, Created: fromMs(ms)})
+		return nil
+	})
+	return out, err
+}
+
+// PutAllow adds a hand-made allowlist entry.
+func (t *Tx) PutAllow(a AllowRecord) error {
+	return t.allow.Put(prefixKey(a.Prefix), binary.AppendVarint(nil, unixMs(a.Created)))
+}
+
+// DeleteAllow removes a hand-made allowlist entry and reports whether it existed.
+func (t *Tx) DeleteAllow(p netip.Prefix) (bool, error) {
+	k := prefixKey(p)
+	if t.allow.Get(k) == nil {
+		return false, nil
+	}
+	return true, t.allow.Delete(k)
+}

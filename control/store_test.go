@@ -1,0 +1,280 @@
+package control
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func ms(t time.Time) time.Time { return time.UnixMilli(t.UnixMilli()) }
+
+func openTestStore(t *testing.T, path string) *Store {
+	t.Helper()
+	s, err := OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestRuleEncodingRoundTrip(t *testing.T) {
+	now := ms(time.Now())
+	for _, r := range []Rule{
+		{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Reason: "manual", Origin: OriginManual, Created: now, Deadline: now.Add(5 * 24 * time.Hour), Offences: 1, LastOffence: now},
+		{Prefix: netip.MustParsePrefix("2001:db8:1::/64"), Reason: "trap: tcp/31337 SYN", Origin: OriginTrap, Created: now, Offences: 7, LastOffence: now},
+		{Prefix: netip.MustParsePrefix("198.18.0.0/15"), Origin: OriginImport, Created: now.Add(-48 * time.Hour), Deadline: now.Add(time.Millisecond)},
+		{Prefix: netip.MustParsePrefix("2001:db8::/32"), Reason: "ünïcode ; # reason", Origin: OriginManual},
+	} {
+		k := prefixKey(r.Prefix)
+		p, err := parsePrefixKey(k)
+		if err != nil || p != r.Prefix {
+			t.Fatalf("prefix key round trip of %s: got %s, %v", r.Prefix, p, err)
+		}
+		got, err := decodeRule(p, encodeRule(nil, r))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Prefix != r.Prefix || got.Reason != r.Reason || got.Origin != r.Origin || !got.Created.Equal(r.Created) ||
+			!got.Deadline.Equal(r.Deadline) || got.Offences != r.Offences || !got.LastOffence.Equal(r.LastOffence) {
+			t.Errorf("round trip:\n got %+v\nwant %+v", got, r)
+		}
+	}
+	if _, err := decodeRule(netip.MustParsePrefix("198.18.0.1/32"), []byte{9}); err == nil {
+		t.Error("corrupt rule decoded without error")
+	}
+	if _, err := parsePrefixKey([]byte{4, 32, 1}); err == nil {
+		t.Error("corrupt key decoded without error")
+	}
+}
+
+// The key order must equal netip.Prefix.Compare: the sweeper merges kernel and store by it.
+func TestPrefixKeyOrder(t *testing.T) {
+	ps := []string{"198.18.0.7/32", "198.18.0.0/16", "198.19.0.0/16", "2001:db8::/64", "2001:db8::/32", "198.18.0.6/32", "2001:db8:ffff::/48"}
+	s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
+	var rules []Rule
+	for _, p := range ps {
+		rules = append(rules, Rule{Prefix: netip.MustParsePrefix(p), Origin: OriginManual})
+	}
+	if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
+		t.Fatal(err)
+	}
+	var got []netip.Prefix
+	if err := s.View(func(tx *Tx) error {
+		return tx.ForEachRule(func(r Rule) error { got = append(got, r.Prefix); return nil })
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(ps) {
+		t.Fatalf("got %d rules, want %d", len(got), len(ps))
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i-1].Compare(got[i]) >= 0 {
+			t.Errorf("store order %s before %s disagrees with netip.Prefix.Compare", got[i-1], got[i])
+		}
+	}
+}
+
+func TestStoreRoundTripAcrossReopen(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state", "snare.db")
+	now := ms(time.Now())
+	s, err := OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Rule{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Reason: "r1", Origin: OriginManual, Created: now, Deadline: now.Add(time.Hour), Offences: 2, LastOffence: now}
+	b := Rule{Prefix: netip.MustParsePrefix("2001:db8:7::/64"), Reason: "r2", Origin: OriginTrap, Created: now}
+	c := Rule{Prefix: netip.MustParsePrefix("198.18.9.0/24"), Reason: "r3", Origin: OriginImport, Created: now, Deadline: now.Add(time.Minute)}
+	err = s.Update(func(tx *Tx) error {
+		for _, r := range []Rule{a, b, c} {
+			if err := tx.PutRule(r); err != nil {
+				return err
+			}
+		}
+		if err := tx.PutOffence(a.Prefix, Offence{Count: 2, Last: now}); err != nil {
+			return err
+		}
+		if err := tx.PutOffence(c.Prefix, Offence{Count: 1, Last: now.Add(-40 * 24 * time.Hour)}); err != nil {
+			return err
+		}
+		return tx.PutAllow(AllowRecord{Prefix: netip.MustParsePrefix("198.18.100.0/24"), Created: now})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(func(tx *Tx) error {
+		ok, err := tx.DeleteRule(c.Prefix)
+		if !ok {
+			return fmt.Errorf("delete of a stored rule reported nothing deleted")
+		}
+		if ok, _ := tx.DeleteRule(netip.MustParsePrefix("198.18.77.77/32")); ok {
+			return fmt.Errorf("delete of an absent rule reported a deletion")
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// A failing transaction changes nothing.
+	if err := s.Update(func(tx *Tx) error {
+		if err := tx.PutRule(Rule{Prefix: netip.MustParsePrefix("198.18.5.5/32"), Origin: OriginManual}); err != nil {
+			return err
+		}
+		return fmt.Errorf("enforcer refused")
+	}); err == nil {
+		t.Fatal("a failing transaction returned no error")
+	}
+	s.Close()
+
+	s = openTestStore(t, path)
+	err = s.View(func(tx *Tx) error {
+		if n := tx.RuleCount(); n != 2 {
+			t.Errorf("%d rules after reopen, want 2", n)
+		}
+		for _, want := range []Rule{a, b} {
+			got, ok, err := tx.Rule(want.Prefix)
+			if err != nil || !ok {
+				t.Errorf("rule %s lost: ok=%v err=%v", want.Prefix, ok, err)
+				continue
+			}
+			if got.Reason != want.Reason || !got.Deadline.Equal(want.Deadline) || got.Offences != want.Offences || got.Origin != want.Origin {
+				t.Errorf("rule %s: got %+v want %+v", want.Prefix, got, want)
+			}
+		}
+		if _, ok, _ := tx.Rule(c.Prefix); ok {
+			t.Error("deleted rule is back")
+		}
+		if _, ok, _ := tx.Rule(netip.MustParsePrefix("198.18.5.5/32")); ok {
+			t.Error("rule of a rolled-back transaction is stored")
+		}
+		if o := tx.Offence(a.Prefix); o.Count != 2 || !o.Last.Equal(now) {
+			t.Errorf("offence history %+v", o)
+		}
+		al, err := tx.Allow()
+		if err != nil || len(al) != 1 || al[0].Prefix != netip.MustParsePrefix("198.18.100.0/24") {
+			t.Errorf("allowlist after reopen: %v %v", al, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pruned int
+	if err := s.Update(func(tx *Tx) error {
+		var err error
+		pruned, err = tx.PruneOffences(now.Add(-30 * 24 * time.Hour))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if pruned != 1 {
+		t.Errorf("pruned %d offence histories, want 1 (the 40-day-old one)", pruned)
+	}
+}
+
+func TestStoreRefusesSecondOpener(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "snare.db")
+	openTestStore(t, path)
+	if _, err := OpenStore(path); err == nil {
+		t.Fatal("a second OpenStore of the same file succeeded")
+	} else if !errorsIs(err, ErrStoreLocked) {
+		t.Fatalf("second open: %v, want ErrStoreLocked", err)
+	}
+}
+
+const storeChildEnv = "SNARE_TEST_STORE_CHILD"
+
+// TestStoreChild is not a test: it is the process TestStoreSurvivesKill kills. It commits rules
+// one transaction at a time and prints the number of each after its commit returned.
+func TestStoreChild(t *testing.T) {
+	path := os.Getenv(storeChildEnv)
+	if path == "" {
+		t.Skip("helper process for TestStoreSurvivesKill")
+	}
+	s, err := OpenStore(path)
+	if err != nil {
+		fmt.Println("open:", err)
+		os.Exit(3)
+	}
+	for i := 0; i < 100000; i++ {
+		err := s.Update(func(tx *Tx) error {
+			return tx.PutRule(Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32),
+				Origin: OriginManual, Reason: "child", Created: time.Now()})
+		})
+		if err != nil {
+			fmt.Println("update:", err)
+			os.Exit(3)
+		}
+		fmt.Println(i)
+	}
+	os.Exit(0)
+}
+
+// Every change the store acknowledged survives a SIGKILL in the middle of later writes, and
+// the database opens cleanly afterwards.
+func TestStoreSurvivesKill(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "snare.db")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestStoreChild$", "-test.count=1")
+	cmd.Env = append(os.Environ(), storeChildEnv+"="+path)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	acked := -1
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		n, err := strconv.Atoi(sc.Text())
+		if err != nil {
+			t.Fatalf("child: %s", sc.Text())
+		}
+		acked = n
+		if acked >= 300 {
+			break
+		}
+	}
+	if acked < 300 {
+		t.Fatalf("child acknowledged only %d writes", acked)
+	}
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	killed = true
+
+	s := openTestStore(t, path)
+	err = s.View(func(tx *Tx) error {
+		for i := 0; i <= acked; i++ {
+			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32)
+			if _, ok, err := tx.Rule(p); err != nil || !ok {
+				return fmt.Errorf("acknowledged write %d (%s) lost after kill -9 (err %v)", i, p, err)
+			}
+		}
+		if n := tx.RuleCount(); n < acked+1 {
+			return fmt.Errorf("%d rules, want at least %d", n, acked+1)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d acknowledged writes survived SIGKILL", acked+1)
+}
+
+func errorsIs(err, target error) bool { return errors.Is(err, target) }

@@ -1,0 +1,369 @@
+package fallback
+
+import (
+	"fmt"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/coreos/go-iptables/iptables"
+)
+
+// The rules live in the raw table, before conntrack, so a blocked source costs no connection
+// tracking state. PREROUTING jumps to snare's chain (one jump per interface, or one for all):
+//
+//	<PREFIX>:       -m set --match-set allow src -j <PREFIX>-TRAP   (trap on: allowlisted scans are reported)
+//	                -m set --match-set allow src -j ACCEPT          (allowlist first)
+//	                -m set --match-set ip src -j DROP               (dry-run: no target, the rule only counts)
+//	                -m set --match-set net src -j DROP
+//	                -j <PREFIX>-TRAP                                (trap on)
+//	<PREFIX>-TRAP:  -p tcp --tcp-flags ACK,RST NONE -m set --match-set trap-tcp dst -j NFLOG ...
+//	                -p udp -m set --match-set trap-udp dst -j NFLOG ...
+//
+// Blocked sources are dropped before the trap rules, so a blocked scanner costs no NFLOG
+// messages. The trap rules only match probes (no ACK, no RST: SYN, FIN, NULL, XMAS), like the XDP
+// program.
+const (
+	table      = "raw"
+	prerouting = "PREROUTING"
+	nflogSize  = "128" // bytes of each packet copied to snare: the IP and TCP/UDP headers
+)
+
+// family is one of iptables (IPv4) and ip6tables (IPv6).
+type family struct {
+	name            string // "ipv4", "ipv6"
+	ipt             *iptables.IPTables
+	ns              nsHandle
+	allow, ip, cidr string // set names
+	// snapshot is each chain's listing after the last sync; the watcher compares against it.
+	snapshot map[string][]string
+}
+
+// rule is one rule of snare's chain and the counter it feeds.
+type rule struct {
+	args   []string
+	reason string // "pass_allow", "drop_exact", "drop_cidr", "trap_hit", ... ("" = not counted)
+}
+
+// binaries returns the iptables and ip6tables binaries of a variant ("" = as installed).
+func binaries(variant string) (v4, v6 string, err error) {
+	if variant == "" {
+		return "", "", nil
+	}
+	if v4, err = exec.LookPath("iptables-" + variant); err != nil {
+		return "", "", fmt.Errorf("iptables variant %s: %w", variant, err)
+	}
+	if v6, err = exec.LookPath("ip6tables-" + variant); err != nil {
+		return "", "", fmt.Errorf("iptables variant %s: %w", variant, err)
+	}
+	return v4, v6, nil
+}
+
+func newIPTables(proto iptables.Protocol, path string) (*iptables.IPTables, error) {
+	if path != "" {
+		return iptables.New(iptables.IPFamily(proto), iptables.Timeout(10), iptables.Path(path))
+	}
+	return iptables.New(iptables.IPFamily(proto), iptables.Timeout(10))
+}
+
+func newFamilies(ns nsHandle, variant string, n names) ([]*family, error) {
+	p4, p6, err := binaries(variant)
+	if err != nil {
+		return nil, err
+	}
+	ipt4, err := newIPTables(iptables.ProtocolIPv4, p4)
+	if err != nil {
+		return nil, fmt.Errorf("iptables: %w", err)
+	}
+	ipt6, err := newIPTables(iptables.ProtocolIPv6, p6)
+	if err != nil {
+		return nil, fmt.Errorf("ip6tables: %w", err)
+	}
+	return []*family{
+		{name: "ipv4", ipt: ipt4, ns: ns, allow: n.allow4, ip: n.ip4, cidr: n.net4, snapshot: map[string][]string{}},
+		{name: "ipv6", ipt: ipt6, ns: ns, allow: n.allow6, ip: n.ip6, cidr: n.net6, snapshot: map[string][]string{}},
+	}, nil
+}
+
+func matchSet(set, dir string) []string { return []string{"-m", "set", "--match-set", set, dir} }
+
+// rulesLocked returns the rules of both chains for the current settings.
+func (e *Enforcer) rulesLocked(f *family) (main, trap []rule) {
+	trapOn := len(e.trap.TCPPorts)+len(e.trap.UDPPorts) > 0
+	drop := []string{"-j", "DROP"}
+	exact, cidr := "drop_exact", "drop_cidr"
+	if e.settings.DryRun {
+		drop, exact, cidr = nil, "dry_run", "dry_run"
+	}
+	if trapOn {
+		main = append(main, rule{args: append(matchSet(f.allow, "src"), "-j", e.n.trapChain)})
+	}
+	main = append(main,
+		rule{args: append(matchSet(f.allow, "src"), "-j", "ACCEPT"), reason: "pass_allow"},
+		rule{args: append(matchSet(f.ip, "src"), drop...), reason: exact},
+		rule{args: append(matchSet(f.cidr, "src"), drop...), reason: cidr},
+	)
+	if trapOn {
+		main = append(main, rule{args: []string{"-j", e.n.trapChain}})
+		nflog := []string{"-j", "NFLOG", "--nflog-group", strconv.Itoa(int(e.opts.NFLOGGroup)), "--nflog-size", nflogSize}
+		tcp := append([]string{"-p", "tcp", "--tcp-flags", "ACK,RST", "NONE"}, matchSet(e.n.trapTCP, "dst")...)
+		udp := append([]string{"-p", "udp"}, matchSet(e.n.trapUDP, "dst")...)
+		trap = []rule{
+			{args: append(tcp, nflog...), reason: "trap_hit"},
+			{args: append(udp, nflog...), reason: "trap_hit"},
+		}
+	}
+	return main, trap
+}
+
+func (e *Enforcer) jumps() [][]string {
+	if len(e.opts.Interfaces) == 0 {
+		return [][]string{{"-j", e.n.chain}}
+	}
+	var out [][]string
+	for _, ifc := range e.opts.Interfaces {
+		out = append(out, []string{"-i", ifc, "-j", e.n.chain})
+	}
+	return out
+}
+
+// syncChainsLocked brings both families' chains and jumps to the wanted rules. With check set it
+// first compares the listings with the last sync's and stops there when nothing changed (the
+// watcher's cheap path: one iptables process per chain). It reports whether it changed anything.
+func (e *Enforcer) syncChainsLocked(check bool) (bool, error) {
+	changed := false
+	for _, f := range e.fams {
+		main, trap := e.rulesLocked(f)
+		var c bool
+		err := f.ns.do(func() error {
+			if check && f.unchanged(e.n.chain, e.n.trapChain) {
+				return nil
+			}
+			// The trap chain first: the main chain jumps to it.
+			c1, err := f.syncChain(e.n.trapChain, trap)
+			if err != nil {
+				return err
+			}
+			c2, err := f.syncChain(e.n.chain, main)
+			if err != nil {
+				return err
+			}
+			c3, err := f.syncJumps(e.n.chain, e.jumps())
+			c = c1 || c2 || c3
+			return err
+		})
+		if err != nil {
+			return changed, fmt.Errorf("%s rules: %w", f.name, err)
+		}
+		changed = changed || c
+	}
+	return changed, nil
+}
+
+// unchanged reports whether the chains and PREROUTING list as they did after the last sync.
+func (f *family) unchanged(chains ...string) bool {
+	for _, chain := range append(chains, prerouting) {
+		cur, err := f.ipt.List(table, chain)
+		if err != nil || !slices.Equal(cur, f.snapshot[chain]) {
+			return false
+		}
+	}
+	return true
+}
+
+// syncChain makes chain hold exactly rules, in order. A chain that already does is left alone
+// (its counters stay); otherwise rules are replaced in place one by one (-R), so the chain is
+// never empty while it is rewritten.
+func (f *family) syncChain(chain string, rules []rule) (bool, error) {
+	exists, err := f.ipt.ChainExists(table, chain)
+	if err != nil {
+		return false, fmt.Errorf("check chain %s: %w", chain, err)
+	}
+	if !exists {
+		if err := f.ipt.NewChain(table, chain); err != nil {
+			return false, fmt.Errorf("create chain %s: %w", chain, err)
+		}
+	}
+	cur, err := f.ipt.List(table, chain)
+	if err != nil {
+		return false, fmt.Errorf("list chain %s: %w", chain, err)
+	}
+	have := len(cur) - 1 // the first line is "-N chain"
+	inSync := have == len(rules)
+	for i := 0; inSync && i < len(rules); i++ {
+		// -C finds a rule anywhere in the chain; the listing of position i+1 pins the order.
+		ok, err := f.ipt.Exists(table, chain, rules[i].args...)
+		if err != nil {
+			return false, fmt.Errorf("check rule in %s: %w", chain, err)
+		}
+		inSync = ok && positionMatches(cur[i+1], rules[i].args)
+	}
+	changed := false
+	if !inSync {
+		changed = true
+		for i, r := range rules {
+			if i < have {
+				err = f.ipt.Replace(table, chain, i+1, r.args...)
+			} else {
+				err = f.ipt.Append(table, chain, r.args...)
+			}
+			if err != nil {
+				return false, fmt.Errorf("write rule %d of %s: %w", i+1, chain, err)
+			}
+		}
+		for i := have; i > len(rules); i-- {
+			if err := f.ipt.DeleteById(table, chain, i); err != nil {
+				return false, fmt.Errorf("delete rule %d of %s: %w", i, chain, err)
+			}
+		}
+		if cur, err = f.ipt.List(table, chain); err != nil {
+			return false, fmt.Errorf("list chain %s: %w", chain, err)
+		}
+	}
+	f.snapshot[chain] = cur
+	return changed, nil
+}
+
+// positionMatches is a cheap order check of a listed rule against the wanted one: the set names
+// and the target must appear in it in the same order. (iptables -S normalises the rest.)
+func positionMatches(line string, args []string) bool {
+	fields := strings.Fields(line)
+	var wantKeys, haveKeys []string
+	pick := func(ws []string) []string {
+		var out []string
+		for i, w := range ws {
+			if (w == "--match-set" || w == "-j") && i+1 < len(ws) {
+				out = append(out, ws[i+1])
+			}
+		}
+		return out
+	}
+	wantKeys, haveKeys = pick(args), pick(fields)
+	return slices.Equal(wantKeys, haveKeys)
+}
+
+// syncJumps makes PREROUTING hold exactly the wanted jumps to chain (inserted at the top); user
+// rules in PREROUTING are never touched.
+func (f *family) syncJumps(chain string, want [][]string) (bool, error) {
+	cur, err := f.ipt.List(table, prerouting)
+	if err != nil {
+		return false, fmt.Errorf("list %s: %w", prerouting, err)
+	}
+	have := ourJumps(cur, chain)
+	changed := false
+	for _, j := range want {
+		ok, err := f.ipt.Exists(table, prerouting, j...)
+		if err != nil {
+			return false, fmt.Errorf("check jump to %s: %w", chain, err)
+		}
+		if !ok {
+			if err := f.ipt.Insert(table, prerouting, 1, j...); err != nil {
+				return false, fmt.Errorf("insert jump to %s: %w", chain, err)
+			}
+			changed = true
+		}
+	}
+	if len(have) > len(want) || changed {
+		// Drop jumps that are no longer wanted (interfaces changed) or duplicated.
+		cur, err = f.ipt.List(table, prerouting)
+		if err != nil {
+			return false, fmt.Errorf("list %s: %w", prerouting, err)
+		}
+		seen := map[string]bool{}
+		for _, args := range ourJumps(cur, chain) {
+			key := strings.Join(args, " ")
+			if isWanted(args, want) && !seen[key] {
+				seen[key] = true
+				continue
+			}
+			if err := f.ipt.Delete(table, prerouting, args...); err != nil {
+				return false, fmt.Errorf("delete jump to %s: %w", chain, err)
+			}
+			changed = true
+		}
+	}
+	if f.snapshot[prerouting], err = f.ipt.List(table, prerouting); err != nil {
+		return false, fmt.Errorf("list %s: %w", prerouting, err)
+	}
+	return changed, nil
+}
+
+func isWanted(args []string, want [][]string) bool {
+	for _, w := range want {
+		if slices.Equal(args, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// ourJumps returns the rule arguments of PREROUTING rules that jump to chain.
+func ourJumps(listing []string, chain string) [][]string {
+	var out [][]string
+	for _, line := range listing {
+		fields := strings.Fields(line)
+		if len(fields) < 4 || fields[0] != "-A" || fields[1] != prerouting {
+			continue
+		}
+		if fields[len(fields)-2] == "-j" && fields[len(fields)-1] == chain {
+			out = append(out, fields[2:])
+		}
+	}
+	return out
+}
+
+// countedRules lists chain with counters (iptables -S -v) and returns each rule's arguments and
+// packet count. (go-iptables' Stats parses the -L table, which has no column for a rule without a
+// target, such as the dry-run counting rules.)
+func (f *family) countedRules(chain string) (args [][]string, packets []uint64, err error) {
+	var lines []string
+	err = f.ns.do(func() error {
+		var err error
+		lines, err = f.ipt.ListWithCounters(table, chain)
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, line := range lines {
+		fields := strings.Fields(line)
+		if len(fields) < 2 || fields[0] != "-A" || fields[1] != chain {
+			continue
+		}
+		var n uint64
+		var rest []string
+		for i := 2; i < len(fields); i++ {
+			if fields[i] == "-c" && i+2 < len(fields) {
+				n, _ = strconv.ParseUint(fields[i+1], 10, 64)
+				i += 2
+				continue
+			}
+			rest = append(rest, fields[i])
+		}
+		args = append(args, rest)
+		packets = append(packets, n)
+	}
+	return args, packets, nil
+}
+
+// ruleCounters returns the packet counters of chain's rules in order.
+func (f *family) ruleCounters(chain string) ([]uint64, error) {
+	_, packets, err := f.countedRules(chain)
+	return packets, err
+}
+
+// jumpPackets sums the packets PREROUTING sent to chain.
+func (f *family) jumpPackets(chain string) (uint64, error) {
+	args, packets, err := f.countedRules(prerouting)
+	if err != nil {
+		return 0, err
+	}
+	var sum uint64
+	for i, a := range args {
+		if len(a) >= 2 && a[len(a)-2] == "-j" && a[len(a)-1] == chain {
+			sum += packets[i]
+		}
+	}
+	return sum, nil
+}

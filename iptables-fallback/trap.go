@@ -1,0 +1,392 @@
+package fallback
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	nflog "github.com/florianl/go-nflog/v2"
+	"golang.org/x/time/rate"
+
+	"github.com/snare-dev/snare/backend"
+)
+
+// Trap detection without XDP: the trap rules hand every probe of a trap port to snare over
+// NFLOG (the packet passes on); snare keeps the per-source scan state here, with the same
+// threshold/window semantics as the XDP program, and blocks by adding the source to the ip set.
+
+// maxThreshold matches the XDP program's TRAP_MAX_PORTS: a source's scan state remembers that
+// many distinct (protocol, port) pairs.
+const maxThreshold = 16
+
+const (
+	protoTCP = 6
+	protoUDP = 17
+)
+
+// scanState is one source's trap hits within the current window.
+type scanState struct {
+	first    time.Time
+	ports    []uint32 // proto<<16 | port, in the order first hit
+	reported bool
+}
+
+// probe is what snare needs from one logged packet.
+type probe struct {
+	src   netip.Addr
+	proto uint8
+	port  uint16
+	flags uint8 // TCP flags
+}
+
+// parseProbe reads the source, protocol, destination port and TCP flags from an IP packet.
+func parseProbe(b []byte) (probe, bool) {
+	var p probe
+	if len(b) < 1 {
+		return p, false
+	}
+	var l4 []byte
+	switch b[0] >> 4 {
+	case 4:
+		if len(b) < 20 {
+			return p, false
+		}
+		ihl := int(b[0]&0x0f) * 4
+		if ihl < 20 || len(b) < ihl {
+			return p, false
+		}
+		if binary.BigEndian.Uint16(b[6:8])&0x1fff != 0 {
+			return p, false // a later fragment: no transport header
+		}
+		p.src = netip.AddrFrom4([4]byte(b[12:16]))
+		p.proto = b[9]
+		l4 = b[ihl:]
+	case 6:
+		if len(b) < 40 {
+			return p, false
+		}
+		p.src = netip.AddrFrom16([16]byte(b[8:24]))
+		p.proto = b[6] // the trap rules only match TCP/UDP right after the fixed header in practice
+		l4 = b[40:]
+	default:
+		return p, false
+	}
+	switch p.proto {
+	case protoTCP:
+		if len(l4) < 14 {
+			return p, false
+		}
+		p.flags = l4[13]
+	case protoUDP:
+		if len(l4) < 4 {
+			return p, false
+		}
+	default:
+		return p, false
+	}
+	p.port = binary.BigEndian.Uint16(l4[2:4])
+	return p, true
+}
+
+// tcpFlags names a probe's flags the way the XDP back-end does: NULL, XMAS, or the flags joined.
+func tcpFlags(f uint8) string {
+	if f == 0 {
+		return "NULL"
+	}
+	if f&0x3f == 0x29 {
+		return "XMAS"
+	}
+	names := []string{"FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"}
+	var out []string
+	for i, n := range names {
+		if f&(1<<i) != 0 {
+			out = append(out, n)
+		}
+	}
+	return strings.Join(out, "|")
+}
+
+func (e *Enforcer) startNflog(ctx context.Context) error {
+	nf, err := nflog.Open(&nflog.Config{
+		NetNS:    e.ns.fd(),
+		Group:    e.opts.NFLOGGroup,
+		Copymode: nflog.CopyPacket,
+		Bufsize:  128,
+	})
+	if err != nil {
+		return fmt.Errorf("open nflog group %d: %w", e.opts.NFLOGGroup, err)
+	}
+	hook := func(a nflog.Attribute) int {
+		if a.Payload != nil {
+			if p, ok := parseProbe(*a.Payload); ok {
+				e.onProbe(p, time.Now())
+			}
+		}
+		return 0
+	}
+	errfn := func(err error) int {
+		if ctx.Err() != nil {
+			return 1
+		}
+		// ENOBUFS: the kernel dropped log messages under load; keep reading.
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			e.log.Warn("read nflog", "err", err)
+		}
+		return 0
+	}
+	if err := nf.RegisterWithErrorFunc(ctx, hook, errfn); err != nil {
+		nf.Close()
+		return fmt.Errorf("listen on nflog group %d (is another snared using it?): %w", e.opts.NFLOGGroup, err)
+	}
+	e.nflog = nf
+	return nil
+}
+
+// onProbe runs the trap logic for one logged packet: count the distinct trap ports of the source
+// within the window and, at the threshold, block it (unless allowlisted or in log mode) and report.
+func (e *Enforcer) onProbe(p probe, now time.Time) {
+	e.mu.Lock()
+	cfg, allow, v6bits, limiter := e.trap, e.allow, e.v6bits, e.limiter
+	e.mu.Unlock()
+	ports := cfg.UDPPorts
+	if p.proto == protoTCP {
+		ports = cfg.TCPPorts
+		if p.flags&(0x10|0x04) != 0 { // ACK or RST: not a probe (the rule filters these too)
+			return
+		}
+	}
+	if !slices.Contains(ports, p.port) {
+		return
+	}
+	key := netip.PrefixFrom(p.src.Unmap(), 32)
+	if key.Addr().Is6() {
+		key = netip.PrefixFrom(p.src, v6bits).Masked()
+	}
+
+	e.scanMu.Lock()
+	st, ok := e.scan.Get(key.Addr())
+	if !ok || now.Sub(st.first) > cfg.Window {
+		st = &scanState{first: now}
+		e.scan.Add(key.Addr(), st)
+	}
+	pp := uint32(p.proto)<<16 | uint32(p.port)
+	if !slices.Contains(st.ports, pp) && len(st.ports) < maxThreshold {
+		st.ports = append(st.ports, pp)
+	}
+	if len(st.ports) < cfg.Threshold || st.reported {
+		e.scanMu.Unlock()
+		return
+	}
+	st.reported = true
+	ev := backend.TrapEvent{Time: now, Source: p.src.Unmap(), Proto: "udp"}
+	for _, pp := range st.ports {
+		ev.Ports = append(ev.Ports, uint16(pp))
+	}
+	e.scanMu.Unlock()
+
+	if p.proto == protoTCP {
+		ev.Proto, ev.TCPFlags = "tcp", tcpFlags(p.flags)
+	}
+	block := cfg.BlockUDP
+	if p.proto == protoTCP {
+		block = cfg.BlockTCP
+	}
+	switch {
+	case allowlisted(allow, ev.Source):
+		ev.Allowlisted = true
+	case block:
+		var deadline time.Time
+		if cfg.TTL > 0 {
+			deadline = now.Add(cfg.TTL)
+		}
+		se, _ := entryFor(key, deadline, true, now)
+		set, isNet := e.setFor(key, v6bits)
+		if err := e.sets.add(set, isNet, []setEntry{se}); err != nil {
+			e.log.Error("trap block", "source", ev.Source, "err", err)
+		} else {
+			ev.Blocked = true
+			e.trapBlocks.Add(1)
+		}
+	}
+	if !limiter.AllowN(now, 1) {
+		e.suppressed.Add(1)
+		return
+	}
+	select {
+	case e.events <- ev:
+	default:
+		e.suppressed.Add(1) // nobody reads events fast enough
+	}
+}
+
+func allowlisted(allow []netip.Prefix, a netip.Addr) bool {
+	for _, p := range allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// SetTrap implements backend.Enforcer: it writes the trap ports into the two bitmap:port sets and
+// adds or removes the trap rules.
+func (e *Enforcer) SetTrap(ctx context.Context, cfg backend.TrapConfig) error {
+	on := len(cfg.TCPPorts)+len(cfg.UDPPorts) > 0
+	if on && (cfg.Threshold < 1 || cfg.Threshold > maxThreshold) {
+		return fmt.Errorf("trap threshold %d out of range 1..%d", cfg.Threshold, maxThreshold)
+	}
+	if on && cfg.Window <= 0 {
+		return fmt.Errorf("trap window must be positive, got %s", cfg.Window)
+	}
+	if cfg.TTL < 0 {
+		return fmt.Errorf("trap ttl must not be negative, got %s", cfg.TTL)
+	}
+	cfg.TCPPorts = slices.Clone(cfg.TCPPorts)
+	cfg.UDPPorts = slices.Clone(cfg.UDPPorts)
+	limiter := rate.NewLimiter(0, 0) // like the XDP program: no rate, no events
+	if cfg.EventsPerSecond > 0 {
+		limiter = rate.NewLimiter(rate.Limit(cfg.EventsPerSecond), max(cfg.EventBurst, 1))
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.trap, e.limiter = cfg, limiter
+	if err := e.writeTrapPortsLocked(); err != nil {
+		return err
+	}
+	_, err := e.syncChainsLocked(false)
+	return err
+}
+
+// writeTrapPortsLocked makes the bitmap:port sets hold the configured ports.
+func (e *Enforcer) writeTrapPortsLocked() error {
+	for _, s := range []struct {
+		name  string
+		ports []uint16
+	}{{e.n.trapTCP, e.trap.TCPPorts}, {e.n.trapUDP, e.trap.UDPPorts}} {
+		have, err := e.sets.listPorts(s.name)
+		if err != nil {
+			return err
+		}
+		var stale []uint16
+		for _, p := range have {
+			if !slices.Contains(s.ports, p) {
+				stale = append(stale, p)
+			}
+		}
+		if err := e.sets.addPorts(s.name, s.ports); err != nil {
+			return err
+		}
+		if err := e.sets.delPorts(s.name, stale); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loadTrapPorts adopts the trap ports a previous run left in the sets, so a restart keeps the trap
+// rules in place until the daemon configures them again (with XDP's defaults until then).
+func (e *Enforcer) loadTrapPorts() error {
+	tcp, err := e.sets.listPorts(e.n.trapTCP)
+	if err != nil {
+		return err
+	}
+	udp, err := e.sets.listPorts(e.n.trapUDP)
+	if err != nil {
+		return err
+	}
+	e.trap = backend.TrapConfig{TCPPorts: tcp, UDPPorts: udp, Threshold: 1, Window: time.Minute,
+		BlockTCP: true, BlockUDP: true}
+	return nil
+}
+
+// TrapEvents implements backend.Enforcer. Events found while nobody reads (the buffer holds
+// 1024) are counted as suppressed.
+func (e *Enforcer) TrapEvents(ctx context.Context) (<-chan backend.TrapEvent, error) {
+	out := make(chan backend.TrapEvent, 256)
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev := <-e.events:
+				select {
+				case out <- ev:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// Status implements backend.Enforcer. Packet counters come from the rules (they restart at zero
+// when a rule is rewritten), trap blocks and suppressed events from this process.
+func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
+	st := backend.Status{Backend: "iptables"}
+	if len(e.opts.Interfaces) == 0 {
+		st.Interfaces = []backend.InterfaceStatus{{Name: "all", Mode: "iptables"}}
+	}
+	for _, name := range e.opts.Interfaces {
+		st.Interfaces = append(st.Interfaces, backend.InterfaceStatus{Name: name, Mode: "iptables"})
+	}
+	cn := &st.Counters
+	cn.ByReason = map[string]uint64{}
+	var total uint64
+	for _, f := range e.fams {
+		e.mu.Lock()
+		main, trap := e.rulesLocked(f)
+		e.mu.Unlock()
+		for _, c := range []struct {
+			chain string
+			rules []rule
+		}{{e.n.chain, main}, {e.n.trapChain, trap}} {
+			counts, err := f.ruleCounters(c.chain)
+			if err != nil {
+				return st, fmt.Errorf("%s counters: %w", f.name, err)
+			}
+			if len(counts) != len(c.rules) {
+				continue // being repaired: no position-to-reason mapping
+			}
+			for i, r := range c.rules {
+				if r.reason != "" {
+					cn.ByReason[r.reason] += counts[i]
+				}
+			}
+		}
+		n, err := f.jumpPackets(e.n.chain)
+		if err != nil {
+			return st, fmt.Errorf("%s counters: %w", f.name, err)
+		}
+		total += n
+	}
+	cn.ByReason["trap_block"] = e.trapBlocks.Load()
+	cn.ByReason["event_suppressed"] = e.suppressed.Load()
+	cn.Dropped = cn.ByReason["drop_exact"] + cn.ByReason["drop_cidr"]
+	if total > cn.Dropped {
+		cn.Passed = total - cn.Dropped
+	}
+	cn.ByReason["pass"] = cn.Passed - min(cn.Passed, cn.ByReason["pass_allow"]+cn.ByReason["dry_run"])
+	cn.TrapHits = cn.ByReason["trap_hit"]
+	cn.TrapBlocks = cn.ByReason["trap_block"]
+	cn.Suppressed = cn.ByReason["event_suppressed"]
+	cn.Capacity = e.opts.Capacity
+	for _, set := range []string{e.n.ip4, e.n.ip6, e.n.net4, e.n.net6} {
+		h, err := e.sets.header(set)
+		if err != nil {
+			return st, err
+		}
+		cn.Entries += int(h.Elements)
+	}
+	e.scanMu.Lock()
+	cn.ScanEntries = e.scan.Len()
+	e.scanMu.Unlock()
+	return st, nil
+}
