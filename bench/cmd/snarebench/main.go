@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -35,7 +36,20 @@ func main() {
 	quick := flag.Bool("quick", false, "short run for development (< 2 minutes)")
 	only := flag.String("sections", "testrun,control,live,detect,web", "comma-separated sections to run")
 	outDir := flag.String("out", "bench/results", "directory for the markdown report (empty: none)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the harness itself to this file")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "snarebench:", err)
+			os.Exit(2)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "snarebench:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "snarebench needs root (network namespaces, BPF, XDP, iptables): run it with sudo")
@@ -43,6 +57,7 @@ func main() {
 	}
 	if err := run(*quick, *only, *outDir, log); err != nil {
 		fmt.Fprintln(os.Stderr, "snarebench:", err)
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }

@@ -2,6 +2,5 @@ package main
 
 import "errors"
 
-func (e *env) sectionControl() ([]*table, error) { return nil, errors.New("not yet") }
-func (e *env) sectionDetect() ([]*table, error)  { return nil, errors.New("not yet") }
-func (e *env) sectionWeb() ([]*table, error)     { return nil, errors.New("not yet") }
+func (e *env) sectionDetect() ([]*table, error) { return nil, errors.New("not yet") }
+func (e *env) sectionWeb() ([]*table, error)    { return nil, errors.New("not yet") }
