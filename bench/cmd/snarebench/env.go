@@ -171,6 +171,11 @@ func rules(addrs []netip.Addr, deadline time.Time) []backend.Rule {
 // attach attaches prog to the DUT interface in the given mode ("native" or "generic") and
 // returns a function that detaches it.
 func (e *env) attach(prog *ebpf.Program, mode string) (func(), error) {
+	return e.attachTo(prog, e.dut, mode)
+}
+
+// attachTo attaches prog to one of the host namespace's interfaces.
+func (e *env) attachTo(prog *ebpf.Program, ifc testutil.Iface, mode string) (func(), error) {
 	flags := link.XDPDriverMode
 	if mode == "generic" {
 		flags = link.XDPGenericMode
@@ -178,11 +183,11 @@ func (e *env) attach(prog *ebpf.Program, mode string) (func(), error) {
 	var l link.Link
 	err := e.lab.Do(e.lab.Host.NS, func() error {
 		var err error
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: e.dut.Index, Flags: flags})
+		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index, Flags: flags})
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("attach xdp (%s) to %s: %w", mode, e.dut.Name, err)
+		return nil, fmt.Errorf("attach xdp (%s) to %s: %w", mode, ifc.Name, err)
 	}
 	return func() { l.Close() }, nil
 }

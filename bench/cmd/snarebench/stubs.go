@@ -2,5 +2,4 @@ package main
 
 import "errors"
 
-func (e *env) sectionDetect() ([]*table, error) { return nil, errors.New("not yet") }
-func (e *env) sectionWeb() ([]*table, error)    { return nil, errors.New("not yet") }
+func (e *env) sectionWeb() ([]*table, error) { return nil, errors.New("not yet") }
