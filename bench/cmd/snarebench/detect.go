@@ -93,7 +93,7 @@ func (e *env) sectionDetect() ([]*table, error) {
 		"scan", "probes sent", "trigger = probe #", "reached the host after the trigger (non-trap ports)", "reached the host after the trigger (any)", "target", "result", "blocked by the trap", "nmap says open")
 	t.note("snare's program on the host end of the attacker's veth (native XDP), trap detection on with the default port lists and threshold 1. " +
 		"tcpdump on the attacker's side records every probe in the order sent; tcpdump on the host's side sees only what XDP passed " +
-		"(packet taps run after XDP). Probes are matched across the two captures (IP ID / flow label, port, TCP sequence); the trigger is the " +
+		"(packet taps run after XDP). Probes are matched across the two captures (IP ID / flow label, port, TCP sequence; copies of one key by count); the trigger is the " +
 		"first probe to a trap port. A web server listens on port 80 of the host. portsentry is not installed here: no comparison row.")
 	scans := []scan{
 		{"-sS (SYN)", []string{"-sS"}, false, layers.IPProtocolTCP},
@@ -195,8 +195,10 @@ func (e *env) sectionDetect() ([]*table, error) {
 			return []*table{t}, err
 		}
 		args := append([]string{}, s.flags...)
-		args = append(args, "-Pn", "-n", "-T4", "--max-retries", "1", "--max-rtt-timeout", "100ms", "--host-timeout", "90s", "-p", ports, dst.String())
+		args = append(args, "-Pn", "-n", "-T4", "--max-retries", "1", "--max-rtt-timeout", "100ms", "--min-rate", "1000", "--host-timeout", "90s", "-p", ports, dst.String())
+		t0 := time.Now()
 		out, nerr := e.lab.Run(e.lab.Attacker().NS, "nmap", args...)
+		e.log.Info("nmap done", "scan", s.name, "took", time.Since(t0).Round(time.Millisecond))
 		time.Sleep(300 * time.Millisecond)
 		for _, c := range []*testutil.Proc{capA, capH} {
 			c.Signal(unix.SIGINT)
@@ -216,25 +218,31 @@ func (e *env) sectionDetect() ([]*table, error) {
 		if err != nil {
 			return []*table{t}, err
 		}
+		// Probes that share a key (a retransmission with the same IP ID, say) are matched by
+		// count: of the copies of a key that reached the host, as many as were sent before the
+		// trigger can be those; every further copy was sent after it.
 		trigger := -1
-		order := map[pktKey]int{}
+		pre := map[pktKey]int{}
 		for j, k := range sent {
-			if _, dup := order[k]; !dup {
-				order[k] = j
-			}
 			if trigger < 0 && k.proto == s.proto && isTrap(k) {
 				trigger = j
 			}
+			if trigger < 0 {
+				pre[k]++
+			}
+		}
+		host := map[pktKey]int{}
+		for _, k := range got {
+			host[k]++
 		}
 		leakNonTrap, leakAny := 0, 0
-		for _, k := range got {
-			j, ok := order[k]
-			if !ok || trigger < 0 || j <= trigger {
+		for k, n := range host {
+			if trigger < 0 || n <= pre[k] {
 				continue
 			}
-			leakAny++
+			leakAny += n - pre[k]
 			if !isTrap(k) {
-				leakNonTrap++
+				leakNonTrap += n - pre[k]
 			}
 		}
 		blocked := "no"
