@@ -1,5 +1,0 @@
-package main
-
-import "errors"
-
-func (e *env) sectionWeb() ([]*table, error) { return nil, errors.New("not yet") }
