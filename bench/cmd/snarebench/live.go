@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"os"
@@ -212,6 +213,21 @@ func (e *env) sectionLive() ([]*table, error) {
 				return fmt.Sprintf("nftables set of %s: drops derived from veth rx - UDP seen %s, the rule's own counter %s.", num(float64(n)), num(float64(derived)), num(float64(c)))
 			}})
 	}
+
+	// snare's own fallback back-end (ipset + iptables raw), last: its chains must not outlive it.
+	configs = append(configs, liveConfig{name: "snare iptables fallback (ipset + iptables-legacy raw), 1,000,000 entries", streams: []traffic{fixed},
+		setup: func() (func() (uint64, error), func(), error) {
+			fb, took, err := e.openFallback(capacity)
+			if err != nil {
+				return nil, nil, err
+			}
+			e.log.Info("fallback loaded", "entries", capacity, "took", took)
+			counter := func() (uint64, error) {
+				st, err := fb.Status(context.Background())
+				return st.Counters.Dropped, err
+			}
+			return counter, func() { e.closeFallback(fb) }, nil
+		}})
 
 	var rows []liveRow
 	for _, c := range configs {
