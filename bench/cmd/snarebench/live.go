@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/bench/floor"
 	"github.com/snare-dev/snare/bench/lfgen"
 )
 
@@ -75,13 +76,15 @@ type liveConfig struct {
 	name    string
 	setup   func() (counter func() (uint64, error), teardown func(), err error)
 	streams []traffic
+	// interleave: cheap to set up; samples are taken in turns with the other such configs.
+	interleave bool
 	// check, if set, compares the derived drop count of the whole configuration with the
 	// filter's own counter after the rows and returns a note.
 	check func(derived uint64) string
 }
 
 func (e *env) sectionLive() ([]*table, error) {
-	secs, samples := 2*time.Second, 2
+	secs, samples := 2*time.Second, 3
 	if e.quick {
 		secs, samples = time.Second, 1
 	}
@@ -89,7 +92,7 @@ func (e *env) sectionLive() ([]*table, error) {
 	t := newTable("Live drop rate on veth (BPF_PROG_TEST_RUN live-frames generator)",
 		"configuration", "packet", "source", "XDP on DUT", "generated pps", "dropped pps", "±", "dropped / generated", "DUT ns/pkt (est.)")
 	t.note("Generator (netns gen, XDP_REDIRECT of a 60-byte template out of %s) and the receiving veth's NAPI share CPU 0: the generator "+
-		"is throttled by the receiver, so a cheaper filter shows as more packets dropped per second. %d sample(s) of %s per row; ± is half the "+
+		"is throttled by the receiver, so a cheaper filter shows as more packets dropped per second. %d sample(s) of %s per row; the XDP rows take their samples in turns; ± is half the "+
 		"spread of the samples. DUT ns/pkt = (run time - generated frames x the generator's own ns/frame) / packets dropped. "+
 		"Block lists hold filler from 240.0.0.0/8, the random range and the attacker last; random sources are all blocked.", e.gen.Name, samples, secs)
 	tg := newTable("Generator alone (its program drops every frame, nothing is sent)", "packet", "source", "generated pps", "ns/frame")
@@ -110,8 +113,14 @@ func (e *env) sectionLive() ([]*table, error) {
 
 	nativeDrops := func() (uint64, error) { return e.ethtoolStat(e.lab.Host.NS, e.dut.Name, "rx_queue_0_xdp_drops") }
 	var configs []liveConfig
+	var floor1M *floor.FloorObjects // loaded once: filling 1,000,000 entries takes seconds
+	defer func() {
+		if floor1M != nil {
+			floor1M.Close()
+		}
+	}()
 	// XDP_DROP of everything: the ceiling of this harness.
-	configs = append(configs, liveConfig{name: "XDP_DROP everything (harness ceiling)", streams: []traffic{fixed},
+	configs = append(configs, liveConfig{name: "XDP_DROP everything (harness ceiling)", streams: []traffic{fixed}, interleave: true,
 		setup: func() (func() (uint64, error), func(), error) {
 			objs, err := floorProg(1)
 			if err != nil {
@@ -128,12 +137,12 @@ func (e *env) sectionLive() ([]*table, error) {
 	if e.quick {
 		snareStreams = []traffic{fixed, random}
 	}
-	configs = append(configs, liveConfig{name: "snare native, 1,000,000 entries", streams: snareStreams,
+	configs = append(configs, liveConfig{name: "snare native, 1,000,000 entries", streams: snareStreams, interleave: true,
 		setup: func() (func() (uint64, error), func(), error) {
 			detach, err := e.attach(e.prog, "native")
 			return nativeDrops, detach, err
 		}})
-	configs = append(configs, liveConfig{name: "snare generic, 1,000,000 entries", streams: []traffic{fixed},
+	configs = append(configs, liveConfig{name: "snare generic, 1,000,000 entries", streams: []traffic{fixed}, interleave: true,
 		setup: func() (func() (uint64, error), func(), error) {
 			detach, err := e.attach(e.prog, "generic")
 			return e.snareDrops, detach, err
@@ -142,20 +151,18 @@ func (e *env) sectionLive() ([]*table, error) {
 	if e.quick {
 		floorStreams = []traffic{fixed}
 	}
-	configs = append(configs, liveConfig{name: "floor (bare LRU lookup) native, 1,000,000 entries", streams: floorStreams,
+	configs = append(configs, liveConfig{name: "floor (bare LRU lookup) native, 1,000,000 entries", streams: floorStreams, interleave: true,
 		setup: func() (func() (uint64, error), func(), error) {
-			objs, err := floorProg(capacity)
-			if err != nil {
-				return nil, nil, err
+			if floor1M == nil {
+				var err error
+				if floor1M, err = floorProg(capacity); err != nil {
+					return nil, nil, err
+				}
 			}
-			detach, err := e.attach(objs.FloorXdp, "native")
-			if err != nil {
-				objs.Close()
-				return nil, nil, err
-			}
-			return nativeDrops, func() { detach(); objs.Close() }, nil
+			detach, err := e.attach(floor1M.FloorXdp, "native")
+			return nativeDrops, detach, err
 		}})
-	configs = append(configs, liveConfig{name: "xdp-filter native, 10,000 entries (its maximum)", streams: []traffic{fixed},
+	configs = append(configs, liveConfig{name: "xdp-filter native, 10,000 entries (its maximum)", streams: []traffic{fixed}, interleave: true,
 		setup: func() (func() (uint64, error), func(), error) {
 			prog, m, err := e.xdpFilterLoad("native")
 			if err != nil {
@@ -229,56 +236,105 @@ func (e *env) sectionLive() ([]*table, error) {
 			return counter, func() { e.closeFallback(fb) }, nil
 		}})
 
-	var rows []liveRow
-	for _, c := range configs {
+	type acc struct {
+		r      liveRow
+		lo, hi float64
+		n      int
+		err    error
+	}
+	accs := map[string]*acc{}
+	key := func(c liveConfig, tr traffic) string { return c.name + "|" + tr.name + "|" + tr.source }
+	// run sets c up, takes n samples of each of its streams, and tears it down.
+	run := func(c liveConfig, n int) error {
 		t0 := time.Now()
 		counter, teardown, err := c.setup()
 		e.log.Info("live config ready", "config", c.name, "setup", time.Since(t0).Round(time.Millisecond), "err", err)
-		if err != nil {
-			t.add(c.name, "", "", "", "", "n/a: "+oneLine(err), "", "", "")
-			continue
-		}
 		mode := e.xdpMode()
 		var derived uint64
 		for _, tr := range c.streams {
-			r := liveRow{config: c.name, pkt: tr.name, source: tr.source, mode: mode, genNs: genNs[tr.name+tr.source]}
-			var lo, hi float64
-			var cerr error
-			for i := 0; i < samples; i++ {
-				d0, err := counter()
-				if err != nil {
-					cerr = err
-					break
-				}
-				g, err := e.generate(tr, secs, false)
-				if err != nil {
-					teardown()
-					return []*table{t, tg}, err
-				}
-				d1, err := counter()
-				if err != nil {
-					cerr = err
-					break
-				}
-				r.frames += g.Frames
-				r.elapsed += g.Elapsed
-				r.dropped += d1 - d0
-				pps := float64(d1-d0) / g.Elapsed.Seconds()
-				if i == 0 || pps < lo {
-					lo = pps
-				}
-				hi = math.Max(hi, pps)
+			a := accs[key(c, tr)]
+			if a == nil {
+				a = &acc{r: liveRow{config: c.name, pkt: tr.name, source: tr.source, mode: mode, genNs: genNs[tr.name+tr.source]}}
+				accs[key(c, tr)] = a
 			}
-			if cerr != nil || r.elapsed == 0 {
-				t.add(c.name, tr.name, tr.source, mode, "", fmt.Sprintf("n/a: %s", oneLine(fmt.Errorf("read drop counter: %w", cerr))), "", "", "")
+			if err != nil {
+				a.err = err
 				continue
 			}
-			if r.elapsed > 0 && r.dropped > 0 {
-				r.spread = 50 * (hi - lo) / r.droppedPPS()
+			for i := 0; i < n && a.err == nil; i++ {
+				d0, cerr := counter()
+				if cerr != nil {
+					a.err = fmt.Errorf("read drop counter: %w", cerr)
+					break
+				}
+				g, gerr := e.generate(tr, secs, false)
+				if gerr != nil {
+					teardown()
+					return gerr
+				}
+				d1, cerr := counter()
+				if cerr != nil {
+					a.err = fmt.Errorf("read drop counter: %w", cerr)
+					break
+				}
+				a.r.frames += g.Frames
+				a.r.elapsed += g.Elapsed
+				a.r.dropped += d1 - d0
+				derived += d1 - d0
+				pps := float64(d1-d0) / g.Elapsed.Seconds()
+				if a.n == 0 || pps < a.lo {
+					a.lo = pps
+				}
+				a.hi = math.Max(a.hi, pps)
+				a.n++
+				e.log.Info("live sample", "config", c.name, "source", tr.source, "gen_pps", int(float64(g.Frames)/g.Elapsed.Seconds()), "dropped_pps", int(pps))
 			}
-			e.log.Info("live", "config", c.name, "source", tr.source, "gen_pps", int(r.genPPS()), "dropped_pps", int(r.droppedPPS()))
+		}
+		if err != nil {
+			return nil
+		}
+		if c.check != nil {
+			t.note("%s", c.check(derived))
+		}
+		teardown()
+		return nil
+	}
+	// Configurations that are cheap to set up take their samples in turns, so that a burst of
+	// load from the machine's other users spreads over all of them; the netfilter peers with
+	// big lists take theirs back to back.
+	for i := 0; i < samples; i++ {
+		for _, c := range configs {
+			if c.interleave {
+				if err := run(c, 1); err != nil {
+					return []*table{t, tg}, err
+				}
+			}
+		}
+	}
+	for _, c := range configs {
+		if !c.interleave {
+			if err := run(c, samples); err != nil {
+				return []*table{t, tg}, err
+			}
+		}
+	}
+
+	var rows []liveRow
+	for _, c := range configs {
+		for _, tr := range c.streams {
+			a := accs[key(c, tr)]
+			if a == nil {
+				continue
+			}
+			r := a.r
+			if a.err != nil || r.elapsed == 0 {
+				t.add(c.name, tr.name, tr.source, r.mode, "", "n/a: "+oneLine(fmt.Errorf("%v", a.err)), "", "", "")
+				continue
+			}
+			if r.dropped > 0 {
+				r.spread = 50 * (a.hi - a.lo) / r.droppedPPS()
+			}
 			rows = append(rows, r)
-			derived += r.dropped
 			dut := "n/a"
 			if ns := r.dutNs(); ns > 0 {
 				dut = fmt.Sprintf("%.0f", ns)
@@ -289,10 +345,6 @@ func (e *env) sectionLive() ([]*table, error) {
 			}
 			t.add(r.config, r.pkt, r.source, r.mode, num(r.genPPS()), num(r.droppedPPS()), fmt.Sprintf("%.0f%%", r.spread), fmt.Sprintf("%.1f%%", share), dut)
 		}
-		if c.check != nil {
-			t.note("%s", c.check(derived))
-		}
-		teardown()
 	}
 	return []*table{t, tg, liveTargets(rows)}, nil
 }
