@@ -81,6 +81,10 @@ type Counters struct {
 	ScanEntries int               `json:"scan_entries"`
 	Entries     int               `json:"entries"`
 	Capacity    int               `json:"capacity"`
+
+	// BytesByReason holds the bytes of the packets counted in ByReason, where the back-end
+	// counts them (nil otherwise).
+	BytesByReason map[string]uint64 `json:"bytes_by_reason,omitempty"`
 }
 
 // Status is a snapshot for `snarectl status` and metrics.

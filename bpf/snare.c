@@ -405,9 +405,11 @@ static __always_inline int trap(struct config *cfg, struct pkt *p, void *data_en
 		st->ports[n & (TRAP_MAX_PORTS - 1)] = pp;
 		st->nports = n + 1;
 	}
-	if (st->nports < cfg->trap_threshold || st->reported)
+	__u32 act = (cfg->flags & block_bit) ? SCAN_REP_BLOCK : SCAN_REP_LOG;
+
+	if (st->nports < cfg->trap_threshold || (st->reported & act))
 		return XDP_PASS;
-	st->reported = 1;
+	st->reported |= act;
 
 	if (allowlisted(p)) {
 		send_event(cfg, p, st, flags, TRAP_ACT_ALLOWLISTED, now, 0);
@@ -472,6 +474,14 @@ int snare_xdp(struct xdp_md *ctx)
 	if (v) {
 		now = bpf_ktime_get_coarse_ns();
 		if (in_force(v, now)) {
+			/* An IPv6 entry covers a whole /64, which may hold an allowlisted
+			 * address (the gateway on a shared /64): check it. IPv4 entries are
+			 * single addresses the daemon and the trap never block when
+			 * allowlisted, so the v4 drop path stays one lookup. */
+			if (p.family == 6 && allowlisted(&p)) {
+				count(STAT_PASS_ALLOW, len);
+				return XDP_PASS;
+			}
 			reason = STAT_DROP_EXACT;
 			goto drop;
 		}

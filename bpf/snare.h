@@ -63,11 +63,17 @@ struct config {
 #define TRAP_UDP 2
 
 /* Per-source scan state (scan map, LRU, apart from the block maps). */
+/* What a scan_state has already acted on in its window: a trigger in log mode
+ * (one protocol) must not use up the block of a later trigger in block mode
+ * (the other protocol). */
+#define SCAN_REP_LOG 1
+#define SCAN_REP_BLOCK 2
+
 struct scan_state {
 	__u64 first_ns;                   /* start of the current window */
 	__u32 ports[TRAP_MAX_PORTS];      /* distinct (proto << 16 | port) hit in the window */
 	__u32 nports;
-	__u32 reported;                   /* trigger already reported in this window */
+	__u32 reported;                   /* SCAN_REP_* already acted on in this window */
 };
 
 /* trap_event.action */

@@ -277,9 +277,12 @@ func AddFlags(fs *pflag.FlagSet) {
 
 // LoadOptions say where LoadConfig reads from, lowest precedence first after the defaults.
 type LoadOptions struct {
-	File  string         // YAML config file; "" for none. A named file must exist.
-	Env   []string       // environment ("KEY=value"), e.g. os.Environ(); only SNARE_* keys are used
-	Flags *pflag.FlagSet // flags registered with AddFlags; only flags set on the command line count
+	File string // YAML config file; "" for none. A named file must exist.
+	// DropInDir holds more YAML files (*.yaml), merged after File in name order; a missing
+	// directory is no error (e.g. /etc/snare/conf.d).
+	DropInDir string
+	Env       []string       // environment ("KEY=value"), e.g. os.Environ(); only SNARE_* keys are used
+	Flags     *pflag.FlagSet // flags registered with AddFlags; only flags set on the command line count
 }
 
 // sliceKeys are the list-valued keys; in the environment they are comma or space separated.
@@ -303,21 +306,34 @@ func LoadConfig(o LoadOptions) (*Config, error) {
 		origin[key] = "default"
 	}
 
+	files := []string{}
 	if o.File != "" {
+		files = append(files, o.File)
+	}
+	if o.DropInDir != "" {
+		// Drop-ins are optional: a missing directory means none.
+		matches, err := filepath.Glob(filepath.Join(o.DropInDir, "*.yaml"))
+		if err != nil {
+			return nil, fmt.Errorf("config drop-ins %s: %w", o.DropInDir, err)
+		}
+		sort.Strings(matches)
+		files = append(files, matches...)
+	}
+	for _, name := range files {
 		fk := koanf.New(".")
-		if err := fk.Load(file.Provider(o.File), yaml.Parser()); err != nil {
-			return nil, fmt.Errorf("config file %s: %w", o.File, cleanYAMLError(err))
+		if err := fk.Load(file.Provider(name), yaml.Parser()); err != nil {
+			return nil, fmt.Errorf("config file %s: %w", name, cleanYAMLError(err))
 		}
 		for _, key := range fk.Keys() {
 			if !known[key] {
-				return nil, fmt.Errorf("config file %s: unknown key %q%s", o.File, key, suggest(key, known))
+				return nil, fmt.Errorf("config file %s: unknown key %q%s", name, key, suggest(key, known))
 			}
-			origin[key] = "config file " + o.File
+			origin[key] = "config file " + name
 		}
 		// Set (rather than Merge) splits flat keys such as "block.ttl: 12h" into their sections.
 		for key, val := range fk.All() {
 			if err := k.Set(key, val); err != nil {
-				return nil, fmt.Errorf("config file %s: %s: %w", o.File, key, err)
+				return nil, fmt.Errorf("config file %s: %s: %w", name, key, err)
 			}
 		}
 	}

@@ -309,3 +309,26 @@ func wantErr(t *testing.T, err error, parts ...string) {
 		}
 	}
 }
+
+func TestConfigDropIns(t *testing.T) {
+	main := writeFile(t, "snare.yaml", "block:\n  ttl: 12h\ntrap:\n  threshold: 2\n")
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "20-b.yaml"), []byte("trap:\n  threshold: 3\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "10-a.yaml"), []byte("block.ttl: 1h\ntrap:\n  threshold: 5\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "README"), []byte("not yaml: ["), 0o644)
+	c, err := LoadConfig(LoadOptions{File: main, DropInDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Duration(c.Block.TTL) != time.Hour || c.Trap.Threshold != 3 {
+		t.Errorf("ttl %s threshold %d: want the drop-ins applied in name order (1h, 3)", time.Duration(c.Block.TTL), c.Trap.Threshold)
+	}
+	if _, err := LoadConfig(LoadOptions{DropInDir: filepath.Join(dir, "missing")}); err != nil {
+		t.Errorf("a missing drop-in directory: %v", err)
+	}
+	bad := filepath.Join(dir, "30-bad.yaml")
+	os.WriteFile(bad, []byte("trap:\n  treshold: 3\n"), 0o644)
+	if _, err := LoadConfig(LoadOptions{DropInDir: dir}); err == nil || !strings.Contains(err.Error(), "30-bad.yaml") {
+		t.Errorf("bad drop-in: %v, want an error naming the file", err)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ type Daemon struct {
 	trapTCP   []uint16  // trap ports in force
 	trapUDP   []uint16
 	lastPrune time.Time
+	sweeps    int
 
 	evictions atomic.Uint64
 
@@ -78,7 +80,7 @@ func userErrorf(format string, args ...any) error {
 }
 
 // Open opens the store, the event log and the enforcer and brings the kernel in line with the
-// store: blocks the kernel made while no daemon ran are adopted, expired ones dropped, and the
+// store (the store is the source of truth): blocks the kernel made while no daemon ran are adopted, expired ones dropped, and the
 // rest (re)inserted, all without removing what is still valid, so a restart never opens a gap.
 // Trap detection, the allowlist and the settings are in force when Open returns.
 func Open(ctx context.Context, o Options) (*Daemon, error) {
@@ -227,7 +229,7 @@ func (d *Daemon) restore(ctx context.Context) error {
 				continue
 			}
 			// A trap block the kernel made while no daemon ran (or whose event was suppressed):
-			// recorded like any trap block; Replace below writes its escalated deadline back.
+			// recorded like any trap block; replaceLocked below writes its escalated deadline back.
 			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err
@@ -257,9 +259,12 @@ func (d *Daemon) restore(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("restore from store: %w", err)
 	}
-	n, err := d.enf.Replace(ctx, live)
+	n, err := d.replaceLocked(ctx, kernel, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
+	}
+	if len(live) >= bigBatch {
+		go debug.FreeOSMemory()
 	}
 	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopt), "expired", len(expired), "backend", d.enf.Name())
 
@@ -283,6 +288,58 @@ func (d *Daemon) restore(ctx context.Context) error {
 		d.log.Warn("cannot list listening sockets; trap ports are the configured lists as they are", "err", err)
 	}
 	return d.applyTrapLocked(ctx, cfg, tcp, udp)
+}
+
+// replaceLocked makes the kernel hold exactly live (in store order): what Enforcer.Replace
+// does, but with the kernel's rules already read (restore needs them for adoption first) and a
+// sorted merge instead of maps, which matters with a million entries. Entries already present
+// with the same deadline are left alone (keeping their counters); it returns how many it
+// (re)inserted.
+func (d *Daemon) replaceLocked(ctx context.Context, kernel []backend.RuleState, live []backend.Rule) (int, error) {
+	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	var put []backend.Rule
+	var stale []netip.Prefix
+	i := 0
+	for _, r := range live {
+		for i < len(kernel) && kernel[i].Prefix.Compare(r.Prefix) < 0 {
+			stale = append(stale, kernel[i].Prefix)
+			i++
+		}
+		if i < len(kernel) && kernel[i].Prefix == r.Prefix {
+			same := sameDeadline(kernel[i].Deadline, r.Deadline)
+			i++
+			if same {
+				continue
+			}
+		}
+		put = append(put, r)
+	}
+	for ; i < len(kernel); i++ {
+		stale = append(stale, kernel[i].Prefix)
+	}
+	if len(stale) > 0 {
+		if err := d.enf.Unblock(ctx, stale); err != nil {
+			return 0, err
+		}
+	}
+	if len(put) > 0 {
+		if err := d.enf.Block(ctx, put); err != nil {
+			return 0, err
+		}
+	}
+	return len(put), nil
+}
+
+// sameDeadline compares a deadline read back from the kernel with the stored one. XDP's are off
+// by a millisecond or two (clock conversion), ipset's by up to a second (its timeouts count
+// whole seconds); a larger difference means the wall clock was stepped since the block was
+// written, and the stored (wall-clock) deadline is written again.
+func sameDeadline(kernel, stored time.Time) bool {
+	if kernel.IsZero() || stored.IsZero() {
+		return kernel.IsZero() && stored.IsZero()
+	}
+	d := kernel.Sub(stored)
+	return d > -1500*time.Millisecond && d < 1500*time.Millisecond
 }
 
 // trapSpec is the trap-port policy of cfg.
@@ -318,6 +375,32 @@ func (d *Daemon) applyTrapLocked(ctx context.Context, cfg *Config, tcp, udp []ui
 		return fmt.Errorf("configure trap ports: %w", err)
 	}
 	d.trapTCP, d.trapUDP = tcp, udp
+	return nil
+}
+
+// RefreshImplicitAllow rediscovers the host's own addresses, gateways and resolvers (they change
+// with DHCP, VPNs, new interfaces) and hands a changed allowlist to the enforcer. The sweeper
+// calls it every interval.
+func (d *Daemon) RefreshImplicitAllow(ctx context.Context) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.cfg.AllowImplicit {
+		return nil
+	}
+	imp, err := d.opts.ImplicitAllow()
+	if err != nil {
+		return err
+	}
+	if slices.Equal(imp, d.implicit) {
+		return nil
+	}
+	old := d.implicit
+	d.implicit = imp
+	if err := d.refreshAllowLocked(ctx, false); err != nil {
+		d.implicit = old
+		return err
+	}
+	d.log.Info("implicit allowlist changed", "entries", len(imp))
 	return nil
 }
 
@@ -358,7 +441,63 @@ func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error 
 	if err := d.enf.SetAllow(ctx, list.Prefixes()); err != nil {
 		return fmt.Errorf("set allowlist: %w", err)
 	}
+	changed := d.allow == nil || !slices.Equal(d.allow.Prefixes(), list.Prefixes())
 	d.allow = list
+	if !changed {
+		return nil
+	}
+	return d.dropAllowlistedLocked(ctx, list)
+}
+
+// dropAllowlistedLocked removes the blocks that lie inside the allowlist: an address blocked
+// before it was allowlisted (by hand, or an own address or gateway that appeared later). The
+// allowlist always wins, and the data path checks it only on CIDR and trap matches, so such a
+// block must not stay in the exact-match map.
+func (d *Daemon) dropAllowlistedLocked(ctx context.Context, allow Allowlist) error {
+	if len(allow) == 0 {
+		return nil
+	}
+	inside := func(p netip.Prefix) bool {
+		for _, a := range allow {
+			if a.Prefix.Bits() <= p.Bits() && a.Prefix.Contains(p.Addr()) {
+				return true
+			}
+		}
+		return false
+	}
+	var gone []Rule
+	err := d.store.Update(func(tx *Tx) error {
+		err := tx.ForEachRule(func(r Rule) error {
+			if inside(r.Prefix) {
+				gone = append(gone, r)
+			}
+			return nil
+		})
+		if err != nil || len(gone) == 0 {
+			return err
+		}
+		ps := make([]netip.Prefix, len(gone))
+		for i, r := range gone {
+			ps[i] = r.Prefix
+			if _, err := tx.DeleteRule(r.Prefix); err != nil {
+				return err
+			}
+		}
+		return d.enf.Unblock(ctx, ps)
+	})
+	if err != nil {
+		return fmt.Errorf("remove allowlisted blocks: %w", err)
+	}
+	now := time.Now()
+	var evs []Event
+	for _, r := range gone {
+		evs = append(evs, Event{Time: now, Event: EventUnblock, Address: r.Prefix.String(), Reason: r.Reason,
+			Source: "daemon", Detail: "the address is allowlisted now"})
+	}
+	d.logEvents(evs...)
+	if len(gone) > 0 {
+		d.rec.Unblocked(len(gone))
+	}
 	return nil
 }
 
@@ -403,7 +542,7 @@ func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]t
 // Block blocks targets (addresses or CIDRs) with ttl ("" for the configured default, "5d",
 // "permanent", ...). A source blocked before within the escalation lookback gets a longer TTL
 // when no TTL is given; an explicit TTL is taken as it is. Blocking an already blocked entry
-// extends it (never shortens it, unless a TTL is given) and counts a repeat offence.
+// extends it (never shortens it: unblock first for that) and counts a repeat offence.
 func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]Rule, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -470,8 +609,8 @@ func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reaso
 	}
 	if exists && !old.Expired(now) {
 		r.Created = old.Created
-		if !explicit && (old.Permanent() || old.Deadline.After(r.Deadline)) && !r.Permanent() {
-			r.Deadline = old.Deadline // never shorten an existing block without being told to
+		if laterDeadline(old.Deadline, r.Deadline) {
+			r.Deadline = old.Deadline // blocking again extends, never shortens (unblock first for that)
 		}
 	}
 	if err := tx.PutOffence(p, Offence{Count: prior + 1, Last: now}); err != nil {
@@ -617,8 +756,7 @@ func (d *Daemon) Status(ctx context.Context) (StatusResponse, error) {
 	d.mu.Lock()
 	cfg, allow, tcp, udp := d.cfg, len(d.allow), d.trapTCP, d.trapUDP
 	d.mu.Unlock()
-	var n int
-	_ = d.store.View(func(tx *Tx) error { n = tx.RuleCount(); return nil })
+	n := d.store.Count()
 	c := st.Counters
 	out := StatusResponse{
 		Version: d.version, Backend: st.Backend, Fallback: d.fallback, DryRun: cfg.DryRun,
@@ -775,6 +913,9 @@ func (d *Daemon) HandleTrapEvents(ctx context.Context, ch <-chan backend.TrapEve
 				break drain
 			}
 		}
+		for _, ev := range batch {
+			d.rec.TrapEvent(ev)
+		}
 		if err := d.handleTraps(ctx, batch); err != nil {
 			d.log.Error("record trap events", "err", err, "events", len(batch))
 		}
@@ -834,6 +975,18 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 				continue
 			}
 			scan.Action = "blocked"
+			if old, ok, err := tx.Rule(p); err == nil && ok && !old.Expired(now) && old.Origin == OriginTrap &&
+				!old.LastOffence.Before(scan.Time.Add(-time.Second)) {
+				// Already recorded since this event happened: adopted from the kernel by a sweep or
+				// at start before its event was read. The same offence, not a repeat; it only
+				// gets its real reason.
+				old.Reason = trapReason(ev)
+				if err := tx.PutRule(old); err != nil {
+					return err
+				}
+				evs = append(evs, scan)
+				continue
+			}
 			r, err := d.offendLocked(tx, cfg, p, OriginTrap, trapReason(ev), time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err

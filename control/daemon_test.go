@@ -12,19 +12,22 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
+	fallback "github.com/snare-dev/snare/iptables-fallback"
 	"github.com/snare-dev/snare/loader"
 )
 
 // daemonLab is a lab with a daemon on its host namespace, driven through the real Go client.
 type daemonLab struct {
-	t      *testing.T
-	lab    *testutil.Lab
-	cfg    *control.Config
-	client *control.Client
-	d      *control.Daemon
-	stop   func()
+	t       *testing.T
+	backend string // "xdp" (default) or "iptables"
+	lab     *testutil.Lab
+	cfg     *control.Config
+	client  *control.Client
+	d       *control.Daemon
+	stop    func()
 }
 
 func newDaemonLab(t *testing.T) *daemonLab {
@@ -54,11 +57,16 @@ func newDaemonLab(t *testing.T) *daemonLab {
 func (dl *daemonLab) start() {
 	t := dl.t
 	t.Helper()
-	var x *loader.XDP
+	var x backend.Enforcer
 	var implicit control.Allowlist
 	err := dl.lab.Do(dl.lab.Host.NS, func() error {
 		var err error
-		x, err = loader.Open(loader.Options{Interfaces: dl.cfg.Interfaces, Mode: dl.cfg.XDPMode, PinDir: dl.cfg.BPFFS, Capacity: 4096})
+		if dl.backend == "iptables" {
+			x, err = fallback.New(fallback.Options{Interfaces: dl.cfg.Interfaces, Capacity: 4096,
+				Prefix: "sntc" + dl.lab.Suffix, NetNS: "/run/netns/" + dl.lab.Host.NS, Logger: testLogger(t)})
+		} else {
+			x, err = loader.Open(loader.Options{Interfaces: dl.cfg.Interfaces, Mode: dl.cfg.XDPMode, PinDir: dl.cfg.BPFFS, Capacity: 4096})
+		}
 		if err != nil {
 			return err
 		}
@@ -333,4 +341,372 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+func TestDaemonImportExportAllowReload(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.start()
+	ctx := context.Background()
+	att := dl.lab.Attacker()
+	today := time.Now().Format("20060102")
+	old := time.Now().Add(-10 * 24 * time.Hour).Format("20060102")
+
+	// A bad line rejects the whole import, naming the line.
+	bad := "198.18.50.1 " + today + "\n198.18.50.2\nnot-an-address\n198.18.1.1\n"
+	_, err := dl.client.Import(ctx, control.ImportRequest{Content: bad, Name: "blocked.list"})
+	if apiStatus(err) != 400 || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "line 4") ||
+		!strings.Contains(err.Error(), "nothing imported") {
+		t.Fatalf("import with bad lines: %v", err)
+	}
+	if n := len(dl.entries()); n != 0 {
+		t.Fatalf("a rejected import left %d entries", n)
+	}
+
+	// With SkipBad the good lines go in; a dated line past date+TTL is skipped as expired.
+	list := "# seed\n198.18.50.1 " + today + "\n198.18.50.2 " + old + "\n198.18.60.0/24\n" + att.Addr4().String() + "\nbogus\n"
+	resp, err := dl.client.Import(ctx, control.ImportRequest{Content: list, Name: "blocked.list", SkipBad: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Imported != 3 || resp.Expired != 1 || resp.Skipped != 1 || len(resp.Errors) != 1 || resp.Errors[0].Line != 6 {
+		t.Fatalf("import answered %+v", resp)
+	}
+	es := dl.entries()
+	e := es["198.18.50.1/32"]
+	if e.Origin != control.OriginImport || e.Created.Format("20060102") != today {
+		t.Errorf("dated entry %+v: want origin import, created %s", e, today)
+	}
+	wantExp := e.Created.Add(5 * 24 * time.Hour)
+	if !e.Expires.Equal(wantExp) {
+		t.Errorf("dated entry expires %s, want date + 5d = %s", e.Expires, wantExp)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("imported block does not drop")
+	}
+
+	// Export, unblock everything, re-import the export: same prefixes and dates.
+	var out strings.Builder
+	if err := dl.client.Export(ctx, "blocked-list", &out); err != nil {
+		t.Fatal(err)
+	}
+	exported := out.String()
+	if !strings.Contains(exported, "198.18.50.1 "+today+"\n") || !strings.Contains(exported, "198.18.60.0/24 ") {
+		t.Fatalf("export:\n%s", exported)
+	}
+	var plain strings.Builder
+	if err := dl.client.Export(ctx, "plain", &plain); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(plain.String(), "\n") != 3 || strings.Contains(plain.String(), today) {
+		t.Errorf("plain export:\n%s", plain.String())
+	}
+	if err := dl.client.Export(ctx, "xml", &plain); apiStatus(err) != 400 {
+		t.Errorf("export in an unknown format: %v", err)
+	}
+	var all []string
+	for p := range es {
+		all = append(all, p)
+	}
+	if _, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: all}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dl.client.Import(ctx, control.ImportRequest{Content: exported}); err != nil {
+		t.Fatal(err)
+	}
+	again := dl.entries()
+	if len(again) != len(es) {
+		t.Fatalf("re-import of the export: %d entries, want %d", len(again), len(es))
+	}
+	for p, e := range es {
+		if a := again[p]; a.Created.Format("20060102") != e.Created.Format("20060102") {
+			t.Errorf("%s: created %s after re-import, was %s", p, a.Created, e.Created)
+		}
+	}
+
+	// Allowlist by hand: durable, refuses blocks, and cannot remove implicit entries.
+	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
+		t.Errorf("block inside a manual allow entry: %v", err)
+	}
+	if _, err := dl.client.AllowDel(ctx, control.AllowRequest{Targets: []string{"127.0.0.0/8"}}); apiStatus(err) != 400 {
+		t.Errorf("removing the implicit loopback entry: %v", err)
+	}
+	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{"0.0.0.0/0"}}); apiStatus(err) != 400 {
+		t.Errorf("allowing everything: %v", err)
+	}
+	al, err := dl.client.AllowList(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sources := map[string]string{}
+	for _, a := range al.Entries {
+		sources[a.Prefix] = a.Source
+	}
+	if sources["198.18.70.0/24"] != "manual" || sources["198.18.1.1/32"] != "own-address" || sources["127.0.0.0/8"] != "loopback" {
+		t.Errorf("allowlist: %v", sources)
+	}
+
+	// Reload: new trap ports and a config allow entry take effect; enforcement stays.
+	next := *dl.cfg
+	next.Trap.TCPPorts = "7777,8000-8002"
+	next.Allow = []string{"198.18.80.0/24"}
+	next.Block.TTL = control.TTL(time.Hour)
+	if err := dl.d.Reload(ctx, &next); err != nil {
+		t.Fatal(err)
+	}
+	st, err := dl.client.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Trap.TCPPorts != "7777,8000-8002" {
+		t.Errorf("trap ports after reload: %q", st.Trap.TCPPorts)
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.80.9"}}); apiStatus(err) != 400 {
+		t.Errorf("block inside the reloaded config allow entry: %v", err)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("reload dropped enforcement")
+	}
+	if st.Backend != "xdp" || len(st.Interfaces) != 2 || st.Entries != len(es) {
+		t.Errorf("status %+v", st)
+	}
+
+	// The manual allow entry survives a restart.
+	dl.shutdown()
+	dl.start()
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
+		t.Errorf("manual allow entry lost across restart: %v", err)
+	}
+	if _, err := dl.client.AllowDel(ctx, control.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); err != nil {
+		t.Errorf("block after removing the allow entry: %v", err)
+	}
+}
+
+// A second daemon on the same pin directory is refused with loader.ErrLocked, even with
+// backend auto (a locked directory is not a reason to fall back).
+func TestSecondDaemonRefused(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.start()
+	cfg := *dl.cfg
+	cfg.StateDir = t.TempDir()
+	var err error
+	dl.lab.Do(dl.lab.Host.NS, func() error {
+		var enf interface{ Close() error }
+		enf, _, err = control.OpenEnforcer(&cfg, testLogger(t), nil)
+		if err == nil {
+			enf.Close()
+		}
+		return nil
+	})
+	if !errors.Is(err, loader.ErrLocked) {
+		t.Fatalf("second enforcer on the same pins: %v, want loader.ErrLocked", err)
+	}
+	// The same state directory is refused too, before anything is touched.
+	_, err = control.Open(context.Background(), control.Options{Config: dl.cfg})
+	if !errors.Is(err, control.ErrStoreLocked) {
+		t.Fatalf("second daemon on the same state dir: %v, want ErrStoreLocked", err)
+	}
+}
+
+// Trap hits from an allowlisted source are logged and never blocked; a trap block the kernel
+// makes while the daemon is down is adopted at start, and its late event is the same offence.
+func TestDaemonTrapAllowlistAndAdoption(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.start()
+	ctx := context.Background()
+	cli, att := dl.lab.Client(), dl.lab.Attacker()
+	cli4, att4 := cli.Addr4().String(), att.Addr4().String()
+
+	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{cli4}}); err != nil {
+		t.Fatal(err)
+	}
+	trapDial(t, dl, cli, 31337)
+	var scan *control.Event
+	for end := time.Now().Add(5 * time.Second); scan == nil && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		for _, ev := range dl.d.Events().Recent() {
+			if ev.Event == control.EventScan && ev.Address == cli4 {
+				scan = &ev
+			}
+		}
+	}
+	if scan == nil || scan.Action != "allowlisted" || scan.Proto != "tcp" || len(scan.Ports) != 1 || scan.Ports[0] != 31337 {
+		t.Fatalf("scan event of an allowlisted source: %+v", scan)
+	}
+	if _, ok := dl.entries()[cli4+"/32"]; ok || !dl.reaches(cli, false) {
+		t.Fatal("an allowlisted source was blocked by a trap")
+	}
+
+	// The daemon is down; the kernel still catches the scanner. (A different peer: the kernel
+	// keeps the allowlisted source's scan state for the trap window.)
+	dl.shutdown()
+	trapDial(t, dl, att, 1524)
+	if dl.reaches(att, false) {
+		t.Fatal("kernel did not block the scanner while the daemon was down")
+	}
+	dl.start()
+	var e control.Entry
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		e = dl.entries()[att4+"/32"]
+		if strings.HasPrefix(e.Reason, "trap: tcp/1524") {
+			break
+		}
+	}
+	if e.Origin != control.OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/1524") || e.Offences != 1 {
+		t.Fatalf("adopted trap block: %+v; want origin trap, reason from its event, one offence", e)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("adopted trap block does not drop")
+	}
+
+	// IPv6: a trap hit blocks the source's /64, recorded as such. (The client's IPv4 address is
+	// allowlisted, its IPv6 address is not.)
+	dst := net.JoinHostPort(dl.lab.HostIface("client").Addr6.Addr().String(), "31337")
+	_ = dl.lab.Do(cli.NS, func() error {
+		if c, err := net.DialTimeout("tcp", dst, 500*time.Millisecond); err == nil {
+			c.Close()
+		}
+		return nil
+	})
+	want6 := netip.PrefixFrom(cli.Addr6(), 64).Masked().String()
+	var e6 control.Entry
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if e6 = dl.entries()[want6]; e6.Origin != "" {
+			break
+		}
+	}
+	if e6.Origin != control.OriginTrap || !strings.HasPrefix(e6.Reason, "trap: tcp/31337") {
+		t.Fatalf("IPv6 trap block of %s: %+v", want6, e6)
+	}
+	if dl.reaches(cli, true) || !dl.reaches(cli, false) {
+		t.Fatal("IPv6 trap block: v6 still passes or v4 (allowlisted) dropped")
+	}
+}
+
+// The same daemon on the iptables fallback: block drops, refused input changes nothing, expiry
+// at the deadline, restart keeps the list and enforcement, unblock, trap block.
+func TestDaemonFallback(t *testing.T) {
+	dl := newDaemonLab(t)
+	dl.backend = "iptables"
+	dl.start()
+	ctx := context.Background()
+	att, cli := dl.lab.Attacker(), dl.lab.Client()
+	att4 := att.Addr4().String()
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{att4}, Reason: "fb"}); err != nil {
+		t.Fatal(err)
+	}
+	if dl.reaches(att, false) || !dl.reaches(cli, false) {
+		t.Fatal("fallback block: attacker passes or client blocked")
+	}
+	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{dl.lab.HostIface("client").Addr4.Addr().String()}}); apiStatus(err) != 400 {
+		t.Errorf("own address on the fallback: %v", err)
+	}
+	short, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{cli.Addr4().String()}, TTL: "2s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dl.reaches(cli, false) {
+		t.Fatal("client passes right after its 2s block")
+	}
+	for time.Now().Before(short.Entries[0].Expires.Add(4 * time.Second)) {
+		if dl.reaches(cli, false) {
+			break
+		}
+	}
+	if !dl.reaches(cli, false) {
+		t.Fatal("client still blocked after its deadline")
+	}
+	st, err := dl.client.Status(ctx)
+	if err != nil || st.Backend != "iptables" {
+		t.Fatalf("status %+v, %v", st, err)
+	}
+	dl.shutdown()
+	if dl.reaches(att, false) {
+		t.Fatal("attacker passes while the daemon is down")
+	}
+	dl.start()
+	if e, ok := dl.entries()[att4+"/32"]; !ok || e.Reason != "fb" {
+		t.Fatalf("after restart: %+v %v", e, ok)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("attacker passes after restart")
+	}
+	if _, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: []string{att4}}); err != nil {
+		t.Fatal(err)
+	}
+	if !dl.reaches(att, false) {
+		t.Fatal("unblocked attacker still dropped")
+	}
+	trapDial(t, dl, att, 31337)
+	var e control.Entry
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if e = dl.entries()[att4+"/32"]; e.Origin == control.OriginTrap {
+			break
+		}
+	}
+	if e.Origin != control.OriginTrap || !strings.Contains(e.Reason, "tcp/31337") {
+		t.Fatalf("fallback trap block: %+v", e)
+	}
+	if dl.reaches(att, false) {
+		t.Fatal("trapped attacker passes on the fallback")
+	}
+}
+
+// backend auto: when XDP cannot attach (native mode on a jumbo-MTU veth fails with ERANGE), the
+// daemon runs on the iptables fallback and says why; backend xdp fails instead.
+func TestAutoFallback(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab, err := testutil.New(testutil.Config{Peers: []string{"attacker"}, MTU: 9000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Close() })
+	cfg, err := control.LoadConfig(control.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Interfaces = lab.HostIfaceNames()
+	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
+	cfg.XDPMode = "native"
+	openFB := func(c *control.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
+		return fallback.New(fallback.Options{Interfaces: ifaces, Capacity: 1024, Prefix: "snta" + lab.Suffix,
+			NetNS: "/run/netns/" + lab.Host.NS, Logger: log})
+	}
+	open := func(c *control.Config) (backend.Enforcer, string, error) {
+		var enf backend.Enforcer
+		var reason string
+		var err error
+		lab.Do(lab.Host.NS, func() error {
+			enf, reason, err = control.OpenEnforcer(c, testLogger(t), openFB)
+			return nil
+		})
+		return enf, reason, err
+	}
+
+	enf, reason, err := open(cfg)
+	if err != nil {
+		t.Fatalf("backend auto with XDP failing: %v", err)
+	}
+	if enf.Name() != "iptables" || !strings.Contains(reason, "xdp unavailable") {
+		t.Errorf("backend %s, reason %q: want the iptables fallback with the XDP error as reason", enf.Name(), reason)
+	}
+	enf.Close()
+
+	xdpOnly := *cfg
+	xdpOnly.Backend = "xdp"
+	if enf, _, err := open(&xdpOnly); err == nil {
+		enf.Close()
+		t.Fatal("backend xdp succeeded where XDP cannot attach")
+	}
+	lab.Do(lab.Host.NS, func() error {
+		_, _, err = control.OpenEnforcer(cfg, testLogger(t), nil)
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "not available") {
+		t.Fatalf("auto without a fallback available: %v", err)
+	}
 }

@@ -1,6 +1,10 @@
 package control
 
-import "time"
+import (
+	"time"
+
+	"github.com/snare-dev/snare/backend"
+)
 
 // Recorder receives the daemon's events that metrics count. The daemon calls it at every block,
 // unblock, expiry, eviction repair and sweep; the Prometheus collector (metrics.go) implements it.
@@ -18,6 +22,8 @@ type Recorder interface {
 	SweepDuration(d time.Duration)
 	// StoreSize reports the durable store's file size in bytes after a sweep.
 	StoreSize(bytes int64)
+	// TrapEvent is called for every trap event the enforcer delivers (trap hits by port).
+	TrapEvent(ev backend.TrapEvent)
 }
 
 // NopRecorder records nothing; it is the default when no metrics are configured.
@@ -29,3 +35,4 @@ func (NopRecorder) Expired(int)                 {}
 func (NopRecorder) Evicted(int)                 {}
 func (NopRecorder) SweepDuration(time.Duration) {}
 func (NopRecorder) StoreSize(int64)             {}
+func (NopRecorder) TrapEvent(backend.TrapEvent) {}

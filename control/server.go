@@ -196,7 +196,10 @@ func Listen(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create socket directory: %w", err)
 	}
-	if _, err := os.Lstat(path); err == nil {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != os.ModeSocket {
+			return nil, fmt.Errorf("socket path %s exists and is not a socket: refusing to replace it", path)
+		}
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
 			return nil, fmt.Errorf("socket %s: another snared is answering there", path)
@@ -290,6 +293,9 @@ func (d *Daemon) sweepLoop(ctx context.Context) {
 			return
 		case <-time.After(interval):
 		}
+		if err := d.RefreshImplicitAllow(ctx); err != nil && ctx.Err() == nil {
+			d.log.Warn("rediscover implicit allowlist", "err", err)
+		}
 		res, err := d.Sweep(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -362,7 +368,8 @@ func (d *Daemon) stopTrapWatcher() {
 // Reload applies a new configuration without dropping enforcement: allowlist (rediscovering the
 // implicit part), TTLs and escalation, trap ports and mode, dry-run, sweep interval; the event
 // log is reopened (log rotation). Keys that need a restart (interfaces, backend, xdp_mode,
-// state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file) keep their old values, with a warning.
+// state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file, metrics.listen) keep
+// their old values, with a warning.
 func (d *Daemon) Reload(ctx context.Context, next *Config) error {
 	d.mu.Lock()
 	cur := d.cfg
@@ -382,9 +389,11 @@ func (d *Daemon) Reload(ctx context.Context, next *Config) error {
 	keep("block.capacity", cur.Block.Capacity == next.Block.Capacity)
 	keep("block.ipv6_prefix", cur.Block.IPv6Prefix == next.Block.IPv6Prefix)
 	keep("events_file", cur.EventsPath() == next.EventsPath())
+	keep("metrics.listen", cur.Metrics.Listen == next.Metrics.Listen)
 	merged.Interfaces, merged.Backend, merged.XDPMode = cur.Interfaces, cur.Backend, cur.XDPMode
 	merged.StateDir, merged.Socket, merged.BPFFS = cur.StateDir, cur.Socket, cur.BPFFS
 	merged.Block.Capacity, merged.Block.IPv6Prefix, merged.EventsFile = cur.Block.Capacity, cur.Block.IPv6Prefix, cur.EventsFile
+	merged.Metrics.Listen = cur.Metrics.Listen
 	if len(kept) > 0 {
 		d.log.Warn("reload: these keys only change on restart", "keys", kept)
 	}

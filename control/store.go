@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -66,6 +67,13 @@ type AllowRecord struct {
 type Store struct {
 	db   *bolt.DB
 	path string
+
+	// count and earliest are kept in memory so that status and the sweeper need not walk every
+	// page of a large store: count is the number of rules, earliest a time at or before the
+	// earliest deadline of any rule (zero: none). Both change only after a commit.
+	mu       sync.Mutex
+	count    int
+	earliest time.Time
 }
 
 var (
@@ -117,7 +125,47 @@ func OpenStore(path string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
+	err = db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketRules).ForEach(func(k, v []byte) error {
+			s.count++
+			s.noteDeadline(rawDeadline(v))
+			return nil
+		})
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
 	return s, nil
+}
+
+// noteDeadline lowers earliest to d if d is earlier (zero d: permanent, ignored).
+func (s *Store) noteDeadline(d time.Time) {
+	if !d.IsZero() && (s.earliest.IsZero() || d.Before(s.earliest)) {
+		s.earliest = d
+	}
+}
+
+// Count is the number of stored rules.
+func (s *Store) Count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
+}
+
+// Due reports whether some rule may have expired by now; false means none has, so the sweeper
+// can skip walking the store.
+func (s *Store) Due(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.earliest.IsZero() && !now.Before(s.earliest)
+}
+
+// setEarliest records the earliest deadline found by a full walk.
+func (s *Store) setEarliest(t time.Time) {
+	s.mu.Lock()
+	s.earliest = t
+	s.mu.Unlock()
 }
 
 // Close closes the database.
@@ -238,7 +286,14 @@ func decodeOffence(v []byte) Offence {
 type Tx struct {
 	tx                     *bolt.Tx
 	rules, offences, allow *bolt.Bucket
-	buf                    []byte
+	added                  int       // rules added minus rules deleted
+	earliest               time.Time // earliest deadline written
+}
+
+func (t *Tx) noteDeadline(d time.Time) {
+	if !d.IsZero() && (t.earliest.IsZero() || d.Before(t.earliest)) {
+		t.earliest = d
+	}
 }
 
 func wrapTx(tx *bolt.Tx) *Tx {
@@ -248,7 +303,20 @@ func wrapTx(tx *bolt.Tx) *Tx {
 // Update runs fn in one read-write transaction, committed (and fsynced) when fn returns nil and
 // rolled back when it returns an error.
 func (s *Store) Update(fn func(*Tx) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return fn(wrapTx(tx)) })
+	var t *Tx
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		t = wrapTx(tx)
+		return fn(t)
+	})
+	if err == nil {
+		s.mu.Lock()
+		s.count += t.added
+		if !t.earliest.IsZero() {
+			s.noteDeadline(t.earliest)
+		}
+		s.mu.Unlock()
+	}
+	return err
 }
 
 // View runs fn in a read-only transaction; only the read methods of Tx may be used.
@@ -268,8 +336,13 @@ func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
 
 // PutRule inserts or replaces a rule.
 func (t *Tx) PutRule(r Rule) error {
+	pk := prefixKey(r.Prefix)
+	if t.rules.Get(pk) == nil {
+		t.added++
+	}
+	t.noteDeadline(r.Deadline)
 	// bbolt holds on to the value until commit: a fresh slice per Put.
-	if err := t.rules.Put(prefixKey(r.Prefix), encodeRule(nil, r)); err != nil {
+	if err := t.rules.Put(pk, encodeRule(nil, r)); err != nil {
 		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
 	}
 	return nil
@@ -281,7 +354,11 @@ func (t *Tx) DeleteRule(p netip.Prefix) (bool, error) {
 	if t.rules.Get(pk) == nil {
 		return false, nil
 	}
-	return true, t.rules.Delete(pk)
+	if err := t.rules.Delete(pk); err != nil {
+		return false, err
+	}
+	t.added--
+	return true, nil
 }
 
 // Empty reports whether no rule is stored.
@@ -296,6 +373,7 @@ func (t *Tx) Empty() bool {
 func (t *Tx) PutRulesSorted(rules []Rule) error {
 	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
 	t.rules.FillPercent = 0.9
+	empty := t.Empty()
 	var arena []byte
 	for _, r := range rules {
 		// bbolt keeps the key and value slices until commit, so each gets its own bytes, cut
@@ -306,6 +384,10 @@ func (t *Tx) PutRulesSorted(rules []Rule) error {
 		start := len(arena)
 		arena = append(arena, prefixKey(r.Prefix)...)
 		mid := len(arena)
+		if empty || t.rules.Get(arena[start:mid]) == nil {
+			t.added++
+		}
+		t.noteDeadline(r.Deadline)
 		arena = encodeRule(arena, r)
 		if err := t.rules.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
 			return fmt.Errorf("store rule %s: %w", r.Prefix, err)
@@ -329,8 +411,91 @@ func (t *Tx) ForEachRule(fn func(Rule) error) error {
 	})
 }
 
-// RuleCount is the number of stored rules.
-func (t *Tx) RuleCount() int { return t.rules.Stats().KeyN }
+// rawDeadline reads only the deadline of an encoded rule (zero if permanent or corrupt).
+func rawDeadline(v []byte) time.Time {
+	if len(v) < 1 {
+		return time.Time{}
+	}
+	v = v[1:]
+	if _, n := binary.Varint(v); n > 0 {
+		if d, m := binary.Varint(v[n:]); m > 0 {
+			return fromMs(d)
+		}
+	}
+	return time.Time{}
+}
+
+// DeleteExpired deletes the rules whose deadline is at or before now and returns them, with
+// the earliest deadline among the rest (zero if none). When most rules have expired (a big
+// import running out), the bucket is rebuilt from the survivors instead: deleting a million
+// keys one by one costs seconds, dropping a bucket almost nothing.
+func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err error) {
+	expired, next, err = t.ExpiredRules(now)
+	if err != nil || len(expired) == 0 {
+		return expired, next, err
+	}
+	total := t.rules.Stats().KeyN
+	if live := total - len(expired); len(expired) > 10_000 && len(expired) > live {
+		keep := make([][2][]byte, 0, live)
+		err := t.rules.ForEach(func(k, v []byte) error {
+			if d := rawDeadline(v); d.IsZero() || now.Before(d) {
+				keep = append(keep, [2][]byte{slices.Clone(k), slices.Clone(v)})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		if err := t.tx.DeleteBucket(bucketRules); err != nil {
+			return nil, time.Time{}, fmt.Errorf("drop rules bucket: %w", err)
+		}
+		if t.rules, err = t.tx.CreateBucket(bucketRules); err != nil {
+			return nil, time.Time{}, fmt.Errorf("recreate rules bucket: %w", err)
+		}
+		t.rules.FillPercent = 0.9
+		for _, kv := range keep {
+			if err := t.rules.Put(kv[0], kv[1]); err != nil {
+				return nil, time.Time{}, err
+			}
+		}
+		t.added -= len(expired)
+		return expired, next, nil
+	}
+	for _, r := range expired {
+		if _, err := t.DeleteRule(r.Prefix); err != nil {
+			return nil, time.Time{}, err
+		}
+	}
+	return expired, next, nil
+}
+
+// ExpiredRules returns the rules whose deadline is at or before now, decoding only those, and
+// the earliest deadline among the rest (zero if none).
+func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err error) {
+	err = t.rules.ForEach(func(k, v []byte) error {
+		d := rawDeadline(v)
+		if d.IsZero() {
+			return nil
+		}
+		if now.Before(d) {
+			if next.IsZero() || d.Before(next) {
+				next = d
+			}
+			return nil
+		}
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		r, err := decodeRule(p, v)
+		if err != nil {
+			return err
+		}
+		expired = append(expired, r)
+		return nil
+	})
+	return expired, next, err
+}
 
 // Offence returns the escalation history of p.
 func (t *Tx) Offence(p netip.Prefix) Offence {

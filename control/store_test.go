@@ -135,7 +135,7 @@ func TestStoreRoundTripAcrossReopen(t *testing.T) {
 
 	s = openTestStore(t, path)
 	err = s.View(func(tx *Tx) error {
-		if n := tx.RuleCount(); n != 2 {
+		if n := s.Count(); n != 2 {
 			t.Errorf("%d rules after reopen, want 2", n)
 		}
 		for _, want := range []Rule{a, b} {
@@ -266,7 +266,7 @@ func TestStoreSurvivesKill(t *testing.T) {
 				return fmt.Errorf("acknowledged write %d (%s) lost after kill -9 (err %v)", i, p, err)
 			}
 		}
-		if n := tx.RuleCount(); n < acked+1 {
+		if n := s.Count(); n < acked+1 {
 			return fmt.Errorf("%d rules, want at least %d", n, acked+1)
 		}
 		return nil
@@ -278,3 +278,62 @@ func TestStoreSurvivesKill(t *testing.T) {
 }
 
 func errorsIs(err, target error) bool { return errors.Is(err, target) }
+
+func TestDeleteExpired(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		expired, live int
+	}{
+		{"few expired: deleted one by one", 3, 5},
+		{"most expired: bucket rebuilt", 15000, 5000},
+		{"all expired", 12000, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
+			now := ms(time.Now())
+			var rules []Rule
+			for i := 0; i < tc.expired+tc.live; i++ {
+				r := Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), Origin: OriginImport, Created: now}
+				switch {
+				case i < tc.expired:
+					r.Deadline = now.Add(-time.Minute)
+				case i%2 == 0:
+					r.Deadline = now.Add(time.Duration(i) * time.Second)
+				}
+				rules = append(rules, r)
+			}
+			if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
+				t.Fatal(err)
+			}
+			var gone []Rule
+			var next time.Time
+			if err := s.Update(func(tx *Tx) error {
+				var err error
+				gone, next, err = tx.DeleteExpired(now)
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if len(gone) != tc.expired || s.Count() != tc.live {
+				t.Errorf("deleted %d, left %d; want %d, %d", len(gone), s.Count(), tc.expired, tc.live)
+			}
+			if tc.live > 0 && !next.Equal(now.Add(time.Duration(tc.expired+tc.expired%2)*time.Second)) {
+				t.Errorf("next deadline %s", next)
+			}
+			s.View(func(tx *Tx) error {
+				n := 0
+				tx.ForEachRule(func(r Rule) error {
+					n++
+					if r.Expired(now) {
+						t.Errorf("expired %s survived", r.Prefix)
+					}
+					return nil
+				})
+				if n != tc.live {
+					t.Errorf("%d rules in the bucket, want %d", n, tc.live)
+				}
+				return nil
+			})
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -25,11 +26,19 @@ type SweepResult struct {
 	Duration time.Duration
 }
 
+// fullReconcileEvery is how many sweeps may pass between full reconciliations when the kernel's
+// entry count matches the store's (an eviction and an unreported trap block in the same interval
+// would cancel out in the counts).
+const fullReconcileEvery = 30
+
 // Sweep removes expired blocks from store and kernel (the data path already ignores them; this
 // reclaims memory and logs each expiry) and reconciles the kernel with the store: blocks the
 // kernel lost (LRU eviction, a flushed firewall) are re-inserted and counted, trap blocks the
 // kernel made without an event reaching us are adopted, and entries nobody knows are removed.
-// Kernel and store are walked once each, in the same (prefix) order.
+//
+// It is cheap when nothing happened: the store is walked only when a deadline is due, and the
+// kernel's rules are read in full only when its entry count differs from the store's (and every
+// fullReconcileEvery sweeps).
 func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	start := time.Now()
 	d.mu.Lock()
@@ -38,14 +47,73 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	now := time.Now()
 	var res SweepResult
 
+	var expired []Rule
+	if d.store.Due(now) || now.Sub(d.lastPrune) >= offencePruneInterval {
+		var next time.Time
+		err := d.store.Update(func(tx *Tx) error {
+			var err error
+			expired, next, err = tx.DeleteExpired(now)
+			if err != nil {
+				return err
+			}
+			if now.Sub(d.lastPrune) >= offencePruneInterval {
+				if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return res, fmt.Errorf("sweep: expire: %w", err)
+		}
+		d.store.setEarliest(next)
+		if now.Sub(d.lastPrune) >= offencePruneInterval {
+			d.lastPrune = now
+		}
+	}
+	if len(expired) > 0 {
+		ps := make([]netip.Prefix, len(expired))
+		for i, r := range expired {
+			ps[i] = r.Prefix
+		}
+		if err := d.enf.Unblock(ctx, ps); err != nil {
+			return res, fmt.Errorf("sweep: remove %d expired entries from the kernel: %w", len(ps), err)
+		}
+		res.Expired = len(expired)
+		d.logEvents(expireEvents(expired, now)...)
+		d.rec.Expired(res.Expired)
+	}
+
+	d.sweeps++
+	full := d.sweeps%fullReconcileEvery == 0
+	if !full {
+		st, err := d.enf.Status(ctx)
+		if err != nil {
+			return res, fmt.Errorf("sweep: enforcer status: %w", err)
+		}
+		full = st.Counters.Entries != d.store.Count()
+	}
+	if full {
+		if err := d.reconcileLocked(ctx, cfg, now, &res); err != nil {
+			return res, err
+		}
+	}
+	res.Duration = time.Since(start)
+	d.rec.SweepDuration(res.Duration)
+	d.rec.StoreSize(d.store.Size())
+	return res, nil
+}
+
+// reconcileLocked walks the kernel's rules and the store's in the same (prefix) order and
+// repairs the differences.
+func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time, res *SweepResult) error {
 	kernel, err := d.enf.Rules(ctx)
 	if err != nil {
-		return res, fmt.Errorf("sweep: read enforced rules: %w", err)
+		return fmt.Errorf("reconcile: read enforced rules: %w", err)
 	}
 	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
-	var expired, missing []Rule
+	var missing []Rule
 	var unknown []backend.RuleState
-	var remove []netip.Prefix // expired or unknown entries to delete from the kernel
 	i := 0
 	err = d.store.View(func(tx *Tx) error {
 		return tx.ForEachRule(func(r Rule) error {
@@ -53,112 +121,87 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 				unknown = append(unknown, kernel[i])
 				i++
 			}
-			inKernel := i < len(kernel) && kernel[i].Prefix == r.Prefix
-			if inKernel {
+			if i < len(kernel) && kernel[i].Prefix == r.Prefix {
 				i++
+				return nil
 			}
-			switch {
-			case r.Expired(now):
-				expired = append(expired, r)
-				if inKernel {
-					remove = append(remove, r.Prefix)
-				}
-			case !inKernel:
+			if !r.Expired(now) {
 				missing = append(missing, r)
 			}
 			return nil
 		})
 	})
 	if err != nil {
-		return res, fmt.Errorf("sweep: read store: %w", err)
+		return fmt.Errorf("reconcile: read store: %w", err)
 	}
 	unknown = append(unknown, kernel[i:]...)
 	kernel = nil
 
 	var adopt []backend.RuleState
+	var stale []netip.Prefix
 	for _, k := range unknown {
 		if k.FromTrap && (k.Deadline.IsZero() || k.Deadline.After(now)) {
 			adopt = append(adopt, k)
 		} else {
-			remove = append(remove, k.Prefix)
+			stale = append(stale, k.Prefix)
 		}
 	}
-	res.Stale = len(unknown) - len(adopt)
-
-	var adopted []Rule
-	err = d.store.Update(func(tx *Tx) error {
-		for _, r := range expired {
-			if _, err := tx.DeleteRule(r.Prefix); err != nil {
-				return err
-			}
+	if len(stale) > 0 {
+		if err := d.enf.Unblock(ctx, stale); err != nil {
+			return fmt.Errorf("reconcile: remove %d unknown entries: %w", len(stale), err)
 		}
-		if now.Sub(d.lastPrune) >= offencePruneInterval {
-			if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
-				return err
-			}
-		}
-		for _, k := range adopt {
-			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
-			if err != nil {
-				return err
-			}
-			adopted = append(adopted, r)
-		}
-		if len(adopted) > 0 {
-			// The escalated deadline goes back to the kernel.
-			return d.enf.Block(ctx, toBackend(adopted))
-		}
-		return nil
-	})
-	if err != nil {
-		return res, fmt.Errorf("sweep: update store: %w", err)
-	}
-	if now.Sub(d.lastPrune) >= offencePruneInterval {
-		d.lastPrune = now
-	}
-	res.Expired, res.Adopted = len(expired), len(adopted)
-	if len(remove) > 0 {
-		if err := d.enf.Unblock(ctx, remove); err != nil {
-			return res, fmt.Errorf("sweep: remove %d expired or unknown entries from the kernel: %w", len(remove), err)
-		}
+		res.Stale = len(stale)
 	}
 	if len(missing) > 0 {
 		if err := d.enf.Block(ctx, toBackend(missing)); err != nil {
-			return res, fmt.Errorf("sweep: re-insert %d evicted blocks: %w", len(missing), err)
+			return fmt.Errorf("reconcile: re-insert %d evicted blocks: %w", len(missing), err)
 		}
 		res.Evicted = len(missing)
 		d.evictions.Add(uint64(len(missing)))
+		d.rec.Evicted(len(missing))
 		d.log.Warn("blocks were missing from the kernel (evicted or flushed); re-inserted", "count", len(missing))
-	}
-
-	var evs []Event
-	evs = append(evs, expireEvents(expired, now)...)
-	for j, r := range missing {
-		if j == maxExpireEvents {
-			evs = append(evs, Event{Time: now, Event: EventEvict, Source: "sweep",
-				Detail: fmt.Sprintf("and %d more re-inserted", len(missing)-j)})
-			break
+		var evs []Event
+		for j, r := range missing {
+			if j == maxExpireEvents {
+				evs = append(evs, Event{Time: now, Event: EventEvict, Source: "sweep",
+					Detail: fmt.Sprintf("and %d more re-inserted", len(missing)-j)})
+				break
+			}
+			evs = append(evs, Event{Time: now, Event: EventEvict, Address: r.Prefix.String(), Reason: r.Reason,
+				Expires: r.Deadline, Source: "sweep", Detail: "missing from the kernel, re-inserted"})
 		}
-		evs = append(evs, Event{Time: now, Event: EventEvict, Address: r.Prefix.String(), Reason: r.Reason,
-			Expires: r.Deadline, Source: "sweep", Detail: "missing from the kernel, re-inserted"})
+		d.logEvents(evs...)
 	}
-	for _, r := range adopted {
-		evs = append(evs, blockEvent(r, OriginTrap, now))
+	if len(adopt) > 0 {
+		var rules []Rule
+		err := d.store.Update(func(tx *Tx) error {
+			for _, k := range adopt {
+				r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
+				if err != nil {
+					return err
+				}
+				rules = append(rules, r)
+			}
+			// The escalated deadline goes back to the kernel.
+			return d.enf.Block(ctx, toBackend(rules))
+		})
+		if err != nil {
+			return fmt.Errorf("reconcile: adopt %d trap blocks: %w", len(adopt), err)
+		}
+		res.Adopted = len(rules)
+		var evs []Event
+		for j, r := range rules {
+			if j == maxExpireEvents {
+				evs = append(evs, Event{Time: now, Event: EventBlock, Source: OriginTrap,
+					Detail: fmt.Sprintf("and %d more trap blocks adopted from the kernel", len(rules)-j)})
+				break
+			}
+			evs = append(evs, blockEvent(r, OriginTrap, now))
+		}
+		d.logEvents(evs...)
+		d.rec.Blocked(OriginTrap, len(rules))
 	}
-	d.logEvents(evs...)
-	if res.Expired > 0 {
-		d.rec.Expired(res.Expired)
-	}
-	if res.Evicted > 0 {
-		d.rec.Evicted(res.Evicted)
-	}
-	if res.Adopted > 0 {
-		d.rec.Blocked(OriginTrap, res.Adopted)
-	}
-	res.Duration = time.Since(start)
-	d.rec.SweepDuration(res.Duration)
-	d.rec.StoreSize(d.store.Size())
-	return res, nil
+	return nil
 }
 
 // adoptReason is the reason of a trap block found in the kernel without its event.
@@ -239,6 +282,7 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 		}
 		rules = rules[:w+1]
 	}
+	good = nil // the parsed lines are not needed any more: let a big import's memory go
 	err := d.store.Update(func(tx *Tx) error {
 		for i := range rules {
 			if i == 0 && tx.Empty() {
@@ -265,11 +309,17 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
 	resp.Imported = len(rules)
+	if len(rules) >= bigBatch {
+		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
+	}
 	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),
 		Detail: fmt.Sprintf("imported %d entries from %s (%d already expired, %d bad lines skipped)", resp.Imported, name, resp.Expired, resp.Skipped)})
 	d.rec.Blocked(OriginImport, resp.Imported)
 	return resp, nil
 }
+
+// bigBatch is the size from which an import or restore hands its buffers back to the OS at once.
+const bigBatch = 100_000
 
 // laterDeadline reports whether deadline a is later than b (zero is permanent, the latest).
 func laterDeadline(a, b time.Time) bool {

@@ -15,7 +15,7 @@ import (
 //
 //	<PREFIX>:       -m set --match-set allow src -j <PREFIX>-TRAP   (trap on: allowlisted scans are reported)
 //	                -m set --match-set allow src -j ACCEPT          (allowlist first)
-//	                -m set --match-set ip src -j DROP               (dry-run: no target, the rule only counts)
+//	                -m set --match-set ip src -j DROP               (dry-run: RETURN, the rule only counts)
 //	                -m set --match-set net src -j DROP
 //	                -j <PREFIX>-TRAP                                (trap on)
 //	<PREFIX>-TRAP:  -p tcp --tcp-flags ACK,RST NONE -m set --match-set trap-tcp dst -j NFLOG ...
@@ -36,8 +36,10 @@ type family struct {
 	ipt             *iptables.IPTables
 	ns              nsHandle
 	allow, ip, cidr string // set names
-	// snapshot is each chain's listing after the last sync; the watcher compares against it.
+	// snapshot is each chain's listing after the last sync and synced the wanted state it
+	// achieved; the watcher compares against both.
 	snapshot map[string][]string
+	synced   []string
 }
 
 // rule is one rule of snare's chain and the counter it feeds.
@@ -94,7 +96,9 @@ func (e *Enforcer) rulesLocked(f *family) (main, trap []rule) {
 	drop := []string{"-j", "DROP"}
 	exact, cidr := "drop_exact", "drop_cidr"
 	if e.settings.DryRun {
-		drop, exact, cidr = nil, "dry_run", "dry_run"
+		// Count and pass, skipping the trap rules as XDP's dry-run does: a blocked source
+		// must not be re-blocked (with a new deadline) by its own traffic.
+		drop, exact, cidr = []string{"-j", "RETURN"}, "dry_run", "dry_run"
 	}
 	if trapOn {
 		main = append(main, rule{args: append(matchSet(f.allow, "src"), "-j", e.n.trapChain)})
@@ -128,16 +132,17 @@ func (e *Enforcer) jumps() [][]string {
 	return out
 }
 
-// syncChainsLocked brings both families' chains and jumps to the wanted rules. With check set it
-// first compares the listings with the last sync's and stops there when nothing changed (the
-// watcher's cheap path: one iptables process per chain). It reports whether it changed anything.
-func (e *Enforcer) syncChainsLocked(check bool) (bool, error) {
+// syncChainsLocked brings both families' chains and jumps to the wanted rules and reports whether
+// it changed anything. When the wanted rules are those of the last sync and the listings are
+// unchanged since, it stops after one iptables process per chain (the watcher's path).
+func (e *Enforcer) syncChainsLocked() (bool, error) {
 	changed := false
 	for _, f := range e.fams {
 		main, trap := e.rulesLocked(f)
+		want := wantedState(main, trap, e.jumps())
 		var c bool
 		err := f.ns.do(func() error {
-			if check && f.unchanged(e.n.chain, e.n.trapChain) {
+			if slices.Equal(want, f.synced) && f.unchanged(e.n.chain, e.n.trapChain) {
 				return nil
 			}
 			// The trap chain first: the main chain jumps to it.
@@ -150,15 +155,35 @@ func (e *Enforcer) syncChainsLocked(check bool) (bool, error) {
 				return err
 			}
 			c3, err := f.syncJumps(e.n.chain, e.jumps())
+			if err != nil {
+				return err
+			}
 			c = c1 || c2 || c3
-			return err
+			f.synced = want
+			return nil
 		})
 		if err != nil {
+			f.synced = nil
 			return changed, fmt.Errorf("%s rules: %w", f.name, err)
 		}
 		changed = changed || c
 	}
 	return changed, nil
+}
+
+// wantedState flattens the wanted rules into comparable strings.
+func wantedState(main, trap []rule, jumps [][]string) []string {
+	var out []string
+	for _, r := range main {
+		out = append(out, "main "+strings.Join(r.args, " "))
+	}
+	for _, r := range trap {
+		out = append(out, "trap "+strings.Join(r.args, " "))
+	}
+	for _, j := range jumps {
+		out = append(out, "jump "+strings.Join(j, " "))
+	}
+	return out
 }
 
 // unchanged reports whether the chains and PREROUTING list as they did after the last sync.
@@ -223,6 +248,32 @@ func (f *family) syncChain(chain string, rules []rule) (bool, error) {
 	}
 	f.snapshot[chain] = cur
 	return changed, nil
+}
+
+// dryRunInPlace tells whether an existing chain (left by a previous run) counts instead of
+// dropping, so a restart in dry-run mode does not drop until the daemon repeats the setting.
+func (f *family) dryRunInPlace(chain, ipSet string) (bool, error) {
+	dry := false
+	err := f.ns.do(func() error {
+		ok, err := f.ipt.ChainExists(table, chain)
+		if err != nil || !ok {
+			return err
+		}
+		lines, err := f.ipt.List(table, chain)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			if strings.Contains(l, " "+ipSet+" src") {
+				dry = !strings.Contains(l, "-j DROP")
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("read chain %s: %w", chain, err)
+	}
+	return dry, nil
 }
 
 // positionMatches is a cheap order check of a listed rule against the wanted one: the set names
@@ -313,10 +364,13 @@ func ourJumps(listing []string, chain string) [][]string {
 	return out
 }
 
+// counter is one rule's packet and byte count.
+type counter struct{ packets, bytes uint64 }
+
 // countedRules lists chain with counters (iptables -S -v) and returns each rule's arguments and
-// packet count. (go-iptables' Stats parses the -L table, which has no column for a rule without a
-// target, such as the dry-run counting rules.)
-func (f *family) countedRules(chain string) (args [][]string, packets []uint64, err error) {
+// counters. (go-iptables' Stats parses the -L table, whose columns shift for a rule without a
+// target.)
+func (f *family) countedRules(chain string) (args [][]string, counts []counter, err error) {
 	var lines []string
 	err = f.ns.do(func() error {
 		var err error
@@ -331,38 +385,39 @@ func (f *family) countedRules(chain string) (args [][]string, packets []uint64, 
 		if len(fields) < 2 || fields[0] != "-A" || fields[1] != chain {
 			continue
 		}
-		var n uint64
+		var c counter
 		var rest []string
 		for i := 2; i < len(fields); i++ {
 			if fields[i] == "-c" && i+2 < len(fields) {
-				n, _ = strconv.ParseUint(fields[i+1], 10, 64)
+				c.packets, _ = strconv.ParseUint(fields[i+1], 10, 64)
+				c.bytes, _ = strconv.ParseUint(fields[i+2], 10, 64)
 				i += 2
 				continue
 			}
 			rest = append(rest, fields[i])
 		}
 		args = append(args, rest)
-		packets = append(packets, n)
+		counts = append(counts, c)
 	}
-	return args, packets, nil
+	return args, counts, nil
 }
 
-// ruleCounters returns the packet counters of chain's rules in order.
-func (f *family) ruleCounters(chain string) ([]uint64, error) {
-	_, packets, err := f.countedRules(chain)
-	return packets, err
+// ruleCounters returns the counters of chain's rules in order.
+func (f *family) ruleCounters(chain string) ([]counter, error) {
+	_, counts, err := f.countedRules(chain)
+	return counts, err
 }
 
 // jumpPackets sums the packets PREROUTING sent to chain.
 func (f *family) jumpPackets(chain string) (uint64, error) {
-	args, packets, err := f.countedRules(prerouting)
+	args, counts, err := f.countedRules(prerouting)
 	if err != nil {
 		return 0, err
 	}
 	var sum uint64
 	for i, a := range args {
 		if len(a) >= 2 && a[len(a)-2] == "-j" && a[len(a)-1] == chain {
-			sum += packets[i]
+			sum += counts[i].packets
 		}
 	}
 	return sum, nil

@@ -47,6 +47,9 @@ type Enforcer struct {
 	events     chan backend.TrapEvent
 	trapBlocks atomic.Uint64
 	suppressed atomic.Uint64
+	// trapErrors counts failed trap blocks (a full set); trapErrLogged is when one was last logged.
+	trapErrors    atomic.Uint64
+	trapErrLogged atomic.Int64
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -118,7 +121,10 @@ func (e *Enforcer) open() error {
 	if err := e.loadTrapPorts(); err != nil {
 		return err
 	}
-	if _, err := e.syncChainsLocked(false); err != nil {
+	if e.settings.DryRun, err = e.fams[0].dryRunInPlace(e.n.chain, e.n.ip4); err != nil {
+		return err
+	}
+	if _, err := e.syncChainsLocked(); err != nil {
 		return err
 	}
 	return nil
@@ -171,8 +177,9 @@ func (e *Enforcer) watch(ctx context.Context) {
 }
 
 // Repair checks that the sets exist and the chains hold exactly snare's rules, and restores
-// what is missing. It reports whether anything had to be repaired. A set that was destroyed comes
-// back empty: the daemon's reconciliation (Replace) refills it.
+// what is missing. It reports whether anything had to be repaired. Destroyed sets come back with
+// the allowlist and trap ports; block sets come back empty and the daemon's reconciliation
+// (Replace) refills them.
 func (e *Enforcer) Repair(ctx context.Context) (bool, error) {
 	repaired := false
 	for _, name := range e.n.allSets() {
@@ -188,14 +195,18 @@ func (e *Enforcer) Repair(ctx context.Context) (bool, error) {
 		}
 		e.mu.Lock()
 		err := e.writeTrapPortsLocked()
+		allow := e.allow
 		e.mu.Unlock()
 		if err != nil {
+			return true, err
+		}
+		if err := e.SetAllow(ctx, allow); err != nil {
 			return true, err
 		}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	changed, err := e.syncChainsLocked(true)
+	changed, err := e.syncChainsLocked()
 	return repaired || changed, err
 }
 

@@ -177,3 +177,9 @@ func containsLine(out, want string) bool {
 	}
 	return false
 }
+
+func testPrefixB() string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return "snb" + hex.EncodeToString(b[:])
+}

@@ -5,16 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // A small ipset client over one persistent netlink socket. vishvananda/netlink's ipset API sends
-// one message per entry, cannot set hashsize, and logs every attribute it does not know; ipset
-// itself loads lists by packing many entries into one message (IPSET_ATTR_ADT), which is what add
-// and del do here. The constants are those of linux/netfilter/ipset/ip_set.h.
+// one request per entry, each on a socket of its own, and cannot create sets with a hashsize or a
+// netmask (the IPv6 block length): a bulk load would be a million round trips on a million
+// sockets. ipset itself loads lists by packing many elements into one message (IPSET_ATTR_ADT),
+// which is what add and del do here. The constants are those of linux/netfilter/ipset/ip_set.h.
 
 const (
 	ipsetProtocol = 7
@@ -75,6 +78,13 @@ const (
 // ipsetMaxTimeout is the longest timeout ipset accepts (UINT_MAX / 1000 seconds).
 const ipsetMaxTimeout = 2147483
 
+// timeoutUntil is the ipset timeout that ends at deadline: whole seconds rounded up, so an entry
+// never stops dropping early; at least 1 (0 would mean "never").
+func timeoutUntil(deadline, now time.Time) uint32 {
+	secs := (deadline.Sub(now) + time.Second - 1) / time.Second
+	return uint32(min(max(secs, 1), ipsetMaxTimeout))
+}
+
 // errSetMissing is returned when a set does not exist.
 var errSetMissing = errors.New("set does not exist")
 
@@ -123,9 +133,12 @@ func mapIpsetErr(err error) error {
 type setEntry struct {
 	Prefix  netip.Prefix // hash:ip: the (masked) address as a host prefix
 	Timeout uint32       // seconds left (0: none)
-	Packets uint64
-	Comment string
-	Port    uint16 // bitmap:port sets
+	// Deadline, when set, gives Timeout at the moment the entry is sent: a million-entry load
+	// takes seconds, and timeouts computed up front would all end late by that much.
+	Deadline time.Time
+	Packets  uint64
+	Comment  string
+	Port     uint16 // bitmap:port sets
 }
 
 // setHeader describes an existing set.
@@ -389,7 +402,8 @@ func (s *ipsetConn) header(name string) (setHeader, error) {
 	return h, nil
 }
 
-// list calls fn for every element of a set.
+// list calls fn for every element of a set. A million-entry set is decoded by walking the
+// attributes in place (the generic decoder allocates per attribute and dominated the listing).
 func (s *ipsetConn) list(name string, fn func(setEntry)) error {
 	ae := newIpsetEncoder()
 	ae.String(ipsetAttrSetname, name)
@@ -401,62 +415,68 @@ func (s *ipsetConn) list(name string, fn func(setEntry)) error {
 		if len(m.Data) < 4 {
 			continue
 		}
-		ad, err := netlink.NewAttributeDecoder(m.Data[4:])
-		if err != nil {
-			return err
-		}
-		ad.ByteOrder = binary.BigEndian
-		for ad.Next() {
-			if ad.Type() != ipsetAttrADT {
-				continue
+		walkAttrs(m.Data[4:], func(typ uint16, adt []byte) {
+			if typ != ipsetAttrADT {
+				return
 			}
-			ad.Nested(func(adt *netlink.AttributeDecoder) error {
-				for adt.Next() {
-					if adt.Type() != ipsetAttrData {
-						continue
-					}
-					adt.Nested(func(d *netlink.AttributeDecoder) error {
-						fn(decodeEntry(d))
-						return nil
-					})
+			walkAttrs(adt, func(typ uint16, data []byte) {
+				if typ == ipsetAttrData {
+					fn(decodeEntry(data))
 				}
-				return nil
 			})
-		}
-		if err := ad.Err(); err != nil {
-			return fmt.Errorf("parse set %s: %w", name, err)
-		}
+		})
 	}
 	return nil
 }
 
-func decodeEntry(d *netlink.AttributeDecoder) setEntry {
+// walkAttrs calls fn with the type (flags masked off) and payload of each netlink attribute in b.
+func walkAttrs(b []byte, fn func(typ uint16, data []byte)) {
+	for len(b) >= 4 {
+		l := int(binary.NativeEndian.Uint16(b[0:2]))
+		if l < 4 || l > len(b) {
+			return
+		}
+		fn(binary.NativeEndian.Uint16(b[2:4])&0x3fff, b[4:l])
+		next := (l + 3) &^ 3
+		if next >= len(b) {
+			return
+		}
+		b = b[next:]
+	}
+}
+
+func decodeEntry(data []byte) setEntry {
 	var e setEntry
 	var addr netip.Addr
 	bits := -1
-	for d.Next() {
-		switch d.Type() {
+	walkAttrs(data, func(typ uint16, v []byte) {
+		switch typ {
 		case ipsetAttrIP:
-			d.Nested(func(ip *netlink.AttributeDecoder) error {
-				for ip.Next() {
-					if a, ok := netip.AddrFromSlice(ip.Bytes()); ok {
-						addr = a
-					}
+			walkAttrs(v, func(_ uint16, ip []byte) {
+				if a, ok := netip.AddrFromSlice(ip); ok {
+					addr = a
 				}
-				return nil
 			})
 		case ipsetAttrCIDR:
-			bits = int(d.Uint8())
+			if len(v) >= 1 {
+				bits = int(v[0])
+			}
 		case ipsetAttrTimeout:
-			e.Timeout = d.Uint32()
+			if len(v) >= 4 {
+				e.Timeout = binary.BigEndian.Uint32(v)
+			}
 		case ipsetAttrPackets:
-			e.Packets = d.Uint64()
+			if len(v) >= 8 {
+				e.Packets = binary.BigEndian.Uint64(v)
+			}
 		case ipsetAttrComment:
-			e.Comment = d.String()
+			e.Comment = strings.TrimRight(string(v), "\x00")
 		case ipsetAttrPort:
-			e.Port = d.Uint16()
+			if len(v) >= 2 {
+				e.Port = binary.BigEndian.Uint16(v)
+			}
 		}
-	}
+	})
 	if addr.IsValid() {
 		if bits < 0 {
 			bits = addr.BitLen()
@@ -520,7 +540,14 @@ func (s *ipsetConn) add(name string, isNet bool, entries []setEntry) error {
 	err := s.adt(ipsetCmdAdd, name, len(entries), func(i int, d *netlink.AttributeEncoder) {
 		e := &entries[i]
 		encodePrefix(d, e.Prefix, isNet)
-		d.Uint32(ipsetAttrTimeout|netlink.NetByteOrder, e.Timeout)
+		timeout := e.Timeout
+		if !e.Deadline.IsZero() {
+			timeout = timeoutUntil(e.Deadline, time.Now())
+		}
+		d.Uint32(ipsetAttrTimeout|netlink.NetByteOrder, timeout)
+		if e.Packets > 0 { // initial counter (a trap block counts its trigger, as in XDP)
+			d.Uint64(ipsetAttrPackets|netlink.NetByteOrder, e.Packets)
+		}
 		if e.Comment != "" {
 			d.String(ipsetAttrComment, e.Comment)
 		}

@@ -201,12 +201,11 @@ func entryFor(p netip.Prefix, deadline time.Time, fromTrap bool, now time.Time) 
 	if d <= 0 {
 		return se, true
 	}
-	secs := (d + time.Second - 1) / time.Second
-	if secs > ipsetMaxTimeout {
+	if (d+time.Second-1)/time.Second > ipsetMaxTimeout {
 		se.Comment = makeComment(fromTrap, deadline.Add(time.Second-1).Unix())
 		return se, false
 	}
-	se.Timeout = uint32(secs)
+	se.Deadline = deadline // the timeout is computed as the entry is sent
 	se.Comment = makeComment(fromTrap, 0)
 	return se, false
 }
@@ -224,6 +223,18 @@ func (e *Enforcer) sortRules(rules []backend.Rule, fromTrap bool) (batch, error)
 	v6bits := e.v6bits
 	e.mu.Unlock()
 	now := time.Now()
+	// Size each set's batch first: a million-entry load would otherwise spend its time growing
+	// slices.
+	counts := map[string]int{}
+	for _, r := range rules {
+		if p, err := normalizePrefix(r.Prefix); err == nil {
+			set, _ := e.setFor(p, v6bits)
+			counts[set]++
+		}
+	}
+	for set, n := range counts {
+		b.add[set] = make([]setEntry, 0, n)
+	}
 	for _, r := range rules {
 		p, err := normalizePrefix(r.Prefix)
 		if err != nil {
@@ -284,12 +295,28 @@ func (e *Enforcer) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 // the second (ipset reports whole seconds left); LastHit is when Rules first saw the entry's
 // packet counter grow.
 func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
+	out, _, err := e.rules()
+	return out, err
+}
+
+// rules is Rules plus how long the listing took: ipset computes each entry's time left when
+// it sends it, so deadlines read late in a long dump come out up to that much early.
+func (e *Enforcer) rules() ([]backend.RuleState, time.Duration, error) {
 	e.mu.Lock()
 	v6bits := e.v6bits
 	e.mu.Unlock()
+	blockSets := []string{e.n.ip4, e.n.net4, e.n.ip6, e.n.net6}
+	size := 0
+	for _, set := range blockSets {
+		h, err := e.sets.header(set)
+		if err != nil {
+			return nil, 0, err
+		}
+		size += int(h.Elements)
+	}
 	now := time.Now()
-	var out []backend.RuleState
-	for _, set := range []string{e.n.ip4, e.n.net4, e.n.ip6, e.n.net6} {
+	out := make([]backend.RuleState, 0, size+size/8) // entries may arrive while listing
+	for _, set := range blockSets {
 		err := e.sets.list(set, func(se setEntry) {
 			p := se.Prefix
 			if set == e.n.ip6 {
@@ -299,14 +326,14 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 			rs := backend.RuleState{Rule: backend.Rule{Prefix: p}, Hits: se.Packets, FromTrap: fromTrap}
 			switch {
 			case se.Timeout > 0:
-				rs.Deadline = now.Add(time.Duration(se.Timeout) * time.Second).Truncate(time.Second)
+				rs.Deadline = now.Add(time.Duration(se.Timeout) * time.Second)
 			case !until.IsZero():
 				rs.Deadline = until
 			}
 			out = append(out, rs)
 		})
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 	}
 	e.hitMu.Lock()
@@ -325,16 +352,19 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 	}
 	e.hits = seen
 	e.hitMu.Unlock()
-	return out, nil
+	return out, time.Since(now), nil
 }
 
-// sameDeadline allows for ipset's whole-second timeouts.
-func sameDeadline(have, want time.Time) bool {
+// sameDeadline allows for ipset's whole-second timeouts (rounded up when written, down when
+// read); slack is how much earlier a slow read may see it.
+func sameDeadline(have, want time.Time) bool { return withinSlack(have, want, 0) }
+
+func withinSlack(have, want time.Time, slack time.Duration) bool {
 	if have.IsZero() || want.IsZero() {
 		return have.IsZero() && want.IsZero()
 	}
 	d := have.Sub(want)
-	return d > -2*time.Second && d < 2*time.Second
+	return d > -2*time.Second-slack && d < 2*time.Second
 }
 
 // Replace implements backend.Enforcer: the sets end up holding exactly rules. Entries already
@@ -344,11 +374,11 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 	if _, err := e.Repair(ctx); err != nil {
 		return 0, err
 	}
-	have, err := e.Rules(ctx)
+	have, slack, err := e.rules()
 	if err != nil {
 		return 0, err
 	}
-	want := make(map[netip.Prefix]time.Time, len(rules))
+	want := make(map[netip.Prefix]time.Time, min(len(rules), len(have)))
 	norm := make([]backend.Rule, 0, len(rules))
 	for _, r := range rules {
 		p, err := normalizePrefix(r.Prefix)
@@ -358,7 +388,9 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 		if p.Bits() == 0 {
 			return 0, fmt.Errorf("refusing to block %s: it covers every address", p)
 		}
-		want[p] = r.Deadline
+		if len(have) > 0 {
+			want[p] = r.Deadline
+		}
 		norm = append(norm, backend.Rule{Prefix: p, Deadline: r.Deadline})
 	}
 	var stale []netip.Prefix
@@ -369,14 +401,17 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 			stale = append(stale, h.Prefix)
 			continue
 		}
-		if sameDeadline(h.Deadline, d) {
+		if withinSlack(h.Deadline, d, slack) {
 			present[h.Prefix] = true
 		}
 	}
-	var missing []backend.Rule
-	for _, r := range norm {
-		if !present[r.Prefix] {
-			missing = append(missing, r)
+	missing := norm // the bulk load (empty sets): everything
+	if len(present) > 0 {
+		missing = make([]backend.Rule, 0, len(norm)-len(present))
+		for _, r := range norm {
+			if !present[r.Prefix] {
+				missing = append(missing, r)
+			}
 		}
 	}
 	if err := e.Unblock(ctx, stale); err != nil {
@@ -465,7 +500,7 @@ func (e *Enforcer) SetSettings(ctx context.Context, s backend.Settings) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.settings = s
-	_, err := e.syncChainsLocked(false)
+	_, err := e.syncChainsLocked()
 	return err
 }
 

@@ -1,12 +1,15 @@
 package fallback
 
 import (
+	"context"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // TestDrop blocks the attacker (IPv4 and its IPv6 /64) and checks on real veths that its packets
@@ -49,7 +52,7 @@ func TestDrop(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if st.Counters.Dropped == 0 || st.Counters.ByReason["drop_exact"] == 0 || st.Counters.Passed == 0 {
+			if st.Counters.Dropped == 0 || st.Counters.ByReason["drop_exact"] == 0 || st.Counters.BytesByReason["drop_exact"] == 0 || st.Counters.Passed == 0 {
 				t.Errorf("status counters %+v", st.Counters)
 			}
 
@@ -97,6 +100,9 @@ func TestDrop(t *testing.T) {
 			}
 			if !f.reachable(att.NS, h4a) || !f.reachable(att.NS, h6a) {
 				t.Error("attacker still dropped after Remove")
+			}
+			if err := f.lab.Do(f.lab.Host.NS, func() error { return Remove(f.prefix) }); err != nil {
+				t.Errorf("second Remove: %v (want nothing to do)", err)
 			}
 			for _, set := range f.e.n.allSets() {
 				if f.setExists(t, set) {
@@ -223,6 +229,32 @@ func TestFlushRepaired(t *testing.T) {
 				t.Errorf("second Repair = %v, %v; want false, nil", repaired, err)
 			}
 
+			// Flushed chain and destroyed sets: the sets come back (allowlist included), and the
+			// daemon's Replace refills the blocks.
+			cli := f.lab.Client()
+			if err := f.e.SetAllow(f.ctx, []netip.Prefix{netip.PrefixFrom(cli.Addr4(), 32)}); err != nil {
+				t.Fatal(err)
+			}
+			f.ipt(t, false, "-t", "raw", "-F", chain)
+			f.ipt(t, true, "-t", "raw", "-F", chain)
+			for _, set := range []string{f.e.n.allow4, f.e.n.ip4} {
+				if out, err := f.lab.Run(f.lab.Host.NS, "ipset", "destroy", set); err != nil {
+					t.Fatalf("ipset destroy %s: %v (%s)", set, err, out)
+				}
+			}
+			if repaired, err := f.e.Repair(f.ctx); err != nil || !repaired {
+				t.Fatalf("Repair after destroyed sets = %v, %v", repaired, err)
+			}
+			if !strings.Contains(f.ipsetList(t, f.e.n.allow4), cli.Addr4().String()) {
+				t.Errorf("allowlist not restored:\n%s", f.ipsetList(t, f.e.n.allow4))
+			}
+			if n, err := f.e.Replace(f.ctx, []backend.Rule{{Prefix: netip.PrefixFrom(att.Addr4(), 32)}}); err != nil || n != 1 {
+				t.Fatalf("Replace after repair = %d, %v; want 1, nil", n, err)
+			}
+			if f.reachable(att.NS, h4) {
+				t.Error("block not restored by Repair + Replace")
+			}
+
 			// The watcher does it by itself: delete the jump from PREROUTING this time.
 			f.e.Close()
 			f.opts.CheckInterval = 200 * time.Millisecond
@@ -279,6 +311,19 @@ func TestRestartKeepsState(t *testing.T) {
 	if !strings.Contains(f.ipsetList(t, e3.n.ip4), "maxelem 8192") {
 		t.Errorf("set not migrated:\n%s", f.ipsetList(t, e3.n.ip4))
 	}
+
+	// Dry-run survives a restart: the new process does not drop before the daemon says so again.
+	if err := e3.SetSettings(f.ctx, backend.Settings{DryRun: true}); err != nil {
+		t.Fatal(err)
+	}
+	e3.Close()
+	e4 := f.open(t)
+	if !f.reachable(att.NS, h4) {
+		t.Error("restart in dry-run mode drops")
+	}
+	if !e4.settings.DryRun {
+		t.Error("dry-run not adopted from the chain")
+	}
 }
 
 // TestIPv6Prefix: changing the IPv6 block length rebuilds the hash:ip set with the new netmask and
@@ -310,4 +355,54 @@ func TestIPv6Prefix(t *testing.T) {
 	if f.reachable(att.NS, h6) {
 		t.Error("the /128 block does not drop")
 	}
+}
+
+// TestInterfaces: with Interfaces set, only traffic arriving on them is filtered.
+func TestInterfaces(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab := testutil.NewLab(t)
+	att, cli := lab.Attacker(), lab.Client()
+	f := &fixture{lab: lab, ctx: context.Background(), prefix: testPrefix(t)}
+	f.opts = Options{Capacity: 64, Prefix: f.prefix, NetNS: filepath.Join("/run/netns", lab.Host.NS),
+		CheckInterval: -1, Interfaces: []string{lab.HostIface("attacker").Name}}
+	f.e = f.open(t)
+	if err := f.e.Block(f.ctx, []backend.Rule{
+		{Prefix: netip.PrefixFrom(att.Addr4(), 32)}, {Prefix: netip.PrefixFrom(cli.Addr4(), 32)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if f.reachable(att.NS, f.hostAddr(att, false)) {
+		t.Error("attacker passes on the filtered interface")
+	}
+	if !f.reachable(cli.NS, f.hostAddr(cli, false)) {
+		t.Error("client dropped on an interface that is not filtered")
+	}
+	st, err := f.e.Status(f.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Interfaces) != 1 || st.Interfaces[0].Name != lab.HostIface("attacker").Name || st.Interfaces[0].Mode != "iptables" {
+		t.Errorf("status interfaces %+v", st.Interfaces)
+	}
+}
+
+// TestCapacity: maxelem is the configured capacity; a block beyond it fails with a clear error.
+func TestCapacity(t *testing.T) {
+	testutil.RequireRoot(t)
+	lab := testutil.NewLab(t)
+	f := &fixture{lab: lab, ctx: context.Background(), prefix: testPrefix(t)}
+	f.opts = Options{Capacity: 4, Prefix: f.prefix, NetNS: filepath.Join("/run/netns", lab.Host.NS), CheckInterval: -1}
+	f.e = f.open(t)
+	if !strings.Contains(f.ipsetList(t, f.e.n.ip4), "maxelem 4 ") {
+		t.Fatalf("maxelem not set:\n%s", f.ipsetList(t, f.e.n.ip4))
+	}
+	var rules []backend.Rule
+	for i := range 5 {
+		rules = append(rules, backend.Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 200, byte(i + 1)}), 32)})
+	}
+	err := f.e.Block(f.ctx, rules)
+	if err == nil || !strings.Contains(err.Error(), "full") {
+		t.Fatalf("Block beyond capacity: %v, want a 'set is full' error", err)
+	}
+	t.Log(err)
 }

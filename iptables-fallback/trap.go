@@ -34,8 +34,15 @@ const (
 type scanState struct {
 	first    time.Time
 	ports    []uint32 // proto<<16 | port, in the order first hit
-	reported bool
+	reported uint8    // repLog | repBlock: which kinds of trigger were reported in this window
 }
+
+// A source is reported once per window and kind, as in the XDP program: a log-mode trigger
+// (say UDP) must not use up a later block-mode trigger (TCP) of the same source.
+const (
+	repLog   = 1
+	repBlock = 2
+)
 
 // probe is what snare needs from one logged packet.
 type probe struct {
@@ -72,8 +79,7 @@ func parseProbe(b []byte) (probe, bool) {
 			return p, false
 		}
 		p.src = netip.AddrFrom16([16]byte(b[8:24]))
-		p.proto = b[6] // the trap rules only match TCP/UDP right after the fixed header in practice
-		l4 = b[40:]
+		p.proto, l4 = skipExtHeaders(b[6], b[40:])
 	default:
 		return p, false
 	}
@@ -92,6 +98,32 @@ func parseProbe(b []byte) (probe, bool) {
 	}
 	p.port = binary.BigEndian.Uint16(l4[2:4])
 	return p, true
+}
+
+// skipExtHeaders walks IPv6 extension headers (a bounded number, as the XDP parser does) to the
+// transport header. A fragment header ends the walk: only a first fragment carries the ports.
+func skipExtHeaders(next uint8, b []byte) (uint8, []byte) {
+	for range 8 {
+		switch next {
+		case 0, 43, 60: // hop-by-hop, routing, destination options
+			if len(b) < 8 {
+				return 0, nil
+			}
+			n := (int(b[1]) + 1) * 8
+			if len(b) < n {
+				return 0, nil
+			}
+			next, b = b[0], b[n:]
+		case 44: // fragment
+			if len(b) < 8 || binary.BigEndian.Uint16(b[2:4])&0xfff8 != 0 {
+				return 0, nil
+			}
+			next, b = b[0], b[8:]
+		default:
+			return next, b
+		}
+	}
+	return 0, nil
 }
 
 // tcpFlags names a probe's flags the way the XDP back-end does: NULL, XMAS, or the flags joined.
@@ -154,12 +186,16 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 	e.mu.Lock()
 	cfg, allow, v6bits, limiter := e.trap, e.allow, e.v6bits, e.limiter
 	e.mu.Unlock()
-	ports := cfg.UDPPorts
+	ports, block := cfg.UDPPorts, cfg.BlockUDP
 	if p.proto == protoTCP {
-		ports = cfg.TCPPorts
+		ports, block = cfg.TCPPorts, cfg.BlockTCP
 		if p.flags&(0x10|0x04) != 0 { // ACK or RST: not a probe (the rule filters these too)
 			return
 		}
+	}
+	act := uint8(repLog)
+	if block {
+		act = repBlock
 	}
 	if !slices.Contains(ports, p.port) {
 		return
@@ -179,11 +215,11 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 	if !slices.Contains(st.ports, pp) && len(st.ports) < maxThreshold {
 		st.ports = append(st.ports, pp)
 	}
-	if len(st.ports) < cfg.Threshold || st.reported {
+	if len(st.ports) < cfg.Threshold || st.reported&act != 0 {
 		e.scanMu.Unlock()
 		return
 	}
-	st.reported = true
+	st.reported |= act
 	ev := backend.TrapEvent{Time: now, Source: p.src.Unmap(), Proto: "udp"}
 	for _, pp := range st.ports {
 		ev.Ports = append(ev.Ports, uint16(pp))
@@ -192,10 +228,6 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 
 	if p.proto == protoTCP {
 		ev.Proto, ev.TCPFlags = "tcp", tcpFlags(p.flags)
-	}
-	block := cfg.BlockUDP
-	if p.proto == protoTCP {
-		block = cfg.BlockTCP
 	}
 	switch {
 	case allowlisted(allow, ev.Source):
@@ -206,9 +238,14 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 			deadline = now.Add(cfg.TTL)
 		}
 		se, _ := entryFor(key, deadline, true, now)
+		se.Packets = 1
 		set, isNet := e.setFor(key, v6bits)
 		if err := e.sets.add(set, isNet, []setEntry{se}); err != nil {
-			e.log.Error("trap block", "source", ev.Source, "err", err)
+			// A full set fails every trap block of a flood: log the first of each minute.
+			if n := e.trapErrors.Add(1); n == 1 || now.Sub(time.Unix(0, e.trapErrLogged.Load())) > time.Minute {
+				e.trapErrLogged.Store(now.UnixNano())
+				e.log.Error("trap block failed", "source", ev.Source, "failures", n, "err", err)
+			}
 		} else {
 			ev.Blocked = true
 			e.trapBlocks.Add(1)
@@ -259,7 +296,7 @@ func (e *Enforcer) SetTrap(ctx context.Context, cfg backend.TrapConfig) error {
 	if err := e.writeTrapPortsLocked(); err != nil {
 		return err
 	}
-	_, err := e.syncChainsLocked(false)
+	_, err := e.syncChainsLocked()
 	return err
 }
 
@@ -339,6 +376,7 @@ func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
 	}
 	cn := &st.Counters
 	cn.ByReason = map[string]uint64{}
+	cn.BytesByReason = map[string]uint64{}
 	var total uint64
 	for _, f := range e.fams {
 		e.mu.Lock()
@@ -357,7 +395,8 @@ func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
 			}
 			for i, r := range c.rules {
 				if r.reason != "" {
-					cn.ByReason[r.reason] += counts[i]
+					cn.ByReason[r.reason] += counts[i].packets
+					cn.BytesByReason[r.reason] += counts[i].bytes
 				}
 			}
 		}
@@ -369,6 +408,7 @@ func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
 	}
 	cn.ByReason["trap_block"] = e.trapBlocks.Load()
 	cn.ByReason["event_suppressed"] = e.suppressed.Load()
+	cn.ByReason["trap_block_failed"] = e.trapErrors.Load()
 	cn.Dropped = cn.ByReason["drop_exact"] + cn.ByReason["drop_cidr"]
 	if total > cn.Dropped {
 		cn.Passed = total - cn.Dropped

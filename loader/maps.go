@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"net/netip"
 	"reflect"
+	"runtime"
 	"time"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/bpf"
@@ -139,8 +141,11 @@ type sorted struct {
 
 func (x *XDP) sort(rules []backend.Rule, v6bits int) (sorted, error) {
 	var s sorted
-	c := now()
-	for _, r := range rules {
+	// Two passes: count per map, then fill slices allocated once. A million rules grown by
+	// append cost more than the syscalls that write them.
+	where := make([]placement, len(rules))
+	var n [4]int
+	for i, r := range rules {
 		p, err := normalize(r.Prefix)
 		if err != nil {
 			return s, err
@@ -148,8 +153,18 @@ func (x *XDP) sort(rules []backend.Rule, v6bits int) (sorted, error) {
 		if p.Bits() == 0 {
 			return s, fmt.Errorf("refusing to block %s: it covers every address", p)
 		}
+		where[i] = place(p, v6bits)
+		n[where[i]]++
+	}
+	s.k4, s.v4 = make([]uint32, 0, n[inBlock4]), make([]bpf.SnareBlockVal, 0, n[inBlock4])
+	s.k6, s.v6 = make([]bpf.SnareAddr6, 0, n[inBlock6]), make([]bpf.SnareBlockVal, 0, n[inBlock6])
+	s.c4, s.w4 = make([]bpf.SnareLpm4Key, 0, n[inCidr4]), make([]bpf.SnareBlockVal, 0, n[inCidr4])
+	s.c6, s.w6 = make([]bpf.SnareLpm6Key, 0, n[inCidr6]), make([]bpf.SnareBlockVal, 0, n[inCidr6])
+	c := now()
+	for i, r := range rules {
+		p, _ := normalize(r.Prefix)
 		v := bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}
-		switch place(p, v6bits) {
+		switch where[i] {
 		case inBlock4:
 			s.k4 = append(s.k4, be32(p.Addr()))
 			s.v4 = append(s.v4, v)
@@ -182,15 +197,35 @@ func keepCounters[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) {
 	}
 }
 
-// putBatch writes keys/values with BPF_MAP_UPDATE_BATCH in chunks.
+// putBatch writes keys/values with BPF_MAP_UPDATE_BATCH in chunks. Big loads (restore, import)
+// are split across CPUs: the kernel's LRU hash keeps per-CPU free lists, so concurrent batch
+// updates scale instead of contending.
 func putBatch[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) error {
-	for i := 0; i < len(keys); i += batchSize {
-		j := min(i+batchSize, len(keys))
-		if _, err := m.BatchUpdate(keys[i:j], vals[i:j], nil); err != nil {
-			return fmt.Errorf("batch update %s: %w", m, err)
+	return parallelChunks(len(keys), func(i, j int) error {
+		for ; i < j; i += batchSize {
+			k := min(i+batchSize, j)
+			if _, err := m.BatchUpdate(keys[i:k], vals[i:k], nil); err != nil {
+				return fmt.Errorf("batch update %s: %w", m, err)
+			}
 		}
+		return nil
+	})
+}
+
+// parallelChunks runs fn over [0,n) split into one contiguous range per CPU when n is large
+// enough to pay for the goroutines, else in the caller.
+func parallelChunks(n int, fn func(i, j int) error) error {
+	workers := min(runtime.GOMAXPROCS(0), n/(16*batchSize))
+	if workers < 2 {
+		return fn(0, n)
 	}
-	return nil
+	var g errgroup.Group
+	per := (n + workers - 1) / workers
+	for i := 0; i < n; i += per {
+		j := min(i+per, n)
+		g.Go(func() error { return fn(i, j) })
+	}
+	return g.Wait()
 }
 
 // putEach writes entries one by one (LPM tries have no batch operations).
@@ -299,21 +334,25 @@ func byteRecords(n int, size uint32) any {
 	return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]())), n, n).Interface()
 }
 
-// deleteBatch deletes keys with BPF_MAP_DELETE_BATCH, stepping over keys that are not there.
+// deleteBatch deletes keys with BPF_MAP_DELETE_BATCH, stepping over keys that are not there;
+// big sweeps are split across CPUs like putBatch.
 func deleteBatch[K any](m *ebpf.Map, keys []K) error {
-	for len(keys) > 0 {
-		chunk := keys[:min(batchSize, len(keys))]
-		n, err := m.BatchDelete(chunk, nil)
-		switch {
-		case err == nil:
-			keys = keys[len(chunk):]
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			keys = keys[n+1:] // the n-th key was missing: skip it, go on
-		default:
-			return fmt.Errorf("batch delete %s: %w", m, err)
+	return parallelChunks(len(keys), func(i, j int) error {
+		keys := keys[i:j]
+		for len(keys) > 0 {
+			chunk := keys[:min(batchSize, len(keys))]
+			n, err := m.BatchDelete(chunk, nil)
+			switch {
+			case err == nil:
+				keys = keys[len(chunk):]
+			case errors.Is(err, ebpf.ErrKeyNotExist):
+				keys = keys[n+1:] // the n-th key was missing: skip it, go on
+			default:
+				return fmt.Errorf("batch delete %s: %w", m, err)
+			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 func deleteEach[K any](m *ebpf.Map, keys []K) error {
@@ -403,8 +442,26 @@ func (x *XDP) Rules(ctx context.Context) ([]backend.RuleState, error) {
 		return nil, err
 	}
 	v6bits := maskBits(cfg.V6Mask)
+	k4, v4, err := readAll[uint32](x.objs.Block4)
+	if err != nil {
+		return nil, err
+	}
+	k6, v6, err := readAll[bpf.SnareAddr6](x.objs.Block6)
+	if err != nil {
+		return nil, err
+	}
+	c4, w4, err := readAll[bpf.SnareLpm4Key](x.objs.Cidr4)
+	if err != nil {
+		return nil, err
+	}
+	c6, w6, err := readAll[bpf.SnareLpm6Key](x.objs.Cidr6)
+	if err != nil {
+		return nil, err
+	}
+	// Allocated once: RuleState holds pointers (times, prefixes), so growing it by append
+	// would copy under write barriers again and again.
+	out := make([]backend.RuleState, 0, len(k4)+len(k6)+len(c4)+len(c6))
 	c := now()
-	var out []backend.RuleState
 	add := func(p netip.Prefix, v bpf.SnareBlockVal) {
 		out = append(out, backend.RuleState{
 			Rule:     backend.Rule{Prefix: p, Deadline: deadlineWall(c, v.Deadline)},
@@ -413,30 +470,14 @@ func (x *XDP) Rules(ctx context.Context) ([]backend.RuleState, error) {
 			FromTrap: v.Flags&1 != 0,
 		})
 	}
-	k4, v4, err := readAll[uint32](x.objs.Block4)
-	if err != nil {
-		return nil, err
-	}
 	for i, k := range k4 {
 		add(netip.PrefixFrom(addrFromBE32(k), 32), v4[i])
-	}
-	k6, v6, err := readAll[bpf.SnareAddr6](x.objs.Block6)
-	if err != nil {
-		return nil, err
 	}
 	for i, k := range k6 {
 		add(netip.PrefixFrom(netip.AddrFrom16(k.Addr), v6bits), v6[i])
 	}
-	c4, w4, err := readAll[bpf.SnareLpm4Key](x.objs.Cidr4)
-	if err != nil {
-		return nil, err
-	}
 	for i, k := range c4 {
 		add(netip.PrefixFrom(netip.AddrFrom4(k.Addr), int(k.Prefixlen)), w4[i])
-	}
-	c6, w6, err := readAll[bpf.SnareLpm6Key](x.objs.Cidr6)
-	if err != nil {
-		return nil, err
 	}
 	for i, k := range c6 {
 		add(netip.PrefixFrom(netip.AddrFrom16(k.Addr), int(k.Prefixlen)), w6[i])

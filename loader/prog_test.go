@@ -219,7 +219,7 @@ func TestVerdicts(t *testing.T) {
 	block(t, x, "2001:db8:3::7/128", time.Hour)
 	block(t, x, "198.18.4.4/32", -time.Second) // already expired
 	block(t, x, "198.18.9.0/24", time.Hour)
-	if err := x.SetAllow(context.Background(), []netip.Prefix{netip.MustParsePrefix("198.18.9.9/32")}); err != nil {
+	if err := x.SetAllow(context.Background(), []netip.Prefix{netip.MustParsePrefix("198.18.9.9/32"), netip.MustParsePrefix("2001:db8:1::1/128")}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -240,6 +240,7 @@ func TestVerdicts(t *testing.T) {
 		{"v4 options", pkt{src: "198.18.1.1", dst: host4, proto: "tcp", dport: 80, flags: "S", ipOpts: true}, "drop"},
 		{"v4 fragment", pkt{src: "198.18.1.1", dst: host4, proto: "udp", dport: 80, frag: true}, "drop"},
 		{"v6 in blocked /64", pkt{src: "2001:db8:1::99", dst: host6, proto: "tcp", dport: 443, flags: "S"}, "drop"},
+		{"v6 allowlisted address inside a blocked /64", pkt{src: "2001:db8:1::1", dst: host6, proto: "tcp", dport: 443, flags: "S"}, "pass"},
 		{"v6 next /64", pkt{src: "2001:db8:1:1::99", dst: host6, proto: "tcp", dport: 443, flags: "S"}, "pass"},
 		{"v6 cidr /48", pkt{src: "2001:db8:2:5::1", dst: host6, proto: "udp", dport: 53}, "drop"},
 		{"v6 /128", pkt{src: "2001:db8:3::7", dst: host6, proto: "icmp"}, "drop"},

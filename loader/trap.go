@@ -210,8 +210,10 @@ func (x *XDP) Status(ctx context.Context) (backend.Status, error) {
 	}
 	cn := &st.Counters
 	cn.ByReason = map[string]uint64{}
+	cn.BytesByReason = map[string]uint64{}
 	for name, c := range stats {
 		cn.ByReason[name] = c.Packets
+		cn.BytesByReason[name] = c.Bytes
 	}
 	cn.Passed = stats["pass"].Packets + stats["pass_unparsed"].Packets + stats["pass_expired"].Packets +
 		stats["pass_allow"].Packets + stats["dry_run"].Packets

@@ -292,3 +292,31 @@ func TestTrapOffAndBadConfig(t *testing.T) {
 		t.Fatalf("after rejected configs: %s", got)
 	}
 }
+
+// TestTrapLogThenBlock: a TCP trigger in log mode must not use up the block a later UDP trigger
+// (block mode) from the same source earns inside the same window.
+func TestTrapLogThenBlock(t *testing.T) {
+	x := newUnattached(t, 1024)
+	cfg := trapConfig(1, time.Minute)
+	cfg.BlockTCP = false
+	setTrap(t, x, cfg)
+	next := events(t, x)
+	const src = "198.18.42.1"
+	for _, port := range []uint16{31337, 12345} {
+		if got := run(t, x, frame(t, pkt{src: src, dst: host4, proto: "tcp", dport: port, flags: "S"})); got != "pass" {
+			t.Fatalf("tcp in log mode: %s", got)
+		}
+	}
+	if ev, ok := next(); !ok || ev.Blocked || ev.Proto != "tcp" {
+		t.Fatalf("logged tcp trigger: %+v (ok %v)", ev, ok)
+	}
+	if got := run(t, x, frame(t, pkt{src: src, dst: host4, proto: "udp", dport: 7})); got != "drop" {
+		t.Fatalf("udp trigger in block mode after a logged tcp one: %s", got)
+	}
+	if ev, ok := next(); !ok || !ev.Blocked || ev.Proto != "udp" {
+		t.Fatalf("blocking udp trigger: %+v (ok %v)", ev, ok)
+	}
+	if _, ok := next(); ok {
+		t.Fatal("more events than the two triggers")
+	}
+}

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"slices"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -60,6 +63,7 @@ func (c *cli) allowChangeCommand(verb string) *cobra.Command {
 	output = outputFlag(cmd)
 	if verb == "del" {
 		cmd.Aliases = []string{"rm"}
+		cmd.ValidArgsFunction = c.completeAllowed
 	}
 	return cmd
 }
@@ -94,4 +98,22 @@ func (c *cli) allowOutput(resp control.AllowResponse, format string) error {
 		fmt.Fprintf(tw, "%s\t%s\n", e.Prefix, e.Source)
 	}
 	return tw.Flush()
+}
+
+// completeAllowed completes allow del's arguments with the entries that can be removed (the
+// implicit ones cannot), asking the daemon briefly; no daemon, no suggestions.
+func (c *cli) completeAllowed(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
+	defer cancel()
+	resp, err := c.client().AllowList(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	var out []string
+	for _, e := range resp.Entries {
+		if e.Source == control.AllowManual && !slices.Contains(args, e.Prefix) {
+			out = append(out, e.Prefix)
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
 }

@@ -1,8 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -71,7 +74,8 @@ Targets that were not blocked are named on stderr and make the exit code 1; the 
 still unblocked. -o json prints {"removed": [...], "not_found": [...]}.`,
 		Example: `  snarectl unblock 198.18.0.7
   snarectl unblock 198.18.0.0/24 2001:db8::1`,
-		Args: minArgs(1, "address or CIDR to unblock"),
+		Args:              minArgs(1, "address or CIDR to unblock"),
+		ValidArgsFunction: c.completeBlocked,
 		RunE: c.verb(func(cmd *cobra.Command, args []string) error {
 			if err := checkUnblockTargets(args); err != nil {
 				return err
@@ -97,4 +101,23 @@ still unblocked. -o json prints {"removed": [...], "not_found": [...]}.`,
 	}
 	output = outputFlag(cmd)
 	return cmd
+}
+
+// completeBlocked completes unblock's arguments with what is blocked now (as the addresses are
+// written in list), asking the daemon briefly; no daemon, no suggestions.
+func (c *cli) completeBlocked(cmd *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
+	defer cancel()
+	resp, err := c.client().List(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	sortEntries(resp.Entries, "address")
+	var out []string
+	for _, e := range resp.Entries {
+		if t := shortPrefix(e.Prefix); !slices.Contains(args, t) {
+			out = append(out, t+"\t"+orDash(e.Reason))
+		}
+	}
+	return out, cobra.ShellCompDirectiveNoFileComp
 }

@@ -25,8 +25,11 @@ type fakeDaemon struct {
 
 	mu    sync.Mutex
 	calls []fakeCall
+	canned
+}
 
-	// Canned answers.
+// canned are the fake's answers; tests change them with set.
+type canned struct {
 	list     control.ListResponse
 	status   control.StatusResponse
 	allow    control.AllowResponse
@@ -54,7 +57,7 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fakeDaemon{socket: filepath.Join(dir, "snare.sock"), notFound: map[string]bool{}}
+	f := &fakeDaemon{socket: filepath.Join(dir, "snare.sock"), canned: canned{notFound: map[string]bool{}}}
 	ln, err := net.Listen("unix", f.socket)
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +72,7 @@ func (f *fakeDaemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {
 		var req control.BlockRequest
-		if !f.decode(w, r, &req) {
+		if _, ok := f.decode(w, r, &req); !ok {
 			return
 		}
 		now := time.Now()
@@ -92,12 +95,13 @@ func (f *fakeDaemon) handler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/unblock", func(w http.ResponseWriter, r *http.Request) {
 		var req control.UnblockRequest
-		if !f.decode(w, r, &req) {
+		c, ok := f.decode(w, r, &req)
+		if !ok {
 			return
 		}
 		var resp control.UnblockResponse
 		for _, t := range req.Targets {
-			if f.notFound[t] {
+			if c.notFound[t] {
 				resp.NotFound = append(resp.NotFound, t)
 			} else {
 				resp.Removed = append(resp.Removed, t)
@@ -105,39 +109,39 @@ func (f *fakeDaemon) handler() http.Handler {
 		}
 		answer(w, resp)
 	})
-	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) { f.record(r, nil); answer(w, f.list) })
-	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { f.record(r, nil); answer(w, f.status) })
-	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) { f.record(r, nil); answer(w, f.allow) })
+	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).list) })
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).status) })
+	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).allow) })
 	allowChange := func(w http.ResponseWriter, r *http.Request) {
 		var req control.AllowRequest
-		if f.decode(w, r, &req) {
-			answer(w, f.allow)
+		if c, ok := f.decode(w, r, &req); ok {
+			answer(w, c.allow)
 		}
 	}
 	mux.HandleFunc("POST /v1/allow/add", allowChange)
 	mux.HandleFunc("POST /v1/allow/del", allowChange)
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
 		var req control.ImportRequest
-		if !f.decode(w, r, &req) {
+		c, ok := f.decode(w, r, &req)
+		if !ok {
 			return
 		}
-		if f.imported != nil {
-			answer(w, *f.imported)
+		if c.imported != nil {
+			answer(w, *c.imported)
 			return
 		}
 		answer(w, control.ImportResponse{Imported: len(strings.Fields(req.Content))})
 	})
 	mux.HandleFunc("GET /v1/export", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r, nil)
-		io.WriteString(w, f.export)
+		io.WriteString(w, f.record(r, nil).export)
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
-		f.record(r, nil)
+		c := f.record(r, nil)
 		enc := json.NewEncoder(w)
-		for _, ev := range f.events {
+		for _, ev := range c.events {
 			enc.Encode(ev)
 		}
-		if r.URL.Query().Get("follow") == "1" && f.holdFollow {
+		if r.URL.Query().Get("follow") == "1" && c.holdFollow {
 			// Like snared: keep the stream open until the client goes away.
 			w.(http.Flusher).Flush()
 			<-r.Context().Done()
@@ -147,24 +151,33 @@ func (f *fakeDaemon) handler() http.Handler {
 }
 
 // decode records a POST and decodes its body; a refusing fake answers 400 instead.
-func (f *fakeDaemon) decode(w http.ResponseWriter, r *http.Request, v any) bool {
+func (f *fakeDaemon) decode(w http.ResponseWriter, r *http.Request, v any) (canned, bool) {
 	body, _ := io.ReadAll(r.Body)
-	f.record(r, body)
-	if f.refuse != "" {
-		fail(w, http.StatusBadRequest, f.refuse)
-		return false
+	c := f.record(r, body)
+	if c.refuse != "" {
+		fail(w, http.StatusBadRequest, c.refuse)
+		return c, false
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		fail(w, http.StatusBadRequest, fmt.Sprintf("bad request body: %v", err))
-		return false
+		return c, false
 	}
-	return true
+	return c, true
 }
 
-func (f *fakeDaemon) record(r *http.Request, body []byte) {
+// record notes a request and returns the canned answers as they are now.
+func (f *fakeDaemon) record(r *http.Request, body []byte) canned {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, fakeCall{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Body: body})
+	return f.canned
+}
+
+// set changes the canned answers; the fake serves them from other goroutines.
+func (f *fakeDaemon) set(change func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	change()
 }
 
 // Calls returns every request received so far.

@@ -21,9 +21,11 @@ func (c *cli) importCommand() *cobra.Command {
 sends its content, so the daemon needs no access to it.
 
 Two line formats are understood, mixed freely:
-  198.18.0.7 20261120     the old blocked.list: address and the day it was blocked (YYYYMMDD);
-                          the entry expires at that day + TTL, and is skipped if already past
-  198.18.0.0/24           a plain address or CIDR, blocked for the TTL from now
+
+    198.18.0.7 20261120   the old blocked.list: the address and the day it was blocked
+                          (YYYYMMDD); it expires at that day + TTL, skipped if already past
+    198.18.0.0/24         a plain address or CIDR, blocked for the TTL from now
+
 '#' and ';' start comments; blank lines are ignored.
 
 The file is checked before anything is sent. A bad line (malformed address, prefix out of
@@ -55,7 +57,7 @@ unless --skip-bad is given: then the good lines are imported and the bad ones li
 				Content: string(content), TTL: ttl, Reason: reason, SkipBad: skipBad, Name: name,
 			})
 			if err != nil {
-				return fmt.Errorf("import %s: %w", name, err)
+				return fmt.Errorf("import: %w", err) // snared's messages name the file
 			}
 			printLineErrors(c.stderr, name, resp.Errors)
 			if len(resp.Errors) > 0 && !skipBad {
@@ -103,8 +105,9 @@ func (c *cli) exportCommand() *cobra.Command {
 		Short: "Write the block list to standard output",
 		Long: `Write every active block to standard output, in a form 'snarectl import' (and the old
 scripts) read back:
-  blocked-list   "ADDRESS YYYYMMDD", the day each block was made (the old blocked.list)
-  plain          one address or CIDR per line`,
+
+    blocked-list   "ADDRESS YYYYMMDD", the day each block was made (the old blocked.list)
+    plain          one address or CIDR per line`,
 		Example: `  snarectl export > blocked.list
   snarectl export --format plain | wc -l`,
 		Args: noArgs,

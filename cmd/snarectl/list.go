@@ -15,23 +15,41 @@ import (
 func (c *cli) listCommand() *cobra.Command {
 	var output, sortBy *choice
 	cmd := &cobra.Command{
-		Use:     "list",
+		Use:     "list [ADDR|CIDR...]",
 		Aliases: []string{"ls"},
 		Short:   "List active blocks",
 		Long: `List every active block: address or CIDR, reason, origin (manual, trap, import), when it was
 created and when it expires, how many packets it dropped (hits) and when the last one came.
+
+With addresses or CIDRs, list only the blocks that cover or overlap them: "is this address
+blocked, and by what?" (a single IPv6 address is shown blocked by its /64).
 
 --sort orders the rows: address (default), hits (most first), expires (soonest first,
 permanent last) or created (newest first). -o json prints the daemon's answer
 ({"entries": [...]}, times in RFC 3339) in the same order, for scripts.`,
 		Example: `  snarectl list
   snarectl list --sort hits
+  snarectl list 198.18.0.7 2001:db8::1
   snarectl list -o json | jq -r '.entries[].prefix'`,
-		Args: noArgs,
-		RunE: c.verb(func(cmd *cobra.Command, _ []string) error {
+		Args: cobra.ArbitraryArgs,
+		RunE: c.verb(func(cmd *cobra.Command, args []string) error {
+			var only []netip.Prefix
+			for _, a := range args {
+				p, err := control.ParseAllowPrefix(a)
+				if err != nil {
+					return inputf("bad address to look for: %v", err)
+				}
+				only = append(only, p)
+			}
 			resp, err := c.client().List(cmd.Context())
 			if err != nil {
 				return fmt.Errorf("list: %w", err)
+			}
+			if len(only) > 0 {
+				resp.Entries = slices.DeleteFunc(resp.Entries, func(e control.Entry) bool {
+					p, err := netip.ParsePrefix(e.Prefix)
+					return err != nil || !slices.ContainsFunc(only, p.Overlaps)
+				})
 			}
 			sortEntries(resp.Entries, sortBy.value)
 			if output.value == "json" {
@@ -99,55 +117,52 @@ func (c *cli) entryTable(entries []control.Entry) error {
 }
 
 // sortEntries orders entries for list and top; every order falls back to the address so the
-// output is stable.
+// output is stable. Addresses are parsed once, not per comparison: lists can hold a million
+// entries.
 func sortEntries(entries []control.Entry, by string) {
-	byAddr := func(a, b control.Entry) int { return comparePrefixes(a.Prefix, b.Prefix) }
-	var primary func(a, b control.Entry) int
+	type keyed struct {
+		control.Entry
+		prefix netip.Prefix // invalid if the daemon sent something unparsable: sorts last
+	}
+	keys := make([]keyed, len(entries))
+	for i, e := range entries {
+		p, _ := netip.ParsePrefix(e.Prefix)
+		keys[i] = keyed{e, p}
+	}
+	// IPv4 before IPv6, then by address, then by length.
+	byAddr := func(a, b keyed) int {
+		if !a.prefix.IsValid() || !b.prefix.IsValid() {
+			return cmp.Or(cmp.Compare(boolInt(!a.prefix.IsValid()), boolInt(!b.prefix.IsValid())), cmp.Compare(a.Prefix, b.Prefix))
+		}
+		return cmp.Or(a.prefix.Addr().Compare(b.prefix.Addr()), cmp.Compare(a.prefix.Bits(), b.prefix.Bits()))
+	}
+	var primary func(a, b keyed) int
 	switch by {
 	case "hits":
-		primary = func(a, b control.Entry) int {
+		primary = func(a, b keyed) int {
 			return cmp.Or(cmp.Compare(b.Hits, a.Hits), b.LastHit.Compare(a.LastHit))
 		}
 	case "expires":
-		primary = func(a, b control.Entry) int {
-			switch {
-			case a.Permanent != b.Permanent:
-				return boolOrder(a.Permanent)
-			case a.Permanent:
-				return 0
-			}
-			return a.Expires.Compare(b.Expires)
+		// Soonest first, permanent last.
+		primary = func(a, b keyed) int {
+			return cmp.Or(cmp.Compare(boolInt(a.Permanent), boolInt(b.Permanent)), a.Expires.Compare(b.Expires))
 		}
 	case "created":
-		primary = func(a, b control.Entry) int { return b.Created.Compare(a.Created) }
+		primary = func(a, b keyed) int { return b.Created.Compare(a.Created) }
 	default:
-		primary = func(control.Entry, control.Entry) int { return 0 }
+		primary = func(keyed, keyed) int { return 0 }
 	}
-	slices.SortStableFunc(entries, func(a, b control.Entry) int { return cmp.Or(primary(a, b), byAddr(a, b)) })
+	slices.SortFunc(keys, func(a, b keyed) int { return cmp.Or(primary(a, b), byAddr(a, b)) })
+	for i := range keys {
+		entries[i] = keys[i].Entry
+	}
 }
 
-// boolOrder puts false before true.
-func boolOrder(aTrue bool) int {
-	if aTrue {
+func boolInt(b bool) int {
+	if b {
 		return 1
 	}
-	return -1
-}
-
-// comparePrefixes orders IPv4 before IPv6, then by address, then by length; unparsable strings
-// (which the daemon should never send) sort last, by text.
-func comparePrefixes(a, b string) int {
-	pa, errA := netip.ParsePrefix(a)
-	pb, errB := netip.ParsePrefix(b)
-	switch {
-	case errA != nil && errB != nil:
-		return cmp.Compare(a, b)
-	case errA != nil:
-		return 1
-	case errB != nil:
-		return -1
-	}
-	return cmp.Or(pa.Addr().Compare(pb.Addr()), cmp.Compare(pa.Bits(), pb.Bits()))
+	return 0
 }
 
 // countText is n with thousands separators: 1234567 → "1,234,567".

@@ -155,12 +155,14 @@ The socket is --socket, else $SNARE_SOCKET, else ` + defaultSocket + `.
 Durations: Go durations plus days, e.g. 90m, 12h, 5d, 1d12h; TTLs also accept "permanent".
 
 Exit codes:
-  0  success
-  1  the daemon refused the request (e.g. an allowlisted target) or failed
-  2  bad command line or input, found before the daemon is asked anything: unknown command or
-     flag, missing or extra arguments, a malformed address or CIDR, a prefix out of range,
-     0.0.0.0/0 or ::/0, a bad or negative TTL, an unreadable import file or one with bad lines
-  3  snared cannot be reached (socket missing, nothing listening, permission denied)`
+
+    0  success
+    1  the daemon refused the request (e.g. an allowlisted target) or failed
+    2  bad command line or input, found before the daemon is asked anything: unknown
+       command or flag, missing or extra arguments, a malformed address or CIDR, a prefix
+       out of range, 0.0.0.0/0 or ::/0, a bad or negative TTL, an unreadable import file
+       or one with bad lines
+    3  snared cannot be reached (socket missing, nothing listening, permission denied)`
 
 func (c *cli) rootCommand() *cobra.Command {
 	root := &cobra.Command{
@@ -171,6 +173,7 @@ func (c *cli) rootCommand() *cobra.Command {
   snarectl list --sort hits
   snarectl status -o json
   SNARE_SOCKET=/tmp/snare.sock snarectl events -f`,
+		Version:           snarectlVersion(),
 		SilenceErrors:     true,
 		SilenceUsage:      true,
 		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},

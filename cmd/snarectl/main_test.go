@@ -137,7 +137,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"import two files", []string{"import", good, good}, []string{"too many arguments"}},
 		{"list bad output", []string{"list", "-o", "yaml"}, []string{`invalid argument "yaml" for "-o, --output" flag: must be one of table, json`}},
 		{"list bad sort", []string{"list", "--sort", "size"}, []string{`invalid argument "size" for "--sort" flag`}},
-		{"list extra arg", []string{"list", "198.18.0.7"}, []string{`unexpected arguments ["198.18.0.7"]`}},
+		{"list bad address", []string{"list", "198.18.0.256"}, []string{`bad address to look for: "198.18.0.256" is not an IP address or CIDR`}},
+		{"status extra arg", []string{"status", "198.18.0.7"}, []string{`unexpected arguments ["198.18.0.7"]`}},
 		{"status bad output", []string{"status", "-o", "xml"}, []string{`invalid argument "xml"`}},
 		{"export bad format", []string{"export", "--format", "csv"}, []string{`invalid argument "csv" for "--format" flag: must be one of blocked-list, plain`}},
 		{"top negative limit", []string{"top", "-n", "-1"}, []string{`bad --limit -1`}},
@@ -221,7 +222,7 @@ func TestUnreachableDaemon(t *testing.T) {
 // back as exit code 1 with the daemon's message.
 func TestDaemonRefusal(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.refuse = `"198.18.0.1": allowlisted (gateway 198.18.0.1/32): refused`
+	f.set(func() { f.refuse = `"198.18.0.1": allowlisted (gateway 198.18.0.1/32): refused` })
 	for _, args := range [][]string{
 		{"block", "198.18.0.1"},
 		{"unblock", "198.18.0.1"},
@@ -294,7 +295,7 @@ func TestBlockLeavesConfigRulesToDaemon(t *testing.T) {
 
 func TestUnblock(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.notFound["198.18.0.9"] = true
+	f.set(func() { f.notFound["198.18.0.9"] = true })
 	r := runCLI(t, f.socket, "", "unblock", "198.18.0.7", "198.18.0.9")
 	if r.code != exitError || r.stdout != "unblocked 198.18.0.7\n" || !strings.Contains(r.stderr, "not blocked: 198.18.0.9") {
 		t.Errorf("code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
@@ -329,7 +330,7 @@ func sampleEntries() []control.Entry {
 
 func TestListTable(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.list.Entries = sampleEntries()
+	f.set(func() { f.list.Entries = sampleEntries() })
 	r := runCLI(t, f.socket, "", "list")
 	want := `ADDRESS        REASON           ORIGIN  CREATED  EXPIRES   HITS  LAST HIT
 198.18.0.7     ssh brute force  manual  3d ago   never     1200  5m ago
@@ -360,9 +361,34 @@ func TestListTable(t *testing.T) {
 	}
 }
 
+// list ADDR|CIDR... shows only the blocks covering or overlapping them.
+func TestListFilter(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.set(func() { f.list.Entries = sampleEntries() })
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"198.18.1.77"}, "198.18.1.0/24"},
+		{[]string{"2001:db8::42", "198.18.0.7"}, "198.18.0.7 2001:db8::/64"},
+		{[]string{"::ffff:198.18.0.7"}, "198.18.0.7"},
+		{[]string{"198.18.0.0/16"}, "198.18.0.7 198.18.1.0/24"},
+		{[]string{"198.18.200.1"}, ""},
+	} {
+		r := runCLI(t, f.socket, "", append([]string{"list"}, tc.args...)...)
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n")[1:] {
+			got = append(got, strings.Fields(l)[0])
+		}
+		if r.code != exitOK || strings.Join(got, " ") != tc.want {
+			t.Errorf("list %v: code %d, got %q, want %q", tc.args, r.code, got, tc.want)
+		}
+	}
+}
+
 func TestListJSON(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.list.Entries = sampleEntries()
+	f.set(func() { f.list.Entries = sampleEntries() })
 	r := runCLI(t, f.socket, "", "list", "-o", "json", "--sort", "hits")
 	if r.code != exitOK {
 		t.Fatalf("code %d stderr %q", r.code, r.stderr)
@@ -399,7 +425,7 @@ func TestListJSON(t *testing.T) {
 
 func TestTop(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.list.Entries = sampleEntries()
+	f.set(func() { f.list.Entries = sampleEntries() })
 	r := runCLI(t, f.socket, "", "top")
 	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
 	if r.code != exitOK || len(lines) != 3 || !strings.HasPrefix(lines[1], "198.18.0.7 ") || !strings.HasPrefix(lines[2], "2001:db8::/64 ") {
@@ -410,7 +436,7 @@ func TestTop(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || len(resp.Entries) != 1 || resp.Entries[0].Prefix != "198.18.0.7/32" {
 		t.Errorf("top -n 1 -o json: %v %s", err, r.stdout)
 	}
-	f.list.Entries = f.list.Entries[2:] // no hits at all
+	f.set(func() { f.list.Entries = f.list.Entries[2:] }) // no hits at all
 	if r := runCLI(t, f.socket, "", "top"); r.code != exitOK || !strings.Contains(r.stdout, "no blocked source has sent anything") {
 		t.Errorf("empty top: code %d stdout %q", r.code, r.stdout)
 	}
@@ -421,7 +447,8 @@ func sampleStatus() control.StatusResponse {
 		Version: "v0.1.0", Backend: "xdp",
 		Interfaces: []control.InterfaceStatus{{Name: "eth0", Mode: "native"}, {Name: "veth1", Mode: "generic"}},
 		Entries:    2500, Capacity: 1000000, Passed: 123456789, Dropped: 4321,
-		ByReason:  map[string]uint64{"exact": 4000, "cidr": 321},
+		ByReason: map[string]uint64{"drop_exact": 4000, "drop_cidr": 321, "drop_trap": 0, "pass": 123456000,
+			"pass_allow": 789, "dry_run": 5},
 		Evictions: 0, Allowlist: 6,
 		Trap: control.TrapStatus{TCPPorts: "1,11,15", UDPPorts: "1,7,9", Threshold: 1, Window: "1m", TCPMode: "block", UDPMode: "log",
 			ScanEntries: 17, Hits: 40, Blocks: 12, Suppressed: 3},
@@ -431,18 +458,19 @@ func sampleStatus() control.StatusResponse {
 
 func TestStatus(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.status = sampleStatus()
+	f.set(func() { f.status = sampleStatus() })
 	r := runCLI(t, f.socket, "", "status")
 	want := `backend:            xdp
 interfaces:         eth0 (native), veth1 (generic)
 entries:            2,500 of 1,000,000 (0.2% full)
-passed:             123,456,789 packets
+passed:             123,456,789 packets (allow: 789, not blocked: 123,456,000)
 dropped:            4,321 packets (cidr: 321, exact: 4,000)
+other counters:     dry_run: 5
 evictions:          0
 allowlist:          6 entries
 trap tcp ports:     1,11,15 (block)
 trap udp ports:     1,7,9 (log)
-trap trigger:       1 distinct ports within 1m
+trap trigger:       1 distinct port within 1m
 trap hits:          40 (12 blocks)
 scan entries:       17
 events suppressed:  3
@@ -453,7 +481,9 @@ version:            v0.1.0
 		t.Errorf("code %d stderr %q\ngot:\n%s\nwant:\n%s", r.code, r.stderr, r.stdout, want)
 	}
 
-	f.status.Backend, f.status.Fallback, f.status.DryRun = "iptables", "xdp attach failed: operation not supported", true
+	f.set(func() {
+		f.status.Backend, f.status.Fallback, f.status.DryRun = "iptables", "xdp attach failed: operation not supported", true
+	})
 	r = runCLI(t, f.socket, "", "status")
 	if !strings.Contains(r.stdout, "backend:            iptables (fallback: xdp attach failed: operation not supported), DRY RUN") {
 		t.Errorf("fallback status:\n%s", r.stdout)
@@ -478,7 +508,9 @@ version:            v0.1.0
 
 func TestAllow(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.allow.Entries = []control.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
+	f.set(func() {
+		f.allow.Entries = []control.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
+	})
 	r := runCLI(t, f.socket, "", "allow", "add", "198.18.10.0/24", "2001:db8:1::/48")
 	want := "PREFIX          SOURCE\n127.0.0.0/8     loopback\n198.18.10.0/24  manual\n"
 	if r.code != exitOK || r.stdout != want {
@@ -505,7 +537,7 @@ func TestImport(t *testing.T) {
 	f := newFakeDaemon(t)
 	content := "# seed list\n198.18.0.7 20261120\n198.18.1.0/24 ; a net\n\n2001:db8::5\n"
 	file := writeFile(t, "blocked.list", content)
-	f.imported = &control.ImportResponse{Imported: 2, Expired: 1}
+	f.set(func() { f.imported = &control.ImportResponse{Imported: 2, Expired: 1} })
 	r := runCLI(t, f.socket, "", "import", file, "--ttl", "5d", "--reason", "seed")
 	if r.code != exitOK || r.stdout != "imported 2 entries from "+file+", 1 already expired\n" {
 		t.Errorf("code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
@@ -518,7 +550,7 @@ func TestImport(t *testing.T) {
 	}
 
 	// '-' reads standard input.
-	f.imported = &control.ImportResponse{Imported: 1}
+	f.set(func() { f.imported = &control.ImportResponse{Imported: 1} })
 	r = runCLI(t, f.socket, "198.18.0.9\n", "import", "-")
 	f.lastBody(t, "/v1/import", &req)
 	if r.code != exitOK || req.Content != "198.18.0.9\n" || req.Name != "<stdin>" {
@@ -527,8 +559,10 @@ func TestImport(t *testing.T) {
 
 	// --skip-bad sends the whole file and lists the lines the daemon skipped.
 	bad := writeFile(t, "bad.list", "198.18.0.7\nnot-an-ip\n")
-	f.imported = &control.ImportResponse{Imported: 1, Skipped: 1,
-		Errors: []control.LineError{{Line: 2, Text: "not-an-ip", Error: `"not-an-ip" is not an IP address or CIDR`}}}
+	f.set(func() {
+		f.imported = &control.ImportResponse{Imported: 1, Skipped: 1,
+			Errors: []control.LineError{{Line: 2, Text: "not-an-ip", Error: `"not-an-ip" is not an IP address or CIDR`}}}
+	})
 	r = runCLI(t, f.socket, "", "import", bad, "--skip-bad")
 	f.lastBody(t, "/v1/import", &req)
 	if r.code != exitOK || !req.SkipBad || req.Content != "198.18.0.7\nnot-an-ip\n" ||
@@ -539,17 +573,27 @@ func TestImport(t *testing.T) {
 
 	// Lines only the daemon's configuration refuses: reported, exit 1.
 	wide := writeFile(t, "wide.list", "198.0.0.0/7\n")
-	f.imported = &control.ImportResponse{Errors: []control.LineError{{Line: 1, Text: "198.0.0.0/7", Error: `"198.0.0.0/7": prefix /7 is wider than the configured minimum /8 (block.min_prefix_v4)`}}}
+	f.set(func() {
+		f.imported = &control.ImportResponse{Errors: []control.LineError{{Line: 1, Text: "198.0.0.0/7", Error: `"198.0.0.0/7": prefix /7 is wider than the configured minimum /8 (block.min_prefix_v4)`}}}
+	})
 	r = runCLI(t, f.socket, "", "import", wide)
 	if r.code != exitError || !strings.Contains(r.stderr, wide+`:1: "198.0.0.0/7": prefix /7 is wider`) ||
 		!strings.Contains(r.stderr, "the daemon refused 1 line, nothing imported") {
 		t.Errorf("refused lines: code %d stderr %q", r.code, r.stderr)
 	}
+	// snared answers such an import with an error naming the lines.
+	f.set(func() {
+		f.refuse = wide + ": 1 bad line, nothing imported (--skip-bad imports the good lines):\n  line 1: prefix /7 is wider"
+	})
+	r = runCLI(t, f.socket, "", "import", wide)
+	if r.code != exitError || !strings.Contains(r.stderr, "Error: import: "+f.refuse) {
+		t.Errorf("refused import: code %d stderr %q", r.code, r.stderr)
+	}
 }
 
 func TestExport(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.export = "198.18.0.7 20261120\n198.18.1.0/24 20261125\n"
+	f.set(func() { f.export = "198.18.0.7 20261120\n198.18.1.0/24 20261125\n" })
 	for _, tc := range []struct {
 		args  []string
 		query string
@@ -567,10 +611,12 @@ func TestExport(t *testing.T) {
 
 func TestEvents(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.events = []control.Event{
-		{Time: testNow.Add(-time.Minute), Event: "scan", Address: "198.18.0.7", Source: "trap", Proto: "tcp", Ports: []uint16{1, 11, 12, 13}, TCPFlags: "SYN", Action: "blocked"},
-		{Time: testNow, Event: "block", Address: "198.18.0.7/32", Source: "trap", TTL: "5d", Offences: 2, Reason: "scan tcp/1"},
-	}
+	f.set(func() {
+		f.events = []control.Event{
+			{Time: testNow.Add(-time.Minute), Event: "scan", Address: "198.18.0.7", Source: "trap", Proto: "tcp", Ports: []uint16{1, 11, 12, 13}, TCPFlags: "SYN", Action: "blocked"},
+			{Time: testNow, Event: "block", Address: "198.18.0.7/32", Source: "trap", TTL: "5d", Offences: 2, Reason: "scan tcp/1"},
+		}
+	})
 	r := runCLI(t, f.socket, "", "events")
 	want := `TIME                     EVENT     ADDRESS               SOURCE   DETAILS
 2026-11-25 09:59:00 UTC  scan      198.18.0.7            trap     scan=tcp 1,11-13 flags=SYN action=blocked
@@ -603,11 +649,13 @@ func TestEvents(t *testing.T) {
 // events -f prints events as they arrive and ends cleanly (exit 0) when interrupted.
 func TestEventsFollowInterrupted(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.holdFollow = true
-	f.events = []control.Event{
-		{Time: testNow, Event: "block", Address: "198.18.0.7/32", Source: "manual"},
-		{Time: testNow, Event: "unblock", Address: "198.18.0.7/32", Source: "manual"},
-	}
+	f.set(func() { f.holdFollow = true })
+	f.set(func() {
+		f.events = []control.Event{
+			{Time: testNow, Event: "block", Address: "198.18.0.7/32", Source: "manual"},
+			{Time: testNow, Event: "unblock", Address: "198.18.0.7/32", Source: "manual"},
+		}
+	})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// The "user" presses ^C once both events are on the screen (the stream is still open).
@@ -686,6 +734,32 @@ func TestCompletion(t *testing.T) {
 	}
 }
 
+// unblock and allow del complete from what the daemon has; without a daemon, nothing (and no
+// error on the user's terminal).
+func TestCompletionFromDaemon(t *testing.T) {
+	f := newFakeDaemon(t)
+	f.set(func() { f.list.Entries = sampleEntries() })
+	f.set(func() {
+		f.allow.Entries = []control.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
+	})
+	r := runCLI(t, f.socket, "", "__complete", "unblock", "198.18.1.0/24", "")
+	want := "198.18.0.7\tssh brute force\n2001:db8::/64\ttrap tcp/1\n:4\n"
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, want) {
+		t.Errorf("unblock completion: code %d stdout %q, want prefix %q", r.code, r.stdout, want)
+	}
+	r = runCLI(t, f.socket, "", "__complete", "allow", "del", "")
+	if !strings.HasPrefix(r.stdout, "198.18.10.0/24\n:4\n") {
+		t.Errorf("allow del completion: %q", r.stdout)
+	}
+	r = runCLI(t, "/nonexistent.sock", "", "__complete", "unblock", "")
+	if r.code != exitOK || !strings.HasPrefix(r.stdout, ":4\n") {
+		t.Errorf("completion without daemon: code %d stdout %q", r.code, r.stdout)
+	}
+	if m := f.Mutations(); len(m) != 0 {
+		t.Errorf("completion changed something: %+v", m)
+	}
+}
+
 // The committed docs/ are what gen-docs writes now (the man pages' date line aside).
 func TestDocsUpToDate(t *testing.T) {
 	dir := t.TempDir()
@@ -724,7 +798,7 @@ func dropTH(b []byte) []byte {
 // The real binary's exit status is what run returns: re-execute the test binary as snarectl.
 func TestExitCodesOfTheBinary(t *testing.T) {
 	f := newFakeDaemon(t)
-	f.refuse = "refused"
+	f.set(func() { f.refuse = "refused" })
 	for _, tc := range []struct {
 		socket string
 		args   []string
@@ -751,5 +825,31 @@ func TestExitCodesOfTheBinary(t *testing.T) {
 	}
 	if m := f.Mutations(); len(m) != 1 {
 		t.Errorf("want exactly the one refused block to reach the daemon, got %+v", m)
+	}
+}
+
+// snarectl's fast pre-check of import files agrees line by line with the daemon's parser
+// (control.ParseBlockList) on everything that does not depend on the daemon's configuration.
+func TestImportCheckMatchesDaemonParser(t *testing.T) {
+	lines := []string{
+		"198.18.0.7", "198.18.0.7 20261101", "  198.18.0.7\t20261101  # note", "198.18.1.0/24 ; net",
+		"2001:db8::1", "2001:db8::/48 20250101", "::ffff:198.18.0.9", "# only a comment", "", "   ",
+		"198.18.0.300", "198.18.0.0/33", "2001:db8::/129", "0.0.0.0/0", "::/0", "0.0.0.0", "::",
+		"198.18.0.7 2026-11-01", "198.18.0.7 20261301", "198.18.0.7 2026110", "198.18.0.7 20991231",
+		"198.18.0.7 20261101 extra", "fe80::1%eth0", "198.18.0.0/x", "host.example", "198.18.0.7\r",
+		"198.18.0.7;20261101", "198.18.0.7 20261101#c",
+	}
+	now := time.Now()
+	content := strings.Join(lines, "\n") + "\n"
+	_, want, _ := control.ParseBlockList(content, control.TargetRules{}, now)
+	got, err := checkBlockList(strings.NewReader(content), now.In(time.Local))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(want) < 10 {
+		t.Fatalf("the corpus should hold many bad lines; the daemon's parser found %d", len(want))
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("snarectl's check and control.ParseBlockList disagree:\n got  %+v\n want %+v", got, want)
 	}
 }

@@ -18,9 +18,10 @@ func (c *cli) completionCommand() *cobra.Command {
 		Use:   "completion bash|zsh|fish",
 		Short: "Print a shell completion script",
 		Long: `Print the completion script for a shell. Install it once:
-  bash   snarectl completion bash > /etc/bash_completion.d/snarectl
-  zsh    snarectl completion zsh > "${fpath[1]}/_snarectl"
-  fish   snarectl completion fish > ~/.config/fish/completions/snarectl.fish`,
+
+    bash   snarectl completion bash > /etc/bash_completion.d/snarectl
+    zsh    snarectl completion zsh > "${fpath[1]}/_snarectl"
+    fish   snarectl completion fish > ~/.config/fish/completions/snarectl.fish`,
 		Example:   "  source <(snarectl completion bash)",
 		ValidArgs: []string{"bash", "zsh", "fish"},
 		Args:      exactArgs(1, "shell (bash, zsh or fish)"),

@@ -59,14 +59,18 @@ func (c *cli) statusTable(st control.StatusResponse) error {
 	}
 	row("interfaces", "%s", orDash(strings.Join(ifaces, ", ")))
 	row("entries", "%s of %s (%s full)", countText(uint64(st.Entries)), countText(uint64(st.Capacity)), fillText(st.Entries, st.Capacity))
-	row("passed", "%s packets", countText(st.Passed))
-	row("dropped", "%s packets%s", countText(st.Dropped), reasonsText(st.ByReason))
+	pass, drop, other := splitReasons(st.ByReason)
+	row("passed", "%s packets%s", countText(st.Passed), reasonsText(pass))
+	row("dropped", "%s packets%s", countText(st.Dropped), reasonsText(drop))
+	if len(other) > 0 {
+		row("other counters", "%s", strings.TrimSuffix(strings.TrimPrefix(reasonsText(other), " ("), ")"))
+	}
 	row("evictions", "%s", countText(st.Evictions))
-	row("allowlist", "%d entries", st.Allowlist)
+	row("allowlist", "%d %s", st.Allowlist, plural(st.Allowlist, "entry", "entries"))
 	t := st.Trap
 	row("trap tcp ports", "%s (%s)", orDash(t.TCPPorts), orDash(t.TCPMode))
 	row("trap udp ports", "%s (%s)", orDash(t.UDPPorts), orDash(t.UDPMode))
-	row("trap trigger", "%d distinct ports within %s", t.Threshold, orDash(t.Window))
+	row("trap trigger", "%d distinct %s within %s", t.Threshold, plural(t.Threshold, "port", "ports"), orDash(t.Window))
 	row("trap hits", "%s (%s blocks)", countText(t.Hits), countText(t.Blocks))
 	row("scan entries", "%d", t.ScanEntries)
 	row("events suppressed", "%s", countText(t.Suppressed))
@@ -85,7 +89,28 @@ func fillText(entries, capacity int) string {
 	return fmt.Sprintf("%.1f%%", 100*float64(entries)/float64(capacity))
 }
 
-// reasonsText lists drop counts by reason: " (exact: 10, cidr: 2)".
+// splitReasons sorts the enforcer's per-reason packet counters ("pass_allow", "drop_exact",
+// "dry_run", ...) into passes and drops, named without their prefix, and the rest; zero
+// counters are left out.
+func splitReasons(by map[string]uint64) (pass, drop, other map[string]uint64) {
+	pass, drop, other = map[string]uint64{}, map[string]uint64{}, map[string]uint64{}
+	for k, v := range by {
+		switch {
+		case v == 0:
+		case k == "pass":
+			pass["not blocked"] = v
+		case strings.HasPrefix(k, "pass_"):
+			pass[strings.TrimPrefix(k, "pass_")] = v
+		case strings.HasPrefix(k, "drop_"):
+			drop[strings.TrimPrefix(k, "drop_")] = v
+		default:
+			other[k] = v
+		}
+	}
+	return pass, drop, other
+}
+
+// reasonsText lists packet counts by reason: " (cidr: 2, exact: 10)".
 func reasonsText(by map[string]uint64) string {
 	if len(by) == 0 {
 		return ""

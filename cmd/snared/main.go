@@ -2,7 +2,7 @@
 // restores the blocks from its durable store, catches scanners on trap ports, expires blocks on
 // time and serves snarectl on a Unix socket.
 //
-//	snared [--config FILE] [--iface NAME]... [--backend auto|xdp|iptables] [--xdp-mode auto|native|generic]
+//	snared [--config FILE] [--conf-dir DIR] [--iface NAME]... [--backend auto|xdp|iptables] [--xdp-mode auto|native|generic]
 //	       [--state-dir DIR] [--socket PATH] [--bpffs DIR] [--dry-run]
 //	snared --check-config [...]   validate and print the merged configuration (exit 0 or 1)
 //	snared --print-config [...]   print the merged configuration
@@ -45,6 +45,7 @@ func main() {
 
 type options struct {
 	config      string
+	confDir     string
 	checkConfig bool
 	printConfig bool
 	uninstall   bool
@@ -56,6 +57,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var o options
 	fs.StringVarP(&o.config, "config", "c", "", "YAML config file (default: none, the embedded defaults)")
+	fs.StringVar(&o.confDir, "conf-dir", "/etc/snare/conf.d", "directory of drop-in YAML files merged after --config in name order (missing: none)")
 	fs.BoolVar(&o.checkConfig, "check-config", false, "validate the configuration, print it merged, and exit (0 valid, 1 not)")
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the merged configuration and exit")
 	fs.BoolVar(&o.uninstall, "uninstall", false, "same as the uninstall command")
@@ -84,7 +86,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 
-	cfg, err := control.LoadConfig(control.LoadOptions{File: o.config, Env: environ, Flags: fs})
+	load := control.LoadOptions{File: o.config, DropInDir: o.confDir, Env: environ, Flags: fs}
+	cfg, err := control.LoadConfig(load)
 	if err != nil {
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return exitError
@@ -111,7 +114,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "snare removed from this host (its store in", cfg.StateDir, "is kept; delete it to forget every block)")
 		return exitOK
 	}
-	if err := serve(cfg, o.config, environ, fs, log); err != nil {
+	if err := serve(cfg, load, log); err != nil {
 		log.Error("snared failed", "err", err)
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return exitError
@@ -119,20 +122,30 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func serve(cfg *control.Config, file string, environ []string, fs *pflag.FlagSet, log *slog.Logger) error {
+func serve(cfg *control.Config, load control.LoadOptions, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
+	metrics := control.NewMetrics(control.MetricsOptions{Version: version})
 	d, err := control.Open(ctx, control.Options{
-		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback,
+		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback, Recorder: metrics,
 	})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
+	if cfg.Metrics.Listen != "" {
+		// Metrics that cannot be served (the port is taken) are no reason to stop enforcing.
+		srv, err := control.StartMetrics(ctx, metrics, d, cfg.Metrics.Listen, log)
+		if err != nil {
+			log.Error("metrics disabled", "err", err)
+		} else {
+			defer srv.Close()
+		}
+	}
 	name, reason := d.Backend()
 	st, _ := d.Status(ctx)
 	log.Info("snared running", "version", version, "backend", name, "fallback_reason", reason,
@@ -146,11 +159,15 @@ func serve(cfg *control.Config, file string, environ []string, fs *pflag.FlagSet
 			case <-hup:
 			}
 			_, _ = daemon.SdNotify(false, daemon.SdNotifyReloading)
-			next, err := control.LoadConfig(control.LoadOptions{File: file, Env: environ, Flags: fs})
+			next, err := control.LoadConfig(load)
 			if err == nil {
 				err = d.Reload(ctx, next)
 			}
 			if err != nil {
+				// Log rotation must work even when the new config is broken.
+				if rerr := d.Events().Reopen(); rerr != nil {
+					log.Error("reopen event log", "err", rerr)
+				}
 				log.Error("reload failed; the previous configuration stays in force", "err", err)
 			} else {
 				log.Info("configuration reloaded")

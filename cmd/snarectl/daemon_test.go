@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/control"
+)
+
+// memEnforcer is an in-memory backend.Enforcer, so that snarectl can be run against the real
+// control.Daemon and its real API handler without root or a kernel. It only keeps rules.
+type memEnforcer struct {
+	mu    sync.Mutex
+	rules map[netip.Prefix]backend.Rule
+}
+
+func (m *memEnforcer) Name() string { return "xdp" }
+func (m *memEnforcer) Block(_ context.Context, rules []backend.Rule) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, r := range rules {
+		m.rules[r.Prefix] = r
+	}
+	return nil
+}
+func (m *memEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range ps {
+		delete(m.rules, p)
+	}
+	return nil
+}
+func (m *memEnforcer) Replace(_ context.Context, rules []backend.Rule) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.rules = map[netip.Prefix]backend.Rule{}
+	for _, r := range rules {
+		m.rules[r.Prefix] = r
+	}
+	return len(rules), nil
+}
+func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []backend.RuleState
+	for _, r := range m.rules {
+		out = append(out, backend.RuleState{Rule: r})
+	}
+	return out, nil
+}
+func (m *memEnforcer) SetAllow(context.Context, []netip.Prefix) error      { return nil }
+func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error   { return nil }
+func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error { return nil }
+func (m *memEnforcer) TrapEvents(context.Context) (<-chan backend.TrapEvent, error) {
+	return make(chan backend.TrapEvent), nil
+}
+func (m *memEnforcer) Status(context.Context) (backend.Status, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return backend.Status{Backend: "xdp", Interfaces: []backend.InterfaceStatus{{Name: "veth0", Mode: "native"}},
+		Counters: backend.Counters{Entries: len(m.rules), Capacity: 1000}}, nil
+}
+func (m *memEnforcer) Close() error { return nil }
+
+// startDaemon runs the real control.Daemon (store, allowlist, import parser, event log, API)
+// over an in-memory enforcer, with 198.18.0.1 as its "gateway", and returns its socket.
+func startDaemon(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "snarectl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "snare.sock")
+	cfg, err := control.LoadConfig(control.LoadOptions{Env: []string{"SNARE_STATE_DIR=" + dir, "SNARE_SOCKET=" + socket}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := control.Open(ctx, control.Options{
+		Config:   cfg,
+		Version:  "test",
+		Enforcer: &memEnforcer{rules: map[netip.Prefix]backend.Rule{}},
+		ImplicitAllow: func() (control.Allowlist, error) {
+			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: control.AllowGateway}}, nil
+		},
+		Listening: func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
+	})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); d.ServeListener(ctx, l, func() {}) }()
+	t.Cleanup(func() { cancel(); <-done; d.Close() })
+	return socket
+}
+
+// The CLI against the real API: what snarectl sends is what snared understands, and the
+// daemon's refusals come back as exit code 1 with its message.
+func TestAgainstRealDaemon(t *testing.T) {
+	socket := startDaemon(t)
+	run := func(stdin string, args ...string) result { return runCLI(t, socket, stdin, args...) }
+	list := func() []string {
+		r := run("", "list", "-o", "json")
+		var resp control.ListResponse
+		if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil {
+			t.Fatalf("list -o json: %v %q %q", err, r.stdout, r.stderr)
+		}
+		var out []string
+		for _, e := range resp.Entries {
+			out = append(out, e.Prefix)
+		}
+		return out
+	}
+
+	if r := run("", "block", "198.18.0.7", "2001:db8::1", "--ttl", "12h", "--reason", "test"); r.code != exitOK ||
+		!strings.Contains(r.stdout, "blocked 198.18.0.7 until") || !strings.Contains(r.stdout, "blocked 2001:db8::/64 until") {
+		t.Fatalf("block: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if got := list(); strings.Join(got, " ") != "198.18.0.7/32 2001:db8::/64" {
+		t.Errorf("after block: %q", got)
+	}
+
+	// Refused by the daemon: the gateway, a prefix wider than block.min_prefix_v4.
+	for _, tc := range []struct{ target, want string }{
+		{"198.18.0.1", "allowlisted"},
+		{"198.0.0.0/7", "wider than the configured minimum /8"},
+	} {
+		r := run("", "block", tc.target)
+		if r.code != exitError || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("block %s: code %d stderr %q, want %d and %q", tc.target, r.code, r.stderr, exitError, tc.want)
+		}
+	}
+	// Import: a line only the daemon's configuration refuses rejects the whole file.
+	if r := run("198.18.5.5\n198.0.0.0/7\n", "import", "-"); r.code != exitError || !strings.Contains(r.stderr, "line 2") {
+		t.Errorf("import with a refused line: code %d stderr %q", r.code, r.stderr)
+	}
+	if got := list(); len(got) != 2 {
+		t.Errorf("refusals changed the list: %q", got)
+	}
+	if r := run("198.18.5.5\n198.0.0.0/7\n", "import", "-", "--skip-bad"); r.code != exitOK ||
+		!strings.Contains(r.stdout, "imported 1 entry") || !strings.Contains(r.stderr, "<stdin>:2:") {
+		t.Errorf("import --skip-bad: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+
+	if r := run("", "export", "--format", "plain"); r.code != exitOK || r.stdout != "198.18.0.7\n198.18.5.5\n2001:db8::/64\n" {
+		t.Errorf("export: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := run("", "unblock", "198.18.0.7", "198.18.9.9"); r.code != exitError ||
+		r.stdout != "unblocked 198.18.0.7\n" || !strings.Contains(r.stderr, "not blocked: 198.18.9.9") {
+		t.Errorf("unblock: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := run("", "allow", "add", "198.18.10.0/24"); r.code != exitOK || !strings.Contains(r.stdout, "198.18.10.0/24  manual") {
+		t.Errorf("allow add: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if r := run("", "status"); r.code != exitOK || !strings.Contains(r.stdout, "interfaces:         veth0 (native)") ||
+		!strings.Contains(r.stdout, "entries:            2 of 1,000") {
+		t.Errorf("status: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
+	}
+	r := run("", "events", "-o", "json")
+	var kinds []string
+	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var ev control.Event
+		if err := json.Unmarshal([]byte(l), &ev); err != nil {
+			t.Fatalf("events line %q: %v", l, err)
+		}
+		kinds = append(kinds, ev.Event)
+	}
+	if k := strings.Join(kinds, " "); !strings.Contains(k, "block") || !strings.Contains(k, "unblock") {
+		t.Errorf("events: %q", k)
+	}
+}

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/internal/testutil"
+)
+
+// buildSnared compiles this command for the process-level tests.
+func buildSnared(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "snared")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func waitSocket(t *testing.T, c *control.Client, p *testutil.Proc) {
+	t.Helper()
+	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if _, err := c.Status(context.Background()); err == nil {
+			return
+		}
+		if exited, _ := p.Exited(); exited {
+			t.Fatalf("snared exited:\n%s", p.Output())
+		}
+	}
+	t.Fatalf("snared did not answer in 15s:\n%s", p.Output())
+}
+
+// The real binary: runs on the lab host's interfaces, a second one on the same pins is refused
+// with a clear error and a non-zero exit, SIGHUP reloads, SIGTERM stops cleanly leaving the
+// blocks enforced, kill -9 loses nothing, and uninstall removes the program and pins.
+func TestSnaredProcess(t *testing.T) {
+	lab := testutil.NewLab(t, "attacker")
+	bin := buildSnared(t)
+	state := t.TempDir()
+	pins := filepath.Join(testutil.TempBPFFS(t), "pins")
+	sock := filepath.Join(state, "run", "snare.sock")
+	cfgFile := filepath.Join(state, "snare.yaml")
+	if err := os.WriteFile(cfgFile, []byte("trap:\n  tcp_ports: \"31337\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--config", cfgFile, "--state-dir", state, "--socket", sock, "--bpffs", pins}
+	for _, i := range lab.HostIfaceNames() {
+		args = append(args, "--iface", i)
+	}
+	att := lab.Attacker()
+	dst := lab.HostIface("attacker").Addr4.Addr()
+	reaches := func() bool { return lab.Ping(att.NS, dst, 300*time.Millisecond) == nil }
+	c := control.NewClient(sock)
+	ctx := context.Background()
+
+	// systemd's notify socket: READY=1 must come once the daemon answers.
+	notifyPath := filepath.Join(state, "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notifyPath)
+
+	p, err := lab.StartShared(lab.Host.NS, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notify.SetReadDeadline(time.Now().Add(15 * time.Second))
+	buf := make([]byte, 256)
+	n, err := notify.Read(buf)
+	if err != nil || string(buf[:n]) != "READY=1" {
+		t.Fatalf("sd_notify: %q, %v\n%s", buf[:n], err, p.Output())
+	}
+	if _, err := c.Status(ctx); err != nil {
+		t.Fatalf("READY=1 sent before the API answers: %v", err)
+	}
+	waitSocket(t, c, p)
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
+	}
+	if _, err := c.Block(ctx, control.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	if reaches() {
+		t.Fatal("blocked attacker reaches the host")
+	}
+	// Metrics on the default loopback address of the host's namespace count the manual block.
+	var scrape []byte
+	err = lab.Do(lab.Host.NS, func() error {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9477", 2*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := conn.Write([]byte("GET /metrics HTTP/1.0\r\nHost: snared\r\n\r\n")); err != nil {
+			return err
+		}
+		scrape, err = io.ReadAll(conn)
+		return err
+	})
+	if err != nil || !strings.Contains(string(scrape), `snare_blocks_total{origin="manual"} 1`) {
+		t.Errorf("metrics scrape (%v):\n%.2000s", err, scrape)
+	}
+
+	// Metrics are served on the namespace's loopback by default and count the manual block.
+	var metrics string
+	err = lab.Do(lab.Host.NS, func() error {
+		// Dial here: http.Transport dials on goroutines that are not in the namespace.
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9477", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.WriteString(conn, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"); err != nil {
+			return err
+		}
+		b, err := io.ReadAll(conn)
+		metrics = string(b)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("scrape metrics: %v\n%s", err, p.Output())
+	}
+	if !strings.Contains(metrics, `snare_blocks_total{origin="manual"} 1`) {
+		t.Errorf("metrics lack the manual block:\n%s", metrics)
+	}
+
+	// A second daemon on the same pins (own state dir and socket) is refused.
+	state2 := t.TempDir()
+	args2 := []string{"--state-dir", state2, "--socket", filepath.Join(state2, "s.sock"), "--bpffs", pins, "--iface", lab.HostIfaceNames()[0]}
+	out, err := lab.RunShared(lab.Host.NS, bin, args2...)
+	if err == nil || !strings.Contains(out, "locked by another snared") {
+		t.Errorf("second snared: err %v, output:\n%s", err, out)
+	}
+
+	// SIGHUP reloads the config file.
+	if err := os.WriteFile(cfgFile, []byte("trap:\n  tcp_ports: \"4444,5555\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Signal(unix.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var ports string
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		st, err := c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ports = st.Trap.TCPPorts; ports == "4444,5555" {
+			break
+		}
+	}
+	if ports != "4444,5555" {
+		t.Errorf("trap ports after SIGHUP: %q", ports)
+	}
+
+	// SIGTERM: clean exit, socket gone, still dropping.
+	if err := p.Signal(unix.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Wait(10 * time.Second); err != nil {
+		t.Fatalf("snared after SIGTERM: %v\n%s", err, p.Output())
+	}
+	if reaches() {
+		t.Fatal("attacker reaches the host after snared stopped")
+	}
+
+	// Restart, then kill -9: nothing lost.
+	p, err = lab.StartShared(lab.Host.NS, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSocket(t, c, p)
+	if _, err := c.Block(ctx, control.BlockRequest{Targets: []string{"198.18.77.7"}, Reason: "before kill"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Signal(unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.Wait(5 * time.Second)
+	p, err = lab.StartShared(lab.Host.NS, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSocket(t, c, p)
+	l, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, e := range l.Entries {
+		got[e.Prefix] = true
+	}
+	if !got[att.Addr4().String()+"/32"] || !got["198.18.77.7/32"] {
+		t.Errorf("after kill -9 and restart the list is %v", l.Entries)
+	}
+	if reaches() {
+		t.Fatal("attacker reaches the host after kill -9 and restart")
+	}
+
+	// Uninstall refuses while the daemon runs, then removes everything.
+	if out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...); err == nil || !strings.Contains(out, "stop it first") {
+		t.Errorf("uninstall with snared running: %v\n%s", err, out)
+	}
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if !reaches() {
+		t.Fatal("attacker still dropped after uninstall")
+	}
+	if _, err := os.Stat(pins); !os.IsNotExist(err) {
+		t.Errorf("pin directory still there after uninstall: %v", err)
+	}
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func runSnared(args []string, env ...string) (code int, stdout, stderr string) {
+	var out, errb bytes.Buffer
+	code = run(args, env, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("block:\n  ttl: 12h\ntrap:\n  threshold: 2\n"), 0o600)
+	code, out, _ := runSnared([]string{"--check-config", "--config", good, "--state-dir", "/tmp/snare-x"}, "SNARE_SWEEP_INTERVAL=30s")
+	if code != 0 {
+		t.Fatalf("valid config: exit %d", code)
+	}
+	for _, want := range []string{"ttl: 12h", "threshold: 2", "state_dir: /tmp/snare-x", "interval: 30s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("merged config lacks %q:\n%s", want, out)
+		}
+	}
+
+	for name, tc := range map[string]struct {
+		file, env, want string
+	}{
+		"broken yaml":     {file: "block: [\n", want: "config file"},
+		"unknown key":     {file: "blok:\n  ttl: 5d\n", want: "unknown key"},
+		"bad ttl":         {file: "block:\n  ttl: -5d\n", want: "block.ttl"},
+		"bad backend env": {env: "SNARE_BACKEND=ebpf", want: "backend"},
+		"missing file":    {file: "-", want: "does not exist"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := []string{"--check-config"}
+			if tc.file == "-" {
+				args = append(args, "--config", filepath.Join(dir, "nope.yaml"))
+			} else if tc.file != "" {
+				f := filepath.Join(dir, strings.ReplaceAll(name, " ", "_")+".yaml")
+				os.WriteFile(f, []byte(tc.file), 0o600)
+				args = append(args, "--config", f)
+			}
+			var env []string
+			if tc.env != "" {
+				env = append(env, tc.env)
+			}
+			code, out, errs := runSnared(args, env...)
+			if code != exitError || out != "" || !strings.Contains(errs, tc.want) || !strings.HasPrefix(errs, "Error: ") {
+				t.Errorf("exit %d, stdout %q, stderr %q: want exit 1 and an error naming %q", code, out, errs, tc.want)
+			}
+		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, args := range [][]string{{"--bogus"}, {"start"}, {"uninstall", "now"}, {"--backend"}} {
+		code, _, errs := runSnared(args)
+		if code != exitUsage || !strings.Contains(errs, "Error:") {
+			t.Errorf("snared %v: exit %d, stderr %q; want exit 2 with an error", args, code, errs)
+		}
+	}
+	if code, _, errs := runSnared([]string{"--backend", "nft", "--print-config"}); code != exitError || !strings.Contains(errs, "backend") {
+		t.Errorf("bad --backend value: exit %d, %q", code, errs)
+	}
+	if code, out, _ := runSnared([]string{"--version"}); code != 0 || !strings.HasPrefix(out, "snared ") {
+		t.Errorf("--version: %d %q", code, out)
+	}
+}

@@ -1,0 +1,98 @@
+package control
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// benchList is n distinct block-list lines: IPv4 addresses from 198.18.0.0/15, then IPv6
+// addresses (each its own /64) from 2001:db8::/32.
+func benchList(n int) string {
+	var b strings.Builder
+	for i := 0; i < n; i++ {
+		if i < 1<<17 {
+			fmt.Fprintf(&b, "198.%d.%d.%d\n", 18+i>>16, i>>8&255, i&255)
+		} else {
+			fmt.Fprintf(&b, "2001:db8:%x:%x::1\n", i>>16, i&0xffff)
+		}
+	}
+	return b.String()
+}
+
+func BenchmarkParseBlockList1M(b *testing.B) {
+	list := benchList(1_000_000)
+	b.ResetTimer()
+	for range b.N {
+		good, _, bad := ParseBlockList(list, DefaultTargetRules, time.Now())
+		if bad != 0 || len(good) != 1_000_000 {
+			b.Fatalf("%d good, %d bad", len(good), bad)
+		}
+	}
+}
+
+// BenchmarkStoreImport1M writes 1,000,000 rules in one transaction into an empty store, the
+// store's share of `snarectl import` of a million addresses.
+func BenchmarkStoreImport1M(b *testing.B) {
+	good, _, _ := ParseBlockList(benchList(1_000_000), DefaultTargetRules, time.Now())
+	now := time.Now()
+	rules := make([]Rule, len(good))
+	for i, l := range good {
+		rules[i] = Rule{Prefix: l.Prefix, Reason: "import", Origin: OriginImport, Created: now, Deadline: now.Add(5 * 24 * time.Hour)}
+	}
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		s, err := OpenStore(filepath.Join(b.TempDir(), "snare.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if s.Count() != len(rules) {
+			b.Fatalf("count %d", s.Count())
+		}
+		s.Close()
+		b.StartTimer()
+	}
+}
+
+// BenchmarkStoreExpire1M finds and deletes 1,000,000 expired rules: the store's share of a sweep
+// of a million expired entries.
+func BenchmarkStoreExpire1M(b *testing.B) {
+	good, _, _ := ParseBlockList(benchList(1_000_000), DefaultTargetRules, time.Now())
+	past := time.Now().Add(-time.Hour)
+	rules := make([]Rule, len(good))
+	for i, l := range good {
+		rules[i] = Rule{Prefix: l.Prefix, Origin: OriginImport, Created: past, Deadline: past.Add(time.Minute)}
+	}
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		s, err := OpenStore(filepath.Join(b.TempDir(), "snare.db"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		var n int
+		err = s.Update(func(tx *Tx) error {
+			expired, _, err := tx.DeleteExpired(time.Now())
+			n = len(expired)
+			return err
+		})
+		b.StopTimer()
+		if err != nil || n != len(rules) || s.Count() != 0 {
+			b.Fatalf("expired %d, left %d, %v", n, s.Count(), err)
+		}
+		s.Close()
+		b.StartTimer()
+	}
+}

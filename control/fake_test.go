@@ -1,0 +1,428 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/snare-dev/snare/backend"
+)
+
+// fakeEnforcer keeps rules in memory: enough to test the daemon's own logic without root.
+type fakeEnforcer struct {
+	mu    sync.Mutex
+	rules map[netip.Prefix]backend.RuleState
+	allow []netip.Prefix
+	trap  backend.TrapConfig
+	fail  error // returned by Block when set
+}
+
+func newFake() *fakeEnforcer { return &fakeEnforcer{rules: map[netip.Prefix]backend.RuleState{}} }
+
+func (f *fakeEnforcer) Name() string { return "fake" }
+func (f *fakeEnforcer) Block(_ context.Context, rules []backend.Rule) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != nil {
+		return f.fail
+	}
+	for _, r := range rules {
+		f.rules[r.Prefix] = backend.RuleState{Rule: r}
+	}
+	return nil
+}
+func (f *fakeEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range ps {
+		delete(f.rules, p)
+	}
+	return nil
+}
+func (f *fakeEnforcer) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
+	f.mu.Lock()
+	f.rules = map[netip.Prefix]backend.RuleState{}
+	f.mu.Unlock()
+	return len(rules), f.Block(ctx, rules)
+}
+func (f *fakeEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []backend.RuleState
+	for _, r := range f.rules {
+		out = append(out, r)
+	}
+	return out, nil
+}
+func (f *fakeEnforcer) SetAllow(_ context.Context, ps []netip.Prefix) error {
+	f.mu.Lock()
+	f.allow = ps
+	f.mu.Unlock()
+	return nil
+}
+func (f *fakeEnforcer) SetTrap(_ context.Context, c backend.TrapConfig) error {
+	f.mu.Lock()
+	f.trap = c
+	f.mu.Unlock()
+	return nil
+}
+func (f *fakeEnforcer) SetSettings(context.Context, backend.Settings) error { return nil }
+func (f *fakeEnforcer) TrapEvents(ctx context.Context) (<-chan backend.TrapEvent, error) {
+	ch := make(chan backend.TrapEvent)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch, nil
+}
+func (f *fakeEnforcer) Status(context.Context) (backend.Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return backend.Status{Backend: "fake", Counters: backend.Counters{Entries: len(f.rules)}}, nil
+}
+func (f *fakeEnforcer) Close() error { return nil }
+
+func fakeDaemon(t *testing.T) (*Daemon, *fakeEnforcer) {
+	t.Helper()
+	cfg, err := LoadConfig(LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.StateDir = t.TempDir()
+	f := newFake()
+	d, err := Open(context.Background(), Options{
+		Config: cfg, Enforcer: f,
+		ImplicitAllow: func() (Allowlist, error) {
+			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress}}, nil
+		},
+		Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) {
+			return map[uint16]bool{31337: true}, nil, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return d, f
+}
+
+func TestEscalationThroughBlocks(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	day := 24 * time.Hour
+	block := func(ttl string) Rule {
+		t.Helper()
+		rs, err := d.Block(ctx, []string{"198.18.0.7"}, ttl, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rs[0]
+	}
+	within := func(got time.Time, want time.Duration) bool {
+		d := time.Until(got) - want
+		return d > -time.Minute && d < time.Minute
+	}
+	r := block("")
+	if r.Offences != 1 || !within(r.Deadline, 5*day) {
+		t.Fatalf("first block %+v: want 1 offence, 5d", r)
+	}
+	// Blocking again counts a repeat and escalates: 5d * 2.
+	r = block("")
+	if r.Offences != 2 || !within(r.Deadline, 10*day) {
+		t.Fatalf("second block %+v: want 2 offences, 10d", r)
+	}
+	// Unblocked and blocked again within the lookback: still a repeat offender.
+	if _, _, err := d.Unblock(ctx, []string{"198.18.0.7"}); err != nil {
+		t.Fatal(err)
+	}
+	r = block("")
+	if r.Offences != 3 || !within(r.Deadline, 20*day) {
+		t.Fatalf("third block %+v: want 3 offences, 20d", r)
+	}
+	// Capped at max_ttl (90d).
+	block("")
+	r = block("")
+	if r.Offences != 5 || !within(r.Deadline, 80*day) {
+		t.Fatalf("fifth block %+v: want 80d", r)
+	}
+	r = block("")
+	if !within(r.Deadline, 90*day) {
+		t.Fatalf("sixth block %+v: want the 90d cap", r)
+	}
+	// An explicit TTL is the operator's word: no escalation; it does not shorten a block.
+	r = block("2h")
+	if !within(r.Deadline, 90*day) || r.Offences != 7 {
+		t.Fatalf("explicit shorter TTL %+v: want the 90d kept, offences counted", r)
+	}
+	if _, _, err := d.Unblock(ctx, []string{"198.18.0.7"}); err != nil {
+		t.Fatal(err)
+	}
+	r = block("2h")
+	if !within(r.Deadline, 2*time.Hour) || r.Offences != 8 {
+		t.Fatalf("explicit TTL %+v: want exactly 2h for a repeat offender", r)
+	}
+	// The kernel got the same deadline the store has.
+	rs, _ := f.Rules(ctx)
+	if len(rs) != 1 || !rs[0].Deadline.Equal(r.Deadline) {
+		t.Errorf("enforcer holds %+v, store %s", rs, r.Deadline)
+	}
+	// Permanent stays permanent and a later default block does not shorten it.
+	block("permanent")
+	if r = block(""); !r.Permanent() {
+		t.Errorf("default block shortened a permanent one: %+v", r)
+	}
+}
+
+func TestBlockFailsAtomically(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	f.fail = context.DeadlineExceeded
+	if _, err := d.Block(ctx, []string{"198.18.0.9"}, "", ""); err == nil {
+		t.Fatal("block succeeded although the enforcer failed")
+	}
+	f.fail = nil
+	es, err := d.Entries(ctx)
+	if err != nil || len(es) != 0 {
+		t.Fatalf("a failed block left %v in the store (%v)", es, err)
+	}
+	if r, _ := d.Block(ctx, []string{"198.18.0.9"}, "", ""); r[0].Offences != 1 {
+		t.Errorf("the failed block counted an offence: %+v", r[0])
+	}
+}
+
+func TestTrapPortsSkipListeningPorts(t *testing.T) {
+	d, f := fakeDaemon(t)
+	for _, p := range f.trap.TCPPorts {
+		if p == 31337 {
+			t.Fatal("a port the host listens on is a trap")
+		}
+	}
+	if len(f.trap.TCPPorts) == 0 || len(f.trap.UDPPorts) == 0 || !f.trap.BlockTCP {
+		t.Errorf("trap config %+v", f.trap)
+	}
+	st, _ := d.Status(context.Background())
+	if strings.Contains(st.Trap.TCPPorts, "31337") || !strings.Contains(st.Trap.UDPPorts, "31337") {
+		t.Errorf("status trap ports tcp %q udp %q", st.Trap.TCPPorts, st.Trap.UDPPorts)
+	}
+}
+
+func TestAPIErrors(t *testing.T) {
+	d, _ := fakeDaemon(t)
+	srv := httptest.NewServer(d.Handler())
+	defer srv.Close()
+	for _, tc := range []struct {
+		method, path, body string
+		status             int
+		want               string
+	}{
+		{"POST", "/v1/block", `{"targets":["198.18.0.7"],"ttl":"5x"}`, 400, "bad TTL"},
+		{"POST", "/v1/block", `{"targets":["198.18.1.1"]}`, 400, "allowlisted"},
+		{"POST", "/v1/block", `{"targets":[]}`, 400, "no address"},
+		{"POST", "/v1/block", `{"targets":["198.18.0.7"],"bogus":1}`, 400, "unknown field"},
+		{"POST", "/v1/block", `not json`, 400, "bad request body"},
+		{"GET", "/v1/block", ``, 404, "no API endpoint GET /v1/block"},
+		{"GET", "/v1/nope", ``, 404, "no API endpoint"},
+		{"POST", "/v1/unblock", `{"targets":["::/0"]}`, 400, "every IPv6"},
+		{"POST", "/v1/allow/del", `{"targets":["198.18.1.1"]}`, 400, "own-address"},
+		{"POST", "/v1/import", `{"content":"198.18.0.1\nx\n"}`, 400, "line 2"},
+		{"GET", "/v1/export?format=csv", ``, 400, "unknown export format"},
+		{"POST", "/v1/block", `{"targets":["198.18.0.7"],"ttl":"1h"}`, 200, `"offences":1`},
+		{"POST", "/v1/unblock", `{"targets":["198.18.0.7","198.18.0.8"]}`, 200, `"not_found":["198.18.0.8"]`},
+	} {
+		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, bytes.NewBufferString(tc.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var buf bytes.Buffer
+		buf.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.status || !strings.Contains(buf.String(), tc.want) {
+			t.Errorf("%s %s %s: %d %s; want %d containing %q", tc.method, tc.path, tc.body, resp.StatusCode, buf.String(), tc.status, tc.want)
+		}
+		if tc.status >= 400 {
+			var e ErrorResponse
+			if json.Unmarshal(buf.Bytes(), &e) != nil || e.Error == "" {
+				t.Errorf("%s %s: error body %q is not an ErrorResponse", tc.method, tc.path, buf.String())
+			}
+		}
+	}
+	if es, _ := d.Entries(context.Background()); len(es) != 0 {
+		t.Errorf("entries left: %+v", es)
+	}
+}
+
+func TestListenSocket(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "run", "snare", "s.sock")
+	l, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(path); err == nil || !strings.Contains(err.Error(), "another snared") {
+		t.Errorf("second listener on a live socket: %v", err)
+	}
+	// A stale socket left by a daemon that died (nothing answers) is replaced.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("stale socket not left behind: %v", err)
+	}
+	l2, err := Listen(path)
+	if err != nil {
+		t.Fatalf("listen after close: %v", err)
+	}
+	l2.Close()
+
+	plain := filepath.Join(dir, "not-a-socket")
+	os.WriteFile(plain, []byte("keep me"), 0o600)
+	if _, err := Listen(plain); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Errorf("listen on a regular file: %v", err)
+	}
+	if b, _ := os.ReadFile(plain); string(b) != "keep me" {
+		t.Error("a regular file at the socket path was replaced")
+	}
+}
+
+func TestServeEventsFollow(t *testing.T) {
+	d, _ := fakeDaemon(t)
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	l, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	done := make(chan error, 1)
+	go func() { done <- d.ServeListener(ctx, l, func() { close(ready) }) }()
+	<-ready
+	c := NewClient(sock)
+
+	got := make(chan Event, 16)
+	fctx, fcancel := context.WithCancel(context.Background())
+	followDone := make(chan error, 1)
+	go func() {
+		followDone <- c.Events(fctx, true, func(ev Event) error { got <- ev; return nil })
+	}()
+	waitFor := func(kind, addr string) {
+		t.Helper()
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case ev := <-got:
+				if ev.Event == kind && ev.Address == addr {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no %s event for %s", kind, addr)
+			}
+		}
+	}
+	waitFor(EventStart, "") // the recent history comes first
+	if _, err := c.Block(context.Background(), BlockRequest{Targets: []string{"198.18.0.7"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(EventBlock, "198.18.0.7/32")
+	fcancel()
+	if err := <-followDone; err != nil {
+		t.Errorf("follow ended with %v", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Status(context.Background()); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("socket after stop: %v", err)
+	}
+}
+
+func TestImplicitAllowFollowsTheHost(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	gw := netip.MustParsePrefix("198.18.9.1/32")
+	d.opts.ImplicitAllow = func() (Allowlist, error) {
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress}, {gw, AllowGateway}}, nil
+	}
+	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err != nil {
+		t.Fatalf("block before the gateway appeared: %v", err)
+	}
+	if _, _, err := d.Unblock(ctx, []string{"198.18.9.1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.RefreshImplicitAllow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err == nil || !strings.Contains(err.Error(), "gateway") {
+		t.Errorf("block of the new gateway: %v", err)
+	}
+	if !slices.Contains(f.allow, gw) {
+		t.Errorf("enforcer allowlist %v lacks the new gateway", f.allow)
+	}
+}
+
+// TestAllowlistWinsOverExistingBlocks: an address allowlisted after it was blocked (by hand, or
+// a gateway that appeared) loses its block at once, in the store and in the kernel; blocks
+// outside the new allow prefix stay.
+func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	if _, err := d.Block(ctx, []string{"198.18.5.5", "198.18.6.6", "198.18.9.1"}, "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.AllowAdd(ctx, []string{"198.18.5.0/24"}); err != nil {
+		t.Fatal(err)
+	}
+	held := func() []string {
+		rs, err := f.Rules(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range rs {
+			out = append(out, r.Prefix.String())
+		}
+		slices.Sort(out)
+		return out
+	}
+	if got, want := held(), []string{"198.18.6.6/32", "198.18.9.1/32"}; !slices.Equal(got, want) {
+		t.Fatalf("enforcer holds %v after allow add, want %v", got, want)
+	}
+	es, err := d.Entries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if e.Prefix == "198.18.5.5/32" {
+			t.Fatalf("store still lists the allowlisted %s", e.Prefix)
+		}
+	}
+	var unblocked bool
+	for _, ev := range d.Events().Recent() {
+		if ev.Event == EventUnblock && ev.Address == "198.18.5.5/32" && strings.Contains(ev.Detail, "allowlisted") {
+			unblocked = true
+		}
+	}
+	if !unblocked {
+		t.Error("no unblock event for the allowlisted address")
+	}
+
+	// The implicit allowlist growing (a new gateway) has the same effect.
+	d.opts.ImplicitAllow = func() (Allowlist, error) {
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
+			{netip.MustParsePrefix("198.18.9.1/32"), AllowGateway}}, nil
+	}
+	if err := d.RefreshImplicitAllow(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := held(), []string{"198.18.6.6/32"}; !slices.Equal(got, want) {
+		t.Fatalf("enforcer holds %v after the gateway appeared, want %v", got, want)
+	}
+}

@@ -1,0 +1,234 @@
+package e2e
+
+import (
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A block drops every packet from that source (IPv4 address, IPv6 /64, CIDR, IPv4-mapped IPv6
+// taken as IPv4) while everyone else is served; unblock lets it through again.
+func TestBlockUnblock(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, options{})
+		d := e.d
+		att4, att6, cli4, cli6 := e.attackerV4Peer(), e.attackerV6Peer(), e.clientV4Peer(), e.clientV6Peer()
+
+		// Everything passes before anything is blocked.
+		for _, p := range []peer{att4, att6, cli4, cli6} {
+			e.served(t, p)
+		}
+		if !e.pings(att4) {
+			t.Fatal("attacker cannot ping the host before any block")
+		}
+		if len(d.list(t)) != 0 {
+			t.Fatalf("fresh daemon lists blocks: %v", d.list(t))
+		}
+
+		before := time.Now()
+		d.mustCtl(t, "block", e.attacker4().String(), "--ttl", "1h", "--reason", "e2e manual")
+		entries := d.list(t)
+		got := find(entries, host32(e.attacker4()))
+		if got == nil {
+			t.Fatalf("list after block: %v, want %s", prefixes(entries), host32(e.attacker4()))
+		}
+		if got.Reason != "e2e manual" || got.Origin != "manual" || got.Permanent {
+			t.Errorf("entry %+v: want reason %q, origin manual, not permanent", *got, "e2e manual")
+		}
+		if lo, hi := before.Add(time.Hour-time.Minute), time.Now().Add(time.Hour+time.Minute); got.Expires.Before(lo) || got.Expires.After(hi) {
+			t.Errorf("expires %s, want about an hour from now", got.Expires)
+		}
+
+		e.dropped(t, att4)
+		if e.pings(att4) {
+			t.Error("blocked attacker's ping answered")
+		}
+		e.served(t, att6) // a different source
+		e.served(t, cli4)
+		e.served(t, cli6)
+
+		// The entry counts the packets it dropped.
+		if err := eventually(5*time.Second, func() error {
+			if en := find(d.list(t), host32(e.attacker4())); en == nil || en.Hits == 0 || en.LastHit.IsZero() {
+				return fmt.Errorf("entry %+v: want hits > 0 and a last-hit time", en)
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+		if st := d.status(t); st.Backend != backend || st.Entries != 1 || st.Dropped == 0 {
+			t.Errorf("status: backend %q entries %d dropped %d; want %s, 1, > 0", st.Backend, st.Entries, st.Dropped, backend)
+		}
+
+		// IPv6: a single address blocks its /64.
+		d.mustCtl(t, "block", attackerV6.String(), "--reason", "e2e v6")
+		if en := find(d.list(t), net64(attackerV6)); en == nil {
+			t.Fatalf("list after blocking %s: %v, want %s", attackerV6, prefixes(d.list(t)), net64(attackerV6))
+		}
+		e.dropped(t, att6)
+		e.served(t, cli6)
+
+		// Unblock: both pass again, the list is empty, the log has all of it.
+		out := d.mustCtl(t, "unblock", e.attacker4().String(), attackerV6.String())
+		if !strings.Contains(out, host32(e.attacker4())) && !strings.Contains(out, e.attacker4().String()) {
+			t.Errorf("unblock output does not name what it removed: %q", out)
+		}
+		if l := d.list(t); len(l) != 0 {
+			t.Errorf("list after unblock: %v, want empty", prefixes(l))
+		}
+		e.served(t, att4)
+		e.served(t, att6)
+		if !e.pings(att4) {
+			t.Error("attacker's ping not answered after unblock")
+		}
+		requireEvents(t, d, "block", host32(e.attacker4()))
+		requireEvents(t, d, "unblock", host32(e.attacker4()))
+		requireEvents(t, d, "block", net64(attackerV6))
+
+		// A CIDR drops every source inside it.
+		d.mustCtl(t, "block", "198.18.1.2/31")
+		e.dropped(t, att4)
+		e.served(t, cli4)
+		d.mustCtl(t, "unblock", "198.18.1.2/31")
+		e.served(t, att4)
+
+		// An IPv4-mapped IPv6 address is the IPv4 address.
+		d.mustCtl(t, "block", "::ffff:"+e.attacker4().String())
+		if l := d.list(t); len(l) != 1 || l[0].Prefix != host32(e.attacker4()) {
+			t.Errorf("list after blocking ::ffff:%s: %v, want [%s]", e.attacker4(), prefixes(l), host32(e.attacker4()))
+		}
+		e.dropped(t, att4)
+		d.mustCtl(t, "unblock", e.attacker4().String())
+		e.served(t, att4)
+	})
+}
+
+// An entry drops until its deadline and not a moment after, with no sweep in between
+// (sweep.interval is an hour in the suite's config).
+func TestExactExpiry(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, options{})
+		d := e.d
+		att := e.attackerV4Peer()
+		d.mustCtl(t, "block", e.attacker4().String(), "--ttl", "6s")
+		en := find(d.list(t), host32(e.attacker4()))
+		if en == nil {
+			t.Fatalf("not listed after block: %v", prefixes(d.list(t)))
+		}
+		deadline := en.Expires
+		if d := time.Until(deadline); d < 4*time.Second || d > 7*time.Second {
+			t.Fatalf("expires in %s, want about 6s", d)
+		}
+		e.dropped(t, att)
+		time.Sleep(time.Until(deadline.Add(-3 * time.Second)))
+		e.dropped(t, att) // still before the deadline (the attempt ends ~1.5s before it)
+
+		time.Sleep(time.Until(deadline))
+		// Allow for the clock granularity of the back-end (ipset timeouts are whole seconds).
+		if err := eventually(1500*time.Millisecond, func() error { return e.httpGet(att.ns, att.src, att.dst) }); err != nil {
+			t.Errorf("attacker still dropped %s after the deadline: %v", time.Since(deadline).Round(time.Millisecond), err)
+		}
+		if l := d.list(t); find(l, host32(e.attacker4())) != nil {
+			t.Errorf("expired entry still listed as active: %v", prefixes(l))
+		}
+		e.served(t, e.clientV4Peer())
+	})
+}
+
+// Blocks survive a stop (enforcement stays in place while no daemon runs) and a restart.
+func TestStopRestart(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, options{})
+		d := e.d
+		d.mustCtl(t, "block", e.attacker4().String(), "--ttl", "2h", "--reason", "restart test")
+		d.mustCtl(t, "block", attackerV6.String(), "--ttl", "permanent")
+		d.mustCtl(t, "block", "198.18.77.0/24", "198.18.78.9", "--ttl", "3d")
+		want := snapshot(d.list(t))
+		if n := len(d.list(t)); n != 4 {
+			t.Fatalf("%d entries before the stop, want 4: %s", n, want)
+		}
+
+		d.stop()
+		e.dropped(t, e.attackerV4Peer())
+		e.dropped(t, e.attackerV6Peer())
+		e.served(t, e.clientV4Peer())
+		e.served(t, e.clientV6Peer())
+		if r := d.ctl("list"); r.code == 0 {
+			t.Errorf("snarectl list succeeded with the daemon stopped: %v", r)
+		}
+
+		d.start()
+		if got := snapshot(d.list(t)); got != want {
+			t.Errorf("list after restart:\n%s\nwant:\n%s", got, want)
+		}
+		e.dropped(t, e.attackerV4Peer())
+		e.dropped(t, e.attackerV6Peer())
+		e.served(t, e.clientV4Peer())
+	})
+}
+
+// Every change the API acknowledged survives kill -9, and enforcement never stops.
+func TestKill9(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, options{})
+		d := e.d
+		var many []string
+		for i := 1; i <= 50; i++ {
+			many = append(many, "198.18.90."+strconv.Itoa(i))
+		}
+		d.mustCtl(t, append([]string{"block", "--ttl", "1d"}, many...)...)
+		d.mustCtl(t, "block", "198.18.91.7", "--ttl", "2h")
+		d.mustCtl(t, "unblock", "198.18.90.50")
+		// The last acknowledged change before the kill.
+		d.mustCtl(t, "block", e.attacker4().String(), "--ttl", "1h", "--reason", "last word")
+		want := snapshot(d.list(t))
+		d.kill9()
+
+		e.dropped(t, e.attackerV4Peer())
+		e.served(t, e.clientV4Peer())
+
+		d.start()
+		got := d.list(t)
+		if snapshot(got) != want {
+			t.Errorf("list after kill -9 and restart:\n%s\nwant:\n%s", snapshot(got), want)
+		}
+		if len(got) != 51 || find(got, "198.18.90.50/32") != nil {
+			t.Errorf("%d entries (198.18.90.50 present: %v), want 51 without the unblocked one", len(got), find(got, "198.18.90.50/32") != nil)
+		}
+		e.dropped(t, e.attackerV4Peer())
+		e.served(t, e.clientV4Peer())
+	})
+}
+
+// requireEvents fails the test unless the event log has an event of that kind for address
+// (a prefix, or the bare address of a single-address prefix).
+func requireEvents(t *testing.T, d *daemon, kind, prefix string) {
+	t.Helper()
+	evs := d.events(t)
+	for _, ev := range evs {
+		if ev.Event == kind && sameAddr(ev.Address, prefix) {
+			return
+		}
+	}
+	var seen []string
+	for _, ev := range evs {
+		seen = append(seen, ev.Event+" "+ev.Address)
+	}
+	t.Errorf("no %q event for %s in the log: %v", kind, prefix, seen)
+}
+
+// sameAddr compares an event address with a prefix, allowing "198.18.1.2" for "198.18.1.2/32".
+func sameAddr(addr, prefix string) bool {
+	if addr == prefix {
+		return true
+	}
+	bare, bits, ok := strings.Cut(prefix, "/")
+	return ok && addr == bare && (bits == "32" || bits == "128")
+}
+
+func containsAll(s string, subs ...string) bool {
+	return !slices.ContainsFunc(subs, func(sub string) bool { return !strings.Contains(s, sub) })
+}

@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The old setup's blocked.list ("IP YYYYMMDD", dated the day it was blocked, purged 5 days
+// later by cron) and plain lists carry over; export writes both formats and reads back the same.
+func TestImportExport(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, options{config: map[string]any{"block.ttl": "5d"}})
+		d := e.d
+		day := func(daysAgo int) string { return time.Now().AddDate(0, 0, -daysAgo).Format("20060102") }
+		list := strings.Join([]string{
+			"# blocked.list as portsentry's script wrote it",
+			e.attacker4().String() + " " + day(0),
+			"198.18.10.1 " + day(3),
+			"198.18.10.2 " + day(10), // its 5 days are over: not imported
+			"",
+			"; plain lines, another comment style",
+			"198.18.11.0/24",
+			"2001:db8:11::/48",
+			"198.18.12.7   # trailing comment",
+		}, "\n") + "\n"
+		file := filepath.Join(e.dir, "blocked.list")
+		if err := os.WriteFile(file, []byte(list), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out := d.mustCtl(t, "import", file)
+		t.Logf("import: %s", strings.TrimSpace(out))
+
+		entries := d.list(t)
+		want := []string{"198.18.10.1/32", host32(e.attacker4()), "198.18.11.0/24", "198.18.12.7/32", "2001:db8:11::/48"}
+		slices.Sort(want)
+		if got := prefixes(entries); !slices.Equal(got, want) {
+			t.Fatalf("after import: %v, want %v", got, want)
+		}
+		// An entry dated D expires at D + TTL (5 days), to the day.
+		checkDay := func(prefix string, daysAgo int) {
+			t.Helper()
+			en := find(entries, prefix)
+			wantDay := time.Now().AddDate(0, 0, 5-daysAgo)
+			if en == nil || en.Expires.IsZero() {
+				t.Errorf("%s: %+v, want an expiry", prefix, en)
+				return
+			}
+			if diff := en.Expires.Sub(wantDay); diff < -26*time.Hour || diff > 26*time.Hour {
+				t.Errorf("%s dated %s expires %s, want on %s (date + 5d TTL)", prefix, day(daysAgo),
+					en.Expires.Local().Format(time.DateTime), wantDay.Format(time.DateOnly))
+			}
+		}
+		checkDay(host32(e.attacker4()), 0)
+		checkDay("198.18.10.1/32", 3)
+		for _, en := range entries {
+			if en.Origin != "import" {
+				t.Errorf("%s: origin %q, want import", en.Prefix, en.Origin)
+			}
+		}
+		e.dropped(t, e.attackerV4Peer())
+		e.served(t, e.clientV4Peer())
+
+		// Export in both formats.
+		blocked := d.mustCtl(t, "export", "--format", "blocked-list")
+		plain := d.mustCtl(t, "export", "--format", "plain")
+		line := regexp.MustCompile(`^(\S+) (\d{8})$`)
+		var got []string
+		for _, l := range strings.Split(blocked, "\n") {
+			l = strings.TrimSpace(l)
+			if l == "" || strings.HasPrefix(l, "#") || strings.HasPrefix(l, ";") {
+				continue
+			}
+			m := line.FindStringSubmatch(l)
+			if m == nil {
+				t.Errorf("blocked-list export line %q is not `IP YYYYMMDD`", l)
+				continue
+			}
+			if _, err := time.Parse("20060102", m[2]); err != nil {
+				t.Errorf("blocked-list export line %q: bad date: %v", l, err)
+			}
+			got = append(got, m[1])
+		}
+		for _, p := range want {
+			bare := strings.TrimSuffix(p, "/32")
+			if !slices.Contains(got, p) && !slices.Contains(got, bare) {
+				t.Errorf("blocked-list export lacks %s:\n%s", p, blocked)
+			}
+		}
+		for _, p := range want {
+			if !strings.Contains(plain, strings.TrimSuffix(p, "/32")) {
+				t.Errorf("plain export lacks %s:\n%s", p, plain)
+			}
+		}
+
+		// Round trip: unblock everything, import each export, get the same list back.
+		for _, tc := range []struct{ name, content string }{{"blocked-list", blocked}, {"plain", plain}} {
+			d.mustCtl(t, append([]string{"unblock"}, want...)...)
+			if l := d.list(t); len(l) != 0 {
+				t.Fatalf("after unblocking all: %v", prefixes(l))
+			}
+			f := filepath.Join(e.dir, "export."+tc.name)
+			if err := os.WriteFile(f, []byte(tc.content), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d.mustCtl(t, "import", f)
+			again := d.list(t)
+			if got := prefixes(again); !slices.Equal(got, want) {
+				t.Errorf("%s round trip: %v, want %v", tc.name, got, want)
+			}
+			if tc.name == "blocked-list" {
+				// The dates carried the expiries across.
+				entries = again
+				checkDay(host32(e.attacker4()), 0)
+				checkDay("198.18.10.1/32", 3)
+			}
+		}
+		e.dropped(t, e.attackerV4Peer())
+	})
+}

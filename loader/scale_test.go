@@ -1,0 +1,53 @@
+package loader
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/snare-dev/snare/backend"
+)
+
+// rulesN makes n distinct /32 rules in 198.18.0.0/15 and beyond (only ever written to maps,
+// never used as packet addresses).
+func rulesN(n int, ttl time.Duration) []backend.Rule {
+	out := make([]backend.Rule, n)
+	dl := time.Now().Add(ttl)
+	for i := range out {
+		a := netip.AddrFrom4([4]byte{10 + byte(i>>24), byte(i >> 16), byte(i >> 8), byte(i)})
+		out[i] = backend.Rule{Prefix: netip.PrefixFrom(a, 32), Deadline: dl}
+	}
+	return out
+}
+
+// BenchmarkMillion loads, reads and removes 1,000,000 entries: the restore, list and sweep paths.
+func BenchmarkMillion(b *testing.B) {
+	const n = 1_000_000
+	x := newUnattached(b, n)
+	rules := rulesN(n, time.Hour)
+	ctx := context.Background()
+	for b.Loop() {
+		t0 := time.Now()
+		if err := x.Block(ctx, rules); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		got, err := x.Rules(ctx)
+		if err != nil || len(got) != n {
+			b.Fatalf("rules: %d, %v", len(got), err)
+		}
+		t2 := time.Now()
+		ps := make([]netip.Prefix, n)
+		for i, r := range rules {
+			ps[i] = r.Prefix
+		}
+		if err := x.Unblock(ctx, ps); err != nil {
+			b.Fatal(err)
+		}
+		t3 := time.Now()
+		b.ReportMetric(t1.Sub(t0).Seconds(), "block-s")
+		b.ReportMetric(t2.Sub(t1).Seconds(), "rules-s")
+		b.ReportMetric(t3.Sub(t2).Seconds(), "unblock-s")
+	}
+}
