@@ -10,9 +10,9 @@
 //   - core (core_test.go, core2_test.go, importexport_test.go): block/unblock of addresses, IPv6
 //     /64s, CIDRs and IPv4-mapped IPv6; hit counters; exact expiry with no sweep; stop (still
 //     dropped), restart (list intact), kill -9 (nothing lost), no connection through across
-//     restarts; import/export of blocked.list
-//     ("IP YYYYMMDD") and plain lists; the allowlist winning over blocks; dry run; repeat
-//     offences and escalation; events -f; status per interface.
+//     restarts; import/export of blocked.list ("IP YYYYMMDD") and plain lists; the allowlist
+//     winning over blocks; dry run; repeat offences and escalation; events -f; status per
+//     interface.
 //   - bad input (badinput_test.go): every refusal names the problem, exits non-zero and changes
 //     neither the block list nor the allowlist nor enforcement; broken configs; a missing
 //     socket; a second daemon on the same pins or store.
