@@ -114,27 +114,44 @@ func TestExactExpiry(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, options{})
 		d := e.d
-		att := e.attackerV4Peer()
-		d.mustCtl(t, "block", e.attacker4().String(), "--ttl", "6s")
-		en := find(d.list(t), host32(e.attacker4()))
-		if en == nil {
-			t.Fatalf("not listed after block: %v", prefixes(d.list(t)))
+		peers := []peer{e.attackerV4Peer(), e.attackerV6Peer()}
+		keys := []string{host32(e.attacker4()), net64(attackerV6)}
+		d.mustCtl(t, "block", e.attacker4().String(), attackerV6.String(), "--ttl", "8s")
+		var first, last time.Time
+		for _, k := range keys {
+			en := find(d.list(t), k)
+			if en == nil {
+				t.Fatalf("%s not listed after block: %v", k, prefixes(d.list(t)))
+			}
+			if d := time.Until(en.Expires); d < 6*time.Second || d > 9*time.Second {
+				t.Fatalf("%s expires in %s, want about 8s", k, d)
+			}
+			if first.IsZero() || en.Expires.Before(first) {
+				first = en.Expires
+			}
+			if en.Expires.After(last) {
+				last = en.Expires
+			}
 		}
-		deadline := en.Expires
-		if d := time.Until(deadline); d < 4*time.Second || d > 7*time.Second {
-			t.Fatalf("expires in %s, want about 6s", d)
+		for _, p := range peers {
+			e.dropped(t, p)
 		}
-		e.dropped(t, att)
-		time.Sleep(time.Until(deadline.Add(-3 * time.Second)))
-		e.dropped(t, att) // still before the deadline (the attempt ends ~1.5s before it)
+		time.Sleep(time.Until(first.Add(-4 * time.Second)))
+		for _, p := range peers {
+			e.dropped(t, p) // still before the deadline (both attempts end ~1s before it)
+		}
 
-		time.Sleep(time.Until(deadline))
+		time.Sleep(time.Until(last))
 		// Allow for the clock granularity of the back-end (ipset timeouts are whole seconds).
-		if err := eventually(1500*time.Millisecond, func() error { return e.httpGet(att.ns, att.src, att.dst) }); err != nil {
-			t.Errorf("attacker still dropped %s after the deadline: %v", time.Since(deadline).Round(time.Millisecond), err)
+		for _, p := range peers {
+			if err := eventually(1500*time.Millisecond, func() error { return e.httpGet(p.ns, p.src, p.dst) }); err != nil {
+				t.Errorf("%s still dropped %s after the deadline: %v", p.name, time.Since(last).Round(time.Millisecond), err)
+			}
 		}
-		if l := d.list(t); find(l, host32(e.attacker4())) != nil {
-			t.Errorf("expired entry still listed as active: %v", prefixes(l))
+		for _, k := range keys {
+			if l := d.list(t); find(l, k) != nil {
+				t.Errorf("expired entry %s still listed as active: %v", k, prefixes(l))
+			}
 		}
 		e.served(t, e.clientV4Peer())
 	})
