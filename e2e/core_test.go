@@ -150,6 +150,9 @@ func TestStopRestart(t *testing.T) {
 		if n := len(d.list(t)); n != 4 {
 			t.Fatalf("%d entries before the stop, want 4: %s", n, want)
 		}
+		if en := find(d.list(t), net64(attackerV6)); en == nil || !en.Permanent || !en.Expires.IsZero() {
+			t.Errorf("permanent entry %+v: want permanent with no expiry", en)
+		}
 
 		d.stop()
 		e.dropped(t, e.attackerV4Peer())

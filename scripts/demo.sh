@@ -42,7 +42,14 @@ snared_args() {
 cleanup() {
 	set +e
 	say "tearing the lab down"
-	if [ -n "$SNARED_PID" ]; then kill "$SNARED_PID" 2>/dev/null; wait "$SNARED_PID" 2>/dev/null; fi
+	if [ -n "$SNARED_PID" ]; then
+		kill "$SNARED_PID" 2>/dev/null
+		wait "$SNARED_PID" 2>/dev/null
+		if kill -0 "$SNARED_PID" 2>/dev/null; then
+			echo "snared (pid $SNARED_PID) did not stop; killing it" >&2
+			kill -KILL "$SNARED_PID"
+		fi
+	fi
 	if [ -n "$WEB_PID" ]; then kill "$WEB_PID" 2>/dev/null; wait "$WEB_PID" 2>/dev/null; fi
 	if [ -x "$WORK/snared" ] && [ -e "/run/netns/$HOST" ]; then
 		# shellcheck disable=SC2046
@@ -53,7 +60,11 @@ cleanup() {
 		[ -e "/run/netns/$ns" ] && ip netns del "$ns"
 	done
 	rm -rf "$WORK"
-	echo "done: namespaces, daemon, pins and temp files removed"
+	if [ -n "$SNARED_PID" ] && kill -0 "$SNARED_PID" 2>/dev/null; then
+		echo "warning: snared pid $SNARED_PID still running" >&2
+	else
+		echo "done: namespaces, daemon, pins and temp files removed"
+	fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -109,8 +120,9 @@ say "starting the web server and snared on the host"
 ip netns exec "$HOST" "$WORK/demoweb" 0.0.0.0:8080 >"$WORK/web.log" 2>&1 &
 WEB_PID=$!
 # nsenter --net keeps this mount namespace, so the pins under /sys/fs/bpf outlive the process.
+# Called directly (not through in_host) so that $! is snared itself: nsenter execs it.
 # shellcheck disable=SC2046
-in_host "$WORK/snared" $(snared_args) >"$WORK/snared.log" 2>&1 &
+nsenter --net="/run/netns/$HOST" -- "$WORK/snared" $(snared_args) >"$WORK/snared.log" 2>&1 &
 SNARED_PID=$!
 for _ in $(seq 1 100); do
 	"$WORK/snarectl" --socket "$SOCK" status >/dev/null 2>&1 && break
