@@ -90,11 +90,11 @@ func readProbes(path string, src netip.Addr) ([]pktKey, error) {
 
 func (e *env) sectionDetect() ([]*table, error) {
 	t := newTable("Detection: nmap from the attacker namespace against snare's trap ports",
-		"scan", "probes sent", "trigger = probe #", "reached the host after the trigger (non-trap ports)", "reached the host after the trigger (any)", "target", "result", "blocked by the trap", "nmap says open")
+		"scan", "probes sent", "trigger = probe #", "reached the host before the trigger", "reached the host after the trigger (non-trap ports)", "reached the host after the trigger (any)", "target", "result", "blocked by the trap", "nmap says open")
 	t.note("snare's program on the host end of the attacker's veth (native XDP), trap detection on with the default port lists and threshold 1. " +
 		"tcpdump on the attacker's side records every probe in the order sent; tcpdump on the host's side sees only what XDP passed " +
 		"(packet taps run after XDP). Probes are matched across the two captures (IP ID / flow label, port, TCP sequence; copies of one key by count); the trigger is the " +
-		"first probe to a trap port. A web server listens on port 80 of the host. portsentry is not installed here: no comparison row.")
+		"first probe to a trap port; 'before the trigger' shows the host-side capture works. A web server listens on port 80 of the host. portsentry is not installed here: no comparison row.")
 	scans := []scan{
 		{"-sS (SYN)", []string{"-sS"}, false, layers.IPProtocolTCP},
 		{"-sT (connect)", []string{"-sT"}, false, layers.IPProtocolTCP},
@@ -207,7 +207,7 @@ func (e *env) sectionDetect() ([]*table, error) {
 			}
 		}
 		if nerr != nil {
-			t.add(s.name, "", "", "n/a: "+oneLine(nerr), "", "0", "")
+			t.add(s.name, "", "", "", "n/a: "+oneLine(nerr), "", "0", "")
 			continue
 		}
 		sent, err := readProbes(aPcap, src)
@@ -235,8 +235,9 @@ func (e *env) sectionDetect() ([]*table, error) {
 		for _, k := range got {
 			host[k]++
 		}
-		leakNonTrap, leakAny := 0, 0
+		leakNonTrap, leakAny, before := 0, 0, 0
 		for k, n := range host {
+			before += min(n, pre[k])
 			if trigger < 0 || n <= pre[k] {
 				continue
 			}
@@ -262,7 +263,7 @@ func (e *env) sectionDetect() ([]*table, error) {
 		if trigger >= 0 {
 			trig = num(float64(trigger + 1))
 		}
-		t.add(s.name, num(float64(len(sent))), trig, num(float64(leakNonTrap)), num(float64(leakAny)), "0",
+		t.add(s.name, num(float64(len(sent))), trig, num(float64(before)), num(float64(leakNonTrap)), num(float64(leakAny)), "0",
 			passMiss(trigger >= 0 && leakNonTrap == 0), blocked, strings.Join(open, " "))
 	}
 	return []*table{t}, nil

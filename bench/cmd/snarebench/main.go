@@ -85,6 +85,7 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 	}
 
 	start := time.Now()
+	loadStart := loadAvg()
 	e, err := setup(quick, log)
 	// Tear down on every way out, including Ctrl-C.
 	sigs := make(chan os.Signal, 1)
@@ -126,7 +127,7 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 		}
 		log.Info("section done", "section", s.name, "took", time.Since(t0).Round(time.Millisecond))
 	}
-	report := header(e, quick, time.Since(start))
+	report := header(e, quick, time.Since(start), loadStart, loadAvg())
 	for _, t := range tables {
 		report += t.markdown()
 	}
@@ -172,7 +173,20 @@ func cpuModel() string {
 	return "unknown"
 }
 
-func header(e *env, quick bool, took time.Duration) string {
+// loadAvg is the 1-minute load average: how busy the machine's other users kept it.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
+func header(e *env, quick bool, took time.Duration, loadStart, loadEnd string) string {
 	mode := "full"
 	if quick {
 		mode = "quick"
@@ -183,6 +197,7 @@ func header(e *env, quick bool, took time.Duration) string {
 	fmt.Fprintf(&sb, "- mode: %s (`go run ./bench/cmd/snarebench%s`), took %s\n", mode, map[bool]string{true: " --quick"}[quick], took.Round(time.Second))
 	fmt.Fprintf(&sb, "- lab: veth %s (generator, netns %s) -> %s (device under test, netns %s); XDP modes used: native (veth driver mode) and generic (skb), as named per row\n",
 		e.gen.Name, e.lab.Peer("gen").NS, e.dut.Name, e.lab.Host.NS)
+	fmt.Fprintf(&sb, "- 1-minute load average at start / end: %s / %s (2 CPUs; anything near or above 2 means other users competed for the cores)\n", loadStart, loadEnd)
 	sb.WriteString("- ratios within this run are what to compare; absolute numbers move between runs on this shared VM\n\n")
 	return sb.String()
 }
