@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -20,6 +21,13 @@ import (
 //	                -j <PREFIX>-TRAP                                (trap on)
 //	<PREFIX>-TRAP:  -p tcp --tcp-flags ACK,RST NONE -m set --match-set trap-tcp dst -j NFLOG ...
 //	                -p udp -m set --match-set trap-udp dst -j NFLOG ...
+//
+// With threshold 1, a protocol in block mode and no dry-run, each NFLOG rule is wrapped by a
+// kernel-side block (see trapRules):
+//
+//	<probe> -m set ! --match-set allow src -j SET --add-set ip src --exist --timeout TTL
+//	<probe> -j NFLOG ...
+//	<probe> -m set ! --match-set allow src -j DROP
 //
 // Blocked sources are dropped before the trap rules, so a blocked scanner costs no NFLOG
 // messages. The trap rules only match probes (no ACK, no RST: SYN, FIN, NULL, XMAS), like the XDP
@@ -113,12 +121,43 @@ func (e *Enforcer) rulesLocked(f *family) (main, trap []rule) {
 		nflog := []string{"-j", "NFLOG", "--nflog-group", strconv.Itoa(int(e.opts.NFLOGGroup)), "--nflog-size", nflogSize}
 		tcp := append([]string{"-p", "tcp", "--tcp-flags", "ACK,RST", "NONE"}, matchSet(e.n.trapTCP, "dst")...)
 		udp := append([]string{"-p", "udp"}, matchSet(e.n.trapUDP, "dst")...)
-		trap = []rule{
-			{args: append(tcp, nflog...), reason: "trap_hit"},
-			{args: append(udp, nflog...), reason: "trap_hit"},
-		}
+		trap = append(trap, e.trapRules(f, tcp, nflog, e.trap.BlockTCP)...)
+		trap = append(trap, e.trapRules(f, udp, nflog, e.trap.BlockUDP)...)
 	}
 	return main, trap
+}
+
+// trapRules are the trap chain's rules for one protocol's probes (match). With threshold 1 in
+// block mode the kernel blocks at the trigger packet itself, as the XDP program does: the source
+// goes into the block set and the probe is dropped, so the scanner's next probes (the web port
+// nmap asks about after the trap port) are dropped before the daemon has even read the NFLOG
+// message. NFLOG still reports every probe (events, persistence, thresholds above 1). The
+// allowlist jumps here too (its scans are reported), so the block and drop rules skip it.
+// Dry-run only counts: no kernel block, as in XDP.
+func (e *Enforcer) trapRules(f *family, match, nflog []string, block bool) []rule {
+	logRule := rule{args: append(slices.Clone(match), nflog...), reason: "trap_hit"}
+	if !block || e.trap.Threshold != 1 || e.settings.DryRun {
+		return []rule{logRule}
+	}
+	notAllowed := []string{"-m", "set", "!", "--match-set", f.allow, "src"}
+	guarded := append(slices.Clone(match), notAllowed...)
+	set := []string{"-j", "SET", "--add-set", f.ip, "src", "--exist", "--timeout", strconv.FormatUint(uint64(kernelTrapTimeout(e.trap.TTL)), 10)}
+	return []rule{
+		{args: append(slices.Clone(guarded), set...)},
+		logRule,
+		{args: append(slices.Clone(guarded), "-j", "DROP"), reason: "trap_block"},
+	}
+}
+
+// kernelTrapTimeout is the ipset timeout of a block the trap rule inserts: the trap TTL in whole
+// seconds, at most ipset's maximum (a longer or permanent TTL: the daemon's store keeps the real
+// deadline and the trap handler rewrites the entry with it).
+func kernelTrapTimeout(ttl time.Duration) uint32 {
+	if ttl <= 0 {
+		return ipsetMaxTimeout
+	}
+	secs := (ttl + time.Second - 1) / time.Second
+	return uint32(min(max(secs, 1), ipsetMaxTimeout))
 }
 
 func (e *Enforcer) jumps() [][]string {
