@@ -315,6 +315,38 @@ func (f *family) dryRunInPlace(chain, ipSet string) (bool, error) {
 	return dry, nil
 }
 
+// trapTTLInPlace reads the trap TTL from the kernel block rule a previous run left in the trap
+// chain (0: none, or ipset's maximum), so a restart keeps the rule, its counters and the TTL of
+// its blocks until the daemon configures the trap again.
+func (f *family) trapTTLInPlace(chain string) (time.Duration, error) {
+	var ttl time.Duration
+	err := f.ns.do(func() error {
+		ok, err := f.ipt.ChainExists(table, chain)
+		if err != nil || !ok {
+			return err
+		}
+		lines, err := f.ipt.List(table, chain)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			fields := strings.Fields(l)
+			i := slices.Index(fields, "--timeout")
+			if !strings.Contains(l, "-j SET") || i < 0 || i+1 >= len(fields) {
+				continue
+			}
+			if n, err := strconv.ParseUint(fields[i+1], 10, 32); err == nil && n < ipsetMaxTimeout {
+				ttl = time.Duration(n) * time.Second
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read chain %s: %w", chain, err)
+	}
+	return ttl, nil
+}
+
 // positionMatches is a cheap order check of a listed rule against the wanted one: the set names
 // and the target must appear in it in the same order. (iptables -S normalises the rest.)
 func positionMatches(line string, args []string) bool {
