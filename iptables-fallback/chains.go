@@ -25,6 +25,7 @@ import (
 // With threshold 1, a protocol in block mode and no dry-run, each NFLOG rule is wrapped by a
 // kernel-side block (see trapRules):
 //
+//	<probe> -m set ! --match-set allow src -j SET --add-set trapped src --exist --timeout TTL
 //	<probe> -m set ! --match-set allow src -j SET --add-set ip src --exist --timeout TTL
 //	<probe> -j NFLOG ...
 //	<probe> -m set ! --match-set allow src -j DROP
@@ -44,6 +45,7 @@ type family struct {
 	ipt             *iptables.IPTables
 	ns              nsHandle
 	allow, ip, cidr string // set names
+	trapped         string // kernel trap marks
 	// snapshot is each chain's listing after the last sync and synced the wanted state it
 	// achieved; the watcher compares against both.
 	snapshot map[string][]string
@@ -91,8 +93,8 @@ func newFamilies(ns nsHandle, variant string, n names) ([]*family, error) {
 		return nil, fmt.Errorf("ip6tables: %w", err)
 	}
 	return []*family{
-		{name: "ipv4", ipt: ipt4, ns: ns, allow: n.allow4, ip: n.ip4, cidr: n.net4, snapshot: map[string][]string{}},
-		{name: "ipv6", ipt: ipt6, ns: ns, allow: n.allow6, ip: n.ip6, cidr: n.net6, snapshot: map[string][]string{}},
+		{name: "ipv4", ipt: ipt4, ns: ns, allow: n.allow4, ip: n.ip4, cidr: n.net4, trapped: n.trapped4, snapshot: map[string][]string{}},
+		{name: "ipv6", ipt: ipt6, ns: ns, allow: n.allow6, ip: n.ip6, cidr: n.net6, trapped: n.trapped6, snapshot: map[string][]string{}},
 	}, nil
 }
 
@@ -141,8 +143,13 @@ func (e *Enforcer) trapRules(f *family, match, nflog []string, block bool) []rul
 	}
 	notAllowed := []string{"-m", "set", "!", "--match-set", f.allow, "src"}
 	guarded := append(slices.Clone(match), notAllowed...)
-	set := []string{"-j", "SET", "--add-set", f.ip, "src", "--exist", "--timeout", strconv.FormatUint(uint64(kernelTrapTimeout(e.trap.TTL)), 10)}
+	timeout := strconv.FormatUint(uint64(kernelTrapTimeout(e.trap.TTL)), 10)
+	// The mark first: Rules lists the block sets before the marks, so every kernel block it
+	// sees is already marked (an unmarked unknown entry would be removed as stale).
+	mark := []string{"-j", "SET", "--add-set", f.trapped, "src", "--exist", "--timeout", timeout}
+	set := []string{"-j", "SET", "--add-set", f.ip, "src", "--exist", "--timeout", timeout}
 	return []rule{
+		{args: append(slices.Clone(guarded), mark...)},
 		{args: append(slices.Clone(guarded), set...)},
 		logRule,
 		{args: append(slices.Clone(guarded), "-j", "DROP"), reason: "trap_block"},

@@ -15,7 +15,8 @@ import (
 // messages: the trigger probe itself is dropped, the source lands in the block set with the trap
 // TTL, and its next packet to an open, non-trap port is dropped. An allowlisted client probing
 // the same trap port is never added. A new enforcer then reports the kernel's block as a trap
-// block, and threshold 2 or log mode take the kernel block rules out again.
+// block (marked in the trapped set, since no NFLOG report wrote its comment), and threshold 2,
+// log mode and dry-run take the kernel block rules out again.
 func TestTrapKernelBlock(t *testing.T) {
 	for _, v := range variants() {
 		t.Run("variant="+v, func(t *testing.T) {
@@ -46,8 +47,8 @@ func TestTrapKernelBlock(t *testing.T) {
 			for _, v6 := range []bool{false, true} {
 				trapChain := f.ipt(t, v6, "-t", "raw", "-S", strings.ToUpper(f.prefix)+"-TRAP")
 				for _, proto := range []string{"tcp", "udp"} {
-					if n := countLines(trapChain, "-p "+proto, "-j SET --add-set", "--timeout 3600"); n != 1 {
-						t.Errorf("v6=%v: %d %s SET rules with the trap TTL, want 1:\n%s", v6, n, proto, trapChain)
+					if n := countLines(trapChain, "-p "+proto, "-j SET --add-set", "--timeout 3600"); n != 2 {
+						t.Errorf("v6=%v: %d %s SET rules with the trap TTL, want 2 (mark and block):\n%s", v6, n, proto, trapChain)
 					}
 					if n := countLines(trapChain, "-p "+proto, "! --match-set", "-j DROP"); n != 1 {
 						t.Errorf("v6=%v: %d %s DROP rules skipping the allowlist, want 1:\n%s", v6, n, proto, trapChain)
@@ -127,9 +128,20 @@ func TestTrapKernelBlock(t *testing.T) {
 			// counted them.
 			e2 := f.open(t)
 			rules := rulesByPrefix(t, e2)
-			if rs, ok := rules[netip.PrefixFrom(att.Addr4(), 32)]; !ok || rs.Hits < 1 ||
+			if rs, ok := rules[netip.PrefixFrom(att.Addr4(), 32)]; !ok || rs.Hits < 1 || !rs.FromTrap ||
 				!withinSlack(rs.Deadline, time.Now().Add(time.Hour), time.Minute) {
 				t.Errorf("kernel trap block in Rules: %+v (present %v)", rs, ok)
+			}
+			if rs, ok := rules[netip.PrefixFrom(att.Addr6(), 64).Masked()]; !ok || !rs.FromTrap {
+				t.Errorf("kernel trap block of the /64 in Rules: %+v (present %v)", rs, ok)
+			}
+			// A block made by hand is no trap block.
+			manual := netip.MustParsePrefix("198.18.9.9/32")
+			if err := e2.Block(ctx, []backend.Rule{{Prefix: manual, Deadline: time.Now().Add(time.Hour)}}); err != nil {
+				t.Fatal(err)
+			}
+			if rs := rulesByPrefix(t, e2)[manual]; rs.FromTrap {
+				t.Errorf("manual block reported as a trap block: %+v", rs)
 			}
 			st, err := e2.Status(ctx)
 			if err != nil {
