@@ -355,14 +355,15 @@ func (f *family) trapTTLInPlace(chain string) (time.Duration, error) {
 }
 
 // positionMatches is a cheap order check of a listed rule against the wanted one: the set names
-// and the target must appear in it in the same order. (iptables -S normalises the rest.)
+// (matched and added to) and the target must appear in it in the same order. (iptables -S
+// normalises the rest.)
 func positionMatches(line string, args []string) bool {
 	fields := strings.Fields(line)
 	var wantKeys, haveKeys []string
 	pick := func(ws []string) []string {
 		var out []string
 		for i, w := range ws {
-			if (w == "--match-set" || w == "-j") && i+1 < len(ws) {
+			if (w == "--match-set" || w == "-j" || w == "--add-set") && i+1 < len(ws) {
 				out = append(out, ws[i+1])
 			}
 		}
