@@ -60,7 +60,16 @@ func readProbes(path string, src netip.Addr) ([]pktKey, error) {
 		if err != nil {
 			return out, nil // a capture cut short by SIGINT ends with a partial record
 		}
-		p := gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
+		var p gopacket.Packet
+		if r.LinkType() == linkTypeNFLOG {
+			payload, first, ok := nflogPayload(data)
+			if !ok {
+				continue
+			}
+			p = gopacket.NewPacket(payload, first, gopacket.NoCopy)
+		} else {
+			p = gopacket.NewPacket(data, layers.LayerTypeEthernet, gopacket.NoCopy)
+		}
 		var k pktKey
 		switch ip := p.NetworkLayer().(type) {
 		case *layers.IPv4:
@@ -88,13 +97,43 @@ func readProbes(path string, src netip.Addr) ([]pktKey, error) {
 	}
 }
 
+// linkTypeNFLOG is DLT_NFLOG, what tcpdump -i nflog:N writes (gopacket has no decoder for it).
+const linkTypeNFLOG = 239
+
+// nflogPayload returns the packet inside an NFLOG record: a 4-byte header (address family,
+// version, group) and then TLVs (16-bit length and type in host order, padded to 4 bytes), the
+// packet being the NFULA_PAYLOAD (9) one.
+func nflogPayload(data []byte) ([]byte, gopacket.LayerType, bool) {
+	if len(data) < 4 {
+		return nil, 0, false
+	}
+	first := layers.LayerTypeIPv4
+	if data[0] == unix.AF_INET6 {
+		first = layers.LayerTypeIPv6
+	}
+	for b := data[4:]; len(b) >= 4; {
+		l, typ := int(b[0])|int(b[1])<<8, int(b[2])|int(b[3])<<8
+		if l < 4 {
+			return nil, 0, false
+		}
+		if typ == 9 { // the capture's snap length may cut it short: the headers are enough
+			return b[4:min(l, len(b))], first, true
+		}
+		if l > len(b) {
+			return nil, 0, false
+		}
+		b = b[min((l+3)&^3, len(b)):]
+	}
+	return nil, 0, false
+}
+
 func (e *env) sectionDetect() ([]*table, error) {
 	t := newTable("Detection: nmap from the attacker namespace against snare's trap ports",
 		"scan", "probes sent", "trigger = probe #", "reached the host before the trigger", "reached the host after the trigger (non-trap ports)", "reached the host after the trigger (any)", "target", "result", "blocked by the trap", "nmap says open")
 	t.note("snare's program on the host end of the attacker's veth (native XDP), trap detection on with the default port lists and threshold 1. " +
 		"tcpdump on the attacker's side records every probe in the order sent; tcpdump on the host's side sees only what XDP passed " +
 		"(packet taps run after XDP). Probes are matched across the two captures (IP ID / flow label, port, TCP sequence; copies of one key by count); the trigger is the " +
-		"first probe to a trap port; 'before the trigger' shows the host-side capture works. A web server listens on port 80 of the host. portsentry is not installed here: no comparison row.")
+		"first probe to a trap port; 'before the trigger' shows the host-side capture works. A web server listens on port 80 of the host. 'portsentry:' rows: the seed's setup under the same scans, snare's program detached: portsentry 1.2 (Debian package, fetched with apt-get download and run from the extracted files in the host namespace only) in -stcp or -sudp mode on the same trap ports, SCAN_TRIGGER=0, KILL_RUN_CMD inserting an iptables DROP rule for the source. There 'reached the host' is what passed the INPUT chain (an NFLOG rule after portsentry's DROP rules, captured with tcpdump -i nflog), since a tap on the veth also sees packets iptables drops later.")
 	scans := []scan{
 		{"-sS (SYN)", []string{"-sS"}, false, layers.IPProtocolTCP},
 		{"-sT (connect)", []string{"-sT"}, false, layers.IPProtocolTCP},
@@ -124,7 +163,7 @@ func (e *env) sectionDetect() ([]*table, error) {
 		return false
 	}
 
-	hostIf, attIf := e.lab.HostIface("attacker"), e.lab.Attacker().Ifaces[0]
+	hostIf := e.lab.HostIface("attacker")
 	detach, err := e.attachTo(e.prog, hostIf, "native")
 	if err != nil {
 		return []*table{t}, err
@@ -173,7 +212,6 @@ func (e *env) sectionDetect() ([]*table, error) {
 		return []*table{t}, err
 	}
 	defer os.RemoveAll(dir)
-	openRe := regexp.MustCompile(`(?m)^(\d+)/(tcp|udp)\s+open\s`)
 	for i, s := range scans {
 		src, dst := e.lab.Attacker().Addr4(), hostIf.Addr4.Addr()
 		if s.v6 {
@@ -183,69 +221,17 @@ func (e *env) sectionDetect() ([]*table, error) {
 			return []*table{t}, err
 		}
 		time.Sleep(1200 * time.Millisecond) // the scan window passes: fresh state
-		aPcap, hPcap := filepath.Join(dir, fmt.Sprintf("a%d.pcap", i)), filepath.Join(dir, fmt.Sprintf("h%d.pcap", i))
-		filter := "src host " + src.String()
-		capA, err := e.startCapture(e.lab.Attacker().NS, attIf.Name, aPcap, filter)
+		res, err := e.captureScan(s, src, dst, ports, dir, fmt.Sprint(i), func(path string) (*testutil.Proc, error) {
+			return e.startCapture(e.lab.Host.NS, hostIf.Name, path, "src host "+src.String())
+		})
 		if err != nil {
 			return []*table{t}, err
 		}
-		capH, err := e.startCapture(e.lab.Host.NS, hostIf.Name, hPcap, filter)
-		if err != nil {
-			capA.Stop()
-			return []*table{t}, err
-		}
-		args := append([]string{}, s.flags...)
-		args = append(args, "-Pn", "-n", "-T4", "--max-retries", "1", "--max-rtt-timeout", "100ms", "--min-rate", "1000", "--host-timeout", "90s", "-p", ports, dst.String())
-		t0 := time.Now()
-		out, nerr := e.lab.Run(e.lab.Attacker().NS, "nmap", args...)
-		e.log.Info("nmap done", "scan", s.name, "took", time.Since(t0).Round(time.Millisecond))
-		time.Sleep(300 * time.Millisecond)
-		for _, c := range []*testutil.Proc{capA, capH} {
-			c.Signal(unix.SIGINT)
-			if err := c.Wait(10 * time.Second); err != nil {
-				c.Stop()
-			}
-		}
-		if nerr != nil {
-			t.add(s.name, "", "", "", "n/a: "+oneLine(nerr), "", "0", "")
+		if res.nerr != nil {
+			t.add(s.name, "", "", "", "n/a: "+oneLine(res.nerr), "", "0", "")
 			continue
 		}
-		sent, err := readProbes(aPcap, src)
-		if err != nil {
-			return []*table{t}, err
-		}
-		got, err := readProbes(hPcap, src)
-		if err != nil {
-			return []*table{t}, err
-		}
-		// Probes that share a key (a retransmission with the same IP ID, say) are matched by
-		// count: of the copies of a key that reached the host, as many as were sent before the
-		// trigger can be those; every further copy was sent after it.
-		trigger := -1
-		pre := map[pktKey]int{}
-		for j, k := range sent {
-			if trigger < 0 && k.proto == s.proto && isTrap(k) {
-				trigger = j
-			}
-			if trigger < 0 {
-				pre[k]++
-			}
-		}
-		host := map[pktKey]int{}
-		for _, k := range got {
-			host[k]++
-		}
-		leakNonTrap, leakAny, before := 0, 0, 0
-		for k, n := range host {
-			before += min(n, pre[k])
-			if trigger < 0 || n <= pre[k] {
-				continue
-			}
-			leakAny += n - pre[k]
-			if !isTrap(k) {
-				leakNonTrap += n - pre[k]
-			}
-		}
+		trigger, before, leakNonTrap, leakAny := countLeaks(res.sent, res.got, s.proto, isTrap)
 		blocked := "no"
 		if rs, err := e.snare.Rules(context.Background()); err == nil {
 			for _, r := range rs {
@@ -254,24 +240,120 @@ func (e *env) sectionDetect() ([]*table, error) {
 				}
 			}
 		}
-		var open []string
-		for _, m := range openRe.FindAllStringSubmatch(out, -1) {
-			open = append(open, m[1]+"/"+m[2])
-		}
-		sort.Strings(open)
+		open := openPorts(res.out)
 		trig := "no trap probe"
 		if trigger >= 0 {
 			trig = num(float64(trigger + 1))
 		}
-		t.add(s.name, num(float64(len(sent))), trig, num(float64(before)), num(float64(leakNonTrap)), num(float64(leakAny)), "0",
-			passMiss(trigger >= 0 && leakNonTrap == 0), blocked, strings.Join(open, " "))
+		t.add(s.name, num(float64(len(res.sent))), trig, num(float64(before)), num(float64(leakNonTrap)), num(float64(leakAny)), "0",
+			passMiss(trigger >= 0 && leakNonTrap == 0), blocked, open)
 	}
+	// The comparison: portsentry with the seed's setup, snare's program detached.
+	detach()
+	e.portsentryRows(t, scans, ports, dir, isTrap)
 	return []*table{t}, nil
+}
+
+// scanResult is one nmap run: what the attacker sent, what reached the host, nmap's output.
+type scanResult struct {
+	sent, got []pktKey
+	out       string
+	nerr      error
+}
+
+// captureScan runs one nmap scan from the attacker with a capture on the attacker's veth and
+// the host-side capture that hostCap starts, and reads both captures.
+func (e *env) captureScan(s scan, src, dst netip.Addr, ports, dir, tag string, hostCap func(path string) (*testutil.Proc, error)) (scanResult, error) {
+	var res scanResult
+	aPcap, hPcap := filepath.Join(dir, "a"+tag+".pcap"), filepath.Join(dir, "h"+tag+".pcap")
+	capA, err := e.startCapture(e.lab.Attacker().NS, e.lab.Attacker().Ifaces[0].Name, aPcap, "src host "+src.String())
+	if err != nil {
+		return res, err
+	}
+	capH, err := hostCap(hPcap)
+	if err != nil {
+		capA.Stop()
+		return res, err
+	}
+	args := append([]string{}, s.flags...)
+	args = append(args, "-Pn", "-n", "-T4", "--max-retries", "1", "--max-rtt-timeout", "100ms", "--min-rate", "1000", "--host-timeout", "90s", "-p", ports, dst.String())
+	t0 := time.Now()
+	res.out, res.nerr = e.lab.Run(e.lab.Attacker().NS, "nmap", args...)
+	e.log.Info("nmap done", "scan", s.name, "took", time.Since(t0).Round(time.Millisecond))
+	time.Sleep(300 * time.Millisecond)
+	for _, c := range []*testutil.Proc{capA, capH} {
+		c.Signal(unix.SIGINT)
+		if err := c.Wait(10 * time.Second); err != nil {
+			c.Stop()
+		}
+	}
+	if res.nerr != nil {
+		return res, nil
+	}
+	if res.sent, err = readProbes(aPcap, src); err != nil {
+		return res, err
+	}
+	res.got, err = readProbes(hPcap, src)
+	return res, err
+}
+
+// countLeaks finds the trigger (the first probe of proto to a trap port) in what was sent and
+// counts the probes that reached the host before it and after it.
+func countLeaks(sent, got []pktKey, proto layers.IPProtocol, isTrap func(pktKey) bool) (trigger, before, leakNonTrap, leakAny int) {
+	// Probes that share a key (a retransmission with the same IP ID, say) are matched by
+	// count: of the copies of a key that reached the host, as many as were sent before the
+	// trigger can be those; every further copy was sent after it.
+	trigger = -1
+	pre := map[pktKey]int{}
+	for j, k := range sent {
+		if trigger < 0 && k.proto == proto && isTrap(k) {
+			trigger = j
+		}
+		if trigger < 0 {
+			pre[k]++
+		}
+	}
+	host := map[pktKey]int{}
+	for _, k := range got {
+		host[k]++
+	}
+	for k, n := range host {
+		before += min(n, pre[k])
+		if trigger < 0 || n <= pre[k] {
+			continue
+		}
+		leakAny += n - pre[k]
+		if !isTrap(k) {
+			leakNonTrap += n - pre[k]
+		}
+	}
+	return trigger, before, leakNonTrap, leakAny
+}
+
+var openRe = regexp.MustCompile(`(?m)^(\d+)/(tcp|udp)\s+open\s`)
+
+// openPorts lists the ports nmap reported open, sorted.
+func openPorts(out string) string {
+	var open []string
+	for _, m := range openRe.FindAllStringSubmatch(out, -1) {
+		open = append(open, m[1]+"/"+m[2])
+	}
+	sort.Strings(open)
+	return strings.Join(open, " ")
 }
 
 // startCapture starts tcpdump writing to path and waits until it is capturing.
 func (e *env) startCapture(ns, iface, path, filter string) (*testutil.Proc, error) {
-	p, err := e.lab.Start(ns, "tcpdump", "-i", iface, "-n", "-U", "--immediate-mode", "-s", "128", "-w", path, filter)
+	args := []string{"-i", iface, "-n", "-U", "--immediate-mode", "-s", "256", "-w", path}
+	if strings.HasPrefix(iface, "nflog:") {
+		// NFLOG records carry metadata before the packet; a large socket buffer, so that a
+		// burst of probes is not lost between kernel and tcpdump.
+		args = []string{"-i", iface, "-n", "-U", "--immediate-mode", "-s", "0", "-B", "32768", "-w", path}
+	}
+	if filter != "" {
+		args = append(args, filter)
+	}
+	p, err := e.lab.Start(ns, "tcpdump", args...)
 	if err != nil {
 		return nil, err
 	}
