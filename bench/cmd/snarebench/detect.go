@@ -40,25 +40,26 @@ type pktKey struct {
 	seq   uint32 // TCP sequence number
 }
 
-// readProbes returns the scanner's packets in a capture, in order.
-func readProbes(path string, src netip.Addr) ([]pktKey, error) {
+// readProbes returns the scanner's packets in a capture, in order, and when each was captured.
+func readProbes(path string, src netip.Addr) ([]pktKey, []time.Time, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
 	r, err := pcapgo.NewReader(f)
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	var out []pktKey
+	var at []time.Time
 	for {
-		data, _, err := r.ReadPacketData()
+		data, ci, err := r.ReadPacketData()
 		if errors.Is(err, io.EOF) {
-			return out, nil
+			return out, at, nil
 		}
 		if err != nil {
-			return out, nil // a capture cut short by SIGINT ends with a partial record
+			return out, at, nil // a capture cut short by SIGINT ends with a partial record
 		}
 		var p gopacket.Packet
 		if r.LinkType() == linkTypeNFLOG {
@@ -94,6 +95,7 @@ func readProbes(path string, src netip.Addr) ([]pktKey, error) {
 			continue
 		}
 		out = append(out, k)
+		at = append(at, ci.Timestamp)
 	}
 }
 
@@ -129,7 +131,7 @@ func nflogPayload(data []byte) ([]byte, gopacket.LayerType, bool) {
 
 func (e *env) sectionDetect() ([]*table, error) {
 	t := newTable("Detection: nmap from the attacker namespace against snare's trap ports",
-		"scan", "probes sent", "trigger = probe #", "reached the host before the trigger", "reached the host after the trigger (non-trap ports)", "reached the host after the trigger (any)", "target", "result", "blocked by the trap", "nmap says open")
+		"scan", "probes sent", "trigger = probe #", "reached the host before the trigger", "reached the host after the trigger (non-trap ports)", "reached the host after the trigger (any)", "target", "result", "blocked by the trap", "nmap says open", "last non-trap probe through, after the trigger")
 	t.note("snare's program on the host end of the attacker's veth (native XDP), trap detection on with the default port lists and threshold 1. " +
 		"tcpdump on the attacker's side records every probe in the order sent; tcpdump on the host's side sees only what XDP passed " +
 		"(packet taps run after XDP). Probes are matched across the two captures (IP ID / flow label, port, TCP sequence; copies of one key by count); the trigger is the " +
@@ -246,7 +248,7 @@ func (e *env) sectionDetect() ([]*table, error) {
 			trig = num(float64(trigger + 1))
 		}
 		t.add(s.name, num(float64(len(res.sent))), trig, num(float64(before)), num(float64(leakNonTrap)), num(float64(leakAny)), "0",
-			passMiss(trigger >= 0 && leakNonTrap == 0), blocked, open)
+			passMiss(trigger >= 0 && leakNonTrap == 0), blocked, open, leakTime(res, trigger, isTrap))
 	}
 	// The comparison: portsentry with the seed's setup, snare's program detached.
 	detach()
@@ -256,9 +258,10 @@ func (e *env) sectionDetect() ([]*table, error) {
 
 // scanResult is one nmap run: what the attacker sent, what reached the host, nmap's output.
 type scanResult struct {
-	sent, got []pktKey
-	out       string
-	nerr      error
+	sent, got     []pktKey
+	sentAt, gotAt []time.Time
+	out           string
+	nerr          error
 }
 
 // captureScan runs one nmap scan from the attacker with a capture on the attacker's veth and
@@ -290,10 +293,10 @@ func (e *env) captureScan(s scan, src, dst netip.Addr, ports, dir, tag string, h
 	if res.nerr != nil {
 		return res, nil
 	}
-	if res.sent, err = readProbes(aPcap, src); err != nil {
+	if res.sent, res.sentAt, err = readProbes(aPcap, src); err != nil {
 		return res, err
 	}
-	res.got, err = readProbes(hPcap, src)
+	res.got, res.gotAt, err = readProbes(hPcap, src)
 	return res, err
 }
 
@@ -328,6 +331,40 @@ func countLeaks(sent, got []pktKey, proto layers.IPProtocol, isTrap func(pktKey)
 		}
 	}
 	return trigger, before, leakNonTrap, leakAny
+}
+
+// lastLeak is the time from the trigger probe leaving the attacker to the last non-trap probe
+// sent after it reaching the host (copies of a key matched by count, as in countLeaks): how long
+// the source still got through. ok is false when nothing leaked.
+func lastLeak(res scanResult, trigger int, isTrap func(pktKey) bool) (d time.Duration, ok bool) {
+	if trigger < 0 || trigger >= len(res.sentAt) || len(res.gotAt) != len(res.got) {
+		return 0, false
+	}
+	pre := map[pktKey]int{}
+	for _, k := range res.sent[:trigger] {
+		pre[k]++
+	}
+	seen := map[pktKey]int{}
+	var last time.Time
+	for i, k := range res.got {
+		seen[k]++
+		if seen[k] > pre[k] && !isTrap(k) && res.gotAt[i].After(last) {
+			last = res.gotAt[i]
+		}
+	}
+	if last.IsZero() {
+		return 0, false
+	}
+	return last.Sub(res.sentAt[trigger]), true
+}
+
+// leakTime formats lastLeak for a table cell.
+func leakTime(res scanResult, trigger int, isTrap func(pktKey) bool) string {
+	d, ok := lastLeak(res, trigger, isTrap)
+	if !ok {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
 }
 
 var openRe = regexp.MustCompile(`(?m)^(\d+)/(tcp|udp)\s+open\s`)

@@ -210,5 +210,5 @@ func (e *env) portsentryScan(bin string, s scan, ports, dir string, isTrap func(
 		trig = num(float64(trigger + 1))
 	}
 	return []string{num(float64(len(res.sent))), trig, num(float64(before)), num(float64(leakNonTrap)), num(float64(leakAny)),
-		"-", "peer", blocked, openPorts(res.out)}, nil
+		"-", "peer", blocked, openPorts(res.out), leakTime(res, trigger, isTrap)}, nil
 }
