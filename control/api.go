@@ -16,6 +16,7 @@ import (
 //	POST /v1/allow/del    AllowRequest      -> AllowResponse
 //	GET  /v1/allow                          -> AllowResponse
 //	POST /v1/import       ImportRequest     -> ImportResponse
+//	POST /v1/import?ttl=&reason=&skip_bad=&name=  text/plain list body -> ImportResponse
 //	GET  /v1/export?format=blocked-list|plain -> text/plain body
 //	GET  /v1/events?follow=1                -> JSON lines of Event (streamed while follow)
 

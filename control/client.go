@@ -75,6 +75,11 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.roundTrip(req)
+}
+
+// roundTrip performs req and turns a non-2xx answer into an *APIError.
+func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, c.dialError(err)
@@ -156,6 +161,44 @@ func (c *Client) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 	return out, c.do(ctx, http.MethodPost, "/v1/import", req, &out)
 }
 
+// ImportStream sends a block list read from body as it is read (req.Content is ignored): the
+// daemon parses it while it arrives. size is body's length, or -1 if unknown. If body fails
+// (returns an error other than io.EOF), the upload is cut off and the daemon imports nothing.
+func (c *Client) ImportStream(ctx context.Context, body io.Reader, size int64, req ImportRequest) (ImportResponse, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"ttl": req.TTL, "reason": req.Reason, "name": req.Name} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if req.SkipBad {
+		q.Set("skip_bad", "true")
+	}
+	br := &errReader{r: body}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://snared/v1/import?"+q.Encode(), io.NopCloser(br))
+	if err != nil {
+		return ImportResponse{}, err
+	}
+	hreq.Header.Set("Content-Type", "text/plain; charset=utf-8")
+	hreq.ContentLength = size
+	if size == 0 {
+		hreq.Body = http.NoBody
+	}
+	resp, err := c.roundTrip(hreq)
+	if err != nil {
+		if br.err != nil {
+			return ImportResponse{}, fmt.Errorf("upload cut off: %w", br.err)
+		}
+		return ImportResponse{}, err
+	}
+	defer resp.Body.Close()
+	var out ImportResponse
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return out, fmt.Errorf("decode answer to POST /v1/import: %w", err)
+	}
+	return out, nil
+}
+
 // Export writes the block list in format ("blocked-list" or "plain") to w.
 func (c *Client) Export(ctx context.Context, format string, w io.Writer) error {
 	resp, err := c.send(ctx, http.MethodGet, "/v1/export?format="+url.QueryEscape(format), nil)
@@ -194,4 +237,18 @@ func (c *Client) Events(ctx context.Context, follow bool, fn func(Event) error) 
 		return fmt.Errorf("read events: %w", err)
 	}
 	return nil
+}
+
+// errReader remembers the error its reader failed with (other than io.EOF).
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }

@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -87,10 +89,26 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
 		var req ImportRequest
-		if !decode(w, r, &req) {
-			return
+		var resp ImportResponse
+		var err error
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "text/plain" {
+			// The list itself as the body, options in the query: parsed while it arrives,
+			// with no JSON string of many megabytes to build and unescape on either side.
+			q := r.URL.Query()
+			req = ImportRequest{TTL: q.Get("ttl"), Reason: q.Get("reason"), Name: q.Get("name")}
+			if sb := q.Get("skip_bad"); sb != "" {
+				if req.SkipBad, err = strconv.ParseBool(sb); err != nil {
+					writeErrorStatus(w, http.StatusBadRequest, fmt.Sprintf("bad skip_bad %q: want true or false", sb))
+					return
+				}
+			}
+			resp, err = d.ImportStream(r.Context(), http.MaxBytesReader(w, r.Body, maxRequestBody), r.ContentLength, req)
+		} else {
+			if !decode(w, r, &req) {
+				return
+			}
+			resp, err = d.Import(r.Context(), req)
 		}
-		resp, err := d.Import(r.Context(), req)
 		if err != nil {
 			writeError(w, err)
 			return

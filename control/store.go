@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -112,6 +113,11 @@ func OpenStore(path string) (*Store, error) {
 				return err
 			}
 		}
+		if tx.Bucket(bucketStaging) != nil { // a bulk write a crash interrupted: it never happened
+			if err := tx.DeleteBucket(bucketStaging); err != nil {
+				return err
+			}
+		}
 		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get([]byte("version")); v != nil {
 			if len(v) != 1 || v[0] > storeVersion {
@@ -184,16 +190,20 @@ func (s *Store) Size() int64 {
 // prefixKey encodes a (masked) prefix so that byte order equals netip.Prefix.Compare order:
 // family (4 or 6), address bytes, prefix length.
 func prefixKey(p netip.Prefix) []byte {
+	return appendPrefixKey(make([]byte, 0, 18), p)
+}
+
+// appendPrefixKey appends prefixKey(p) to dst.
+func appendPrefixKey(dst []byte, p netip.Prefix) []byte {
 	a := p.Addr()
 	if a.Is4() {
 		b := a.As4()
-		return []byte{4, b[0], b[1], b[2], b[3], byte(p.Bits())}
+		return append(dst, 4, b[0], b[1], b[2], b[3], byte(p.Bits()))
 	}
 	b := a.As16()
-	k := make([]byte, 0, 18)
-	k = append(k, 6)
-	k = append(k, b[:]...)
-	return append(k, byte(p.Bits()))
+	dst = append(dst, 6)
+	dst = append(dst, b[:]...)
+	return append(dst, byte(p.Bits()))
 }
 
 func parsePrefixKey(k []byte) (netip.Prefix, error) {
@@ -558,4 +568,167 @@ func (t *Tx) DeleteAllow(p netip.Prefix) (bool, error) {
 		return false, nil
 	}
 	return true, t.allow.Delete(k)
+}
+
+// bucketStaging holds the rules bucket BulkPutRules builds across several transactions; one a
+// crash left behind is dropped when the store opens.
+var bucketStaging = []byte("staging")
+
+// bulkChunk is how many rules BulkPutRules writes per transaction. bbolt splits nodes only at
+// commit, so one transaction of a million sorted puts grows a single leaf node to a million
+// entries (seconds of slice growth and GC scanning); chunks keep every node small.
+const bulkChunk = 1 << 15
+
+// BulkPutRules writes n rules, at(0) ... at(n-1) (sorted by prefix, at most one per prefix), into the store, replacing
+// stored rules with the same prefix, all or nothing: it builds a new rules bucket beside the
+// current one, merging the two in key order over several transactions, and swaps it in with one
+// last transaction. ready runs before that swap; its error (the kernel refusing the batch)
+// abandons the new bucket. It is for big batches (import, restore): it copies every stored rule.
+// The caller must keep every other writer out until it returns (the daemon holds its lock).
+func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) error {
+	drop := func() {
+		_ = s.db.Update(func(tx *bolt.Tx) error {
+			if tx.Bucket(bucketStaging) != nil {
+				return tx.DeleteBucket(bucketStaging)
+			}
+			return nil
+		})
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketStaging) != nil {
+			if err := tx.DeleteBucket(bucketStaging); err != nil {
+				return err
+			}
+		}
+		st, err := tx.CreateBucket(bucketStaging)
+		if err != nil {
+			return err
+		}
+		_, err = st.CreateBucket(bucketRules)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create staging bucket: %w", err)
+	}
+	var (
+		i        int    // next new rule
+		last     []byte // last stored key merged (nil: none yet)
+		oldDone  bool
+		added    int
+		earliest time.Time
+	)
+	for !oldDone || i < n {
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			dst := tx.Bucket(bucketStaging).Bucket(bucketRules)
+			dst.FillPercent = 1.0 // keys arrive in order: fill every page
+			c := tx.Bucket(bucketRules).Cursor()
+			var k, v []byte
+			if !oldDone {
+				if last == nil {
+					k, v = c.First()
+				} else if k, v = c.Seek(last); k != nil && string(k) == string(last) {
+					k, v = c.Next()
+				}
+			}
+			// bbolt keeps key and value slices until commit, and a stored key points into
+			// the mmap, which a growing file remaps: both are copied into arena chunks.
+			var arena []byte
+			grab := func(n int) {
+				if cap(arena)-len(arena) < n {
+					arena = make([]byte, 0, max(1<<20, n))
+				}
+			}
+			for range bulkChunk {
+				if k == nil && i == n {
+					oldDone = true
+					return nil
+				}
+				var nk []byte
+				var r Rule
+				if i < n {
+					r = at(i)
+					var buf [18]byte
+					nk = appendPrefixKey(buf[:0], r.Prefix)
+				}
+				cmp := -1 // <0: the stored key goes first, >0: the new rule, 0: the new replaces it
+				switch {
+				case k == nil:
+					cmp = 1
+				case nk != nil:
+					cmp = bytes.Compare(k, nk)
+				}
+				if cmp < 0 {
+					grab(len(k) + len(v))
+					start := len(arena)
+					arena = append(arena, k...)
+					mid := len(arena)
+					arena = append(arena, v...)
+					if err := dst.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
+						return err
+					}
+					if d := rawDeadline(v); !d.IsZero() && (earliest.IsZero() || d.Before(earliest)) {
+						earliest = d
+					}
+					last = append(last[:0], k...)
+					if k, v = c.Next(); k == nil {
+						oldDone = true
+					}
+					continue
+				}
+				if cmp == 0 {
+					last = append(last[:0], k...)
+					if k, v = c.Next(); k == nil {
+						oldDone = true
+					}
+				} else {
+					added++
+				}
+				i++
+				grab(64 + len(r.Reason))
+				start := len(arena)
+				arena = append(arena, nk...)
+				mid := len(arena)
+				arena = encodeRule(arena, r)
+				if err := dst.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
+					return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+				}
+				if d := r.Deadline; !d.IsZero() && (earliest.IsZero() || d.Before(earliest)) {
+					earliest = d
+				}
+			}
+			if k == nil {
+				oldDone = true
+			}
+			return nil
+		})
+		if err != nil {
+			drop()
+			return fmt.Errorf("write rules: %w", err)
+		}
+	}
+	if ready != nil {
+		if err := ready(); err != nil {
+			drop()
+			return err
+		}
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketRules); err != nil {
+			return err
+		}
+		st := tx.Bucket(bucketStaging)
+		if err := tx.MoveBucket(bucketRules, st, nil); err != nil {
+			return err
+		}
+		return tx.DeleteBucket(bucketStaging)
+	})
+	if err != nil {
+		drop()
+		return fmt.Errorf("swap in the new rules: %w", err)
+	}
+	s.mu.Lock()
+	s.count += added
+	s.noteDeadline(earliest)
+	s.mu.Unlock()
+	return nil
 }

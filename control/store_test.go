@@ -337,3 +337,61 @@ func TestDeleteExpired(t *testing.T) {
 		})
 	}
 }
+
+// BulkPutRules merges with what is stored across many transactions: stored rules it does not
+// name stay, those it names are replaced, and a failing ready leaves the store as it was.
+func TestBulkPutRulesMerges(t *testing.T) {
+	s, err := OpenStore(filepath.Join(t.TempDir(), "snare.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := func(i int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)}), 32)
+	}
+	now := time.Now().Truncate(time.Millisecond)
+	// Stored: every third address, reason "old".
+	err = s.Update(func(tx *Tx) error {
+		for i := 0; i < 3*bulkChunk; i += 3 {
+			if err := tx.PutRule(Rule{Prefix: addr(i), Reason: "old", Origin: OriginManual, Created: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// New: every even address.
+	n := 3 * bulkChunk / 2
+	at := func(i int) Rule { return Rule{Prefix: addr(2 * i), Reason: "new", Origin: OriginImport, Created: now} }
+	if err := s.BulkPutRules(n, at, func() error { return errors.New("kernel said no") }); err == nil || s.Count() != bulkChunk {
+		t.Fatalf("failed bulk put: %v, count %d", err, s.Count())
+	}
+	if err := s.BulkPutRules(n, at, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Prefix]string{}
+	for i := 0; i < 3*bulkChunk; i += 3 {
+		want[addr(i)] = "old"
+	}
+	for i := range n {
+		want[addr(2*i)] = "new"
+	}
+	if s.Count() != len(want) {
+		t.Fatalf("count %d, want %d", s.Count(), len(want))
+	}
+	got := 0
+	err = s.View(func(tx *Tx) error {
+		return tx.ForEachRule(func(r Rule) error {
+			got++
+			if want[r.Prefix] != r.Reason {
+				return fmt.Errorf("%s: reason %q, want %q", r.Prefix, r.Reason, want[r.Prefix])
+			}
+			return nil
+		})
+	})
+	if err != nil || got != len(want) {
+		t.Fatalf("walked %d of %d: %v", got, len(want), err)
+	}
+}

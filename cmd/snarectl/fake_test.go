@@ -122,9 +122,27 @@ func (f *fakeDaemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/allow/del", allowChange)
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
 		var req control.ImportRequest
-		c, ok := f.decode(w, r, &req)
-		if !ok {
-			return
+		var c canned
+		if strings.HasPrefix(r.Header.Get("Content-Type"), "text/plain") {
+			// The streamed form: the list is the body, options in the query. Recorded as the
+			// equivalent JSON request so tests check one form.
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return // the upload was cut off: nothing happens
+			}
+			q := r.URL.Query()
+			req = control.ImportRequest{Content: string(body), TTL: q.Get("ttl"), Reason: q.Get("reason"),
+				Name: q.Get("name"), SkipBad: q.Get("skip_bad") == "true"}
+			js, _ := json.Marshal(req)
+			if c = f.record(r, js); c.refuse != "" {
+				fail(w, http.StatusBadRequest, c.refuse)
+				return
+			}
+		} else {
+			var ok bool
+			if c, ok = f.decode(w, r, &req); !ok {
+				return
+			}
 		}
 		if c.imported != nil {
 			answer(w, *c.imported)
