@@ -219,7 +219,13 @@ func (d *Daemon) restore(ctx context.Context) error {
 	}
 	var adopt []Rule
 	var expired []Rule
-	var live []backend.Rule
+	fromTrap := 0
+	for _, k := range kernel {
+		if k.FromTrap {
+			fromTrap++
+		}
+	}
+	live := make([]backend.Rule, 0, d.store.Count()+fromTrap) // one allocation, not a million appends
 	err = d.store.Update(func(tx *Tx) error {
 		for _, k := range kernel {
 			if !k.FromTrap || (!k.Deadline.IsZero() && !k.Deadline.After(now)) {
@@ -237,13 +243,14 @@ func (d *Daemon) restore(ctx context.Context) error {
 			adopt = append(adopt, r)
 		}
 		var gone []Rule
-		err := tx.ForEachRule(func(r Rule) error {
-			if r.Expired(now) {
-				gone = append(gone, r)
-			} else {
-				live = append(live, backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline})
+		err := tx.forEachDeadline(func(p netip.Prefix, deadline time.Time, rule func() (Rule, error)) error {
+			if deadline.IsZero() || now.Before(deadline) {
+				live = append(live, backend.Rule{Prefix: p, Deadline: deadline})
+				return nil
 			}
-			return nil
+			r, err := rule()
+			gone = append(gone, r)
+			return err
 		})
 		if err != nil {
 			return err
