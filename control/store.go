@@ -459,6 +459,11 @@ func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err e
 	if err != nil || len(expired) == 0 {
 		return expired, next, err
 	}
+	return expired, next, t.deleteExpired(expired, now)
+}
+
+// deleteExpired deletes expired, the result of ExpiredRules(now).
+func (t *Tx) deleteExpired(expired []Rule, now time.Time) error {
 	total := t.rules.Stats().KeyN
 	if live := total - len(expired); len(expired) > 10_000 && len(expired) > live {
 		keep := make([][2][]byte, 0, live)
@@ -469,29 +474,29 @@ func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err e
 			return nil
 		})
 		if err != nil {
-			return nil, time.Time{}, err
+			return err
 		}
 		if err := t.tx.DeleteBucket(bucketRules); err != nil {
-			return nil, time.Time{}, fmt.Errorf("drop rules bucket: %w", err)
+			return fmt.Errorf("drop rules bucket: %w", err)
 		}
 		if t.rules, err = t.tx.CreateBucket(bucketRules); err != nil {
-			return nil, time.Time{}, fmt.Errorf("recreate rules bucket: %w", err)
+			return fmt.Errorf("recreate rules bucket: %w", err)
 		}
 		t.rules.FillPercent = 0.9
 		for _, kv := range keep {
 			if err := t.rules.Put(kv[0], kv[1]); err != nil {
-				return nil, time.Time{}, err
+				return err
 			}
 		}
 		t.added -= len(expired)
-		return expired, next, nil
+		return nil
 	}
 	for _, r := range expired {
 		if _, err := t.DeleteRule(r.Prefix); err != nil {
-			return nil, time.Time{}, err
+			return err
 		}
 	}
-	return expired, next, nil
+	return nil
 }
 
 // ExpiredRules returns the rules whose deadline is at or before now, decoding only those, and

@@ -49,13 +49,26 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	var res SweepResult
 
 	var expired []Rule
+	// The kernel drops expired entries while the store deletes them: the data path already
+	// ignores an entry past its deadline, so neither order can open a gap.
+	var kernelDone chan error
 	if d.store.Due(now) || now.Sub(d.lastPrune) >= offencePruneInterval {
 		var next time.Time
 		err := d.store.Update(func(tx *Tx) error {
 			var err error
-			expired, next, err = tx.DeleteExpired(now)
-			if err != nil {
+			if expired, next, err = tx.ExpiredRules(now); err != nil {
 				return err
+			}
+			if len(expired) > 0 {
+				ps := make([]netip.Prefix, len(expired))
+				for i, r := range expired {
+					ps[i] = r.Prefix
+				}
+				kernelDone = make(chan error, 1)
+				go func() { kernelDone <- d.enf.Unblock(ctx, ps) }()
+				if err := tx.deleteExpired(expired, now); err != nil {
+					return err
+				}
 			}
 			if now.Sub(d.lastPrune) >= offencePruneInterval {
 				if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
@@ -64,8 +77,15 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 			}
 			return nil
 		})
+		var kerr error
+		if kernelDone != nil {
+			kerr = <-kernelDone
+		}
 		if err != nil {
 			return res, fmt.Errorf("sweep: expire: %w", err)
+		}
+		if kerr != nil {
+			return res, fmt.Errorf("sweep: remove %d expired entries from the kernel: %w", len(expired), kerr)
 		}
 		d.store.setEarliest(next)
 		if now.Sub(d.lastPrune) >= offencePruneInterval {
@@ -73,13 +93,6 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		}
 	}
 	if len(expired) > 0 {
-		ps := make([]netip.Prefix, len(expired))
-		for i, r := range expired {
-			ps[i] = r.Prefix
-		}
-		if err := d.enf.Unblock(ctx, ps); err != nil {
-			return res, fmt.Errorf("sweep: remove %d expired entries from the kernel: %w", len(ps), err)
-		}
 		res.Expired = len(expired)
 		d.logEvents(expireEvents(expired, now)...)
 		d.rec.Expired(res.Expired)
