@@ -127,8 +127,43 @@ func (c *Client) Unblock(ctx context.Context, req UnblockRequest) (UnblockRespon
 
 // List returns every active block.
 func (c *Client) List(ctx context.Context) (ListResponse, error) {
-	var out ListResponse
-	return out, c.do(ctx, http.MethodGet, "/v1/list", nil, &out)
+	out := ListResponse{Entries: []Entry{}}
+	err := c.ListEach(ctx, func(e *Entry) error {
+		out.Entries = append(out.Entries, *e)
+		return nil
+	})
+	return out, err
+}
+
+// ListEach calls fn with every active block, in prefix order, as the daemon streams them (JSON
+// lines); the entry passed to fn is reused.
+func (c *Client) ListEach(ctx context.Context, fn func(*Entry) error) error {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/list?stream=1", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 256<<10), 1<<20)
+	var e Entry
+	for sc.Scan() {
+		if bytes.HasPrefix(sc.Bytes(), []byte(`{"error":`)) {
+			var er ErrorResponse
+			if json.Unmarshal(sc.Bytes(), &er) == nil {
+				return fmt.Errorf("list cut short: %s", er.Error)
+			}
+		}
+		if err := DecodeEntryJSON(sc.Bytes(), &e); err != nil {
+			return fmt.Errorf("decode list entry: %w", err)
+		}
+		if err := fn(&e); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read list: %w", err)
+	}
+	return nil
 }
 
 // Status returns the daemon's status.

@@ -723,30 +723,41 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 
 // Entries returns every active block with its live counters, in prefix order.
 func (d *Daemon) Entries(ctx context.Context) ([]Entry, error) {
+	out := make([]Entry, 0, d.store.Count())
+	err := d.EachEntry(ctx, func(e *Entry) error {
+		out = append(out, *e)
+		return nil
+	})
+	return out, err
+}
+
+// EachEntry calls fn with every active block and its live counters, in prefix order, without
+// holding them all: the list of a million entries is streamed. The entry passed to fn is reused.
+func (d *Daemon) EachEntry(ctx context.Context, fn func(*Entry) error) error {
 	states, err := d.enf.Rules(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read enforced rules: %w", err)
+		return fmt.Errorf("read enforced rules: %w", err)
 	}
-	hits := make(map[netip.Prefix]backend.RuleState, len(states))
-	for _, s := range states {
-		hits[s.Prefix] = s
-	}
+	// The kernel's rules sorted like the store's, so the counters are merged in one walk.
+	slices.SortFunc(states, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
 	now := time.Now()
-	var out []Entry
-	err = d.store.View(func(tx *Tx) error {
+	i := 0
+	var e Entry
+	return d.store.View(func(tx *Tx) error {
 		return tx.ForEachRule(func(r Rule) error {
 			if r.Expired(now) {
 				return nil
 			}
-			e := entryOf(r)
-			if s, ok := hits[r.Prefix]; ok {
-				e.Hits, e.LastHit = s.Hits, s.LastHit
+			e = entryOf(r)
+			for i < len(states) && states[i].Prefix.Compare(r.Prefix) < 0 {
+				i++
 			}
-			out = append(out, e)
-			return nil
+			if i < len(states) && states[i].Prefix == r.Prefix {
+				e.Hits, e.LastHit = states[i].Hits, states[i].LastHit
+			}
+			return fn(&e)
 		})
 	})
-	return out, err
 }
 
 func entryOf(r Rule) Entry {

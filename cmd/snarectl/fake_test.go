@@ -109,7 +109,18 @@ func (f *fakeDaemon) handler() http.Handler {
 		}
 		answer(w, resp)
 	})
-	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).list) })
+	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) {
+		c := f.record(r, nil)
+		if r.URL.Query().Get("stream") != "1" {
+			answer(w, c.list)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson") // JSON lines, as snared streams them
+		enc := json.NewEncoder(w)
+		for _, e := range c.list.Entries {
+			enc.Encode(e)
+		}
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).status) })
 	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).allow) })
 	allowChange := func(w http.ResponseWriter, r *http.Request) {
