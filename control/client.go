@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"syscall"
 )
 
@@ -128,7 +129,7 @@ func (c *Client) Unblock(ctx context.Context, req UnblockRequest) (UnblockRespon
 // List returns every active block.
 func (c *Client) List(ctx context.Context) (ListResponse, error) {
 	out := ListResponse{Entries: []Entry{}}
-	err := c.ListEach(ctx, func(e *Entry) error {
+	err := c.listEach(ctx, func(n int) { out.Entries = make([]Entry, 0, n) }, func(e *Entry) error {
 		out.Entries = append(out.Entries, *e)
 		return nil
 	})
@@ -138,11 +139,19 @@ func (c *Client) List(ctx context.Context) (ListResponse, error) {
 // ListEach calls fn with every active block, in prefix order, as the daemon streams them (JSON
 // lines); the entry passed to fn is reused.
 func (c *Client) ListEach(ctx context.Context, fn func(*Entry) error) error {
+	return c.listEach(ctx, nil, fn)
+}
+
+// listEach is ListEach; expect, if set, is told how many entries the daemon announced.
+func (c *Client) listEach(ctx context.Context, expect func(int), fn func(*Entry) error) error {
 	resp, err := c.send(ctx, http.MethodGet, "/v1/list?stream=1", nil)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if n, err := strconv.Atoi(resp.Header.Get("X-Snare-Entries")); err == nil && n > 0 && n <= 1<<26 && expect != nil {
+		expect(n)
+	}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 256<<10), 1<<20)
 	var e Entry

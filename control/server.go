@@ -140,6 +140,9 @@ func (d *Daemon) serveList(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		started = true
+		// How many entries to expect (the store's count, expired ones included), so that a
+		// client collecting them allocates once.
+		w.Header().Set("X-Snare-Entries", strconv.Itoa(d.store.Count()))
 		if lines {
 			w.Header().Set("Content-Type", "application/x-ndjson")
 		} else {
