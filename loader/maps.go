@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -417,13 +418,18 @@ func readAll[K any](m *ebpf.Map) ([]K, []bpf.SnareBlockVal, error) {
 		}
 		return keys, vals, it.Err()
 	}
-	kb := make([]K, batchSize)
-	vb := make([]bpf.SnareBlockVal, batchSize)
+	// Batches land straight in the result, which doubles when full: a million entries read
+	// through a bounce buffer and grown by append were copied several times over.
+	keys, vals = make([]K, 0, 4*batchSize), make([]bpf.SnareBlockVal, 0, 4*batchSize)
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := m.BatchLookup(&cursor, kb, vb, nil)
-		keys = append(keys, kb[:n]...)
-		vals = append(vals, vb[:n]...)
+		if cap(keys)-len(keys) < batchSize {
+			keys = slices.Grow(keys, len(keys))
+			vals = slices.Grow(vals, len(vals))
+		}
+		l := len(keys)
+		n, err := m.BatchLookup(&cursor, keys[l:l+batchSize], vals[l:l+batchSize], nil)
+		keys, vals = keys[:l+n], vals[:l+n]
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return keys, vals, nil
 		}

@@ -8,6 +8,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,6 +113,10 @@ func BenchmarkImportMillion(b *testing.B) {
 			b.Fatalf("import: code %d %q %q", r.code, out.String(), r.stderr)
 		}
 		b.ReportMetric(el.Seconds(), "s/1M")
+		// Client and daemon share this process: an upper bound of the daemon's memory.
+		runtime.GC()
+		b.ReportMetric(statusMB("VmRSS"), "rss-MB")
+		b.ReportMetric(statusMB("VmHWM"), "peak-rss-MB")
 		// CPU seconds of client and daemon together: steadier than wall time on a shared machine.
 		b.ReportMetric(cpu.Seconds(), "cpu-s/1M")
 		stop()
@@ -160,4 +167,16 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// statusMB is a memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MB.
+func statusMB(field string) float64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == field+":" {
+			kb, _ := strconv.Atoi(f[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
 }
