@@ -303,7 +303,7 @@ func (d *Daemon) restore(ctx context.Context) error {
 // with the same deadline are left alone (keeping their counters); it returns how many it
 // (re)inserted.
 func (d *Daemon) replaceLocked(ctx context.Context, kernel []backend.RuleState, live []backend.Rule) (int, error) {
-	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(kernel)
 	var put []backend.Rule
 	var stale []netip.Prefix
 	i := 0
@@ -739,7 +739,7 @@ func (d *Daemon) EachEntry(ctx context.Context, fn func(*Entry) error) error {
 		return fmt.Errorf("read enforced rules: %w", err)
 	}
 	// The kernel's rules sorted like the store's, so the counters are merged in one walk.
-	slices.SortFunc(states, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(states)
 	now := time.Now()
 	i := 0
 	var e Entry

@@ -3,9 +3,13 @@ package control
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/backend"
 )
 
 // The hand encoder writes what encoding/json writes, compact and indented, and the decoder reads
@@ -39,5 +43,18 @@ func TestEntryJSONMatchesEncodingJSON(t *testing.T) {
 	var e Entry
 	if err := DecodeEntryJSON([]byte(`{"prefix": 5}`), &e); err == nil {
 		t.Error("a number for prefix decoded")
+	}
+}
+
+func TestSortStates(t *testing.T) {
+	var states []backend.RuleState
+	for _, s := range []string{"2001:db8::/64", "198.18.0.7/32", "198.18.0.0/24", "2001:db8::/32", "198.18.0.0/16", "10.0.0.1/32", "198.18.0.6/32"} {
+		states = append(states, backend.RuleState{Rule: backend.Rule{Prefix: netip.MustParsePrefix(s)}, Hits: uint64(len(s))})
+	}
+	want := slices.Clone(states)
+	slices.SortFunc(want, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(states)
+	if !reflect.DeepEqual(states, want) {
+		t.Errorf("got %v\nwant %v", states, want)
 	}
 }

@@ -125,7 +125,7 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 	if err != nil {
 		return fmt.Errorf("reconcile: read enforced rules: %w", err)
 	}
-	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(kernel)
 	var missing []Rule
 	var unknown []backend.RuleState
 	i := 0
