@@ -86,7 +86,8 @@ var (
 
 // storeVersion is written to the meta bucket; a store from a newer snare is refused rather
 // than misread.
-const storeVersion = 1
+// Version 2 keeps rules in segments (segments.go); a version-1 store is migrated when opened.
+const storeVersion = 2
 
 // ErrStoreLocked is returned by OpenStore when another process has the store open.
 var ErrStoreLocked = errors.New("store is in use by another snared")
@@ -123,7 +124,12 @@ func OpenStore(path string) (*Store, error) {
 			if len(v) != 1 || v[0] > storeVersion {
 				return fmt.Errorf("store format %v is newer than this snared understands (%d)", v, storeVersion)
 			}
-			return nil
+			if v[0] == storeVersion {
+				return nil
+			}
+			if err := migrateRules(tx); err != nil {
+				return fmt.Errorf("migrate rules to store format %d: %w", storeVersion, err)
+			}
 		}
 		return meta.Put([]byte("version"), []byte{storeVersion})
 	})
@@ -132,7 +138,7 @@ func OpenStore(path string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRules).ForEach(func(k, v []byte) error {
+		return forEachRecord(tx.Bucket(bucketRules), func(k, v []byte) error {
 			s.count++
 			s.noteDeadline(rawDeadline(v))
 			return nil
@@ -336,9 +342,9 @@ func (s *Store) View(fn func(*Tx) error) error {
 
 // Rule returns the stored rule for p.
 func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
-	v := t.rules.Get(prefixKey(p))
-	if v == nil {
-		return Rule{}, false, nil
+	v, err := t.getRaw(prefixKey(p))
+	if err != nil || v == nil {
+		return Rule{}, false, err
 	}
 	r, err := decodeRule(p, v)
 	return r, err == nil, err
@@ -346,29 +352,24 @@ func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
 
 // PutRule inserts or replaces a rule.
 func (t *Tx) PutRule(r Rule) error {
-	pk := prefixKey(r.Prefix)
-	if t.rules.Get(pk) == nil {
-		t.added++
-	}
 	t.noteDeadline(r.Deadline)
-	// bbolt holds on to the value until commit: a fresh slice per Put.
-	if err := t.rules.Put(pk, encodeRule(nil, r)); err != nil {
+	added, err := t.putRaw(prefixKey(r.Prefix), encodeRule(nil, r))
+	if err != nil {
 		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+	}
+	if added {
+		t.added++
 	}
 	return nil
 }
 
 // DeleteRule removes the rule for p; it reports whether there was one.
 func (t *Tx) DeleteRule(p netip.Prefix) (bool, error) {
-	pk := prefixKey(p)
-	if t.rules.Get(pk) == nil {
-		return false, nil
+	ok, err := t.deleteRaw(prefixKey(p))
+	if ok {
+		t.added--
 	}
-	if err := t.rules.Delete(pk); err != nil {
-		return false, err
-	}
-	t.added--
-	return true, nil
+	return ok, err
 }
 
 // Empty reports whether no rule is stored.
@@ -377,30 +378,13 @@ func (t *Tx) Empty() bool {
 	return k == nil
 }
 
-// PutRulesSorted writes many new-or-replacing rules at once: the import, restore and adoption
-// path. Rules are sorted by key first, which makes bbolt's page writes sequential, and pages are
-// filled densely.
+// PutRulesSorted writes many new-or-replacing rules at once (sorted by key first, so that
+// neighbours land in the same segments). Big batches go through BulkPutRules.
 func (t *Tx) PutRulesSorted(rules []Rule) error {
 	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
-	t.rules.FillPercent = 0.9
-	empty := t.Empty()
-	var arena []byte
 	for _, r := range rules {
-		// bbolt keeps the key and value slices until commit, so each gets its own bytes, cut
-		// from large chunks rather than allocated one by one.
-		if cap(arena)-len(arena) < 64+len(r.Reason) {
-			arena = make([]byte, 0, max(1<<20, 64+len(r.Reason)))
-		}
-		start := len(arena)
-		arena = append(arena, prefixKey(r.Prefix)...)
-		mid := len(arena)
-		if empty || t.rules.Get(arena[start:mid]) == nil {
-			t.added++
-		}
-		t.noteDeadline(r.Deadline)
-		arena = encodeRule(arena, r)
-		if err := t.rules.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
-			return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+		if err := t.PutRule(r); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -408,7 +392,7 @@ func (t *Tx) PutRulesSorted(rules []Rule) error {
 
 // ForEachRule calls fn for every rule in prefix order; fn's error stops the walk.
 func (t *Tx) ForEachRule(fn func(Rule) error) error {
-	return t.rules.ForEach(func(k, v []byte) error {
+	return forEachRecord(t.rules, func(k, v []byte) error {
 		p, err := parsePrefixKey(k)
 		if err != nil {
 			return err
@@ -424,7 +408,7 @@ func (t *Tx) ForEachRule(fn func(Rule) error) error {
 // forEachDeadline walks the rules in prefix order decoding only prefix and deadline (restore
 // needs no more of a million rules); rule decodes the whole rule when wanted.
 func (t *Tx) forEachDeadline(fn func(p netip.Prefix, deadline time.Time, rule func() (Rule, error)) error) error {
-	return t.rules.ForEach(func(k, v []byte) error {
+	return forEachRecord(t.rules, func(k, v []byte) error {
 		p, err := parsePrefixKey(k)
 		if err != nil {
 			return err
@@ -462,40 +446,17 @@ func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err e
 	return expired, next, t.deleteExpired(expired, now)
 }
 
-// deleteExpired deletes expired, the result of ExpiredRules(now).
+// deleteExpired deletes expired, the result of ExpiredRules(now): only the segments that hold
+// expired rules are rewritten.
 func (t *Tx) deleteExpired(expired []Rule, now time.Time) error {
-	total := t.rules.Stats().KeyN
-	if live := total - len(expired); len(expired) > 10_000 && len(expired) > live {
-		keep := make([][2][]byte, 0, live)
-		err := t.rules.ForEach(func(k, v []byte) error {
-			if d := rawDeadline(v); d.IsZero() || now.Before(d) {
-				keep = append(keep, [2][]byte{slices.Clone(k), slices.Clone(v)})
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if err := t.tx.DeleteBucket(bucketRules); err != nil {
-			return fmt.Errorf("drop rules bucket: %w", err)
-		}
-		if t.rules, err = t.tx.CreateBucket(bucketRules); err != nil {
-			return fmt.Errorf("recreate rules bucket: %w", err)
-		}
-		t.rules.FillPercent = 0.9
-		for _, kv := range keep {
-			if err := t.rules.Put(kv[0], kv[1]); err != nil {
-				return err
-			}
-		}
-		t.added -= len(expired)
-		return nil
+	n, err := t.filterRecords(func(_, v []byte) bool {
+		d := rawDeadline(v)
+		return d.IsZero() || now.Before(d)
+	})
+	if err != nil {
+		return err
 	}
-	for _, r := range expired {
-		if _, err := t.DeleteRule(r.Prefix); err != nil {
-			return err
-		}
-	}
+	t.added -= n
 	return nil
 }
 
@@ -505,7 +466,7 @@ func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err er
 	// Count first (reading only deadlines is cheap) so that the result is allocated once: a
 	// million rules grown by append cost seconds of copying.
 	n := 0
-	_ = t.rules.ForEach(func(k, v []byte) error {
+	_ = forEachRecord(t.rules, func(k, v []byte) error {
 		if d := rawDeadline(v); !d.IsZero() && !now.Before(d) {
 			n++
 		}
@@ -515,7 +476,7 @@ func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err er
 		return nil, t.nextDeadline(now), nil
 	}
 	expired = make([]Rule, 0, n)
-	err = t.rules.ForEach(func(k, v []byte) error {
+	err = forEachRecord(t.rules, func(k, v []byte) error {
 		d := rawDeadline(v)
 		if d.IsZero() {
 			return nil
@@ -542,7 +503,7 @@ func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err er
 
 // nextDeadline is the earliest deadline after now (zero if none).
 func (t *Tx) nextDeadline(now time.Time) (next time.Time) {
-	_ = t.rules.ForEach(func(k, v []byte) error {
+	_ = forEachRecord(t.rules, func(k, v []byte) error {
 		if d := rawDeadline(v); !d.IsZero() && now.Before(d) && (next.IsZero() || d.Before(next)) {
 			next = d
 		}
@@ -614,29 +575,24 @@ func (t *Tx) DeleteAllow(p netip.Prefix) (bool, error) {
 	return true, t.allow.Delete(k)
 }
 
-// bucketStaging holds the rules bucket BulkPutRules builds across several transactions; one a
-// crash left behind is dropped when the store opens.
+// bucketStaging holds the rules bucket BulkPutRules builds before it swaps it in; one a crash
+// left behind is dropped when the store opens.
 var bucketStaging = []byte("staging")
 
-// bulkChunk is how many rules BulkPutRules writes per transaction. bbolt splits nodes only at
-// commit, so one transaction of a million sorted puts grows a single leaf node to a million
-// entries (seconds of slice growth and GC scanning); chunks keep every node small.
-const bulkChunk = 1 << 15
-
-// BulkPutRules writes n rules, at(0) ... at(n-1) (sorted by prefix, at most one per prefix), into the store, replacing
-// stored rules with the same prefix, all or nothing: it builds a new rules bucket beside the
-// current one, merging the two in key order over several transactions, and swaps it in with one
-// last transaction. ready runs before that swap; its error (the kernel refusing the batch)
-// abandons the new bucket. It is for big batches (import, restore): it copies every stored rule.
-// The caller must keep every other writer out until it returns (the daemon holds its lock).
+// BulkPutRules writes n rules, at(0) ... at(n-1) (sorted by prefix, at most one per prefix), into
+// the store, replacing stored rules with the same prefix, all or nothing: it builds a new rules
+// bucket beside the current one from the stored rules merged with the new ones, in full
+// segments, and swaps it in with a second transaction. ready runs before the swap; its error (the
+// kernel refusing the batch) abandons the new bucket. It is for big batches (import, restore):
+// it rewrites every stored rule. The caller must keep other writers out until it returns (the
+// daemon holds its lock).
 func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) error {
-	drop := func() {
-		_ = s.db.Update(func(tx *bolt.Tx) error {
-			if tx.Bucket(bucketStaging) != nil {
-				return tx.DeleteBucket(bucketStaging)
-			}
-			return nil
-		})
+	var added int
+	var earliest time.Time
+	note := func(d time.Time) {
+		if !d.IsZero() && (earliest.IsZero() || d.Before(earliest)) {
+			earliest = d
+		}
 	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketStaging) != nil {
@@ -648,107 +604,67 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 		if err != nil {
 			return err
 		}
-		_, err = st.CreateBucket(bucketRules)
-		return err
+		dst, err := st.CreateBucket(bucketRules)
+		if err != nil {
+			return err
+		}
+		dst.FillPercent = 1.0 // segments arrive in key order: fill every page
+		w := segWriter{b: dst}
+		old := newSegIter(tx.Bucket(bucketRules))
+		k, v, more := old.next()
+		var arena []byte
+		for i := 0; i < n || more; {
+			var nk []byte
+			var r Rule
+			if i < n {
+				r = at(i)
+				if cap(arena)-len(arena) < 64+len(r.Reason) {
+					arena = make([]byte, 0, max(1<<20, 64+len(r.Reason)))
+				}
+				start := len(arena)
+				arena = appendPrefixKey(arena, r.Prefix)
+				nk = arena[start:len(arena):len(arena)]
+			}
+			c := -1 // <0: the stored record goes first, >0: the new rule, 0: the new replaces it
+			switch {
+			case !more:
+				c = 1
+			case nk != nil:
+				c = bytes.Compare(k, nk)
+			}
+			if c < 0 {
+				note(rawDeadline(v))
+				if err := w.add(k, v); err != nil {
+					return err
+				}
+				k, v, more = old.next()
+				continue
+			}
+			if c == 0 {
+				k, v, more = old.next()
+			} else {
+				added++
+			}
+			i++
+			start := len(arena)
+			arena = encodeRule(arena, r)
+			note(r.Deadline)
+			if err := w.add(nk, arena[start:len(arena):len(arena)]); err != nil {
+				return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+			}
+		}
+		if old.err != nil {
+			return old.err
+		}
+		return w.flush()
 	})
 	if err != nil {
-		return fmt.Errorf("create staging bucket: %w", err)
+		return err
 	}
-	var (
-		i        int    // next new rule
-		last     []byte // last stored key merged (nil: none yet)
-		oldDone  bool
-		added    int
-		earliest time.Time
-	)
-	for !oldDone || i < n {
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			dst := tx.Bucket(bucketStaging).Bucket(bucketRules)
-			dst.FillPercent = 1.0 // keys arrive in order: fill every page
-			c := tx.Bucket(bucketRules).Cursor()
-			var k, v []byte
-			if !oldDone {
-				if last == nil {
-					k, v = c.First()
-				} else if k, v = c.Seek(last); k != nil && string(k) == string(last) {
-					k, v = c.Next()
-				}
-			}
-			// bbolt keeps key and value slices until commit, and a stored key points into
-			// the mmap, which a growing file remaps: both are copied into arena chunks.
-			var arena []byte
-			grab := func(n int) {
-				if cap(arena)-len(arena) < n {
-					arena = make([]byte, 0, max(1<<20, n))
-				}
-			}
-			for range bulkChunk {
-				if k == nil && i == n {
-					oldDone = true
-					return nil
-				}
-				var nk []byte
-				var r Rule
-				if i < n {
-					r = at(i)
-					var buf [18]byte
-					nk = appendPrefixKey(buf[:0], r.Prefix)
-				}
-				cmp := -1 // <0: the stored key goes first, >0: the new rule, 0: the new replaces it
-				switch {
-				case k == nil:
-					cmp = 1
-				case nk != nil:
-					cmp = bytes.Compare(k, nk)
-				}
-				if cmp < 0 {
-					grab(len(k) + len(v))
-					start := len(arena)
-					arena = append(arena, k...)
-					mid := len(arena)
-					arena = append(arena, v...)
-					if err := dst.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
-						return err
-					}
-					if d := rawDeadline(v); !d.IsZero() && (earliest.IsZero() || d.Before(earliest)) {
-						earliest = d
-					}
-					last = append(last[:0], k...)
-					if k, v = c.Next(); k == nil {
-						oldDone = true
-					}
-					continue
-				}
-				if cmp == 0 {
-					last = append(last[:0], k...)
-					if k, v = c.Next(); k == nil {
-						oldDone = true
-					}
-				} else {
-					added++
-				}
-				i++
-				grab(64 + len(r.Reason))
-				start := len(arena)
-				arena = append(arena, nk...)
-				mid := len(arena)
-				arena = encodeRule(arena, r)
-				if err := dst.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
-					return fmt.Errorf("store rule %s: %w", r.Prefix, err)
-				}
-				if d := r.Deadline; !d.IsZero() && (earliest.IsZero() || d.Before(earliest)) {
-					earliest = d
-				}
-			}
-			if k == nil {
-				oldDone = true
-			}
-			return nil
-		})
-		if err != nil {
-			drop()
-			return fmt.Errorf("write rules: %w", err)
-		}
+	// The swap is a transaction of its own: bbolt's MoveBucket moves a bucket's committed state,
+	// not what the same transaction wrote into it. The caller keeps other writers out meanwhile.
+	drop := func() {
+		_ = s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketStaging) })
 	}
 	if ready != nil {
 		if err := ready(); err != nil {
@@ -760,8 +676,7 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 		if err := tx.DeleteBucket(bucketRules); err != nil {
 			return err
 		}
-		st := tx.Bucket(bucketStaging)
-		if err := tx.MoveBucket(bucketRules, st, nil); err != nil {
+		if err := tx.MoveBucket(bucketRules, tx.Bucket(bucketStaging), nil); err != nil {
 			return err
 		}
 		return tx.DeleteBucket(bucketStaging)
