@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // ImportLine is one good line of a block list.
@@ -38,7 +39,8 @@ func ParseBlockList(content string, rules TargetRules, now time.Time) (good []Im
 }
 
 // ReadBlockList is ParseBlockList over a stream: it parses while reading (a million-line list
-// need never be held whole) and calls fn for each good line, in order.
+// need never be held whole) and calls fn for each good line, in order. The line's Target points
+// into a buffer that is reused: fn must copy it to keep it.
 func ReadBlockList(r io.Reader, rules TargetRules, now time.Time, fn func(ImportLine)) (errs []LineError, bad int, err error) {
 	p := newListParser(rules, now)
 	buf := make([]byte, 256<<10)
@@ -61,8 +63,13 @@ func ReadBlockList(r io.Reader, rules TargetRules, now time.Time, fn func(Import
 		if !last {
 			cut = bytes.LastIndexByte(data, '\n') + 1
 		}
-		// One string per chunk: the lines are substrings of it, so parsing allocates nothing per line.
-		p.chunk(string(data[:cut]), last, fn)
+		// The lines are substrings of one string over the read buffer, which the next read
+		// overwrites: parsing copies nothing, and whatever is kept of a line is cloned
+		// (errors, dates) or parsed (prefixes). That is why ImportLine.Target is only valid
+		// during fn.
+		if cut > 0 {
+			p.chunk(unsafe.String(&data[0], cut), last, fn)
+		}
 		carry = append(carry[:0:0], data[cut:]...)
 		if last {
 			if rerr == io.EOF { // not io.ErrUnexpectedEOF: that is an upload cut off

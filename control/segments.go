@@ -111,35 +111,55 @@ func (it *segIter) next() (k, v []byte, ok bool) {
 	return r.k, r.v, true
 }
 
-// segWriter writes records, in key order, into an empty bucket as full segments.
+// segWriter writes records, in key order, into an empty bucket as full segments. Records are
+// encoded straight into large chunks that the segments are cut from, so a million rules cost
+// one copy and a few dozen allocations.
 type segWriter struct {
-	b    *bolt.Bucket
-	recs []record
-	buf  []byte
+	b       *bolt.Bucket
+	buf     []byte // the current chunk; the open segment is buf[start:]
+	start   int
+	n       int    // records in the open segment
+	scratch []byte // one encoded rule
+}
+
+// room makes sure the open segment can grow by need bytes, moving it to a new chunk if not.
+func (w *segWriter) room(need int) {
+	if cap(w.buf)-len(w.buf) >= need {
+		return
+	}
+	open := w.buf[w.start:]
+	nb := make([]byte, 0, max(1<<20, 2*(len(open)+need)))
+	w.buf, w.start = append(nb, open...), 0
 }
 
 func (w *segWriter) add(k, v []byte) error {
-	w.recs = append(w.recs, record{k, v})
-	if len(w.recs) == segMax {
+	w.room(1 + len(k) + binary.MaxVarintLen64 + len(v))
+	w.buf = append(w.buf, byte(len(k)))
+	w.buf = append(w.buf, k...)
+	w.buf = binary.AppendUvarint(w.buf, uint64(len(v)))
+	w.buf = append(w.buf, v...)
+	if w.n++; w.n == segMax {
 		return w.flush()
 	}
 	return nil
 }
 
+// addRule adds a rule under key k, encoding it in place.
+func (w *segWriter) addRule(k []byte, r Rule) error {
+	w.scratch = encodeRule(w.scratch[:0], r)
+	return w.add(k, w.scratch)
+}
+
 func (w *segWriter) flush() error {
-	if len(w.recs) == 0 {
+	if w.n == 0 {
 		return nil
 	}
-	// bbolt keeps key and value until commit: both get bytes of their own.
-	start := len(w.buf)
-	if cap(w.buf)-start < 4096 {
-		w.buf, start = make([]byte, 0, 1<<20), 0
-	}
-	w.buf = append(w.buf, w.recs[0].k...)
-	mid := len(w.buf)
-	w.buf = appendSeg(w.buf, w.recs)
-	w.recs = w.recs[:0]
-	return w.b.Put(w.buf[start:mid:mid], w.buf[mid:len(w.buf):len(w.buf)])
+	// The segment's key is its first record's key, inside the segment itself. bbolt keeps
+	// both slices until commit; the chunk is never written again.
+	seg := w.buf[w.start:len(w.buf):len(w.buf)]
+	kl := int(seg[0])
+	w.start, w.n = len(w.buf), 0
+	return w.b.Put(seg[1:1+kl:1+kl], seg)
 }
 
 // find returns the segment a key belongs in (the one at or before it, else the first), its

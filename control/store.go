@@ -612,18 +612,13 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 		w := segWriter{b: dst}
 		old := newSegIter(tx.Bucket(bucketRules))
 		k, v, more := old.next()
-		var arena []byte
+		var keyBuf [18]byte
 		for i := 0; i < n || more; {
 			var nk []byte
 			var r Rule
 			if i < n {
 				r = at(i)
-				if cap(arena)-len(arena) < 64+len(r.Reason) {
-					arena = make([]byte, 0, max(1<<20, 64+len(r.Reason)))
-				}
-				start := len(arena)
-				arena = appendPrefixKey(arena, r.Prefix)
-				nk = arena[start:len(arena):len(arena)]
+				nk = appendPrefixKey(keyBuf[:0], r.Prefix)
 			}
 			c := -1 // <0: the stored record goes first, >0: the new rule, 0: the new replaces it
 			switch {
@@ -646,10 +641,8 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 				added++
 			}
 			i++
-			start := len(arena)
-			arena = encodeRule(arena, r)
 			note(r.Deadline)
-			if err := w.add(nk, arena[start:len(arena):len(arena)]); err != nil {
+			if err := w.addRule(nk, r); err != nil {
 				return fmt.Errorf("store rule %s: %w", r.Prefix, err)
 			}
 		}
