@@ -340,11 +340,6 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 		}
 		return rule(entries[i])
 	}
-	kernel := make([]backend.Rule, len(entries))
-	for i := range entries {
-		r := at(i)
-		kernel[i] = backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline}
-	}
 	if len(entries) < bulkImport {
 		rules := make([]Rule, len(entries))
 		for i := range entries {
@@ -354,17 +349,17 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 			if err := tx.PutRulesSorted(rules); err != nil {
 				return err
 			}
-			return d.enf.Block(ctx, kernel)
+			return d.enf.Block(ctx, toBackend(rules))
 		})
 	} else {
-		err = d.bulkBlock(ctx, len(entries), at, kernel, merged)
+		err = d.bulkBlock(ctx, len(entries), at, merged)
 	}
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
 	resp.Imported = len(entries)
 	if len(entries) >= bigBatch {
-		entries, kernel = nil, nil
+		entries = nil
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
 	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),
@@ -420,9 +415,17 @@ func (d *Daemon) mergeStored(entries []importEntry, rule func(importEntry) Rule,
 // bulkBlock writes n rules (sorted by prefix) to the store in chunks while the kernel takes them
 // concurrently, and swaps the store's new rules in only when the kernel has them all. On any
 // failure the kernel is put back: new entries removed, merged ones given their old deadlines.
-func (d *Daemon) bulkBlock(ctx context.Context, n int, at func(int) Rule, kernel []backend.Rule, merged map[int]mergedRule) error {
+func (d *Daemon) bulkBlock(ctx context.Context, n int, at func(int) Rule, merged map[int]mergedRule) error {
 	kerr := make(chan error, 1)
-	go func() { kerr <- d.enf.Block(ctx, kernel) }()
+	go func() {
+		// The kernel's batch is built here too, beside the store's work.
+		kernel := make([]backend.Rule, n)
+		for i := range kernel {
+			r := at(i)
+			kernel[i] = backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline}
+		}
+		kerr <- d.enf.Block(ctx, kernel)
+	}()
 	waited := false
 	err := d.store.BulkPutRules(n, at, func() error {
 		waited = true
@@ -436,11 +439,11 @@ func (d *Daemon) bulkBlock(ctx context.Context, n int, at func(int) Rule, kernel
 	}
 	var gone []netip.Prefix
 	var back []backend.Rule
-	for i, r := range kernel {
+	for i := range n {
 		if m, ok := merged[i]; ok {
 			back = append(back, backend.Rule{Prefix: m.old.Prefix, Deadline: m.old.Deadline})
 		} else {
-			gone = append(gone, r.Prefix)
+			gone = append(gone, at(i).Prefix)
 		}
 	}
 	// Background context: the undo must run even when the request was cancelled.
