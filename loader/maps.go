@@ -425,6 +425,8 @@ func readAll[K any](m *ebpf.Map) ([]K, []bpf.SnareBlockVal, error) {
 	for {
 		if cap(keys)-len(keys) < batchSize {
 			keys = slices.Grow(keys, len(keys))
+		}
+		if cap(vals)-len(vals) < batchSize { // not always with keys: capacities round differently
 			vals = slices.Grow(vals, len(vals))
 		}
 		l := len(keys)
