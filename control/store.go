@@ -443,12 +443,12 @@ func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err e
 	if err != nil || len(expired) == 0 {
 		return expired, next, err
 	}
-	return expired, next, t.deleteExpired(expired, now)
+	return expired, next, t.deleteExpired(now)
 }
 
-// deleteExpired deletes expired, the result of ExpiredRules(now): only the segments that hold
-// expired rules are rewritten.
-func (t *Tx) deleteExpired(expired []Rule, now time.Time) error {
+// deleteExpired deletes the rules expired at now: only the segments that hold some are
+// rewritten.
+func (t *Tx) deleteExpired(now time.Time) error {
 	n, err := t.filterRecords(func(_, v []byte) bool {
 		d := rawDeadline(v)
 		return d.IsZero() || now.Before(d)
@@ -499,6 +499,49 @@ func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err er
 		return nil
 	})
 	return expired, next, err
+}
+
+// expiredPrefixes is ExpiredRules for the sweeper: the prefixes of every expired rule, but whole
+// rules only for the first show of them (a million expired Rules with their reasons cost more
+// than the rest of a sweep), and the earliest deadline among the rest.
+func (t *Tx) expiredPrefixes(now time.Time, show int) (prefixes []netip.Prefix, shown []Rule, next time.Time, err error) {
+	n := 0
+	_ = forEachRecord(t.rules, func(k, v []byte) error {
+		if d := rawDeadline(v); !d.IsZero() && !now.Before(d) {
+			n++
+		}
+		return nil
+	})
+	if n == 0 {
+		return nil, nil, t.nextDeadline(now), nil
+	}
+	prefixes = make([]netip.Prefix, 0, n)
+	err = forEachRecord(t.rules, func(k, v []byte) error {
+		d := rawDeadline(v)
+		if d.IsZero() {
+			return nil
+		}
+		if now.Before(d) {
+			if next.IsZero() || d.Before(next) {
+				next = d
+			}
+			return nil
+		}
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		prefixes = append(prefixes, p)
+		if len(shown) < show {
+			r, err := decodeRule(p, v)
+			if err != nil {
+				return err
+			}
+			shown = append(shown, r)
+		}
+		return nil
+	})
+	return prefixes, shown, next, err
 }
 
 // nextDeadline is the earliest deadline after now (zero if none).

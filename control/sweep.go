@@ -48,7 +48,8 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	now := time.Now()
 	var res SweepResult
 
-	var expired []Rule
+	var expired []netip.Prefix
+	var shown []Rule // the first maxExpireEvents of them, for the event log
 	// The kernel drops expired entries while the store deletes them: the data path already
 	// ignores an entry past its deadline, so neither order can open a gap.
 	var kernelDone chan error
@@ -56,17 +57,13 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		var next time.Time
 		err := d.store.Update(func(tx *Tx) error {
 			var err error
-			if expired, next, err = tx.ExpiredRules(now); err != nil {
+			if expired, shown, next, err = tx.expiredPrefixes(now, maxExpireEvents); err != nil {
 				return err
 			}
 			if len(expired) > 0 {
-				ps := make([]netip.Prefix, len(expired))
-				for i, r := range expired {
-					ps[i] = r.Prefix
-				}
 				kernelDone = make(chan error, 1)
-				go func() { kernelDone <- d.enf.Unblock(ctx, ps) }()
-				if err := tx.deleteExpired(expired, now); err != nil {
+				go func() { kernelDone <- d.enf.Unblock(ctx, expired) }()
+				if err := tx.deleteExpired(now); err != nil {
 					return err
 				}
 			}
@@ -94,7 +91,12 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	}
 	if len(expired) > 0 {
 		res.Expired = len(expired)
-		d.logEvents(expireEvents(expired, now)...)
+		evs := expireEvents(shown, now)
+		if more := len(expired) - len(shown); more > 0 {
+			evs = append(evs, Event{Time: now, Event: EventExpire, Source: "sweep",
+				Detail: fmt.Sprintf("and %d more entries expired", more)})
+		}
+		d.logEvents(evs...)
 		d.rec.Expired(res.Expired)
 	}
 
