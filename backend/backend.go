@@ -67,6 +67,12 @@ type TrapEvent struct {
 type InterfaceStatus struct {
 	Name string `json:"name"`
 	Mode string `json:"mode"` // "native", "generic", "iptables"
+
+	// Per-interface packets and bytes by reason, where the back-end counts per interface (XDP).
+	// SharedWith names interfaces whose counters cannot be told apart from this one's.
+	Packets    map[string]uint64 `json:"packets,omitempty"`
+	Bytes      map[string]uint64 `json:"bytes,omitempty"`
+	SharedWith []string          `json:"shared_with,omitempty"`
 }
 
 // Counters are the enforcer's totals since its maps or chains were created.

@@ -100,8 +100,8 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, STAT_MAX);
-	__type(key, enum stat_reason);
+	__uint(max_entries, STAT_MAX * STAT_IFACE_SLOTS);
+	__type(key, __u32); /* slot * STAT_MAX + enum stat_reason */
 	__type(value, struct counter);
 } stats SEC(".maps");
 
@@ -125,6 +125,7 @@ struct {
 
 /* Emit BTF for the event type Go decodes (the ring buffer map has no value type). */
 const struct trap_event *unused_trap_event __attribute__((unused));
+const enum stat_reason *unused_stat_reason __attribute__((unused)); /* for bpf2go -type */
 
 #define VLAN_MAX_DEPTH 2
 #define IPV6_EXT_MAX 4
@@ -144,11 +145,13 @@ struct pkt {
 	__u8 family;    /* 4 or 6 */
 	__u32 saddr4;
 	struct addr6 saddr6;
+	__u32 stat_base; /* first counter of the ingress interface's slot */
 };
 
-static __always_inline void count(__u32 reason, __u64 bytes)
+static __always_inline void count(const struct pkt *p, __u32 reason, __u64 bytes)
 {
-	struct counter *c = bpf_map_lookup_elem(&stats, &reason);
+	__u32 key = p->stat_base + reason;
+	struct counter *c = bpf_map_lookup_elem(&stats, &key);
 
 	if (c) { /* per-CPU slot: no atomics */
 		c->packets++;
@@ -318,10 +321,10 @@ static __always_inline void send_event(struct config *cfg, struct pkt *p, struct
 	e->tcp_flags = flags;
 	e->action = action;
 	bpf_ringbuf_submit(e, 0);
-	count(STAT_EVENT_SENT, 0);
+	count(p, STAT_EVENT_SENT, 0);
 	return;
 suppressed:
-	count(STAT_EVENT_SUPPRESSED, 0);
+	count(p, STAT_EVENT_SUPPRESSED, 0);
 }
 
 /* Returns XDP_DROP when this packet triggered a block, else XDP_PASS. */
@@ -362,7 +365,7 @@ static __always_inline int trap(struct config *cfg, struct pkt *p, void *data_en
 	mark = bpf_map_lookup_elem(&trap_ports, &idx);
 	if (!mark || !(*mark & want))
 		return XDP_PASS;
-	count(STAT_TRAP_HIT, len);
+	count(p, STAT_TRAP_HIT, len);
 
 	now = bpf_ktime_get_coarse_ns();
 	struct addr6 skey;
@@ -431,13 +434,13 @@ static __always_inline int trap(struct config *cfg, struct pkt *p, void *data_en
 		bpf_map_update_elem(&block4, &p->saddr4, &v, BPF_ANY);
 	else
 		bpf_map_update_elem(&block6, key6, &v, BPF_ANY);
-	count(STAT_TRAP_BLOCK, 0);
+	count(p, STAT_TRAP_BLOCK, 0);
 	send_event(cfg, p, st, flags, TRAP_ACT_BLOCKED, now, v.deadline);
 	if (cfg->flags & CFG_DRY_RUN) {
-		count(STAT_DRY_RUN, len);
+		count(p, STAT_DRY_RUN, len);
 		return XDP_PASS;
 	}
-	count(STAT_DROP_TRAP, len);
+	count(p, STAT_DROP_TRAP, len);
 	return XDP_DROP;
 }
 
@@ -455,8 +458,10 @@ int snare_xdp(struct xdp_md *ctx)
 
 	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
 
+	p.stat_base = (ctx->ingress_ifindex & (STAT_IFACE_SLOTS - 1)) * STAT_MAX;
+
 	if (!cfg || parse(data, data_end, &p) < 0) {
-		count(STAT_PASS_UNPARSED, len);
+		count(&p, STAT_PASS_UNPARSED, len);
 		return XDP_PASS;
 	}
 
@@ -479,13 +484,13 @@ int snare_xdp(struct xdp_md *ctx)
 			 * single addresses the daemon and the trap never block when
 			 * allowlisted, so the v4 drop path stays one lookup. */
 			if (p.family == 6 && allowlisted(&p)) {
-				count(STAT_PASS_ALLOW, len);
+				count(&p, STAT_PASS_ALLOW, len);
 				return XDP_PASS;
 			}
 			reason = STAT_DROP_EXACT;
 			goto drop;
 		}
-		count(STAT_PASS_EXPIRED, len);
+		count(&p, STAT_PASS_EXPIRED, len);
 		goto trap; /* expired: as if not blocked (the trap may block it again) */
 	}
 
@@ -506,29 +511,29 @@ int snare_xdp(struct xdp_md *ctx)
 			now = bpf_ktime_get_coarse_ns();
 			if (in_force(v, now)) {
 				if (allowlisted(&p)) {
-					count(STAT_PASS_ALLOW, len);
+					count(&p, STAT_PASS_ALLOW, len);
 					return XDP_PASS;
 				}
 				reason = STAT_DROP_CIDR;
 				goto drop;
 			}
-			count(STAT_PASS_EXPIRED, len);
+			count(&p, STAT_PASS_EXPIRED, len);
 		}
 	}
 
 trap:
 	if ((cfg->flags & CFG_TRAP_ON) && p.l4 && trap(cfg, &p, data_end, &key6, len) == XDP_DROP)
 		return XDP_DROP;
-	count(STAT_PASS, len);
+	count(&p, STAT_PASS, len);
 	return XDP_PASS;
 
 drop:
 	hit(v, now);
 	if (cfg->flags & CFG_DRY_RUN) {
-		count(STAT_DRY_RUN, len);
+		count(&p, STAT_DRY_RUN, len);
 		return XDP_PASS;
 	}
-	count(reason, len);
+	count(&p, reason, len);
 	return XDP_DROP;
 }
 

@@ -111,6 +111,12 @@ enum stat_reason {
 	STAT_MAX,
 };
 
+/* Counters are kept per interface slot: the slot is the ingress ifindex modulo
+ * STAT_IFACE_SLOTS, so an interface costs no lookup on the hot path, only an
+ * index computation. Two interfaces whose ifindexes share a slot share their
+ * counters (the loader reports that); totals are the sum over all slots. */
+#define STAT_IFACE_SLOTS 64
+
 struct counter {
 	__u64 packets;
 	__u64 bytes;

@@ -107,20 +107,21 @@ type SnareTrapEvent struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SnareMapAllow4          = "allow4"
-	SnareMapAllow6          = "allow6"
-	SnareMapBlock4          = "block4"
-	SnareMapBlock6          = "block6"
-	SnareMapCidr4           = "cidr4"
-	SnareMapCidr6           = "cidr6"
-	SnareMapEventBucket     = "event_bucket"
-	SnareMapEvents          = "events"
-	SnareMapScan            = "scan"
-	SnareMapSettings        = "settings"
-	SnareMapStats           = "stats"
-	SnareMapTrapPorts       = "trap_ports"
-	SnareProgSnareXdp       = "snare_xdp"
-	SnareVarUnusedTrapEvent = "unused_trap_event"
+	SnareMapAllow4           = "allow4"
+	SnareMapAllow6           = "allow6"
+	SnareMapBlock4           = "block4"
+	SnareMapBlock6           = "block6"
+	SnareMapCidr4            = "cidr4"
+	SnareMapCidr6            = "cidr6"
+	SnareMapEventBucket      = "event_bucket"
+	SnareMapEvents           = "events"
+	SnareMapScan             = "scan"
+	SnareMapSettings         = "settings"
+	SnareMapStats            = "stats"
+	SnareMapTrapPorts        = "trap_ports"
+	SnareProgSnareXdp        = "snare_xdp"
+	SnareVarUnusedStatReason = "unused_stat_reason"
+	SnareVarUnusedTrapEvent  = "unused_trap_event"
 )
 
 // LoadSnare returns the embedded CollectionSpec for Snare.
@@ -190,7 +191,8 @@ type SnareMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SnareVariableSpecs struct {
-	UnusedTrapEvent *ebpf.VariableSpec `ebpf:"unused_trap_event"`
+	UnusedStatReason *ebpf.VariableSpec `ebpf:"unused_stat_reason"`
+	UnusedTrapEvent  *ebpf.VariableSpec `ebpf:"unused_trap_event"`
 }
 
 // SnareObjects contains all objects after they have been loaded into the kernel.
@@ -248,7 +250,8 @@ func (m *SnareMaps) Close() error {
 //
 // It can be passed to LoadSnareObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SnareVariables struct {
-	UnusedTrapEvent *ebpf.Variable `ebpf:"unused_trap_event"`
+	UnusedStatReason *ebpf.Variable `ebpf:"unused_stat_reason"`
+	UnusedTrapEvent  *ebpf.Variable `ebpf:"unused_trap_event"`
 }
 
 // SnarePrograms contains all programs after they have been loaded into the kernel.

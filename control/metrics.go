@@ -75,18 +75,20 @@ type Metrics struct {
 	scrapeErrors prometheus.Counter
 	storeBytes   prometheus.Gauge
 
-	buildInfo   *prometheus.Desc
-	up          *prometheus.Desc
-	backendInfo *prometheus.Desc
-	ifaceInfo   *prometheus.Desc
-	packets     *prometheus.Desc
-	bytes       *prometheus.Desc
-	entries     *prometheus.Desc
-	capacity    *prometheus.Desc
-	fillRatio   *prometheus.Desc
-	suppressed  *prometheus.Desc
-	trapProbes  *prometheus.Desc
-	trapTrigger *prometheus.Desc
+	buildInfo    *prometheus.Desc
+	up           *prometheus.Desc
+	backendInfo  *prometheus.Desc
+	ifaceInfo    *prometheus.Desc
+	packets      *prometheus.Desc
+	bytes        *prometheus.Desc
+	ifacePackets *prometheus.Desc
+	ifaceBytes   *prometheus.Desc
+	entries      *prometheus.Desc
+	capacity     *prometheus.Desc
+	fillRatio    *prometheus.Desc
+	suppressed   *prometheus.Desc
+	trapProbes   *prometheus.Desc
+	trapTrigger  *prometheus.Desc
 
 	mu      sync.Mutex
 	status  StatusSource
@@ -147,6 +149,11 @@ func NewMetrics(o MetricsOptions) *Metrics {
 			[]string{"action", "reason"}, nil),
 		bytes: prometheus.NewDesc("snare_bytes_total",
 			"Bytes of the packets in snare_packets_total, by verdict and reason.", []string{"action", "reason"}, nil),
+		ifacePackets: prometheus.NewDesc("snare_interface_packets_total",
+			"Packets by ingress interface, verdict and reason (XDP back-end; interfaces listed in snarectl status as sharing a counter slot report the same numbers).",
+			[]string{"interface", "action", "reason"}, nil),
+		ifaceBytes: prometheus.NewDesc("snare_interface_bytes_total",
+			"Bytes of the packets in snare_interface_packets_total.", []string{"interface", "action", "reason"}, nil),
 		entries: prometheus.NewDesc("snare_entries",
 			"Entries in the enforcer's maps: block (addresses and prefixes blocked) and scan (per-source trap state).",
 			[]string{"map"}, nil),
@@ -239,7 +246,7 @@ func (m *Metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, c := range m.inner() {
 		c.Describe(ch)
 	}
-	for _, d := range []*prometheus.Desc{m.buildInfo, m.up, m.backendInfo, m.ifaceInfo, m.packets, m.bytes,
+	for _, d := range []*prometheus.Desc{m.buildInfo, m.up, m.backendInfo, m.ifaceInfo, m.packets, m.bytes, m.ifacePackets, m.ifaceBytes,
 		m.entries, m.capacity, m.fillRatio, m.suppressed, m.trapProbes, m.trapTrigger} {
 		ch <- d
 	}
@@ -281,6 +288,16 @@ func (m *Metrics) collectStatus(ch chan<- prometheus.Metric, src StatusSource) e
 	}
 	for _, i := range st.Interfaces {
 		ch <- prometheus.MustNewConstMetric(m.ifaceInfo, prometheus.GaugeValue, 1, i.Name, i.Mode)
+		for name, n := range i.Packets {
+			if action, reason, ok := Verdict(name); ok {
+				ch <- prometheus.MustNewConstMetric(m.ifacePackets, prometheus.CounterValue, float64(n), i.Name, action, reason)
+			}
+		}
+		for name, n := range i.Bytes {
+			if action, reason, ok := Verdict(name); ok {
+				ch <- prometheus.MustNewConstMetric(m.ifaceBytes, prometheus.CounterValue, float64(n), i.Name, action, reason)
+			}
+		}
 	}
 	c := st.Counters
 	for name, n := range c.ByReason {

@@ -11,7 +11,9 @@ import (
 	"github.com/snare-dev/snare/control"
 )
 
-// The allowlist always wins over a block, and allowlist changes are durable.
+// The allowlist always wins over a block: allowlisting a blocked source lifts the block (the
+// daemon drops blocks an allowlist change covers), durably; removing the allow entry again does
+// not bring the old block back, and the source can be blocked anew.
 func TestAllowlistWins(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, options{})
@@ -25,6 +27,14 @@ func TestAllowlistWins(t *testing.T) {
 			t.Errorf("allow list lacks %s (manual)", att)
 		}
 		e.served(t, e.attackerV4Peer())
+		// Allowlisting an address lifts its block (logged as an unblock): the allowlist wins and
+		// the block does not linger hidden in the kernel.
+		if en := find(d.list(t), host32(e.attacker4())); en != nil {
+			t.Errorf("block %+v still listed after allow add", *en)
+		}
+		requireEvents(t, d, "unblock", host32(e.attacker4()))
+		// And it cannot be blocked again while allowlisted.
+		checkRefused(t, d.ctl("block", att), att)
 
 		// Durable: a restarted daemon still allows it.
 		d.stop()
@@ -34,14 +44,13 @@ func TestAllowlistWins(t *testing.T) {
 		}
 		e.served(t, e.attackerV4Peer())
 
-		// Removing it lets the block, still there, drop again.
+		// Removed from the allowlist, it can be blocked again.
 		d.mustCtl(t, "allow", "del", att)
 		if allowHas(t, d, host32(e.attacker4()), "") {
 			t.Errorf("%s still allowlisted after allow del", att)
 		}
-		if find(d.list(t), host32(e.attacker4())) == nil {
-			t.Fatalf("block of %s gone: %v", att, prefixes(d.list(t)))
-		}
+		e.served(t, e.attackerV4Peer())
+		d.mustCtl(t, "block", att, "--ttl", "1h")
 		e.dropped(t, e.attackerV4Peer())
 		e.served(t, e.clientV4Peer())
 	})
@@ -89,7 +98,8 @@ func TestDryRun(t *testing.T) {
 }
 
 // Blocking a source again counts a repeat offence; with the default TTL (block.ttl, 1h here) it
-// escalates by block.escalation.factor (2); an explicit --ttl is taken as given.
+// escalates by block.escalation.factor (2); an explicit --ttl is taken as given, but a block is
+// never shortened by blocking again.
 func TestRepeatOffence(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
 		e := newEnv(t, backend, options{})
@@ -115,8 +125,11 @@ func TestRepeatOffence(t *testing.T) {
 		check("blocked again after unblock", 2, 2*time.Hour)
 		d.mustCtl(t, "block", att)
 		check("blocked again while blocked", 3, 4*time.Hour)
+		// Blocking again extends, never shortens (unblock first for that), explicit TTL or not.
 		d.mustCtl(t, "block", att, "--ttl", "30m")
-		check("explicit ttl", 4, 30*time.Minute)
+		check("explicit shorter ttl", 4, 4*time.Hour)
+		d.mustCtl(t, "block", att, "--ttl", "10h")
+		check("explicit longer ttl", 5, 10*time.Hour)
 		e.dropped(t, e.attackerV4Peer())
 	})
 }

@@ -4,8 +4,28 @@
 // addresses come from 198.18.0.0/15 and 2001:db8::/32 only, every name carries a random suffix,
 // and every namespace, process and pin is removed when a test ends, failed or not.
 //
+// Every test runs once per enforcement back-end (subtests xdp and iptables) unless its name says
+// otherwise. What is covered:
+//
+//   - core (core_test.go, core2_test.go, importexport_test.go): block/unblock of addresses, IPv6
+//     /64s, CIDRs and IPv4-mapped IPv6; hit counters; exact expiry with no sweep; stop (still
+//     dropped), restart (list intact), kill -9 (nothing lost), no connection through across
+//     restarts; import/export of blocked.list ("IP YYYYMMDD") and plain lists; the allowlist
+//     winning over blocks; dry run; repeat offences and escalation; events -f; status per
+//     interface.
+//   - bad input (badinput_test.go): every refusal names the problem, exits non-zero and changes
+//     neither the block list nor the allowlist nor enforcement; broken configs; a missing
+//     socket; a second daemon on the same pins or store.
+//   - traps (trap_test.go, trap2_test.go): nmap -sT -sS -sF -sN -sX -sU and -6 -sS; a spoofed
+//     hping3 flood from random 198.19.x.y sources; spoofed scans from the gateway and resolver;
+//     threshold; log mode per protocol; advanced mode following listeners; trap blocks adopted
+//     after the daemon was down or killed (XDP).
+//   - back-ends and config (backend_test.go, config_test.go): uninstall (store kept, reboot-like
+//     restore), automatic fallback to iptables, a flushed firewall repaired, --xdp-mode generic,
+//     SNARE_* environment.
+//
 // Run as root: go test ./e2e -run TestBlock (or `make test`). Without root, or without a tool the
-// suite needs, tests skip and say why; with CI set they fail instead.
+// suite needs, tests skip and say why; with CI set they fail instead. -short skips the suite.
 package e2e
 
 import (

@@ -2,9 +2,13 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,8 +72,9 @@ func TestTrapScans(t *testing.T) {
 				if err != nil {
 					t.Fatalf("nmap: %v", err)
 				}
-				if sc.seesOpen && strings.Contains(out, fmt.Sprintf("%d/tcp open", webPort)) {
-					t.Errorf("nmap saw the web port open: the scanner got past the trap")
+				// nmap aligns its columns: "8080/tcp  open   http-proxy".
+				if sc.seesOpen && regexp.MustCompile(fmt.Sprintf(`(?m)^%d/tcp\s+open\s`, webPort)).MatchString(out) {
+					t.Errorf("nmap saw the web port %d open: the scanner's probes got past the trap port it hit first", webPort)
 				}
 
 				// Listed (the event reaches user space asynchronously to the block itself).
@@ -115,6 +120,10 @@ func TestTrapScans(t *testing.T) {
 					return containsAll(strings.ToUpper(ev.TCPFlags), flags...)
 				}) {
 					t.Errorf("scan event tcp_flags %q, want one of %v", ev.TCPFlags, sc.tcpFlags)
+				}
+				// The JSON-lines log on disk (the old scan.log) has it too.
+				if !eventsFileHasScan(t, d, src) {
+					t.Errorf("%s has no scan event for %s", d.eventsFile(), src)
 				}
 				if st := d.status(t); st.Trap.Blocks == 0 || st.Trap.Hits == 0 {
 					t.Errorf("status trap counters: %+v, want hits and blocks", st.Trap)
@@ -307,4 +316,60 @@ func trapPortsOf(proto string) string {
 		return trapUDPPorts
 	}
 	return trapTCPPorts
+}
+
+// eventsFile is the daemon's JSON-lines event log (events_file defaults to state_dir/events.jsonl).
+func (d *daemon) eventsFile() string { return filepath.Join(d.stateDir, "events.jsonl") }
+
+// eventsFileHasScan reports whether the event log file has a scan event from a; every line must
+// be one JSON event.
+func eventsFileHasScan(t *testing.T, d *daemon, a netip.Addr) bool {
+	t.Helper()
+	b, err := os.ReadFile(d.eventsFile())
+	if err != nil {
+		t.Errorf("read the event log: %v", err)
+		return false
+	}
+	found := false
+	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var ev control.Event
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Errorf("%s line %d is not a JSON event: %v: %q", d.eventsFile(), i+1, err, line)
+			continue
+		}
+		if ev.Event == "scan" && sameAddr(ev.Address, host32(a)) {
+			found = true
+		}
+	}
+	return found
+}
+
+// A source is blocked when it touches trap.threshold distinct trap ports within trap.window, and
+// not before.
+func TestTrapThreshold(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		requireTools(t, "hping3")
+		e := newEnv(t, backend, options{config: map[string]any{"trap.threshold": 3}})
+		d := e.d
+		dst := e.hostFor("attacker", false).String()
+		probe := func(port string) {
+			t.Helper()
+			// Several SYNs to one port count once: distinct ports are what matters.
+			out, _ := e.lab.Run(e.lab.Attacker().NS, "hping3", "-q", "-S", "-c", "3", "-i", "u20000", "-p", port, dst)
+			t.Logf("hping3 -S -p %s: %s", port, strings.TrimSpace(out))
+		}
+		probe("79")
+		probe("111")
+		time.Sleep(500 * time.Millisecond) // an early (wrong) block would have been listed by now
+		if l := d.list(t); len(l) != 0 {
+			t.Fatalf("blocked after 2 of 3 trap ports: %v", prefixes(l))
+		}
+		e.served(t, e.attackerV4Peer())
+		probe("143")
+		listedByTrap(t, d, e.attacker4())
+		e.dropped(t, e.attackerV4Peer())
+		if ev := findScan(d.events(t), e.attacker4()); ev == nil || len(ev.Ports) != 3 {
+			t.Errorf("scan event %+v: want the 3 trap ports hit", ev)
+		}
+	})
 }

@@ -97,6 +97,29 @@ func TestAttachBlockRestartRemove(t *testing.T) {
 				t.Fatal("client lost the host")
 			}
 
+			// Counters are kept per interface: the drops are on the attacker's side only.
+			st, err = x.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ifc := range st.Interfaces {
+				if len(ifc.SharedWith) > 0 {
+					t.Logf("%s shares its counter slot with %v: per-interface check skipped", ifc.Name, ifc.SharedWith)
+					continue
+				}
+				drops := ifc.Packets["drop_exact"]
+				switch ifc.Name {
+				case lab.HostIface("attacker").Name:
+					if drops == 0 || ifc.Bytes["drop_exact"] == 0 {
+						t.Errorf("%s: no drops counted: %v", ifc.Name, ifc.Packets)
+					}
+				case lab.HostIface("client").Name:
+					if drops != 0 || ifc.Packets["pass"] == 0 {
+						t.Errorf("%s: drops %d, passes %d; want 0 and some", ifc.Name, drops, ifc.Packets["pass"])
+					}
+				}
+			}
+
 			// A second daemon on the same pin directory is refused.
 			if _, err := openIn(t, lab, opts); !errors.Is(err, ErrLocked) {
 				t.Fatalf("second open: %v, want ErrLocked", err)

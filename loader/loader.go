@@ -33,9 +33,10 @@ type XDP struct {
 }
 
 type ifaceLink struct {
-	name string
-	mode string // "native" or "generic"
-	link link.Link
+	name  string
+	index int    // ifindex: picks the interface's counter slot
+	mode  string // "native" or "generic"
+	link  link.Link
 }
 
 // dataMaps are the maps whose contents must survive an upgrade that changes their size.
@@ -252,7 +253,7 @@ func (x *XDP) attach(iface, mode string) error {
 				l.Close()
 				return fmt.Errorf("update xdp link on %s: %w", iface, err)
 			}
-			x.ifaces = append(x.ifaces, ifaceLink{name: iface, mode: cur, link: l})
+			x.ifaces = append(x.ifaces, ifaceLink{name: iface, index: nl.Attrs().Index, mode: cur, link: l})
 			x.log.Info("xdp program updated in place", "iface", iface, "mode", cur)
 			return nil
 		}
@@ -283,7 +284,7 @@ func (x *XDP) attach(iface, mode string) error {
 			l.Close()
 			return fmt.Errorf("pin xdp link of %s: %w", iface, err)
 		}
-		x.ifaces = append(x.ifaces, ifaceLink{name: iface, mode: m, link: l})
+		x.ifaces = append(x.ifaces, ifaceLink{name: iface, index: nl.Attrs().Index, mode: m, link: l})
 		if len(errs) > 0 {
 			x.log.Warn("native xdp not available, using generic", "iface", iface, "reason", errors.Join(errs...))
 		}

@@ -180,20 +180,81 @@ var statNames = map[bpf.SnareStatReason]string{
 	bpf.SnareStatReasonSTAT_EVENT_SUPPRESSED: "event_suppressed",
 }
 
-// Stats sums the per-CPU counters: packets and bytes per reason.
+// slotCounters are one interface slot's counters by reason, summed over CPUs.
+type slotCounters [bpf.SnareStatReasonSTAT_MAX]bpf.SnareCounter
+
+// readSlots reads every counter slot (per CPU) in one batch where the kernel allows it.
+func (x *XDP) readSlots() ([]slotCounters, error) {
+	n := int(x.objs.Stats.MaxEntries()) // STAT_IFACE_SLOTS * STAT_MAX
+	nSlots := n / int(bpf.SnareStatReasonSTAT_MAX)
+	ncpu, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("read counters: %w", err)
+	}
+	keys := make([]uint32, n)
+	vals := make([]bpf.SnareCounter, n*ncpu)
+	var cursor ebpf.MapBatchCursor
+	got, err := x.objs.Stats.BatchLookup(&cursor, keys, vals, nil)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) || got != n {
+		// No batch support for per-CPU arrays here: one lookup per counter.
+		for k := 0; k < n; k++ {
+			var per []bpf.SnareCounter
+			if err := x.objs.Stats.Lookup(uint32(k), &per); err != nil {
+				return nil, fmt.Errorf("read counters: %w", err)
+			}
+			keys[k] = uint32(k)
+			copy(vals[k*ncpu:(k+1)*ncpu], per)
+		}
+	}
+	out := make([]slotCounters, nSlots)
+	for i, k := range keys {
+		c := &out[int(k)/int(bpf.SnareStatReasonSTAT_MAX)][int(k)%int(bpf.SnareStatReasonSTAT_MAX)]
+		for _, v := range vals[i*ncpu : (i+1)*ncpu] {
+			c.Packets += v.Packets
+			c.Bytes += v.Bytes
+		}
+	}
+	return out, nil
+}
+
+// Stats sums the per-CPU counters of every interface slot: packets and bytes per reason.
 func (x *XDP) Stats() (map[string]bpf.SnareCounter, error) {
+	slots, err := x.readSlots()
+	if err != nil {
+		return nil, err
+	}
 	out := make(map[string]bpf.SnareCounter, len(statNames))
 	for r, name := range statNames {
-		var per []bpf.SnareCounter
-		if err := x.objs.Stats.Lookup(uint32(r), &per); err != nil {
-			return nil, fmt.Errorf("read counters: %w", err)
-		}
 		var sum bpf.SnareCounter
-		for _, c := range per {
-			sum.Packets += c.Packets
-			sum.Bytes += c.Bytes
+		for _, s := range slots {
+			sum.Packets += s[r].Packets
+			sum.Bytes += s[r].Bytes
 		}
 		out[name] = sum
+	}
+	return out, nil
+}
+
+// ifaceStatus reports each attached interface with its own slot's counters.
+func (x *XDP) ifaceStatus() ([]backend.InterfaceStatus, error) {
+	slots, err := x.readSlots()
+	if err != nil {
+		return nil, err
+	}
+	slotOf := func(l ifaceLink) int { return l.index % len(slots) } // ifindex & (STAT_IFACE_SLOTS-1)
+	var out []backend.InterfaceStatus
+	for _, l := range x.ifaces {
+		is := backend.InterfaceStatus{Name: l.name, Mode: l.mode, Packets: map[string]uint64{}, Bytes: map[string]uint64{}}
+		for r, name := range statNames {
+			c := slots[slotOf(l)][r]
+			is.Packets[name], is.Bytes[name] = c.Packets, c.Bytes
+		}
+		for _, o := range x.ifaces {
+			if o.name != l.name && slotOf(o) == slotOf(l) {
+				is.SharedWith = append(is.SharedWith, o.name)
+			}
+		}
+		out = append(out, is)
 	}
 	return out, nil
 }
@@ -201,9 +262,11 @@ func (x *XDP) Stats() (map[string]bpf.SnareCounter, error) {
 // Status implements backend.Enforcer.
 func (x *XDP) Status(ctx context.Context) (backend.Status, error) {
 	st := backend.Status{Backend: "xdp"}
-	for _, l := range x.ifaces {
-		st.Interfaces = append(st.Interfaces, backend.InterfaceStatus{Name: l.name, Mode: l.mode})
+	ifs, err := x.ifaceStatus()
+	if err != nil {
+		return st, err
 	}
+	st.Interfaces = ifs
 	stats, err := x.Stats()
 	if err != nil {
 		return st, err

@@ -135,6 +135,9 @@ func TestSnaredProcess(t *testing.T) {
 	if err != nil {
 		t.Fatalf("scrape metrics: %v\n%s", err, p.Output())
 	}
+	if want := `snare_interface_packets_total{action="drop",interface="` + lab.HostIfaceNames()[0] + `",reason="exact"}`; !strings.Contains(metrics, want) {
+		t.Errorf("metrics lack %s", want)
+	}
 	if !strings.Contains(metrics, `snare_blocks_total{origin="manual"} 1`) {
 		t.Errorf("metrics lack the manual block:\n%s", metrics)
 	}

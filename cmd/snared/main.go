@@ -52,10 +52,10 @@ type options struct {
 	version     bool
 }
 
-func run(args, environ []string, stdout, stderr io.Writer) int {
+// newFlagSet defines snared's flags: one definition for parsing, --help and the generated docs.
+func newFlagSet(o *options, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("snared", pflag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var o options
 	fs.StringVarP(&o.config, "config", "c", "", "YAML config file (default: none, the embedded defaults)")
 	fs.StringVar(&o.confDir, "conf-dir", "/etc/snare/conf.d", "directory of drop-in YAML files merged after --config in name order (missing: none)")
 	fs.BoolVar(&o.checkConfig, "check-config", false, "validate the configuration, print it merged, and exit (0 valid, 1 not)")
@@ -65,6 +65,19 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	control.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: snared [flags]\n       snared uninstall [flags]\n\nFlags:\n%s", fs.FlagUsages())
+	}
+	return fs
+}
+
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	var o options
+	fs := newFlagSet(&o, stderr)
+	if len(args) == 2 && args[0] == "gen-docs" { // hidden: writes docs/snared.md and docs/man/snared.8
+		if err := genDocs(args[1]); err != nil {
+			fmt.Fprintf(stderr, "Error: %v\n", err)
+			return exitError
+		}
+		return exitOK
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {

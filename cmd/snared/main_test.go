@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,5 +71,27 @@ func TestUsageErrors(t *testing.T) {
 	}
 	if code, out, _ := runSnared([]string{"--version"}); code != 0 || !strings.HasPrefix(out, "snared ") {
 		t.Errorf("--version: %d %q", code, out)
+	}
+}
+
+// The committed docs/snared.md and docs/man/snared.8 are what gen-docs writes from the flags now.
+func TestDocsFresh(t *testing.T) {
+	dir := t.TempDir()
+	var stderr strings.Builder
+	if code := run([]string{"gen-docs", dir}, nil, io.Discard, &stderr); code != exitOK {
+		t.Fatalf("gen-docs: %d %s", code, stderr.String())
+	}
+	for _, f := range []string{"snared.md", "man/snared.8"} {
+		fresh, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		committed, err := os.ReadFile(filepath.Join("..", "..", "docs", f))
+		if err != nil || string(committed) != string(fresh) {
+			t.Errorf("docs/%s is stale (%v): run 'go run ./cmd/snared gen-docs docs'", f, err)
+		}
+		if !strings.Contains(string(fresh), "SNARE_XDP_MODE") {
+			t.Errorf("docs/%s lacks the flags", f)
+		}
 	}
 }
