@@ -126,6 +126,10 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	if d.store.Count() >= bigBatch {
+		// Only now, with restore's million-entry slices out of scope, can they be handed back.
+		go debug.FreeOSMemory()
+	}
 	return d, nil
 }
 
@@ -269,9 +273,6 @@ func (d *Daemon) restore(ctx context.Context) error {
 	n, err := d.replaceLocked(ctx, kernel, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
-	}
-	if len(live) >= bigBatch {
-		go debug.FreeOSMemory()
 	}
 	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopt), "expired", len(expired), "backend", d.enf.Name())
 
