@@ -59,7 +59,8 @@ type AllowRecord struct {
 //
 // Buckets:
 //
-//	rules     prefix key -> rule value
+//	rules     first prefix key of a segment -> segment: up to segMax (prefix key, rule value)
+//	          records in key order (segments.go)
 //	offences  prefix key -> offence value (escalation history, kept for the lookback)
 //	allow     prefix key -> created (unix ms)
 //
