@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -20,6 +21,14 @@ import (
 //	                -j <PREFIX>-TRAP                                (trap on)
 //	<PREFIX>-TRAP:  -p tcp --tcp-flags ACK,RST NONE -m set --match-set trap-tcp dst -j NFLOG ...
 //	                -p udp -m set --match-set trap-udp dst -j NFLOG ...
+//
+// With threshold 1, a protocol in block mode and no dry-run, each NFLOG rule is wrapped by a
+// kernel-side block (see trapRules):
+//
+//	<probe> -m set ! --match-set allow src -j SET --add-set trapped src --exist --timeout TTL
+//	<probe> -m set ! --match-set allow src -j SET --add-set ip src --exist --timeout TTL
+//	<probe> -j NFLOG ...
+//	<probe> -m set ! --match-set allow src -j DROP
 //
 // Blocked sources are dropped before the trap rules, so a blocked scanner costs no NFLOG
 // messages. The trap rules only match probes (no ACK, no RST: SYN, FIN, NULL, XMAS), like the XDP
@@ -36,6 +45,7 @@ type family struct {
 	ipt             *iptables.IPTables
 	ns              nsHandle
 	allow, ip, cidr string // set names
+	trapped         string // kernel trap marks
 	// snapshot is each chain's listing after the last sync and synced the wanted state it
 	// achieved; the watcher compares against both.
 	snapshot map[string][]string
@@ -83,8 +93,8 @@ func newFamilies(ns nsHandle, variant string, n names) ([]*family, error) {
 		return nil, fmt.Errorf("ip6tables: %w", err)
 	}
 	return []*family{
-		{name: "ipv4", ipt: ipt4, ns: ns, allow: n.allow4, ip: n.ip4, cidr: n.net4, snapshot: map[string][]string{}},
-		{name: "ipv6", ipt: ipt6, ns: ns, allow: n.allow6, ip: n.ip6, cidr: n.net6, snapshot: map[string][]string{}},
+		{name: "ipv4", ipt: ipt4, ns: ns, allow: n.allow4, ip: n.ip4, cidr: n.net4, trapped: n.trapped4, snapshot: map[string][]string{}},
+		{name: "ipv6", ipt: ipt6, ns: ns, allow: n.allow6, ip: n.ip6, cidr: n.net6, trapped: n.trapped6, snapshot: map[string][]string{}},
 	}, nil
 }
 
@@ -113,12 +123,48 @@ func (e *Enforcer) rulesLocked(f *family) (main, trap []rule) {
 		nflog := []string{"-j", "NFLOG", "--nflog-group", strconv.Itoa(int(e.opts.NFLOGGroup)), "--nflog-size", nflogSize}
 		tcp := append([]string{"-p", "tcp", "--tcp-flags", "ACK,RST", "NONE"}, matchSet(e.n.trapTCP, "dst")...)
 		udp := append([]string{"-p", "udp"}, matchSet(e.n.trapUDP, "dst")...)
-		trap = []rule{
-			{args: append(tcp, nflog...), reason: "trap_hit"},
-			{args: append(udp, nflog...), reason: "trap_hit"},
-		}
+		trap = append(trap, e.trapRules(f, tcp, nflog, e.trap.BlockTCP)...)
+		trap = append(trap, e.trapRules(f, udp, nflog, e.trap.BlockUDP)...)
 	}
 	return main, trap
+}
+
+// trapRules are the trap chain's rules for one protocol's probes (match). With threshold 1 in
+// block mode the kernel blocks at the trigger packet itself, as the XDP program does: the source
+// goes into the block set and the probe is dropped, so the scanner's next probes (the web port
+// nmap asks about after the trap port) are dropped before the daemon has even read the NFLOG
+// message. NFLOG still reports every probe (events, persistence, thresholds above 1). The
+// allowlist jumps here too (its scans are reported), so the block and drop rules skip it.
+// Dry-run only counts: no kernel block, as in XDP.
+func (e *Enforcer) trapRules(f *family, match, nflog []string, block bool) []rule {
+	logRule := rule{args: append(slices.Clone(match), nflog...), reason: "trap_hit"}
+	if !block || e.trap.Threshold != 1 || e.settings.DryRun {
+		return []rule{logRule}
+	}
+	notAllowed := []string{"-m", "set", "!", "--match-set", f.allow, "src"}
+	guarded := append(slices.Clone(match), notAllowed...)
+	timeout := strconv.FormatUint(uint64(kernelTrapTimeout(e.trap.TTL)), 10)
+	// The mark first: Rules lists the block sets before the marks, so every kernel block it
+	// sees is already marked (an unmarked unknown entry would be removed as stale).
+	mark := []string{"-j", "SET", "--add-set", f.trapped, "src", "--exist", "--timeout", timeout}
+	set := []string{"-j", "SET", "--add-set", f.ip, "src", "--exist", "--timeout", timeout}
+	return []rule{
+		{args: append(slices.Clone(guarded), mark...)},
+		{args: append(slices.Clone(guarded), set...)},
+		logRule,
+		{args: append(slices.Clone(guarded), "-j", "DROP"), reason: "trap_block"},
+	}
+}
+
+// kernelTrapTimeout is the ipset timeout of a block the trap rule inserts: the trap TTL in whole
+// seconds, at most ipset's maximum (a longer or permanent TTL: the daemon's store keeps the real
+// deadline and the trap handler rewrites the entry with it).
+func kernelTrapTimeout(ttl time.Duration) uint32 {
+	if ttl <= 0 {
+		return ipsetMaxTimeout
+	}
+	secs := (ttl + time.Second - 1) / time.Second
+	return uint32(min(max(secs, 1), ipsetMaxTimeout))
 }
 
 func (e *Enforcer) jumps() [][]string {
@@ -276,15 +322,48 @@ func (f *family) dryRunInPlace(chain, ipSet string) (bool, error) {
 	return dry, nil
 }
 
+// trapTTLInPlace reads the trap TTL from the kernel block rule a previous run left in the trap
+// chain (0: none, or ipset's maximum), so a restart keeps the rule, its counters and the TTL of
+// its blocks until the daemon configures the trap again.
+func (f *family) trapTTLInPlace(chain string) (time.Duration, error) {
+	var ttl time.Duration
+	err := f.ns.do(func() error {
+		ok, err := f.ipt.ChainExists(table, chain)
+		if err != nil || !ok {
+			return err
+		}
+		lines, err := f.ipt.List(table, chain)
+		if err != nil {
+			return err
+		}
+		for _, l := range lines {
+			fields := strings.Fields(l)
+			i := slices.Index(fields, "--timeout")
+			if !strings.Contains(l, "-j SET") || i < 0 || i+1 >= len(fields) {
+				continue
+			}
+			if n, err := strconv.ParseUint(fields[i+1], 10, 32); err == nil && n < ipsetMaxTimeout {
+				ttl = time.Duration(n) * time.Second
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("read chain %s: %w", chain, err)
+	}
+	return ttl, nil
+}
+
 // positionMatches is a cheap order check of a listed rule against the wanted one: the set names
-// and the target must appear in it in the same order. (iptables -S normalises the rest.)
+// (matched and added to) and the target must appear in it in the same order. (iptables -S
+// normalises the rest.)
 func positionMatches(line string, args []string) bool {
 	fields := strings.Fields(line)
 	var wantKeys, haveKeys []string
 	pick := func(ws []string) []string {
 		var out []string
 		for i, w := range ws {
-			if (w == "--match-set" || w == "-j") && i+1 < len(ws) {
+			if (w == "--match-set" || w == "-j" || w == "--add-set") && i+1 < len(ws) {
 				out = append(out, ws[i+1])
 			}
 		}

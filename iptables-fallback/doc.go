@@ -9,6 +9,7 @@
 //	snare-ip6          hash:ip  netmask=<IPv6 block length>, same extensions
 //	snare-net4/6       hash:net timeout counters comment every other prefix
 //	snare-trap-tcp/udp bitmap:port                       trap ports
+//	snare-trapped4/6   hash:ip  timeout                  marks of blocks the trap rules made
 //	raw PREROUTING -> SNARE -> SNARE-TRAP (NFLOG to snare)
 //
 // Entries carry ipset's kernel timeout (rounded up to the second, so a block never ends early);
@@ -22,5 +23,11 @@
 // Trap detection: the trap rules log probes (TCP without ACK and RST: SYN, FIN, NULL, XMAS; any
 // UDP) on trap ports over NFLOG; snare counts distinct ports per source within the window, as
 // the XDP program does, then blocks (or only reports, for allowlisted sources and log mode) and
-// sends a rate-limited TrapEvent. Unlike XDP, the packet that trips the trap itself passes.
+// sends a rate-limited TrapEvent. With threshold 1 (the default) in block mode and no dry-run,
+// the trap rules block in the kernel, like XDP: the trigger packet adds its source to the block
+// set (with the trap TTL, at most ipset's maximum timeout) and to the trapped set, and is dropped,
+// so the scanner's next probes are dropped even before snare reads the NFLOG report (or while no
+// snared runs). The report then writes the "trap" comment and the real deadline; until it does,
+// the trapped set tells Rules that the entry is a trap block, so the daemon adopts it. Above
+// threshold 1 the packet that trips the trap passes, and snare blocks from the NFLOG report.
 package fallback

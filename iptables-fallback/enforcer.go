@@ -121,6 +121,9 @@ func (e *Enforcer) open() error {
 	if err := e.loadTrapPorts(); err != nil {
 		return err
 	}
+	if e.trap.TTL, err = e.fams[0].trapTTLInPlace(e.n.trapChain); err != nil {
+		return err
+	}
 	if e.settings.DryRun, err = e.fams[0].dryRunInPlace(e.n.chain, e.n.ip4); err != nil {
 		return err
 	}

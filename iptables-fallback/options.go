@@ -115,6 +115,9 @@ type names struct {
 	ip4, ip6         string // hash:ip (ip6 masked to the IPv6 block length)
 	net4, net6       string // hash:net, every other prefix
 	trapTCP, trapUDP string // bitmap:port
+	// hash:ip sets the trap rules mark their kernel blocks in, so Rules reports those as trap
+	// blocks before (or without) the NFLOG report that writes the "trap" comment
+	trapped4, trapped6 string
 }
 
 // tmpSuffix names the scratch set a migration builds before swapping it in.
@@ -132,9 +135,11 @@ func namesFor(prefix string) names {
 		net6:      prefix + "-net6",
 		trapTCP:   prefix + "-trap-tcp",
 		trapUDP:   prefix + "-trap-udp",
+		trapped4:  prefix + "-trapped4",
+		trapped6:  prefix + "-trapped6",
 	}
 }
 
 func (n names) allSets() []string {
-	return []string{n.allow4, n.allow6, n.ip4, n.ip6, n.net4, n.net6, n.trapTCP, n.trapUDP}
+	return []string{n.allow4, n.allow6, n.ip4, n.ip6, n.net4, n.net6, n.trapTCP, n.trapUDP, n.trapped4, n.trapped6}
 }

@@ -31,6 +31,12 @@ func (e *Enforcer) specs(v6bits int) map[string]setSpec {
 		return setSpec{Type: typ, Family: fam, MaxElem: uint32(e.opts.Capacity),
 			HashSize: hashSize(e.opts.Capacity), Netmask: netmask, Timeout: true, Counters: true, Comment: true}
 	}
+	// Kernel trap marks: full addresses (no netmask, so a new IPv6 block length needs no
+	// migration), same timeouts as the blocks they mark.
+	mark := func(fam uint8) setSpec {
+		return setSpec{Type: "hash:ip", Family: fam, MaxElem: uint32(e.opts.Capacity),
+			HashSize: hashSize(e.opts.Capacity), Timeout: true}
+	}
 	allow := func(fam uint8) setSpec {
 		return setSpec{Type: "hash:net", Family: fam, MaxElem: allowMaxElem}
 	}
@@ -40,14 +46,16 @@ func (e *Enforcer) specs(v6bits int) map[string]setSpec {
 		mask6 = uint8(v6bits)
 	}
 	return map[string]setSpec{
-		e.n.allow4:  allow(unix.NFPROTO_IPV4),
-		e.n.allow6:  allow(unix.NFPROTO_IPV6),
-		e.n.ip4:     block("hash:ip", unix.NFPROTO_IPV4, 0),
-		e.n.ip6:     block("hash:ip", unix.NFPROTO_IPV6, mask6),
-		e.n.net4:    block("hash:net", unix.NFPROTO_IPV4, 0),
-		e.n.net6:    block("hash:net", unix.NFPROTO_IPV6, 0),
-		e.n.trapTCP: ports,
-		e.n.trapUDP: ports,
+		e.n.allow4:   allow(unix.NFPROTO_IPV4),
+		e.n.allow6:   allow(unix.NFPROTO_IPV6),
+		e.n.ip4:      block("hash:ip", unix.NFPROTO_IPV4, 0),
+		e.n.ip6:      block("hash:ip", unix.NFPROTO_IPV6, mask6),
+		e.n.net4:     block("hash:net", unix.NFPROTO_IPV4, 0),
+		e.n.net6:     block("hash:net", unix.NFPROTO_IPV6, 0),
+		e.n.trapTCP:  ports,
+		e.n.trapUDP:  ports,
+		e.n.trapped4: mark(unix.NFPROTO_IPV4),
+		e.n.trapped6: mark(unix.NFPROTO_IPV6),
 	}
 }
 
@@ -334,6 +342,29 @@ func (e *Enforcer) rules() ([]backend.RuleState, time.Duration, error) {
 		})
 		if err != nil {
 			return nil, 0, err
+		}
+	}
+	// Kernel trap blocks not yet (or never) reported over NFLOG carry no comment: their marks,
+	// read after the block sets, tell them apart.
+	marked := map[netip.Prefix]bool{}
+	for _, set := range []string{e.n.trapped4, e.n.trapped6} {
+		err := e.sets.list(set, func(se setEntry) {
+			a := se.Prefix.Addr()
+			if a.Is4() {
+				marked[netip.PrefixFrom(a, 32)] = true
+			} else {
+				marked[netip.PrefixFrom(a, v6bits).Masked()] = true
+			}
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+	}
+	if len(marked) > 0 {
+		for i := range out {
+			if marked[out[i].Prefix] {
+				out[i].FromTrap = true
+			}
 		}
 	}
 	e.hitMu.Lock()

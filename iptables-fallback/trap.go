@@ -18,8 +18,10 @@ import (
 )
 
 // Trap detection without XDP: the trap rules hand every probe of a trap port to snare over
-// NFLOG (the packet passes on); snare keeps the per-source scan state here, with the same
-// threshold/window semantics as the XDP program, and blocks by adding the source to the ip set.
+// NFLOG; snare keeps the per-source scan state here, with the same threshold/window semantics as
+// the XDP program, and blocks by adding the source to the ip set. With threshold 1 (the default)
+// in block mode the trap rules block in the kernel at the trigger packet (see trapRules) and the
+// NFLOG message only reports it: the trap entry gets its comment and deadline here.
 
 // maxThreshold matches the XDP program's TRAP_MAX_PORTS: a source's scan state remembers that
 // many distinct (protocol, port) pairs.
@@ -184,7 +186,7 @@ func (e *Enforcer) startNflog(ctx context.Context) error {
 // within the window and, at the threshold, block it (unless allowlisted or in log mode) and report.
 func (e *Enforcer) onProbe(p probe, now time.Time) {
 	e.mu.Lock()
-	cfg, allow, v6bits, limiter := e.trap, e.allow, e.v6bits, e.limiter
+	cfg, allow, v6bits, limiter, dry := e.trap, e.allow, e.v6bits, e.limiter, e.settings.DryRun
 	e.mu.Unlock()
 	ports, block := cfg.UDPPorts, cfg.BlockUDP
 	if p.proto == protoTCP {
@@ -200,6 +202,11 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 	if !slices.Contains(ports, p.port) {
 		return
 	}
+	isAllowed := allowlisted(allow, p.src.Unmap())
+	// The trap rule itself blocked the source (see trapRules): this message is the report.
+	// A blocked source's packets never reach the trap rules, so every probe that does is a new
+	// kernel block (after an unblock or expiry within the window) and is reported as one.
+	kernelBlocked := block && cfg.Threshold == 1 && !dry && !isAllowed
 	key := netip.PrefixFrom(p.src.Unmap(), 32)
 	if key.Addr().Is6() {
 		key = netip.PrefixFrom(p.src, v6bits).Masked()
@@ -215,7 +222,7 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 	if !slices.Contains(st.ports, pp) && len(st.ports) < maxThreshold {
 		st.ports = append(st.ports, pp)
 	}
-	if len(st.ports) < cfg.Threshold || st.reported&act != 0 {
+	if len(st.ports) < cfg.Threshold || (st.reported&act != 0 && !kernelBlocked) {
 		e.scanMu.Unlock()
 		return
 	}
@@ -230,15 +237,20 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 		ev.Proto, ev.TCPFlags = "tcp", tcpFlags(p.flags)
 	}
 	switch {
-	case allowlisted(allow, ev.Source):
+	case isAllowed:
 		ev.Allowlisted = true
 	case block:
 		var deadline time.Time
 		if cfg.TTL > 0 {
 			deadline = now.Add(cfg.TTL)
 		}
+		// Written even when the kernel already inserted the entry: it marks it as a trap
+		// block and gives it the real deadline (beyond ipset's maximum timeout). The kernel's
+		// entry keeps its counters; a block made here counts its trigger, as in XDP.
 		se, _ := entryFor(key, deadline, true, now)
-		se.Packets = 1
+		if !kernelBlocked {
+			se.Packets = 1
+		}
 		set, isNet := e.setFor(key, v6bits)
 		if err := e.sets.add(set, isNet, []setEntry{se}); err != nil {
 			// A full set fails every trap block of a flood: log the first of each minute.
@@ -248,7 +260,9 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 			}
 		} else {
 			ev.Blocked = true
-			e.trapBlocks.Add(1)
+			if !kernelBlocked { // kernel blocks are counted by their DROP rule
+				e.trapBlocks.Add(1)
+			}
 		}
 	}
 	if !limiter.AllowN(now, 1) {
@@ -406,7 +420,7 @@ func (e *Enforcer) Status(ctx context.Context) (backend.Status, error) {
 		}
 		total += n
 	}
-	cn.ByReason["trap_block"] = e.trapBlocks.Load()
+	cn.ByReason["trap_block"] += e.trapBlocks.Load() // plus the kernel's (DROP rule counters)
 	cn.ByReason["event_suppressed"] = e.suppressed.Load()
 	cn.ByReason["trap_block_failed"] = e.trapErrors.Load()
 	cn.Dropped = cn.ByReason["drop_exact"] + cn.ByReason["drop_cidr"]
