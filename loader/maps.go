@@ -522,6 +522,13 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	if len(have) == 0 {
+		// Empty maps (a start after a reboot): nothing to compare, one batch load.
+		if err := x.Block(ctx, rules); err != nil {
+			return 0, err
+		}
+		return len(rules), nil
+	}
 	c := now()
 	want := make(map[netip.Prefix]uint64, len(rules))
 	for _, r := range rules {
