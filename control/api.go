@@ -10,12 +10,15 @@ import (
 //
 //	POST /v1/block        BlockRequest      -> BlockResponse
 //	POST /v1/unblock      UnblockRequest    -> UnblockResponse
-//	GET  /v1/list                           -> ListResponse
+//	GET  /v1/list                           -> ListResponse (streamed as it is read)
+//	GET  /v1/list?stream=1                  -> JSON lines of Entry (what snarectl reads); a line
+//	                                           {"error": ...} means the list was cut short
 //	GET  /v1/status                         -> StatusResponse
 //	POST /v1/allow/add    AllowRequest      -> AllowResponse
 //	POST /v1/allow/del    AllowRequest      -> AllowResponse
 //	GET  /v1/allow                          -> AllowResponse
 //	POST /v1/import       ImportRequest     -> ImportResponse
+//	POST /v1/import?ttl=&reason=&skip_bad=&name=  text/plain list body -> ImportResponse
 //	GET  /v1/export?format=blocked-list|plain -> text/plain body
 //	GET  /v1/events?follow=1                -> JSON lines of Event (streamed while follow)
 

@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,7 @@ func BenchmarkStoreImport1M(b *testing.B) {
 	for i, l := range good {
 		rules[i] = Rule{Prefix: l.Prefix, Reason: "import", Origin: OriginImport, Created: now, Deadline: now.Add(5 * 24 * time.Hour)}
 	}
+	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
@@ -50,7 +52,7 @@ func BenchmarkStoreImport1M(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
+		if err := s.BulkPutRules(len(rules), func(i int) Rule { return rules[i] }, nil); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
 	"syscall"
 )
 
@@ -75,6 +76,11 @@ func (c *Client) send(ctx context.Context, method, path string, in any) (*http.R
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.roundTrip(req)
+}
+
+// roundTrip performs req and turns a non-2xx answer into an *APIError.
+func (c *Client) roundTrip(req *http.Request) (*http.Response, error) {
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, c.dialError(err)
@@ -122,8 +128,51 @@ func (c *Client) Unblock(ctx context.Context, req UnblockRequest) (UnblockRespon
 
 // List returns every active block.
 func (c *Client) List(ctx context.Context) (ListResponse, error) {
-	var out ListResponse
-	return out, c.do(ctx, http.MethodGet, "/v1/list", nil, &out)
+	out := ListResponse{Entries: []Entry{}}
+	err := c.listEach(ctx, func(n int) { out.Entries = make([]Entry, 0, n) }, func(e *Entry) error {
+		out.Entries = append(out.Entries, *e)
+		return nil
+	})
+	return out, err
+}
+
+// ListEach calls fn with every active block, in prefix order, as the daemon streams them (JSON
+// lines); the entry passed to fn is reused.
+func (c *Client) ListEach(ctx context.Context, fn func(*Entry) error) error {
+	return c.listEach(ctx, nil, fn)
+}
+
+// listEach is ListEach; expect, if set, is told how many entries the daemon announced.
+func (c *Client) listEach(ctx context.Context, expect func(int), fn func(*Entry) error) error {
+	resp, err := c.send(ctx, http.MethodGet, "/v1/list?stream=1", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if n, err := strconv.Atoi(resp.Header.Get("X-Snare-Entries")); err == nil && n > 0 && n <= 1<<26 && expect != nil {
+		expect(n)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 256<<10), 1<<20)
+	var e Entry
+	for sc.Scan() {
+		if bytes.HasPrefix(sc.Bytes(), []byte(`{"error":`)) {
+			var er ErrorResponse
+			if json.Unmarshal(sc.Bytes(), &er) == nil {
+				return fmt.Errorf("list cut short: %s", er.Error)
+			}
+		}
+		if err := DecodeEntryJSON(sc.Bytes(), &e); err != nil {
+			return fmt.Errorf("decode list entry: %w", err)
+		}
+		if err := fn(&e); err != nil {
+			return err
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read list: %w", err)
+	}
+	return nil
 }
 
 // Status returns the daemon's status.
@@ -154,6 +203,44 @@ func (c *Client) AllowList(ctx context.Context) (AllowResponse, error) {
 func (c *Client) Import(ctx context.Context, req ImportRequest) (ImportResponse, error) {
 	var out ImportResponse
 	return out, c.do(ctx, http.MethodPost, "/v1/import", req, &out)
+}
+
+// ImportStream sends a block list read from body as it is read (req.Content is ignored): the
+// daemon parses it while it arrives. size is body's length, or -1 if unknown. If body fails
+// (returns an error other than io.EOF), the upload is cut off and the daemon imports nothing.
+func (c *Client) ImportStream(ctx context.Context, body io.Reader, size int64, req ImportRequest) (ImportResponse, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"ttl": req.TTL, "reason": req.Reason, "name": req.Name} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if req.SkipBad {
+		q.Set("skip_bad", "true")
+	}
+	br := &errReader{r: body}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://snared/v1/import?"+q.Encode(), io.NopCloser(br))
+	if err != nil {
+		return ImportResponse{}, err
+	}
+	hreq.Header.Set("Content-Type", "text/plain; charset=utf-8")
+	hreq.ContentLength = size
+	if size == 0 {
+		hreq.Body = http.NoBody
+	}
+	resp, err := c.roundTrip(hreq)
+	if err != nil {
+		if br.err != nil {
+			return ImportResponse{}, fmt.Errorf("upload cut off: %w", br.err)
+		}
+		return ImportResponse{}, err
+	}
+	defer resp.Body.Close()
+	var out ImportResponse
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		return out, fmt.Errorf("decode answer to POST /v1/import: %w", err)
+	}
+	return out, nil
 }
 
 // Export writes the block list in format ("blocked-list" or "plain") to w.
@@ -194,4 +281,18 @@ func (c *Client) Events(ctx context.Context, follow bool, fn func(Event) error) 
 		return fmt.Errorf("read events: %w", err)
 	}
 	return nil
+}
+
+// errReader remembers the error its reader failed with (other than io.EOF).
+type errReader struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errReader) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF {
+		e.err = err
+	}
+	return n, err
 }

@@ -126,6 +126,10 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 		d.Close()
 		return nil, err
 	}
+	if d.store.Count() >= bigBatch {
+		// Only now, with restore's million-entry slices out of scope, can they be handed back.
+		go debug.FreeOSMemory()
+	}
 	return d, nil
 }
 
@@ -219,7 +223,13 @@ func (d *Daemon) restore(ctx context.Context) error {
 	}
 	var adopt []Rule
 	var expired []Rule
-	var live []backend.Rule
+	fromTrap := 0
+	for _, k := range kernel {
+		if k.FromTrap {
+			fromTrap++
+		}
+	}
+	live := make([]backend.Rule, 0, d.store.Count()+fromTrap) // one allocation, not a million appends
 	err = d.store.Update(func(tx *Tx) error {
 		for _, k := range kernel {
 			if !k.FromTrap || (!k.Deadline.IsZero() && !k.Deadline.After(now)) {
@@ -237,13 +247,14 @@ func (d *Daemon) restore(ctx context.Context) error {
 			adopt = append(adopt, r)
 		}
 		var gone []Rule
-		err := tx.ForEachRule(func(r Rule) error {
-			if r.Expired(now) {
-				gone = append(gone, r)
-			} else {
-				live = append(live, backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline})
+		err := tx.forEachDeadline(func(p netip.Prefix, deadline time.Time, rule func() (Rule, error)) error {
+			if deadline.IsZero() || now.Before(deadline) {
+				live = append(live, backend.Rule{Prefix: p, Deadline: deadline})
+				return nil
 			}
-			return nil
+			r, err := rule()
+			gone = append(gone, r)
+			return err
 		})
 		if err != nil {
 			return err
@@ -262,9 +273,6 @@ func (d *Daemon) restore(ctx context.Context) error {
 	n, err := d.replaceLocked(ctx, kernel, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
-	}
-	if len(live) >= bigBatch {
-		go debug.FreeOSMemory()
 	}
 	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopt), "expired", len(expired), "backend", d.enf.Name())
 
@@ -296,7 +304,7 @@ func (d *Daemon) restore(ctx context.Context) error {
 // with the same deadline are left alone (keeping their counters); it returns how many it
 // (re)inserted.
 func (d *Daemon) replaceLocked(ctx context.Context, kernel []backend.RuleState, live []backend.Rule) (int, error) {
-	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(kernel)
 	var put []backend.Rule
 	var stale []netip.Prefix
 	i := 0
@@ -716,30 +724,41 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 
 // Entries returns every active block with its live counters, in prefix order.
 func (d *Daemon) Entries(ctx context.Context) ([]Entry, error) {
+	out := make([]Entry, 0, d.store.Count())
+	err := d.EachEntry(ctx, func(e *Entry) error {
+		out = append(out, *e)
+		return nil
+	})
+	return out, err
+}
+
+// EachEntry calls fn with every active block and its live counters, in prefix order, without
+// holding them all: the list of a million entries is streamed. The entry passed to fn is reused.
+func (d *Daemon) EachEntry(ctx context.Context, fn func(*Entry) error) error {
 	states, err := d.enf.Rules(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read enforced rules: %w", err)
+		return fmt.Errorf("read enforced rules: %w", err)
 	}
-	hits := make(map[netip.Prefix]backend.RuleState, len(states))
-	for _, s := range states {
-		hits[s.Prefix] = s
-	}
+	// The kernel's rules sorted like the store's, so the counters are merged in one walk.
+	sortStates(states)
 	now := time.Now()
-	var out []Entry
-	err = d.store.View(func(tx *Tx) error {
+	i := 0
+	var e Entry
+	return d.store.View(func(tx *Tx) error {
 		return tx.ForEachRule(func(r Rule) error {
 			if r.Expired(now) {
 				return nil
 			}
-			e := entryOf(r)
-			if s, ok := hits[r.Prefix]; ok {
-				e.Hits, e.LastHit = s.Hits, s.LastHit
+			e = entryOf(r)
+			for i < len(states) && states[i].Prefix.Compare(r.Prefix) < 0 {
+				i++
 			}
-			out = append(out, e)
-			return nil
+			if i < len(states) && states[i].Prefix == r.Prefix {
+				e.Hits, e.LastHit = states[i].Hits, states[i].LastHit
+			}
+			return fn(&e)
 		})
 	})
-	return out, err
 }
 
 func entryOf(r Rule) Entry {

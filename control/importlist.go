@@ -2,10 +2,13 @@ package control
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
+	"io"
 	"net/netip"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 // ImportLine is one good line of a block list.
@@ -30,60 +33,157 @@ const maxImportLineErrors = 1000
 // tomorrow); so are prefixes ParseTarget refuses.
 func ParseBlockList(content string, rules TargetRules, now time.Time) (good []ImportLine, errs []LineError, bad int) {
 	good = make([]ImportLine, 0, strings.Count(content, "\n")+1)
-	n := 0
-	fail := func(line int, text, msg string) {
-		bad++
-		if len(errs) < maxImportLineErrors {
-			errs = append(errs, LineError{Line: line, Text: text, Error: msg})
+	p := newListParser(rules, now)
+	p.chunk(content, true, func(l ImportLine) { good = append(good, l) })
+	return good, p.errs, p.bad
+}
+
+// ReadBlockList is ParseBlockList over a stream: it parses while reading (a million-line list
+// need never be held whole) and calls fn for each good line, in order. The line's Target points
+// into a buffer that is reused: fn must copy it to keep it.
+func ReadBlockList(r io.Reader, rules TargetRules, now time.Time, fn func(ImportLine)) (errs []LineError, bad int, err error) {
+	p := newListParser(rules, now)
+	buf := make([]byte, 256<<10)
+	var carry []byte // a line cut by the end of the last read
+	for {
+		n := 0
+		var rerr error
+		for n < len(buf) && rerr == nil {
+			var m int
+			m, rerr = r.Read(buf[n:])
+			n += m
+		}
+		data := buf[:n]
+		if len(carry) > 0 {
+			carry = append(carry, data...)
+			data = carry
+		}
+		last := rerr != nil
+		cut := len(data)
+		if !last {
+			cut = bytes.LastIndexByte(data, '\n') + 1
+		}
+		// The lines are substrings of one string over the read buffer, which the next read
+		// overwrites: parsing copies nothing, and whatever is kept of a line is cloned
+		// (errors, dates) or parsed (prefixes). That is why ImportLine.Target is only valid
+		// during fn.
+		if cut > 0 {
+			p.chunk(unsafe.String(&data[0], cut), last, fn)
+		}
+		carry = append(carry[:0:0], data[cut:]...)
+		if last {
+			if rerr == io.EOF { // not io.ErrUnexpectedEOF: that is an upload cut off
+				return p.errs, p.bad, nil
+			}
+			return p.errs, p.bad, fmt.Errorf("read line %d: %w", p.n+1, rerr)
 		}
 	}
-	today := now.Local()
+}
+
+// listParser parses block-list lines, numbering them across chunks.
+type listParser struct {
+	rules TargetRules
+	today time.Time
+	n     int
+	errs  []LineError
+	bad   int
+	dates map[string]dateParse // blocked.list files hold few distinct dates
+}
+
+type dateParse struct {
+	d   time.Time
+	msg string
+}
+
+func newListParser(rules TargetRules, now time.Time) *listParser {
+	return &listParser{rules: rules, today: now.Local(), dates: map[string]dateParse{}}
+}
+
+func (p *listParser) fail(line int, text, msg string) {
+	p.bad++
+	if len(p.errs) < maxImportLineErrors {
+		p.errs = append(p.errs, LineError{Line: line, Text: strings.Clone(text), Error: msg})
+	}
+}
+
+// chunk parses whole lines of content (the last one may lack its newline when final).
+func (p *listParser) chunk(content string, final bool, fn func(ImportLine)) {
 	for len(content) > 0 {
-		n++
 		raw := content
 		if i := strings.IndexByte(content, '\n'); i >= 0 {
 			raw, content = content[:i], content[i+1:]
 		} else {
 			content = ""
 		}
-		raw = strings.TrimSuffix(raw, "\r")
-		text := raw
-		if i := strings.IndexAny(text, "#;"); i >= 0 {
-			text = text[:i]
-		}
-		fields := strings.Fields(text)
-		if len(fields) == 0 {
-			continue
-		}
-		if len(fields) > 2 {
-			fail(n, raw, fmt.Sprintf("%d fields: want \"ADDRESS\" or \"ADDRESS YYYYMMDD\"", len(fields)))
-			continue
-		}
-		target := fields[0]
-		p, perr := ParseTarget(target, rules)
-		if perr != nil {
-			fail(n, raw, perr.Error())
-			continue
-		}
-		il := ImportLine{Line: n, Target: target, Prefix: p, Single: !strings.Contains(target, "/")}
-		if il.Single {
-			il.Addr = netip.MustParseAddr(target).Unmap()
-		}
-		if len(fields) == 2 {
-			d, derr := time.ParseInLocation("20060102", fields[1], time.Local)
-			if derr != nil || len(fields[1]) != 8 {
-				fail(n, raw, fmt.Sprintf("%q is not a date in YYYYMMDD form", fields[1]))
-				continue
-			}
-			if d.After(today) {
-				fail(n, raw, fmt.Sprintf("date %s is in the future", fields[1]))
-				continue
-			}
-			il.Date = d
-		}
-		good = append(good, il)
+		p.n++
+		p.line(raw, fn)
 	}
-	return good, errs, bad
+}
+
+func isListSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\v' || b == '\f' }
+
+func (p *listParser) line(raw string, fn func(ImportLine)) {
+	n := p.n
+	raw = strings.TrimSuffix(raw, "\r")
+	text := raw
+	if i := strings.IndexAny(text, "#;"); i >= 0 {
+		text = text[:i]
+	}
+	var fields [3]string
+	nf := 0
+	for i := 0; i < len(text); {
+		if isListSpace(text[i]) {
+			i++
+			continue
+		}
+		j := i
+		for j < len(text) && !isListSpace(text[j]) {
+			j++
+		}
+		if nf < len(fields) {
+			fields[nf] = text[i:j]
+		}
+		nf++
+		i = j
+	}
+	if nf == 0 {
+		return
+	}
+	if nf > 2 {
+		p.fail(n, raw, fmt.Sprintf("%d fields: want \"ADDRESS\" or \"ADDRESS YYYYMMDD\"", nf))
+		return
+	}
+	target := fields[0]
+	pfx, perr := ParseTarget(target, p.rules)
+	if perr != nil {
+		p.fail(n, raw, perr.Error())
+		return
+	}
+	il := ImportLine{Line: n, Target: target, Prefix: pfx, Single: !strings.Contains(target, "/")}
+	if il.Single {
+		il.Addr = netip.MustParseAddr(target).Unmap()
+	}
+	if nf == 2 {
+		dp, ok := p.dates[fields[1]]
+		if !ok {
+			d, derr := time.ParseInLocation("20060102", fields[1], time.Local)
+			switch {
+			case derr != nil || len(fields[1]) != 8:
+				dp.msg = fmt.Sprintf("%q is not a date in YYYYMMDD form", fields[1])
+			case d.After(p.today):
+				dp.msg = fmt.Sprintf("date %s is in the future", fields[1])
+			default:
+				dp.d = d
+			}
+			p.dates[strings.Clone(fields[1])] = dp
+		}
+		if dp.msg != "" {
+			p.fail(n, raw, dp.msg)
+			return
+		}
+		il.Date = dp.d
+	}
+	fn(il)
 }
 
 // Export formats.

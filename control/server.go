@@ -1,15 +1,18 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"mime"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"time"
 )
 
@@ -47,14 +50,7 @@ func (d *Daemon) Handler() http.Handler {
 		}
 		writeJSON(w, UnblockResponse{Removed: orEmpty(removed), NotFound: notFound})
 	})
-	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) {
-		entries, err := d.Entries(r.Context())
-		if err != nil {
-			writeError(w, err)
-			return
-		}
-		writeJSON(w, ListResponse{Entries: orEmpty(entries)})
-	})
+	mux.HandleFunc("GET /v1/list", d.serveList)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := d.Status(r.Context())
 		if err != nil {
@@ -87,10 +83,26 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
 		var req ImportRequest
-		if !decode(w, r, &req) {
-			return
+		var resp ImportResponse
+		var err error
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "text/plain" {
+			// The list itself as the body, options in the query: parsed while it arrives,
+			// with no JSON string of many megabytes to build and unescape on either side.
+			q := r.URL.Query()
+			req = ImportRequest{TTL: q.Get("ttl"), Reason: q.Get("reason"), Name: q.Get("name")}
+			if sb := q.Get("skip_bad"); sb != "" {
+				if req.SkipBad, err = strconv.ParseBool(sb); err != nil {
+					writeErrorStatus(w, http.StatusBadRequest, fmt.Sprintf("bad skip_bad %q: want true or false", sb))
+					return
+				}
+			}
+			resp, err = d.ImportStream(r.Context(), http.MaxBytesReader(w, r.Body, maxRequestBody), r.ContentLength, req)
+		} else {
+			if !decode(w, r, &req) {
+				return
+			}
+			resp, err = d.Import(r.Context(), req)
 		}
-		resp, err := d.Import(r.Context(), req)
 		if err != nil {
 			writeError(w, err)
 			return
@@ -113,6 +125,65 @@ func (d *Daemon) Handler() http.Handler {
 		writeErrorStatus(w, http.StatusNotFound, fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path))
 	})
 	return mux
+}
+
+// serveList streams the list: a ListResponse document, or with ?stream=1 one Entry per line
+// (JSON lines, what snarectl reads). Entries are encoded as they are read from the store, so a
+// million of them are never held at once. An error after the first bytes can only cut the
+// answer short, which the client sees as a truncated document.
+func (d *Daemon) serveList(w http.ResponseWriter, r *http.Request) {
+	lines := r.URL.Query().Get("stream") == "1"
+	bw := bufio.NewWriterSize(w, 256<<10)
+	started := false
+	start := func() {
+		if started {
+			return
+		}
+		started = true
+		// How many entries to expect (the store's count, expired ones included), so that a
+		// client collecting them allocates once.
+		w.Header().Set("X-Snare-Entries", strconv.Itoa(d.store.Count()))
+		if lines {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+		} else {
+			w.Header().Set("Content-Type", "application/json")
+			bw.WriteString(`{"entries":[`)
+		}
+	}
+	var buf []byte
+	n := 0
+	err := d.EachEntry(r.Context(), func(e *Entry) error {
+		start()
+		buf = buf[:0]
+		if !lines && n > 0 {
+			buf = append(buf, ',')
+		}
+		n++
+		buf = AppendEntryJSON(buf, e, "", "")
+		if lines {
+			buf = append(buf, '\n')
+		}
+		_, err := bw.Write(buf)
+		return err
+	})
+	if err != nil {
+		if !started {
+			writeError(w, err)
+			return
+		}
+		d.log.Error("list", "err", err)
+		if lines { // the client stops at this line with the error
+			b, _ := json.Marshal(ErrorResponse{Error: err.Error()})
+			bw.Write(append(b, '\n'))
+			bw.Flush()
+		}
+		return // a document is cut short: no closing bracket
+	}
+	start()
+	if !lines {
+		bw.WriteString("]}\n")
+	}
+	bw.Flush()
 }
 
 func (d *Daemon) serveEvents(w http.ResponseWriter, r *http.Request) {

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -58,7 +59,8 @@ type AllowRecord struct {
 //
 // Buckets:
 //
-//	rules     prefix key -> rule value
+//	rules     first prefix key of a segment -> segment: up to segMax (prefix key, rule value)
+//	          records in key order (segments.go)
 //	offences  prefix key -> offence value (escalation history, kept for the lookback)
 //	allow     prefix key -> created (unix ms)
 //
@@ -85,7 +87,8 @@ var (
 
 // storeVersion is written to the meta bucket; a store from a newer snare is refused rather
 // than misread.
-const storeVersion = 1
+// Version 2 keeps rules in segments (segments.go); a version-1 store is migrated when opened.
+const storeVersion = 2
 
 // ErrStoreLocked is returned by OpenStore when another process has the store open.
 var ErrStoreLocked = errors.New("store is in use by another snared")
@@ -112,12 +115,22 @@ func OpenStore(path string) (*Store, error) {
 				return err
 			}
 		}
+		if tx.Bucket(bucketStaging) != nil { // a bulk write a crash interrupted: it never happened
+			if err := tx.DeleteBucket(bucketStaging); err != nil {
+				return err
+			}
+		}
 		meta := tx.Bucket(bucketMeta)
 		if v := meta.Get([]byte("version")); v != nil {
 			if len(v) != 1 || v[0] > storeVersion {
 				return fmt.Errorf("store format %v is newer than this snared understands (%d)", v, storeVersion)
 			}
-			return nil
+			if v[0] == storeVersion {
+				return nil
+			}
+			if err := migrateRules(tx); err != nil {
+				return fmt.Errorf("migrate rules to store format %d: %w", storeVersion, err)
+			}
 		}
 		return meta.Put([]byte("version"), []byte{storeVersion})
 	})
@@ -126,7 +139,7 @@ func OpenStore(path string) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	err = db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketRules).ForEach(func(k, v []byte) error {
+		return forEachRecord(tx.Bucket(bucketRules), func(k, v []byte) error {
 			s.count++
 			s.noteDeadline(rawDeadline(v))
 			return nil
@@ -184,16 +197,20 @@ func (s *Store) Size() int64 {
 // prefixKey encodes a (masked) prefix so that byte order equals netip.Prefix.Compare order:
 // family (4 or 6), address bytes, prefix length.
 func prefixKey(p netip.Prefix) []byte {
+	return appendPrefixKey(make([]byte, 0, 18), p)
+}
+
+// appendPrefixKey appends prefixKey(p) to dst.
+func appendPrefixKey(dst []byte, p netip.Prefix) []byte {
 	a := p.Addr()
 	if a.Is4() {
 		b := a.As4()
-		return []byte{4, b[0], b[1], b[2], b[3], byte(p.Bits())}
+		return append(dst, 4, b[0], b[1], b[2], b[3], byte(p.Bits()))
 	}
 	b := a.As16()
-	k := make([]byte, 0, 18)
-	k = append(k, 6)
-	k = append(k, b[:]...)
-	return append(k, byte(p.Bits()))
+	dst = append(dst, 6)
+	dst = append(dst, b[:]...)
+	return append(dst, byte(p.Bits()))
 }
 
 func parsePrefixKey(k []byte) (netip.Prefix, error) {
@@ -326,9 +343,9 @@ func (s *Store) View(fn func(*Tx) error) error {
 
 // Rule returns the stored rule for p.
 func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
-	v := t.rules.Get(prefixKey(p))
-	if v == nil {
-		return Rule{}, false, nil
+	v, err := t.getRaw(prefixKey(p))
+	if err != nil || v == nil {
+		return Rule{}, false, err
 	}
 	r, err := decodeRule(p, v)
 	return r, err == nil, err
@@ -336,29 +353,24 @@ func (t *Tx) Rule(p netip.Prefix) (Rule, bool, error) {
 
 // PutRule inserts or replaces a rule.
 func (t *Tx) PutRule(r Rule) error {
-	pk := prefixKey(r.Prefix)
-	if t.rules.Get(pk) == nil {
-		t.added++
-	}
 	t.noteDeadline(r.Deadline)
-	// bbolt holds on to the value until commit: a fresh slice per Put.
-	if err := t.rules.Put(pk, encodeRule(nil, r)); err != nil {
+	added, err := t.putRaw(prefixKey(r.Prefix), encodeRule(nil, r))
+	if err != nil {
 		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+	}
+	if added {
+		t.added++
 	}
 	return nil
 }
 
 // DeleteRule removes the rule for p; it reports whether there was one.
 func (t *Tx) DeleteRule(p netip.Prefix) (bool, error) {
-	pk := prefixKey(p)
-	if t.rules.Get(pk) == nil {
-		return false, nil
+	ok, err := t.deleteRaw(prefixKey(p))
+	if ok {
+		t.added--
 	}
-	if err := t.rules.Delete(pk); err != nil {
-		return false, err
-	}
-	t.added--
-	return true, nil
+	return ok, err
 }
 
 // Empty reports whether no rule is stored.
@@ -367,30 +379,13 @@ func (t *Tx) Empty() bool {
 	return k == nil
 }
 
-// PutRulesSorted writes many new-or-replacing rules at once: the import, restore and adoption
-// path. Rules are sorted by key first, which makes bbolt's page writes sequential, and pages are
-// filled densely.
+// PutRulesSorted writes many new-or-replacing rules at once (sorted by key first, so that
+// neighbours land in the same segments). Big batches go through BulkPutRules.
 func (t *Tx) PutRulesSorted(rules []Rule) error {
 	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
-	t.rules.FillPercent = 0.9
-	empty := t.Empty()
-	var arena []byte
 	for _, r := range rules {
-		// bbolt keeps the key and value slices until commit, so each gets its own bytes, cut
-		// from large chunks rather than allocated one by one.
-		if cap(arena)-len(arena) < 64+len(r.Reason) {
-			arena = make([]byte, 0, max(1<<20, 64+len(r.Reason)))
-		}
-		start := len(arena)
-		arena = append(arena, prefixKey(r.Prefix)...)
-		mid := len(arena)
-		if empty || t.rules.Get(arena[start:mid]) == nil {
-			t.added++
-		}
-		t.noteDeadline(r.Deadline)
-		arena = encodeRule(arena, r)
-		if err := t.rules.Put(arena[start:mid:mid], arena[mid:len(arena):len(arena)]); err != nil {
-			return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+		if err := t.PutRule(r); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -398,7 +393,7 @@ func (t *Tx) PutRulesSorted(rules []Rule) error {
 
 // ForEachRule calls fn for every rule in prefix order; fn's error stops the walk.
 func (t *Tx) ForEachRule(fn func(Rule) error) error {
-	return t.rules.ForEach(func(k, v []byte) error {
+	return forEachRecord(t.rules, func(k, v []byte) error {
 		p, err := parsePrefixKey(k)
 		if err != nil {
 			return err
@@ -408,6 +403,21 @@ func (t *Tx) ForEachRule(fn func(Rule) error) error {
 			return err
 		}
 		return fn(r)
+	})
+}
+
+// forEachDeadline walks the rules in prefix order decoding only prefix and deadline (restore
+// needs no more of a million rules); rule decodes the whole rule when wanted.
+func (t *Tx) forEachDeadline(fn func(p netip.Prefix, deadline time.Time, rule func() (Rule, error)) error) error {
+	return forEachRecord(t.rules, func(k, v []byte) error {
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		if len(v) < 1 || int(v[0]) >= len(origins) {
+			return fmt.Errorf("corrupt rule %s", p)
+		}
+		return fn(p, rawDeadline(v), func() (Rule, error) { return decodeRule(p, v) })
 	})
 }
 
@@ -434,45 +444,40 @@ func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err e
 	if err != nil || len(expired) == 0 {
 		return expired, next, err
 	}
-	total := t.rules.Stats().KeyN
-	if live := total - len(expired); len(expired) > 10_000 && len(expired) > live {
-		keep := make([][2][]byte, 0, live)
-		err := t.rules.ForEach(func(k, v []byte) error {
-			if d := rawDeadline(v); d.IsZero() || now.Before(d) {
-				keep = append(keep, [2][]byte{slices.Clone(k), slices.Clone(v)})
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, time.Time{}, err
-		}
-		if err := t.tx.DeleteBucket(bucketRules); err != nil {
-			return nil, time.Time{}, fmt.Errorf("drop rules bucket: %w", err)
-		}
-		if t.rules, err = t.tx.CreateBucket(bucketRules); err != nil {
-			return nil, time.Time{}, fmt.Errorf("recreate rules bucket: %w", err)
-		}
-		t.rules.FillPercent = 0.9
-		for _, kv := range keep {
-			if err := t.rules.Put(kv[0], kv[1]); err != nil {
-				return nil, time.Time{}, err
-			}
-		}
-		t.added -= len(expired)
-		return expired, next, nil
+	return expired, next, t.deleteExpired(now)
+}
+
+// deleteExpired deletes the rules expired at now: only the segments that hold some are
+// rewritten.
+func (t *Tx) deleteExpired(now time.Time) error {
+	n, err := t.filterRecords(func(_, v []byte) bool {
+		d := rawDeadline(v)
+		return d.IsZero() || now.Before(d)
+	})
+	if err != nil {
+		return err
 	}
-	for _, r := range expired {
-		if _, err := t.DeleteRule(r.Prefix); err != nil {
-			return nil, time.Time{}, err
-		}
-	}
-	return expired, next, nil
+	t.added -= n
+	return nil
 }
 
 // ExpiredRules returns the rules whose deadline is at or before now, decoding only those, and
 // the earliest deadline among the rest (zero if none).
 func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err error) {
-	err = t.rules.ForEach(func(k, v []byte) error {
+	// Count first (reading only deadlines is cheap) so that the result is allocated once: a
+	// million rules grown by append cost seconds of copying.
+	n := 0
+	_ = forEachRecord(t.rules, func(k, v []byte) error {
+		if d := rawDeadline(v); !d.IsZero() && !now.Before(d) {
+			n++
+		}
+		return nil
+	})
+	if n == 0 {
+		return nil, t.nextDeadline(now), nil
+	}
+	expired = make([]Rule, 0, n)
+	err = forEachRecord(t.rules, func(k, v []byte) error {
 		d := rawDeadline(v)
 		if d.IsZero() {
 			return nil
@@ -495,6 +500,60 @@ func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err er
 		return nil
 	})
 	return expired, next, err
+}
+
+// expiredPrefixes is ExpiredRules for the sweeper: the prefixes of every expired rule, but whole
+// rules only for the first show of them (a million expired Rules with their reasons cost more
+// than the rest of a sweep), and the earliest deadline among the rest.
+func (t *Tx) expiredPrefixes(now time.Time, show int) (prefixes []netip.Prefix, shown []Rule, next time.Time, err error) {
+	n := 0
+	_ = forEachRecord(t.rules, func(k, v []byte) error {
+		if d := rawDeadline(v); !d.IsZero() && !now.Before(d) {
+			n++
+		}
+		return nil
+	})
+	if n == 0 {
+		return nil, nil, t.nextDeadline(now), nil
+	}
+	prefixes = make([]netip.Prefix, 0, n)
+	err = forEachRecord(t.rules, func(k, v []byte) error {
+		d := rawDeadline(v)
+		if d.IsZero() {
+			return nil
+		}
+		if now.Before(d) {
+			if next.IsZero() || d.Before(next) {
+				next = d
+			}
+			return nil
+		}
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		prefixes = append(prefixes, p)
+		if len(shown) < show {
+			r, err := decodeRule(p, v)
+			if err != nil {
+				return err
+			}
+			shown = append(shown, r)
+		}
+		return nil
+	})
+	return prefixes, shown, next, err
+}
+
+// nextDeadline is the earliest deadline after now (zero if none).
+func (t *Tx) nextDeadline(now time.Time) (next time.Time) {
+	_ = forEachRecord(t.rules, func(k, v []byte) error {
+		if d := rawDeadline(v); !d.IsZero() && now.Before(d) && (next.IsZero() || d.Before(next)) {
+			next = d
+		}
+		return nil
+	})
+	return next
 }
 
 // Offence returns the escalation history of p.
@@ -558,4 +617,114 @@ func (t *Tx) DeleteAllow(p netip.Prefix) (bool, error) {
 		return false, nil
 	}
 	return true, t.allow.Delete(k)
+}
+
+// bucketStaging holds the rules bucket BulkPutRules builds before it swaps it in; one a crash
+// left behind is dropped when the store opens.
+var bucketStaging = []byte("staging")
+
+// BulkPutRules writes n rules, at(0) ... at(n-1) (sorted by prefix, at most one per prefix), into
+// the store, replacing stored rules with the same prefix, all or nothing: it builds a new rules
+// bucket beside the current one from the stored rules merged with the new ones, in full
+// segments, and swaps it in with a second transaction. ready runs before the swap; its error (the
+// kernel refusing the batch) abandons the new bucket. It is for big batches (import, restore):
+// it rewrites every stored rule. The caller must keep other writers out until it returns (the
+// daemon holds its lock).
+func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) error {
+	var added int
+	var earliest time.Time
+	note := func(d time.Time) {
+		if !d.IsZero() && (earliest.IsZero() || d.Before(earliest)) {
+			earliest = d
+		}
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketStaging) != nil {
+			if err := tx.DeleteBucket(bucketStaging); err != nil {
+				return err
+			}
+		}
+		st, err := tx.CreateBucket(bucketStaging)
+		if err != nil {
+			return err
+		}
+		dst, err := st.CreateBucket(bucketRules)
+		if err != nil {
+			return err
+		}
+		dst.FillPercent = 1.0 // segments arrive in key order: fill every page
+		w := segWriter{b: dst}
+		old := newSegIter(tx.Bucket(bucketRules))
+		k, v, more := old.next()
+		var keyBuf [18]byte
+		for i := 0; i < n || more; {
+			var nk []byte
+			var r Rule
+			if i < n {
+				r = at(i)
+				nk = appendPrefixKey(keyBuf[:0], r.Prefix)
+			}
+			c := -1 // <0: the stored record goes first, >0: the new rule, 0: the new replaces it
+			switch {
+			case !more:
+				c = 1
+			case nk != nil:
+				c = bytes.Compare(k, nk)
+			}
+			if c < 0 {
+				note(rawDeadline(v))
+				if err := w.add(k, v); err != nil {
+					return err
+				}
+				k, v, more = old.next()
+				continue
+			}
+			if c == 0 {
+				k, v, more = old.next()
+			} else {
+				added++
+			}
+			i++
+			note(r.Deadline)
+			if err := w.addRule(nk, r); err != nil {
+				return fmt.Errorf("store rule %s: %w", r.Prefix, err)
+			}
+		}
+		if old.err != nil {
+			return old.err
+		}
+		return w.flush()
+	})
+	if err != nil {
+		return err
+	}
+	// The swap is a transaction of its own: bbolt's MoveBucket moves a bucket's committed state,
+	// not what the same transaction wrote into it. The caller keeps other writers out meanwhile.
+	drop := func() {
+		_ = s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketStaging) })
+	}
+	if ready != nil {
+		if err := ready(); err != nil {
+			drop()
+			return err
+		}
+	}
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.DeleteBucket(bucketRules); err != nil {
+			return err
+		}
+		if err := tx.MoveBucket(bucketRules, tx.Bucket(bucketStaging), nil); err != nil {
+			return err
+		}
+		return tx.DeleteBucket(bucketStaging)
+	})
+	if err != nil {
+		drop()
+		return fmt.Errorf("swap in the new rules: %w", err)
+	}
+	s.mu.Lock()
+	s.count += added
+	s.noteDeadline(earliest)
+	s.mu.Unlock()
+	return nil
 }

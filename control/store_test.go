@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 func ms(t time.Time) time.Time { return time.UnixMilli(t.UnixMilli()) }
@@ -335,5 +337,115 @@ func TestDeleteExpired(t *testing.T) {
 				return nil
 			})
 		})
+	}
+}
+
+// BulkPutRules merges with what is stored: stored rules it does not
+// name stay, those it names are replaced, and a failing ready leaves the store as it was.
+func TestBulkPutRulesMerges(t *testing.T) {
+	const bulkTestN = 20_000
+	s, err := OpenStore(filepath.Join(t.TempDir(), "snare.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	addr := func(i int) netip.Prefix {
+		return netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)}), 32)
+	}
+	now := time.Now().Truncate(time.Millisecond)
+	// Stored: every third address, reason "old".
+	err = s.Update(func(tx *Tx) error {
+		for i := 0; i < 3*bulkTestN; i += 3 {
+			if err := tx.PutRule(Rule{Prefix: addr(i), Reason: "old", Origin: OriginManual, Created: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// New: every even address.
+	n := 3 * bulkTestN / 2
+	at := func(i int) Rule { return Rule{Prefix: addr(2 * i), Reason: "new", Origin: OriginImport, Created: now} }
+	if err := s.BulkPutRules(n, at, func() error { return errors.New("kernel said no") }); err == nil || s.Count() != bulkTestN {
+		t.Fatalf("failed bulk put: %v, count %d", err, s.Count())
+	}
+	if err := s.BulkPutRules(n, at, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := map[netip.Prefix]string{}
+	for i := 0; i < 3*bulkTestN; i += 3 {
+		want[addr(i)] = "old"
+	}
+	for i := range n {
+		want[addr(2*i)] = "new"
+	}
+	if s.Count() != len(want) {
+		t.Fatalf("count %d, want %d", s.Count(), len(want))
+	}
+	got := 0
+	err = s.View(func(tx *Tx) error {
+		return tx.ForEachRule(func(r Rule) error {
+			got++
+			if want[r.Prefix] != r.Reason {
+				return fmt.Errorf("%s: reason %q, want %q", r.Prefix, r.Reason, want[r.Prefix])
+			}
+			return nil
+		})
+	})
+	if err != nil || got != len(want) {
+		t.Fatalf("walked %d of %d: %v", got, len(want), err)
+	}
+}
+
+// A store written by format 1 (one bbolt key per rule) is migrated to segments on open.
+func TestStoreMigratesFormat1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "snare.db")
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Truncate(time.Millisecond)
+	var want []netip.Prefix
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketRules, bucketOffences, bucketAllow, bucketMeta} {
+			if _, err := tx.CreateBucket(b); err != nil {
+				return err
+			}
+		}
+		for i := range 500 {
+			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32)
+			want = append(want, p)
+			r := Rule{Prefix: p, Reason: "old", Origin: OriginManual, Created: now, Deadline: now.Add(time.Hour)}
+			if err := tx.Bucket(bucketRules).Put(prefixKey(p), encodeRule(nil, r)); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bucketMeta).Put([]byte("version"), []byte{1})
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := OpenStore(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Count() != len(want) {
+		t.Fatalf("count %d, want %d", s.Count(), len(want))
+	}
+	err = s.View(func(tx *Tx) error {
+		for _, p := range want {
+			r, ok, err := tx.Rule(p)
+			if err != nil || !ok || r.Reason != "old" || !r.Deadline.Equal(now.Add(time.Hour)) {
+				return fmt.Errorf("%s: %+v %v %v", p, r, ok, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

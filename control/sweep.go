@@ -3,6 +3,7 @@ package control
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -47,14 +48,24 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	now := time.Now()
 	var res SweepResult
 
-	var expired []Rule
+	var expired []netip.Prefix
+	var shown []Rule // the first maxExpireEvents of them, for the event log
+	// The kernel drops expired entries while the store deletes them: the data path already
+	// ignores an entry past its deadline, so neither order can open a gap.
+	var kernelDone chan error
 	if d.store.Due(now) || now.Sub(d.lastPrune) >= offencePruneInterval {
 		var next time.Time
 		err := d.store.Update(func(tx *Tx) error {
 			var err error
-			expired, next, err = tx.DeleteExpired(now)
-			if err != nil {
+			if expired, shown, next, err = tx.expiredPrefixes(now, maxExpireEvents); err != nil {
 				return err
+			}
+			if len(expired) > 0 {
+				kernelDone = make(chan error, 1)
+				go func() { kernelDone <- d.enf.Unblock(ctx, expired) }()
+				if err := tx.deleteExpired(now); err != nil {
+					return err
+				}
 			}
 			if now.Sub(d.lastPrune) >= offencePruneInterval {
 				if _, err := tx.PruneOffences(now.Add(-time.Duration(cfg.Block.Escalation.Lookback))); err != nil {
@@ -63,8 +74,15 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 			}
 			return nil
 		})
+		var kerr error
+		if kernelDone != nil {
+			kerr = <-kernelDone
+		}
 		if err != nil {
 			return res, fmt.Errorf("sweep: expire: %w", err)
+		}
+		if kerr != nil {
+			return res, fmt.Errorf("sweep: remove %d expired entries from the kernel: %w", len(expired), kerr)
 		}
 		d.store.setEarliest(next)
 		if now.Sub(d.lastPrune) >= offencePruneInterval {
@@ -72,15 +90,13 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		}
 	}
 	if len(expired) > 0 {
-		ps := make([]netip.Prefix, len(expired))
-		for i, r := range expired {
-			ps[i] = r.Prefix
-		}
-		if err := d.enf.Unblock(ctx, ps); err != nil {
-			return res, fmt.Errorf("sweep: remove %d expired entries from the kernel: %w", len(ps), err)
-		}
 		res.Expired = len(expired)
-		d.logEvents(expireEvents(expired, now)...)
+		evs := expireEvents(shown, now)
+		if more := len(expired) - len(shown); more > 0 {
+			evs = append(evs, Event{Time: now, Event: EventExpire, Source: "sweep",
+				Detail: fmt.Sprintf("and %d more entries expired", more)})
+		}
+		d.logEvents(evs...)
 		d.rec.Expired(res.Expired)
 	}
 
@@ -111,7 +127,7 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 	if err != nil {
 		return fmt.Errorf("reconcile: read enforced rules: %w", err)
 	}
-	slices.SortFunc(kernel, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(kernel)
 	var missing []Rule
 	var unknown []backend.RuleState
 	i := 0
@@ -210,8 +226,27 @@ const adoptReason = "trap (blocked by the kernel, event not received)"
 // Import blocks every entry of a block list. Dated lines (blocked.list) keep their dates: a line
 // dated D expires at D + TTL, and lines already past that are skipped and counted as Expired.
 // Any bad line rejects the whole import unless SkipBad. Everything is written in one store
-// transaction and one enforcer batch.
+// transaction and one enforcer batch (for big lists: see ImportStream).
 func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse, error) {
+	return d.ImportStream(ctx, strings.NewReader(req.Content), int64(len(req.Content)), req)
+}
+
+// importEntry is one parsed line of an import, kept small: a million of them are held at once.
+type importEntry struct {
+	prefix  netip.Prefix
+	created int64 // unix ms
+}
+
+// bulkImport is the size from which an import writes the store in chunks (Store.BulkPutRules)
+// while the kernel takes the same batch concurrently.
+const bulkImport = 50_000
+
+// ImportStream is Import with the list read from r as it arrives (req.Content is ignored):
+// lines are parsed while the body is still being read. size is the body's length if known
+// (-1 if not), a hint for presizing. Nothing is changed unless the whole body arrives: a client
+// that aborts the upload (its own check found bad lines) imports nothing. Big imports write the
+// store and the kernel concurrently; if either fails, both are rolled back.
+func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, req ImportRequest) (ImportResponse, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg := d.cfg
@@ -231,91 +266,194 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 	if reason == "" {
 		reason = "import " + name
 	}
-	good, errs, bad := ParseBlockList(req.Content, cfg.TargetRules(), now)
-	// Allowlisted targets are bad lines too.
-	kept := good[:0]
-	for _, l := range good {
+	var resp ImportResponse
+	var entries []importEntry
+	if size > 0 {
+		entries = make([]importEntry, 0, min(size/16+1, 1<<22))
+	}
+	var refused []LineError
+	nowMs := now.UnixMilli()
+	errs, bad, err := ReadBlockList(body, cfg.TargetRules(), now, func(l ImportLine) {
+		// Allowlisted targets are bad lines too.
 		if err := d.allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
-			bad++
-			if len(errs) < maxImportLineErrors {
-				errs = append(errs, LineError{Line: l.Line, Text: l.Target, Error: err.Error()})
-			}
-			continue
+			refused = append(refused, LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
+			return
 		}
-		kept = append(kept, l)
-	}
-	good = kept
-	slices.SortFunc(errs, func(a, b LineError) int { return a.Line - b.Line })
-	if bad > 0 && !req.SkipBad {
-		return ImportResponse{Errors: errs, Skipped: bad}, &UserError{Err: importError(name, errs, bad)}
-	}
-	resp := ImportResponse{Skipped: bad, Errors: errs}
-
-	rules := make([]Rule, 0, len(good))
-	for _, l := range good {
-		r := Rule{Prefix: l.Prefix, Reason: reason, Origin: OriginImport, Created: now}
+		created := nowMs
 		if !l.Date.IsZero() {
-			r.Created = l.Date
-		}
-		if ttl != 0 {
-			r.Deadline = r.Created.Add(ttl)
-			if !r.Deadline.After(now) {
+			created = l.Date.UnixMilli()
+			if ttl != 0 && created+ttl.Milliseconds() <= nowMs {
 				resp.Expired++
-				continue
+				return
 			}
 		}
-		rules = append(rules, r)
-	}
-	// One rule per prefix: the latest deadline wins.
-	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
-	if len(rules) > 1 {
-		w := 0
-		for _, r := range rules[1:] {
-			if r.Prefix == rules[w].Prefix {
-				if laterDeadline(r.Deadline, rules[w].Deadline) {
-					rules[w].Deadline = r.Deadline
-				}
-				continue
-			}
-			w++
-			rules[w] = r
-		}
-		rules = rules[:w+1]
-	}
-	good = nil // the parsed lines are not needed any more: let a big import's memory go
-	err := d.store.Update(func(tx *Tx) error {
-		for i := range rules {
-			if i == 0 && tx.Empty() {
-				break // nothing to merge with (the common first import)
-			}
-			old, ok, err := tx.Rule(rules[i].Prefix)
-			if err != nil {
-				return err
-			}
-			if ok && !old.Expired(now) {
-				// Already blocked: keep what it is, extended to the later deadline.
-				if laterDeadline(rules[i].Deadline, old.Deadline) {
-					old.Deadline = rules[i].Deadline
-				}
-				rules[i] = old
-			}
-		}
-		if err := tx.PutRulesSorted(rules); err != nil {
-			return err
-		}
-		return d.enf.Block(ctx, toBackend(rules))
+		entries = append(entries, importEntry{l.Prefix, created})
 	})
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	resp.Imported = len(rules)
-	if len(rules) >= bigBatch {
+	bad += len(refused)
+	for _, e := range refused {
+		if len(errs) < maxImportLineErrors {
+			errs = append(errs, e)
+		}
+	}
+	slices.SortFunc(errs, func(a, b LineError) int { return a.Line - b.Line })
+	if bad > 0 && !req.SkipBad {
+		return ImportResponse{Errors: errs, Skipped: bad}, &UserError{Err: importError(name, errs, bad)}
+	}
+	resp.Skipped, resp.Errors = bad, errs
+
+	// One rule per prefix: the latest deadline (the latest date) wins. Lists are often sorted
+	// already; checking costs far less than sorting.
+	byPrefix := func(a, b importEntry) int { return a.prefix.Compare(b.prefix) }
+	if !slices.IsSortedFunc(entries, byPrefix) {
+		slices.SortStableFunc(entries, byPrefix)
+	}
+	if len(entries) > 1 {
+		w := 0
+		for _, e := range entries[1:] {
+			if e.prefix == entries[w].prefix {
+				if ttl != 0 && e.created > entries[w].created {
+					entries[w].created = e.created
+				}
+				continue
+			}
+			w++
+			entries[w] = e
+		}
+		entries = entries[:w+1]
+	}
+	rule := func(e importEntry) Rule {
+		r := Rule{Prefix: e.prefix, Reason: reason, Origin: OriginImport, Created: time.UnixMilli(e.created)}
+		if ttl != 0 {
+			r.Deadline = r.Created.Add(ttl)
+		}
+		return r
+	}
+	// Entries already blocked keep what they are, extended to the later deadline.
+	merged, err := d.mergeStored(entries, rule, now)
+	if err != nil {
+		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+	}
+	at := func(i int) Rule {
+		if m, ok := merged[i]; ok {
+			return m.now
+		}
+		return rule(entries[i])
+	}
+	if len(entries) < bulkImport {
+		rules := make([]Rule, len(entries))
+		for i := range entries {
+			rules[i] = at(i)
+		}
+		err = d.store.Update(func(tx *Tx) error {
+			if err := tx.PutRulesSorted(rules); err != nil {
+				return err
+			}
+			return d.enf.Block(ctx, toBackend(rules))
+		})
+	} else {
+		err = d.bulkBlock(ctx, len(entries), at, merged)
+	}
+	if err != nil {
+		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+	}
+	resp.Imported = len(entries)
+	if len(entries) >= bigBatch {
+		entries = nil
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
 	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),
 		Detail: fmt.Sprintf("imported %d entries from %s (%d already expired, %d bad lines skipped)", resp.Imported, name, resp.Expired, resp.Skipped)})
 	d.rec.Blocked(OriginImport, resp.Imported)
 	return resp, nil
+}
+
+// mergedRule is an imported entry that was blocked already: what it was and what it becomes.
+type mergedRule struct{ old, now Rule }
+
+// mergeStored finds the entries (sorted) that are blocked already and not expired; each keeps
+// its stored rule, extended to the later deadline. Keyed by index into entries.
+func (d *Daemon) mergeStored(entries []importEntry, rule func(importEntry) Rule, now time.Time) (map[int]mergedRule, error) {
+	merged := map[int]mergedRule{}
+	if d.store.Count() == 0 || len(entries) == 0 {
+		return merged, nil
+	}
+	check := func(i int, old Rule) {
+		if old.Expired(now) {
+			return
+		}
+		r := old
+		if n := rule(entries[i]); laterDeadline(n.Deadline, old.Deadline) {
+			r.Deadline = n.Deadline
+		}
+		merged[i] = mergedRule{old: old, now: r}
+	}
+	err := d.store.View(func(tx *Tx) error {
+		if d.store.Count() < len(entries) {
+			// Walk the (smaller) store and look each rule up among the entries.
+			return tx.ForEachRule(func(old Rule) error {
+				if i, ok := slices.BinarySearchFunc(entries, old.Prefix, func(e importEntry, p netip.Prefix) int { return e.prefix.Compare(p) }); ok {
+					check(i, old)
+				}
+				return nil
+			})
+		}
+		for i, e := range entries {
+			old, ok, err := tx.Rule(e.prefix)
+			if err != nil {
+				return err
+			}
+			if ok {
+				check(i, old)
+			}
+		}
+		return nil
+	})
+	return merged, err
+}
+
+// bulkBlock writes n rules (sorted by prefix) to the store in chunks while the kernel takes them
+// concurrently, and swaps the store's new rules in only when the kernel has them all. On any
+// failure the kernel is put back: new entries removed, merged ones given their old deadlines.
+func (d *Daemon) bulkBlock(ctx context.Context, n int, at func(int) Rule, merged map[int]mergedRule) error {
+	kerr := make(chan error, 1)
+	go func() {
+		// The kernel's batch is built here too, beside the store's work.
+		kernel := make([]backend.Rule, n)
+		for i := range kernel {
+			r := at(i)
+			kernel[i] = backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline}
+		}
+		kerr <- d.enf.Block(ctx, kernel)
+	}()
+	waited := false
+	err := d.store.BulkPutRules(n, at, func() error {
+		waited = true
+		return <-kerr
+	})
+	if !waited {
+		<-kerr // the store failed first: let the kernel finish before undoing it
+	}
+	if err == nil {
+		return nil
+	}
+	var gone []netip.Prefix
+	var back []backend.Rule
+	for i := range n {
+		if m, ok := merged[i]; ok {
+			back = append(back, backend.Rule{Prefix: m.old.Prefix, Deadline: m.old.Deadline})
+		} else {
+			gone = append(gone, at(i).Prefix)
+		}
+	}
+	// Background context: the undo must run even when the request was cancelled.
+	undo := errors.Join(d.enf.Unblock(context.Background(), gone), d.enf.Block(context.Background(), back))
+	if undo != nil {
+		d.log.Error("undo a failed import in the kernel; the next sweep reconciles", "err", undo)
+	}
+	return err
 }
 
 // bigBatch is the size from which an import or restore hands its buffers back to the OS at once.

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -417,13 +418,20 @@ func readAll[K any](m *ebpf.Map) ([]K, []bpf.SnareBlockVal, error) {
 		}
 		return keys, vals, it.Err()
 	}
-	kb := make([]K, batchSize)
-	vb := make([]bpf.SnareBlockVal, batchSize)
+	// Batches land straight in the result, which doubles when full: a million entries read
+	// through a bounce buffer and grown by append were copied several times over.
+	keys, vals = make([]K, 0, 4*batchSize), make([]bpf.SnareBlockVal, 0, 4*batchSize)
 	var cursor ebpf.MapBatchCursor
 	for {
-		n, err := m.BatchLookup(&cursor, kb, vb, nil)
-		keys = append(keys, kb[:n]...)
-		vals = append(vals, vb[:n]...)
+		if cap(keys)-len(keys) < batchSize {
+			keys = slices.Grow(keys, len(keys))
+		}
+		if cap(vals)-len(vals) < batchSize { // not always with keys: capacities round differently
+			vals = slices.Grow(vals, len(vals))
+		}
+		l := len(keys)
+		n, err := m.BatchLookup(&cursor, keys[l:l+batchSize], vals[l:l+batchSize], nil)
+		keys, vals = keys[:l+n], vals[:l+n]
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return keys, vals, nil
 		}
@@ -513,6 +521,13 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
 	have, err := x.Rules(ctx)
 	if err != nil {
 		return 0, err
+	}
+	if len(have) == 0 {
+		// Empty maps (a start after a reboot): nothing to compare, one batch load.
+		if err := x.Block(ctx, rules); err != nil {
+			return 0, err
+		}
+		return len(rules), nil
 	}
 	c := now()
 	want := make(map[netip.Prefix]uint64, len(rules))

@@ -109,7 +109,18 @@ func (f *fakeDaemon) handler() http.Handler {
 		}
 		answer(w, resp)
 	})
-	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).list) })
+	mux.HandleFunc("GET /v1/list", func(w http.ResponseWriter, r *http.Request) {
+		c := f.record(r, nil)
+		if r.URL.Query().Get("stream") != "1" {
+			answer(w, c.list)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson") // JSON lines, as snared streams them
+		enc := json.NewEncoder(w)
+		for _, e := range c.list.Entries {
+			enc.Encode(e)
+		}
+	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).status) })
 	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).allow) })
 	allowChange := func(w http.ResponseWriter, r *http.Request) {
@@ -122,9 +133,27 @@ func (f *fakeDaemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/allow/del", allowChange)
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
 		var req control.ImportRequest
-		c, ok := f.decode(w, r, &req)
-		if !ok {
-			return
+		var c canned
+		if strings.HasPrefix(r.Header.Get("Content-Type"), "text/plain") {
+			// The streamed form: the list is the body, options in the query. Recorded as the
+			// equivalent JSON request so tests check one form.
+			body, err := io.ReadAll(r.Body)
+			if err != nil {
+				return // the upload was cut off: nothing happens
+			}
+			q := r.URL.Query()
+			req = control.ImportRequest{Content: string(body), TTL: q.Get("ttl"), Reason: q.Get("reason"),
+				Name: q.Get("name"), SkipBad: q.Get("skip_bad") == "true"}
+			js, _ := json.Marshal(req)
+			if c = f.record(r, js); c.refuse != "" {
+				fail(w, http.StatusBadRequest, c.refuse)
+				return
+			}
+		} else {
+			var ok bool
+			if c, ok = f.decode(w, r, &req); !ok {
+				return
+			}
 		}
 		if c.imported != nil {
 			answer(w, *c.imported)

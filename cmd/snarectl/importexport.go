@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -45,17 +46,49 @@ unless --skip-bad is given: then the good lines are imported and the bad ones li
 			if err != nil {
 				return err
 			}
-			bad, err := checkBlockList(bytes.NewReader(content), c.now().In(c.loc))
-			if err != nil {
-				return inputf("%s: %v", name, err)
+			// The list is checked as it is sent: each piece goes out only once checked, and the
+			// upload ends (letting the daemon commit) only when the whole file passed, so a bad
+			// line still means nothing is imported, while the daemon parses in parallel.
+			pr, pw := io.Pipe()
+			type checked struct {
+				bad []control.LineError
+				err error
 			}
-			if len(bad) > 0 && !skipBad {
-				printLineErrors(c.stderr, name, bad)
-				return inputf("%s: %d bad %s, nothing imported (fix %s, or use --skip-bad to import the rest)", name, len(bad), plural(len(bad), "line", "lines"), plural(len(bad), "it", "them"))
-			}
-			resp, err := c.client().Import(cmd.Context(), control.ImportRequest{
-				Content: string(content), TTL: ttl, Reason: reason, SkipBad: skipBad, Name: name,
+			done := make(chan checked, 1)
+			go func() {
+				// The last byte is held back until the whole file passed: without it the
+				// daemon never sees a complete body, whatever was sent before.
+				held := max(len(content)-1, 0)
+				bad, err := checkBlockList(io.TeeReader(bytes.NewReader(content), &prefixWriter{w: pw, n: held}), c.now().In(c.loc))
+				switch {
+				case err != nil:
+					pw.CloseWithError(err)
+				case len(bad) > 0 && !skipBad:
+					pw.CloseWithError(errBadLines)
+				default:
+					_, werr := pw.Write(content[held:])
+					if werr == nil {
+						pw.Close()
+					}
+				}
+				done <- checked{bad, err}
+			}()
+			resp, err := c.client().ImportStream(cmd.Context(), pr, int64(len(content)), control.ImportRequest{
+				TTL: ttl, Reason: reason, SkipBad: skipBad, Name: name,
 			})
+			pr.CloseWithError(errors.New("upload ended")) // unblocks the checker if the request failed early
+			chk := <-done
+			if err != nil && chk.err != nil {
+				// The request failed before the check was done: finish it, bad lines come first.
+				chk.bad, chk.err = checkBlockList(bytes.NewReader(content), c.now().In(c.loc))
+			}
+			if chk.err != nil {
+				return inputf("%s: %v", name, chk.err)
+			}
+			if len(chk.bad) > 0 && !skipBad {
+				printLineErrors(c.stderr, name, chk.bad)
+				return inputf("%s: %d bad %s, nothing imported (fix %s, or use --skip-bad to import the rest)", name, len(chk.bad), plural(len(chk.bad), "line", "lines"), plural(len(chk.bad), "it", "them"))
+			}
 			if err != nil {
 				return fmt.Errorf("import: %w", err) // snared's messages name the file
 			}
@@ -80,6 +113,25 @@ unless --skip-bad is given: then the good lines are imported and the bad ones li
 	cmd.Flags().StringVar(&reason, "reason", "", "reason recorded with every entry (default: the daemon's, naming the file)")
 	cmd.Flags().BoolVar(&skipBad, "skip-bad", false, "import the good lines even if some are bad (the bad ones are listed)")
 	return cmd
+}
+
+// errBadLines cuts off an upload whose check found bad lines.
+var errBadLines = errors.New("the block list has bad lines")
+
+// prefixWriter passes on the first n bytes written to it and drops the rest.
+type prefixWriter struct {
+	w io.Writer
+	n int
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	if k := min(len(b), p.n); k > 0 {
+		if _, err := p.w.Write(b[:k]); err != nil {
+			return 0, err
+		}
+		p.n -= k
+	}
+	return len(b), nil
 }
 
 // readInput reads a whole file, or standard input for "-".

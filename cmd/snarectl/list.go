@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"cmp"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"strconv"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -53,7 +56,7 @@ permanent last) or created (newest first). -o json prints the daemon's answer
 			}
 			sortEntries(resp.Entries, sortBy.value)
 			if output.value == "json" {
-				return writeJSON(c.stdout, resp)
+				return writeListJSON(c.stdout, resp.Entries)
 			}
 			return c.entryTable(resp.Entries)
 		}),
@@ -89,7 +92,7 @@ most hits first (ties: most recent hit first), at most --limit rows (0: all).`,
 			}
 			resp.Entries = hit
 			if output.value == "json" {
-				return writeJSON(c.stdout, resp)
+				return writeListJSON(c.stdout, resp.Entries)
 			}
 			if len(hit) == 0 {
 				fmt.Fprintln(c.stdout, "no blocked source has sent anything since it was blocked")
@@ -103,17 +106,69 @@ most hits first (ties: most recent hit first), at most --limit rows (0: all).`,
 	return cmd
 }
 
-// entryTable prints entries as the list table.
+// entryTable prints entries as the list table: the layout of newTable, but with the column
+// widths measured in a first pass instead of tabwriter buffering every cell of a
+// million-row list.
 func (c *cli) entryTable(entries []control.Entry) error {
 	now := c.now()
-	tw := newTable(c.stdout)
-	fmt.Fprintln(tw, "ADDRESS\tREASON\tORIGIN\tCREATED\tEXPIRES\tHITS\tLAST HIT")
-	for _, e := range entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\n",
-			shortPrefix(e.Prefix), orDash(e.Reason), orDash(e.Origin), relative(now, e.Created),
-			expiresText(e, now), e.Hits, relative(now, e.LastHit))
+	header := []string{"ADDRESS", "REASON", "ORIGIN", "CREATED", "EXPIRES", "HITS", "LAST HIT"}
+	var cells [7]string
+	row := func(e *control.Entry) []string {
+		cells = [7]string{shortPrefix(e.Prefix), orDash(e.Reason), orDash(e.Origin), relative(now, e.Created),
+			expiresText(*e, now), strconv.FormatUint(e.Hits, 10), relative(now, e.LastHit)}
+		return cells[:]
 	}
-	return tw.Flush()
+	var width [6]int
+	measure := func(cs []string) {
+		for i := range width {
+			width[i] = max(width[i], utf8.RuneCountInString(cs[i]))
+		}
+	}
+	measure(header)
+	for i := range entries {
+		measure(row(&entries[i]))
+	}
+	bw := bufio.NewWriterSize(c.stdout, 256<<10)
+	line := func(cs []string) {
+		for i, s := range cs {
+			bw.WriteString(s)
+			if i < len(width) {
+				for n := utf8.RuneCountInString(s); n < width[i]+2; n++ {
+					bw.WriteByte(' ')
+				}
+			}
+		}
+		bw.WriteByte('\n')
+	}
+	line(header)
+	for i := range entries {
+		line(row(&entries[i]))
+	}
+	return bw.Flush()
+}
+
+// writeListJSON writes {"entries": [...]} exactly as writeJSON would, entry by entry.
+func writeListJSON(w io.Writer, entries []control.Entry) error {
+	bw := bufio.NewWriterSize(w, 256<<10)
+	if len(entries) == 0 {
+		bw.WriteString("{\n  \"entries\": []\n}\n")
+		return bw.Flush()
+	}
+	bw.WriteString("{\n  \"entries\": [")
+	var buf []byte
+	for i := range entries {
+		buf = buf[:0]
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, "\n    "...)
+		buf = control.AppendEntryJSON(buf, &entries[i], "    ", "  ")
+		if _, err := bw.Write(buf); err != nil {
+			return err
+		}
+	}
+	bw.WriteString("\n  ]\n}\n")
+	return bw.Flush()
 }
 
 // sortEntries orders entries for list and top; every order falls back to the address so the
@@ -152,7 +207,11 @@ func sortEntries(entries []control.Entry, by string) {
 	default:
 		primary = func(keyed, keyed) int { return 0 }
 	}
-	slices.SortFunc(keys, func(a, b keyed) int { return cmp.Or(primary(a, b), byAddr(a, b)) })
+	order := func(a, b keyed) int { return cmp.Or(primary(a, b), byAddr(a, b)) }
+	if slices.IsSortedFunc(keys, order) { // the daemon sends address order
+		return
+	}
+	slices.SortFunc(keys, order)
 	for i := range keys {
 		entries[i] = keys[i].Entry
 	}

@@ -162,7 +162,8 @@ func (e *env) daemonBench() (*table, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t0 := time.Now()
-	_, err = d.client.Import(ctx, control.ImportRequest{Content: sb.String(), Name: "bench.list", Reason: "bench"})
+	body := sb.String()
+	_, err = d.client.ImportStream(ctx, strings.NewReader(body), int64(len(body)), control.ImportRequest{Name: "bench.list", Reason: "bench"})
 	took := time.Since(t0)
 	cancel()
 	if err != nil {

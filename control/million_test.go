@@ -1,0 +1,179 @@
+package control_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/internal/testutil"
+	"github.com/snare-dev/snare/loader"
+)
+
+// millionLines is a 1,000,000-line plain block list: 65,536 IPv4 addresses of 198.19.0.0/16,
+// then IPv6 addresses, each its own /64 of 2001:db8::/32 (clear of the lab's 2001:db8:N::/64
+// links). Only ever written to maps, never used as packet addresses.
+func millionLines() string {
+	var b bytes.Buffer
+	for i := range 1_000_000 {
+		if i < 1<<16 {
+			fmt.Fprintf(&b, "198.19.%d.%d\n", i>>8, i&255)
+		} else {
+			fmt.Fprintf(&b, "2001:db8:%x:%x::1\n", 0x100+i>>16, i&0xffff)
+		}
+	}
+	return b.String()
+}
+
+// millionConfig is a daemon configuration on the lab host sized for a million entries.
+func millionConfig(tb testing.TB, lab *testutil.Lab) *control.Config {
+	cfg, err := control.LoadConfig(control.LoadOptions{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Interfaces = lab.HostIfaceNames()
+	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(tb), "pins")
+	cfg.StateDir = tb.TempDir()
+	cfg.Socket = filepath.Join(cfg.StateDir, "snare.sock")
+	cfg.Block.Capacity = 1_000_000
+	cfg.Sweep.Interval = control.Duration(time.Hour)
+	cfg.Metrics.Listen = ""
+	return cfg
+}
+
+// openMillion opens the daemon with the real XDP loader on the lab host (restoring what the store
+// and pins hold), as snared does.
+func openMillion(tb testing.TB, lab *testutil.Lab, cfg *control.Config) *control.Daemon {
+	tb.Helper()
+	var x *loader.XDP
+	err := lab.Do(lab.Host.NS, func() error {
+		var err error
+		x, err = loader.Open(loader.Options{Interfaces: cfg.Interfaces, Mode: "auto", PinDir: cfg.BPFFS, Capacity: cfg.Block.Capacity})
+		return err
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	d, err := control.Open(context.Background(), control.Options{Config: cfg, Enforcer: x,
+		ImplicitAllow: func() (control.Allowlist, error) { return nil, nil },
+		Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
+	})
+	if err != nil {
+		x.Close()
+		tb.Fatal(err)
+	}
+	return d
+}
+
+// cpuTime is the CPU time (user and system, BPF syscalls included) this process has used.
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// rssMB is this process's resident set size in MB (VmRSS).
+func rssMB() float64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.Atoi(f[1])
+			return float64(kb) / 1024
+		}
+	}
+	return 0
+}
+
+// BenchmarkRestoreMillion opens the daemon over a store of 1,000,000 blocks: after a restart
+// (the pinned maps still hold them: "restart-s") and after a reboot (empty maps: "reboot-s").
+// rss-MB is the process's resident memory a second after the reboot restore (nothing else of
+// size lives in this process then). Target: at most 1 s, 150 MB.
+func BenchmarkRestoreMillion(b *testing.B) {
+	testutil.RequireRoot(b)
+	lab := testutil.NewLab(b, "attacker")
+	cfg := millionConfig(b, lab)
+	d := openMillion(b, lab, cfg)
+	resp, err := d.Import(context.Background(), control.ImportRequest{Content: millionLines()})
+	if err != nil || resp.Imported != 1_000_000 {
+		b.Fatalf("import: %+v %v", resp, err)
+	}
+	d.Close()
+	defer loader.Remove(cfg.BPFFS, cfg.Interfaces)
+	for b.Loop() {
+		for _, reboot := range []bool{false, true} {
+			b.StopTimer()
+			if reboot {
+				if err := loader.Remove(cfg.BPFFS, cfg.Interfaces); err != nil {
+					b.Fatal(err)
+				}
+			}
+			runtime.GC()
+			debug.FreeOSMemory()
+			b.StartTimer()
+			t0, c0 := time.Now(), cpuTime()
+			d := openMillion(b, lab, cfg)
+			el, cpu := time.Since(t0), cpuTime()-c0
+			b.StopTimer()
+			name := "restart"
+			if reboot {
+				name = "reboot"
+				time.Sleep(time.Second) // the daemon hands a big restore's memory back in the background
+				b.ReportMetric(rssMB(), "rss-MB")
+			}
+			st, err := d.Status(context.Background())
+			if err != nil || st.Entries != 1_000_000 {
+				b.Fatalf("%s: %d entries, %v", name, st.Entries, err)
+			}
+			b.ReportMetric(el.Seconds(), name+"-s")
+			b.ReportMetric(cpu.Seconds(), name+"-cpu-s")
+			d.Close()
+			b.StartTimer()
+		}
+	}
+}
+
+// BenchmarkSweepMillion is one sweep that finds 1,000,000 blocks expired: store and kernel.
+// Target: at most 1 s.
+func BenchmarkSweepMillion(b *testing.B) {
+	testutil.RequireRoot(b)
+	lab := testutil.NewLab(b, "attacker")
+	list := millionLines()
+	for b.Loop() {
+		b.StopTimer()
+		cfg := millionConfig(b, lab)
+		d := openMillion(b, lab, cfg)
+		resp, err := d.Import(context.Background(), control.ImportRequest{Content: list, TTL: "2s"})
+		if err != nil || resp.Imported != 1_000_000 {
+			b.Fatalf("import: %+v %v", resp, err)
+		}
+		time.Sleep(time.Until(time.Now().Add(2100 * time.Millisecond)))
+		runtime.GC()
+		b.StartTimer()
+		t0, c0 := time.Now(), cpuTime()
+		res, err := d.Sweep(context.Background())
+		el, cpu := time.Since(t0), cpuTime()-c0
+		b.StopTimer()
+		if err != nil || res.Expired != 1_000_000 {
+			b.Fatalf("sweep: %+v %v", res, err)
+		}
+		b.ReportMetric(el.Seconds(), "s/1M")
+		b.ReportMetric(cpu.Seconds(), "cpu-s/1M")
+		d.Close()
+		if err := loader.Remove(cfg.BPFFS, cfg.Interfaces); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
