@@ -304,6 +304,17 @@ func (d *Daemon) restore(ctx context.Context) error {
 // with the same deadline are left alone (keeping their counters); it returns how many it
 // (re)inserted.
 func (d *Daemon) replaceLocked(ctx context.Context, kernel []backend.RuleState, live []backend.Rule) (int, error) {
+	if len(kernel) == 0 {
+		// Empty maps (a start after a reboot): everything goes in, in one batch load. Appending
+		// a million rules one by one to a growing slice cost more than the load itself.
+		if len(live) == 0 {
+			return 0, nil
+		}
+		if err := d.enf.Block(ctx, live); err != nil {
+			return 0, err
+		}
+		return len(live), nil
+	}
 	sortStates(kernel)
 	var put []backend.Rule
 	var stale []netip.Prefix
