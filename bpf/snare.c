@@ -251,10 +251,18 @@ static __always_inline int in_force(struct block_val *v, __u64 now)
 	return v->deadline > now; /* DEADLINE_PERMANENT is larger than any clock */
 }
 
+/* Per-entry hit counter and last-hit time, for `snarectl list`. A plain
+ * increment, not an atomic one: a locked add on every dropped packet cost
+ * more than the rest of the drop path's extra work, and if two CPUs drop
+ * packets from the same source at the same instant one hit may be lost,
+ * which a "still being hit, roughly this hard" column can afford. The drop
+ * totals per CPU (count()) stay exact. last_hit is only written when the
+ * coarse clock moved, so the line is not dirtied twice per packet. */
 static __always_inline void hit(struct block_val *v, __u64 now)
 {
-	__sync_fetch_and_add(&v->hits, 1);
-	v->last_hit = now;
+	v->hits++;
+	if (v->last_hit != now)
+		v->last_hit = now;
 }
 
 static __always_inline int allowlisted(struct pkt *p)
