@@ -426,3 +426,48 @@ func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
 		t.Fatalf("enforcer holds %v after the gateway appeared, want %v", got, want)
 	}
 }
+
+// TestRestoreAfterAllowlistChange: the store is read while the enforcer loads; when the start's
+// allowlist refresh then drops a stored block (the address became the gateway while snared was
+// down), that snapshot is stale and must not put the block back into the kernel.
+func TestRestoreAfterAllowlistChange(t *testing.T) {
+	d, _ := fakeDaemon(t)
+	ctx := context.Background()
+	if _, err := d.Block(ctx, []string{"198.18.9.1", "198.18.6.6"}, "", "test"); err != nil {
+		t.Fatal(err)
+	}
+	cfg := d.Config()
+	d.Close()
+
+	f := newFake() // empty maps: a start after a reboot
+	d2, err := Open(ctx, Options{
+		Config: cfg, Enforcer: f,
+		ImplicitAllow: func() (Allowlist, error) {
+			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
+				{netip.MustParsePrefix("198.18.9.1/32"), AllowGateway}}, nil
+		},
+		Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	rs, err := f.Rules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var held []string
+	for _, r := range rs {
+		held = append(held, r.Prefix.String())
+	}
+	if want := []string{"198.18.6.6/32"}; !slices.Equal(held, want) {
+		t.Fatalf("kernel holds %v after the restart, want %v (the gateway's block dropped)", held, want)
+	}
+	es, err := d2.Entries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].Prefix != "198.18.6.6/32" {
+		t.Fatalf("store lists %+v, want only 198.18.6.6/32", es)
+	}
+}

@@ -90,6 +90,30 @@ func newSegIter(b *bolt.Bucket) *segIter {
 	return it
 }
 
+// seekSegIter is a segIter positioned at the first record whose key is at or after key.
+func seekSegIter(b *bolt.Bucket, key []byte) *segIter {
+	it := &segIter{c: b.Cursor()}
+	k, v := it.c.Seek(key)
+	if k == nil || !bytes.Equal(k, key) {
+		// The record may sit in the segment before (segments are keyed by their first record).
+		if k == nil {
+			k, v = it.c.Last()
+		} else {
+			k, v = it.c.Prev()
+		}
+		if k == nil {
+			k, v = it.c.First()
+		}
+	}
+	if k == nil {
+		return it
+	}
+	if it.recs, it.err = decodeSeg(nil, v); it.err == nil {
+		it.i = sort.Search(len(it.recs), func(i int) bool { return bytes.Compare(it.recs[i].k, key) >= 0 })
+	}
+	return it
+}
+
 // next returns the next record, or ok false at the end (or on a corrupt segment: see err).
 func (it *segIter) next() (k, v []byte, ok bool) {
 	for it.i >= len(it.recs) {

@@ -313,6 +313,15 @@ func (t *Tx) noteDeadline(d time.Time) {
 	}
 }
 
+// commitsBefore is the number of read-write transactions committed before this one began:
+// equal in two transactions means nothing was written between them.
+func (t *Tx) commitsBefore() int {
+	if t.tx.Writable() {
+		return t.tx.ID() - 1 // a writable transaction has the id it will commit with
+	}
+	return t.tx.ID()
+}
+
 func wrapTx(tx *bolt.Tx) *Tx {
 	return &Tx{tx: tx, rules: tx.Bucket(bucketRules), offences: tx.Bucket(bucketOffences), allow: tx.Bucket(bucketAllow)}
 }
@@ -404,6 +413,37 @@ func (t *Tx) ForEachRule(fn func(Rule) error) error {
 		}
 		return fn(r)
 	})
+}
+
+// RulesWithin calls fn for every stored rule that lies inside a (its prefix at least as long
+// as a's, its address in a). Keys sort by family, address, length, so those rules are one
+// contiguous run of keys: a seek and a short walk, not a scan of every rule.
+func (t *Tx) RulesWithin(a netip.Prefix, fn func(Rule) error) error {
+	a = a.Masked()
+	it := seekSegIter(t.rules, prefixKey(netip.PrefixFrom(a.Addr(), 0)))
+	for {
+		k, v, ok := it.next()
+		if !ok {
+			return it.err
+		}
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		if p.Addr().Is4() != a.Addr().Is4() || !a.Contains(p.Addr()) {
+			return nil // past the run
+		}
+		if p.Bits() < a.Bits() {
+			continue // a shorter prefix starting at a's address covers a; it is not inside it
+		}
+		r, err := decodeRule(p, v)
+		if err != nil {
+			return err
+		}
+		if err := fn(r); err != nil {
+			return err
+		}
+	}
 }
 
 // forEachDeadline walks the rules in prefix order decoding only prefix and deadline (restore

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"syscall"
 	"testing"
@@ -447,5 +448,39 @@ func TestStoreMigratesFormat1(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRulesWithin: the range walk finds exactly the rules inside a prefix (as a scan of every
+// rule would), across segment boundaries, starting mid-segment, for both families.
+func TestRulesWithin(t *testing.T) {
+	s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
+	var rules []Rule
+	for i := 0; i < 1000; i++ { // 198.18.0.0 - 198.18.3.231: many segments
+		rules = append(rules, Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), Origin: OriginManual})
+	}
+	for _, p := range []string{"198.16.0.0/15", "198.18.2.0/24", "198.18.2.0/23", "198.19.0.0/16", "2001:db8::/64", "2001:db8:0:1::/64", "2001:db8:1::/64"} {
+		rules = append(rules, Rule{Prefix: netip.MustParsePrefix(p), Origin: OriginManual})
+	}
+	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
+	if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"198.18.2.0/24", "198.18.1.77/32", "198.18.0.0/22", "198.18.3.232/29", "198.18.0.0/16", "2001:db8::/48", "2001:db8:1::/48", "10.0.0.0/8", "0.0.0.0/0"} {
+		a := netip.MustParsePrefix(q)
+		var want, got []netip.Prefix
+		for _, r := range rules {
+			if a.Bits() <= r.Prefix.Bits() && a.Contains(r.Prefix.Addr()) {
+				want = append(want, r.Prefix)
+			}
+		}
+		if err := s.View(func(tx *Tx) error {
+			return tx.RulesWithin(a, func(r Rule) error { got = append(got, r.Prefix); return nil })
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Errorf("RulesWithin(%s): %d rules %v..., want %d", q, len(got), got[:min(len(got), 3)], len(want))
+		}
 	}
 }

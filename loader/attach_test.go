@@ -259,4 +259,11 @@ func TestAutoFallsBackToGeneric(t *testing.T) {
 	if reaches(lab, lab.Attacker(), lab.HostIface("attacker").Addr4.Addr()) {
 		t.Fatal("blocked attacker reaches the host through generic xdp")
 	}
+	// Entries are counted unless the caller says it does not need them (the API's status).
+	if st, err = x.Status(context.Background()); err != nil || st.Counters.Entries != 1 {
+		t.Fatalf("status counts %d entries (%v), want 1", st.Counters.Entries, err)
+	}
+	if st, err = x.Status(backend.WithoutEntryCount(context.Background())); err != nil || st.Counters.Entries != 0 || len(st.Interfaces) != 1 {
+		t.Fatalf("status without the entry count: %d entries, %d interfaces (%v); want 0, 1", st.Counters.Entries, len(st.Interfaces), err)
+	}
 }

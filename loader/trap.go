@@ -286,6 +286,9 @@ func (x *XDP) Status(ctx context.Context) (backend.Status, error) {
 	cn.Suppressed = stats["event_suppressed"].Packets
 	cn.Capacity = x.capacity
 	for _, m := range []*ebpf.Map{x.objs.Block4, x.objs.Block6, x.objs.Cidr4, x.objs.Cidr6} {
+		if !backend.EntryCountWanted(ctx) {
+			break
+		}
 		n, err := countKeys(m)
 		if err != nil {
 			return st, err
