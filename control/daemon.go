@@ -210,7 +210,6 @@ func (d *Daemon) Config() *Config {
 // Events is the event log.
 func (d *Daemon) Events() *EventLog { return d.events }
 
-// restore is Open's reconciliation of kernel and store.
 // storeSnapshot is what restore needs of the store, read before the enforcer is ready: the
 // rules still in force (in store order) and the expired ones.
 type storeSnapshot struct {
@@ -245,6 +244,8 @@ func snapshotTx(tx *Tx, now time.Time, size int) storeSnapshot {
 	return s
 }
 
+// restore is Open's reconciliation of kernel and store; snap is the store as read while the
+// enforcer loaded.
 func (d *Daemon) restore(ctx context.Context, snap storeSnapshot) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -380,18 +380,7 @@ func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
 	if err := d.AllowAdd(ctx, []string{"198.18.5.0/24"}); err != nil {
 		t.Fatal(err)
 	}
-	held := func() []string {
-		rs, err := f.Rules(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var out []string
-		for _, r := range rs {
-			out = append(out, r.Prefix.String())
-		}
-		slices.Sort(out)
-		return out
-	}
+	held := func() []string { return heldPrefixes(t, f) }
 	if got, want := held(), []string{"198.18.6.6/32", "198.18.9.1/32"}; !slices.Equal(got, want) {
 		t.Fatalf("enforcer holds %v after allow add, want %v", got, want)
 	}
@@ -452,15 +441,7 @@ func TestRestoreAfterAllowlistChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d2.Close()
-	rs, err := f.Rules(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var held []string
-	for _, r := range rs {
-		held = append(held, r.Prefix.String())
-	}
-	if want := []string{"198.18.6.6/32"}; !slices.Equal(held, want) {
+	if held, want := heldPrefixes(t, f), []string{"198.18.6.6/32"}; !slices.Equal(held, want) {
 		t.Fatalf("kernel holds %v after the restart, want %v (the gateway's block dropped)", held, want)
 	}
 	es, err := d2.Entries(ctx)
@@ -470,4 +451,19 @@ func TestRestoreAfterAllowlistChange(t *testing.T) {
 	if len(es) != 1 || es[0].Prefix != "198.18.6.6/32" {
 		t.Fatalf("store lists %+v, want only 198.18.6.6/32", es)
 	}
+}
+
+// heldPrefixes is what the fake enforcer holds, sorted.
+func heldPrefixes(t *testing.T, f *fakeEnforcer) []string {
+	t.Helper()
+	rs, err := f.Rules(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range rs {
+		out = append(out, r.Prefix.String())
+	}
+	slices.Sort(out)
+	return out
 }

@@ -484,3 +484,28 @@ func TestRulesWithin(t *testing.T) {
 		}
 	}
 }
+
+// TestCommitsBefore: a read and a following write transaction agree while nothing was
+// committed between them (restore then uses the snapshot it read early), and disagree after
+// a commit (restore reads the store again).
+func TestCommitsBefore(t *testing.T) {
+	s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
+	var read, write int
+	if err := s.View(func(tx *Tx) error { read = tx.commitsBefore(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Update(func(tx *Tx) error { write = tx.commitsBefore(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if read != write {
+		t.Fatalf("nothing committed between them, yet read sees %d commits and write %d", read, write)
+	}
+	if err := s.Update(func(tx *Tx) error {
+		if tx.commitsBefore() == read {
+			return fmt.Errorf("a write after a commit sees the same %d commits", read)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

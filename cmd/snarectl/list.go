@@ -23,6 +23,9 @@ func (c *cli) listCommand() *cobra.Command {
 		Short:   "List active blocks",
 		Long: `List every active block: address or CIDR, reason, origin (manual, trap, import), when it was
 created and when it expires, how many packets it dropped (hits) and when the last one came.
+Hits are counted without locking on the XDP fast path: when several CPUs drop packets from
+the same source at the same instant a few may go uncounted (the drop totals in status are
+exact).
 
 With addresses or CIDRs, list only the blocks that cover or overlap them: "is this address
 blocked, and by what?" (a single IPv6 address is shown blocked by its /64).
