@@ -10,21 +10,32 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The rules bucket holds rules in segments (store format 2): runs of up to segMax rules in key
-// order, stored under the key of their first rule, each rule a record of its prefix key and its
-// encoded value. bbolt costs about a microsecond and some garbage per key it stores, which made a
-// million rules a million Puts (seconds, with the garbage collector busy); in segments the same
-// million are some twenty thousand Puts. Lookups find the segment at or before a key with one
-// cursor seek and scan at most segMax records.
+// The rules bucket holds rules in segments (store format 3): runs of rules in key order, stored
+// under the key of their first rule, each rule a record of its prefix key and its encoded value.
+// bbolt costs about a microsecond and some garbage per key it stores, which made a million rules
+// a million Puts (seconds, with the garbage collector busy); in segments the same million are
+// some ten thousand Puts. Lookups find the segment at or before a key with one cursor seek and
+// scan at most segMax records.
+//
+// A record whose value is the same as the one before it in its segment stores only its key and
+// a zero length: an import gives a million rules one reason, one creation time and one deadline,
+// and writing that value once per segment instead of once per rule cuts what a commit writes by
+// more than half. (Format 2 never wrote a zero length, so its segments read the same.)
 
-// segMax is the most records one segment holds; a segment that outgrows it is split in two.
-const segMax = 48
+// segMax is the most records one segment holds, segBytes the most bytes; a segment that
+// outgrows either is split. bbolt puts at least two keys on a leaf page, so two segments of
+// segBytes, their keys and bbolt's headers fill one 4 KiB page without spilling onto a second.
+const (
+	segMax   = 128
+	segBytes = 2000
+)
 
 // record is one rule inside a segment.
 type record struct{ k, v []byte }
 
 // decodeSeg appends the records of a segment to recs; they point into b.
 func decodeSeg(recs []record, b []byte) ([]record, error) {
+	first := len(recs)
 	for len(b) > 0 {
 		kl := int(b[0])
 		if kl == 0 || len(b) < 1+kl {
@@ -36,7 +47,14 @@ func decodeSeg(recs []record, b []byte) ([]record, error) {
 		if n <= 0 || uint64(len(b)-n) < vl {
 			return recs, fmt.Errorf("corrupt rules segment")
 		}
-		recs = append(recs, record{k, b[n : n+int(vl)]})
+		v := b[n : n+int(vl)]
+		if vl == 0 { // the same value as the record before
+			if len(recs) == first {
+				return recs, fmt.Errorf("corrupt rules segment")
+			}
+			v = recs[len(recs)-1].v
+		}
+		recs = append(recs, record{k, v})
 		b = b[n+int(vl):]
 	}
 	return recs, nil
@@ -44,13 +62,21 @@ func decodeSeg(recs []record, b []byte) ([]record, error) {
 
 // appendSeg appends the encoding of recs to dst.
 func appendSeg(dst []byte, recs []record) []byte {
-	for _, r := range recs {
-		dst = append(dst, byte(len(r.k)))
-		dst = append(dst, r.k...)
-		dst = binary.AppendUvarint(dst, uint64(len(r.v)))
-		dst = append(dst, r.v...)
+	for i, r := range recs {
+		dst = appendRecord(dst, r.k, r.v, i > 0 && bytes.Equal(r.v, recs[i-1].v))
 	}
 	return dst
+}
+
+// appendRecord appends one record; same says its value equals the previous record's.
+func appendRecord(dst, k, v []byte, same bool) []byte {
+	dst = append(dst, byte(len(k)))
+	dst = append(dst, k...)
+	if same {
+		return append(dst, 0)
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(v)))
+	return append(dst, v...)
 }
 
 // forEachRecord calls fn for every record of a rules bucket in key order.
@@ -143,6 +169,7 @@ type segWriter struct {
 	buf     []byte // the current chunk; the open segment is buf[start:]
 	start   int
 	n       int    // records in the open segment
+	prev    []byte // the value of the open segment's last record
 	scratch []byte // one encoded rule
 }
 
@@ -157,11 +184,21 @@ func (w *segWriter) room(need int) {
 }
 
 func (w *segWriter) add(k, v []byte) error {
-	w.room(1 + len(k) + binary.MaxVarintLen64 + len(v))
-	w.buf = append(w.buf, byte(len(k)))
-	w.buf = append(w.buf, k...)
-	w.buf = binary.AppendUvarint(w.buf, uint64(len(v)))
-	w.buf = append(w.buf, v...)
+	same := w.n > 0 && bytes.Equal(v, w.prev)
+	size := 1 + len(k) + binary.MaxVarintLen64 + len(v) // at most
+	if w.n > 0 && len(w.buf)-w.start+size > segBytes {
+		if err := w.flush(); err != nil {
+			return err
+		}
+		same = false
+	}
+	w.room(size)
+	w.buf = appendRecord(w.buf, k, v, same)
+	if !same {
+		// The value as written: it stays put when room moves the open segment (the old chunk
+		// keeps its bytes), and v may be scratch space the caller reuses.
+		w.prev = w.buf[len(w.buf)-len(v):]
+	}
 	if w.n++; w.n == segMax {
 		return w.flush()
 	}
@@ -212,25 +249,30 @@ func (t *Tx) find(key []byte) (segKey []byte, recs []record, idx int, found bool
 	return slices.Clone(k), recs, idx, found, nil
 }
 
-// writeSeg replaces the segment stored under oldKey with recs (none: removed), split in two
-// when it outgrew segMax.
+// writeSeg replaces the segment stored under oldKey with recs (none: removed), split in halves
+// while it outgrows segMax or segBytes.
 func (t *Tx) writeSeg(oldKey []byte, recs []record) error {
 	if len(recs) == 0 || !bytes.Equal(recs[0].k, oldKey) {
 		if err := t.rules.Delete(oldKey); err != nil {
 			return err
 		}
 	}
-	for len(recs) > 0 {
-		n := len(recs)
-		if n > segMax {
-			n = n / 2
-		}
-		if err := t.rules.Put(slices.Clone(recs[0].k), appendSeg(nil, recs[:n])); err != nil {
+	if len(recs) == 0 {
+		return nil
+	}
+	return t.putSeg(recs)
+}
+
+func (t *Tx) putSeg(recs []record) error {
+	seg := appendSeg(nil, recs)
+	if len(recs) > 1 && (len(recs) > segMax || len(seg) > segBytes) {
+		h := len(recs) / 2
+		if err := t.putSeg(recs[:h]); err != nil {
 			return err
 		}
-		recs = recs[n:]
+		return t.putSeg(recs[h:])
 	}
-	return nil
+	return t.rules.Put(slices.Clone(recs[0].k), seg)
 }
 
 // getRaw returns the encoded rule stored under key, or nil.

@@ -59,7 +59,7 @@ type AllowRecord struct {
 //
 // Buckets:
 //
-//	rules     first prefix key of a segment -> segment: up to segMax (prefix key, rule value)
+//	rules     first prefix key of a segment -> segment: up to segMax records or segBytes (prefix key, rule value)
 //	          records in key order (segments.go)
 //	offences  prefix key -> offence value (escalation history, kept for the lookback)
 //	allow     prefix key -> created (unix ms)
@@ -88,7 +88,9 @@ var (
 // storeVersion is written to the meta bucket; a store from a newer snare is refused rather
 // than misread.
 // Version 2 keeps rules in segments (segments.go); a version-1 store is migrated when opened.
-const storeVersion = 2
+// Version 3 lets a segment record repeat the value before it; version-2 segments are valid
+// version-3 segments, so only the number changes.
+const storeVersion = 3
 
 // ErrStoreLocked is returned by OpenStore when another process has the store open.
 var ErrStoreLocked = errors.New("store is in use by another snared")
@@ -128,8 +130,10 @@ func OpenStore(path string) (*Store, error) {
 			if v[0] == storeVersion {
 				return nil
 			}
-			if err := migrateRules(tx); err != nil {
-				return fmt.Errorf("migrate rules to store format %d: %w", storeVersion, err)
+			if v[0] < 2 {
+				if err := migrateRules(tx); err != nil {
+					return fmt.Errorf("migrate rules to store format %d: %w", storeVersion, err)
+				}
 			}
 		}
 		return meta.Put([]byte("version"), []byte{storeVersion})

@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -140,47 +141,70 @@ type sorted struct {
 	w6 []bpf.SnareBlockVal
 }
 
-func (x *XDP) sort(rules []backend.Rule, v6bits int) (sorted, error) {
-	var s sorted
-	// Two passes: count per map, then fill slices allocated once. A million rules grown by
-	// append cost more than the syscalls that write them.
-	where := make([]placement, len(rules))
-	var n [4]int
-	for i, r := range rules {
+// window is how many rules a batch write sorts at a time. A big batch is worked through in
+// windows whose buffers are reused: sorting a million rules into fresh slices cost more in page
+// faults than the sort itself, and a window's buffers (3 MB) stay in cache.
+const window = 16 * batchSize
+
+func (s *sorted) reset() {
+	s.k4, s.v4, s.k6, s.v6 = s.k4[:0], s.v4[:0], s.k6[:0], s.v6[:0]
+	s.c4, s.w4, s.c6, s.w6 = s.c4[:0], s.w4[:0], s.c6[:0], s.w6[:0]
+}
+
+// add puts one rule (normalized) into the slices of its map.
+func (s *sorted) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits int) {
+	switch place(p, v6bits) {
+	case inBlock4:
+		s.k4 = append(s.k4, be32(p.Addr()))
+		s.v4 = append(s.v4, v)
+	case inBlock6:
+		s.k6 = append(s.k6, bpf.SnareAddr6{Addr: p.Addr().As16()})
+		s.v6 = append(s.v6, v)
+	case inCidr4:
+		s.c4 = append(s.c4, lpm4(p))
+		s.w4 = append(s.w4, v)
+	case inCidr6:
+		s.c6 = append(s.c6, lpm6(p))
+		s.w6 = append(s.w6, v)
+	}
+}
+
+// checkRules refuses a batch with an invalid prefix or one that covers every address, before
+// anything of it is written.
+func checkRules(rules []backend.Rule) error {
+	for _, r := range rules {
 		p, err := normalize(r.Prefix)
 		if err != nil {
-			return s, err
+			return err
 		}
 		if p.Bits() == 0 {
-			return s, fmt.Errorf("refusing to block %s: it covers every address", p)
+			return fmt.Errorf("refusing to block %s: it covers every address", p)
 		}
-		where[i] = place(p, v6bits)
-		n[where[i]]++
 	}
-	s.k4, s.v4 = make([]uint32, 0, n[inBlock4]), make([]bpf.SnareBlockVal, 0, n[inBlock4])
-	s.k6, s.v6 = make([]bpf.SnareAddr6, 0, n[inBlock6]), make([]bpf.SnareBlockVal, 0, n[inBlock6])
-	s.c4, s.w4 = make([]bpf.SnareLpm4Key, 0, n[inCidr4]), make([]bpf.SnareBlockVal, 0, n[inCidr4])
-	s.c6, s.w6 = make([]bpf.SnareLpm6Key, 0, n[inCidr6]), make([]bpf.SnareBlockVal, 0, n[inCidr6])
+	return nil
+}
+
+// inWindows checks rules, then calls fn with them sorted by map, a window at a time; big
+// batches are split across CPUs (fn runs concurrently then, on windows of its own).
+func inWindows(rules []backend.Rule, v6bits int, fn func(s *sorted) error) error {
+	if err := checkRules(rules); err != nil {
+		return err
+	}
 	c := now()
-	for i, r := range rules {
-		p, _ := normalize(r.Prefix)
-		v := bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}
-		switch where[i] {
-		case inBlock4:
-			s.k4 = append(s.k4, be32(p.Addr()))
-			s.v4 = append(s.v4, v)
-		case inBlock6:
-			s.k6 = append(s.k6, bpf.SnareAddr6{Addr: p.Addr().As16()})
-			s.v6 = append(s.v6, v)
-		case inCidr4:
-			s.c4 = append(s.c4, lpm4(p))
-			s.w4 = append(s.w4, v)
-		case inCidr6:
-			s.c6 = append(s.c6, lpm6(p))
-			s.w6 = append(s.w6, v)
+	return parallelChunks(len(rules), func(i, j int) error {
+		var s sorted
+		for ; i < j; i += window {
+			s.reset()
+			for _, r := range rules[i:min(i+window, j)] {
+				p, _ := normalize(r.Prefix)
+				s.add(p, bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}, v6bits)
+			}
+			if err := fn(&s); err != nil {
+				return err
+			}
 		}
-	}
-	return s, nil
+		return nil
+	})
 }
 
 // keepCounters carries hits and last-hit of existing entries over to a re-block, so extending a
@@ -199,18 +223,16 @@ func keepCounters[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) {
 }
 
 // putBatch writes keys/values with BPF_MAP_UPDATE_BATCH in chunks. Big loads (restore, import)
-// are split across CPUs: the kernel's LRU hash keeps per-CPU free lists, so concurrent batch
-// updates scale instead of contending.
+// call it from several CPUs at once (inWindows): the kernel's LRU hash keeps per-CPU free lists,
+// so concurrent batch updates scale instead of contending.
 func putBatch[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) error {
-	return parallelChunks(len(keys), func(i, j int) error {
-		for ; i < j; i += batchSize {
-			k := min(i+batchSize, j)
-			if _, err := m.BatchUpdate(keys[i:k], vals[i:k], nil); err != nil {
-				return fmt.Errorf("batch update %s: %w", m, err)
-			}
+	for i := 0; i < len(keys); i += batchSize {
+		k := min(i+batchSize, len(keys))
+		if _, err := m.BatchUpdate(keys[i:k], vals[i:k], nil); err != nil {
+			return fmt.Errorf("batch update %s: %w", m, err)
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // parallelChunks runs fn over [0,n) split into one contiguous range per CPU when n is large
@@ -247,30 +269,35 @@ func (x *XDP) Block(ctx context.Context, rules []backend.Rule) error {
 	if err != nil {
 		return err
 	}
-	s, err := x.sort(rules, maskBits(cfg.V6Mask))
-	if err != nil {
-		return err
+	small := len(rules) <= 1024
+	var cidrs atomic.Bool
+	err = inWindows(rules, maskBits(cfg.V6Mask), func(s *sorted) error {
+		if small {
+			keepCounters(x.objs.Block4, s.k4, s.v4)
+			keepCounters(x.objs.Block6, s.k6, s.v6)
+			keepCounters(x.objs.Cidr4, s.c4, s.w4)
+			keepCounters(x.objs.Cidr6, s.c6, s.w6)
+		}
+		if err := putBatch(x.objs.Block4, s.k4, s.v4); err != nil {
+			return err
+		}
+		if err := putBatch(x.objs.Block6, s.k6, s.v6); err != nil {
+			return err
+		}
+		if len(s.c4)+len(s.c6) == 0 {
+			return nil
+		}
+		cidrs.Store(true)
+		if err := putEach(x.objs.Cidr4, s.c4, s.w4); err != nil {
+			return err
+		}
+		return putEach(x.objs.Cidr6, s.c6, s.w6)
+	})
+	if cidrs.Load() {
+		// Also after a failure: some CIDRs may be in.
+		err = errors.Join(err, x.recountCIDR())
 	}
-	keepCounters(x.objs.Block4, s.k4, s.v4)
-	keepCounters(x.objs.Block6, s.k6, s.v6)
-	keepCounters(x.objs.Cidr4, s.c4, s.w4)
-	keepCounters(x.objs.Cidr6, s.c6, s.w6)
-	if err := putBatch(x.objs.Block4, s.k4, s.v4); err != nil {
-		return err
-	}
-	if err := putBatch(x.objs.Block6, s.k6, s.v6); err != nil {
-		return err
-	}
-	if len(s.c4)+len(s.c6) == 0 {
-		return nil
-	}
-	if err := putEach(x.objs.Cidr4, s.c4, s.w4); err != nil {
-		return err
-	}
-	if err := putEach(x.objs.Cidr6, s.c6, s.w6); err != nil {
-		return err
-	}
-	return x.recountCIDR()
+	return err
 }
 
 // recountCIDR stores how many entries each LPM trie holds, so the program can skip empty tries.
@@ -335,25 +362,21 @@ func byteRecords(n int, size uint32) any {
 	return reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(int(size), reflect.TypeFor[byte]())), n, n).Interface()
 }
 
-// deleteBatch deletes keys with BPF_MAP_DELETE_BATCH, stepping over keys that are not there;
-// big sweeps are split across CPUs like putBatch.
+// deleteBatch deletes keys with BPF_MAP_DELETE_BATCH, stepping over keys that are not there.
 func deleteBatch[K any](m *ebpf.Map, keys []K) error {
-	return parallelChunks(len(keys), func(i, j int) error {
-		keys := keys[i:j]
-		for len(keys) > 0 {
-			chunk := keys[:min(batchSize, len(keys))]
-			n, err := m.BatchDelete(chunk, nil)
-			switch {
-			case err == nil:
-				keys = keys[len(chunk):]
-			case errors.Is(err, ebpf.ErrKeyNotExist):
-				keys = keys[n+1:] // the n-th key was missing: skip it, go on
-			default:
-				return fmt.Errorf("batch delete %s: %w", m, err)
-			}
+	for len(keys) > 0 {
+		chunk := keys[:min(batchSize, len(keys))]
+		n, err := m.BatchDelete(chunk, nil)
+		switch {
+		case err == nil:
+			keys = keys[len(chunk):]
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			keys = keys[n+1:] // the n-th key was missing: skip it, go on
+		default:
+			return fmt.Errorf("batch delete %s: %w", m, err)
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 func deleteEach[K any](m *ebpf.Map, keys []K) error {
@@ -377,26 +400,27 @@ func (x *XDP) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	s, err := x.sort(rules, maskBits(cfg.V6Mask))
-	if err != nil {
-		return err
+	var cidrs atomic.Bool
+	err = inWindows(rules, maskBits(cfg.V6Mask), func(s *sorted) error {
+		if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
+			return err
+		}
+		if err := deleteBatch(x.objs.Block6, s.k6); err != nil {
+			return err
+		}
+		if len(s.c4)+len(s.c6) == 0 {
+			return nil
+		}
+		cidrs.Store(true)
+		if err := deleteEach(x.objs.Cidr4, s.c4); err != nil {
+			return err
+		}
+		return deleteEach(x.objs.Cidr6, s.c6)
+	})
+	if cidrs.Load() {
+		err = errors.Join(err, x.recountCIDR())
 	}
-	if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
-		return err
-	}
-	if err := deleteBatch(x.objs.Block6, s.k6); err != nil {
-		return err
-	}
-	if len(s.c4)+len(s.c6) == 0 {
-		return nil
-	}
-	if err := deleteEach(x.objs.Cidr4, s.c4); err != nil {
-		return err
-	}
-	if err := deleteEach(x.objs.Cidr6, s.c6); err != nil {
-		return err
-	}
-	return x.recountCIDR()
+	return err
 }
 
 // readAll reads a hash map with BPF_MAP_LOOKUP_BATCH (or an iterator for LPM tries, which have no
