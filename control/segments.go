@@ -68,7 +68,9 @@ func appendSeg(dst []byte, recs []record) []byte {
 	return dst
 }
 
-// appendRecord appends one record; same says its value equals the previous record's.
+// appendRecord appends one record; same says its value equals the previous record's. A value
+// is never empty (encodeRule writes at least its origin byte), so a zero length is free to mean
+// "the same again".
 func appendRecord(dst, k, v []byte, same bool) []byte {
 	dst = append(dst, byte(len(k)))
 	dst = append(dst, k...)
