@@ -3,6 +3,7 @@ package control
 import (
 	"bytes"
 	"encoding/json"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -56,5 +57,28 @@ func TestSortStates(t *testing.T) {
 	sortStates(states)
 	if !reflect.DeepEqual(states, want) {
 		t.Errorf("got %v\nwant %v", states, want)
+	}
+
+	// Many states in random order, addresses differing in every part of the key.
+	r := rand.New(rand.NewPCG(1, 2))
+	states = states[:0]
+	for i := range 5000 {
+		var b [16]byte
+		for j := range b {
+			b[j] = byte(r.IntN(4)) << (2 * (j % 4))
+		}
+		p := netip.PrefixFrom(netip.AddrFrom16(b), 32+r.IntN(97)).Masked()
+		if i%2 == 0 {
+			p = netip.PrefixFrom(netip.AddrFrom4([4]byte(b[:4])), 8+r.IntN(25)).Masked()
+		}
+		states = append(states, backend.RuleState{Rule: backend.Rule{Prefix: p}, Hits: uint64(i)})
+	}
+	want = slices.Clone(states)
+	slices.SortStableFunc(want, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(states)
+	for i := range states {
+		if states[i].Prefix != want[i].Prefix {
+			t.Fatalf("random states: position %d holds %s, want %s", i, states[i].Prefix, want[i].Prefix)
+		}
 	}
 }

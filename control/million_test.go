@@ -48,29 +48,28 @@ func millionConfig(tb testing.TB, lab *testutil.Lab) *control.Config {
 	cfg.Block.Capacity = 1_000_000
 	cfg.Sweep.Interval = control.Duration(time.Hour)
 	cfg.Metrics.Listen = ""
+	cfg.Backend = "xdp" // no fallback: these measure the XDP back-end
 	return cfg
 }
 
-// openMillion opens the daemon with the real XDP loader on the lab host (restoring what the store
-// and pins hold), as snared does.
+// openMillion opens the daemon on the lab host as snared does: control.Open loads and attaches
+// the XDP back-end itself, while it reads the store (restoring what the store and pins hold).
 func openMillion(tb testing.TB, lab *testutil.Lab, cfg *control.Config) *control.Daemon {
 	tb.Helper()
-	var x *loader.XDP
+	var d *control.Daemon
 	err := lab.Do(lab.Host.NS, func() error {
 		var err error
-		x, err = loader.Open(loader.Options{Interfaces: cfg.Interfaces, Mode: "auto", PinDir: cfg.BPFFS, Capacity: cfg.Block.Capacity})
+		d, err = control.Open(context.Background(), control.Options{Config: cfg,
+			ImplicitAllow: func() (control.Allowlist, error) { return nil, nil },
+			Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
+		})
 		return err
 	})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	d, err := control.Open(context.Background(), control.Options{Config: cfg, Enforcer: x,
-		ImplicitAllow: func() (control.Allowlist, error) { return nil, nil },
-		Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
-	})
-	if err != nil {
-		x.Close()
-		tb.Fatal(err)
+	if name := d.Enforcer().Name(); name != "xdp" {
+		tb.Fatalf("back-end %s, want xdp", name)
 	}
 	return d
 }
