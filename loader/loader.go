@@ -140,8 +140,25 @@ func (x *XDP) load(capacity int) error {
 		replace[name] = m
 	}
 
+	fresh, err := createBlockMaps(spec, replace)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, m := range fresh {
+			m.Close() // the collection holds its own clones
+		}
+	}()
+	given := make(map[string]*ebpf.Map, len(replace)+len(fresh))
+	for name, m := range replace {
+		given[name] = m
+	}
+	for name, m := range fresh {
+		given[name] = m
+	}
+
 	var objs bpf.SnareObjects
-	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: replace})
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: given})
 	if err != nil {
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
@@ -185,6 +202,45 @@ func (x *XDP) load(capacity int) error {
 		}
 	}
 	return nil
+}
+
+// createBlockMaps creates the exact-address maps that have no compatible pin, side by side. The
+// kernel preallocates every LRU element when it creates the map (1.25M of them for a 1M capacity),
+// which is most of a cold start's load time; LoadAndAssign would create them one after the other.
+func createBlockMaps(spec *ebpf.CollectionSpec, pinned map[string]*ebpf.Map) (map[string]*ebpf.Map, error) {
+	var names []string
+	for _, name := range []string{bpf.SnareMapBlock4, bpf.SnareMapBlock6} {
+		if _, ok := pinned[name]; !ok {
+			names = append(names, name)
+		}
+	}
+	maps := make([]*ebpf.Map, len(names))
+	errs := make([]error, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			maps[i], errs[i] = ebpf.NewMap(spec.Maps[name])
+			if errs[i] != nil {
+				errs[i] = fmt.Errorf("create map %s: %w", name, errs[i])
+			}
+		}()
+	}
+	wg.Wait()
+	fresh := map[string]*ebpf.Map{}
+	for i, m := range maps {
+		if m != nil {
+			fresh[names[i]] = m
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		for _, m := range fresh {
+			m.Close()
+		}
+		return nil, err
+	}
+	return fresh, nil
 }
 
 func (x *XDP) mapByName(name string) *ebpf.Map {

@@ -379,4 +379,19 @@ func TestPinnedMapsSurviveReload(t *testing.T) {
 	if pinned.MaxEntries() != 4096+1024 {
 		t.Fatalf("pin not replaced: max entries %d", pinned.MaxEntries())
 	}
+	// The block maps are created beside the collection: the pins must be the maps the program uses.
+	for name, used := range map[string]*ebpf.Map{bpf.SnareMapBlock4: z.objs.Block4, bpf.SnareMapBlock6: z.objs.Block6} {
+		p, err := ebpf.LoadPinnedMap(filepath.Join(x.pinDir, name), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid, _ := p.Info()
+		uid, _ := used.Info()
+		p.Close()
+		id1, ok1 := pid.ID()
+		id2, ok2 := uid.ID()
+		if !ok1 || !ok2 || id1 != id2 {
+			t.Fatalf("%s: pinned map id %d, program uses %d", name, id1, id2)
+		}
+	}
 }
