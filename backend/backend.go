@@ -114,6 +114,9 @@ type Enforcer interface {
 	Replace(ctx context.Context, rules []Rule) (int, error)
 	// Rules reads every rule currently enforced, with hit counters.
 	Rules(ctx context.Context) ([]RuleState, error)
+	// TrapRules reads only the rules the kernel made itself at a trap (FromTrap): the ones a
+	// starting daemon adopts, found without turning every enforced rule into a RuleState.
+	TrapRules(ctx context.Context) ([]RuleState, error)
 	// SetAllow replaces the allowlist: sources inside it always pass and are never trap-blocked.
 	SetAllow(ctx context.Context, prefixes []netip.Prefix) error
 	// SetTrap configures trap detection; ports lists may be empty (detection off).

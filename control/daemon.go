@@ -259,29 +259,25 @@ func (d *Daemon) restore(ctx context.Context, snap storeSnapshot) error {
 		return err
 	}
 
-	kernel, err := d.enf.Rules(ctx)
+	// Only the kernel's own trap blocks are read here, for adoption; Replace below compares the
+	// rest with the store inside the back-end, without a Go value per entry.
+	trapped, err := d.enf.TrapRules(ctx)
 	if err != nil {
-		return fmt.Errorf("read enforced rules: %w", err)
+		return fmt.Errorf("read trap blocks: %w", err)
 	}
 	var adopt []Rule
 	var expired []Rule
-	fromTrap := 0
-	for _, k := range kernel {
-		if k.FromTrap {
-			fromTrap++
-		}
-	}
 	var live []backend.Rule
 	err = d.store.Update(func(tx *Tx) error {
-		for _, k := range kernel {
-			if !k.FromTrap || (!k.Deadline.IsZero() && !k.Deadline.After(now)) {
+		for _, k := range trapped {
+			if !k.Deadline.IsZero() && !k.Deadline.After(now) {
 				continue
 			}
 			if _, ok, err := tx.Rule(k.Prefix); err != nil || ok {
 				continue
 			}
 			// A trap block the kernel made while no daemon ran (or whose event was suppressed):
-			// recorded like any trap block; replaceLocked below writes its escalated deadline back.
+			// recorded like any trap block; Replace below writes its escalated deadline back.
 			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err
@@ -311,7 +307,7 @@ func (d *Daemon) restore(ctx context.Context, snap storeSnapshot) error {
 	if err != nil {
 		return fmt.Errorf("restore from store: %w", err)
 	}
-	n, err := d.replaceLocked(ctx, kernel, live)
+	n, err := d.enf.Replace(ctx, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
 	}
@@ -337,69 +333,6 @@ func (d *Daemon) restore(ctx context.Context, snap storeSnapshot) error {
 		d.log.Warn("cannot list listening sockets; trap ports are the configured lists as they are", "err", err)
 	}
 	return d.applyTrapLocked(ctx, cfg, tcp, udp)
-}
-
-// replaceLocked makes the kernel hold exactly live (in store order): what Enforcer.Replace
-// does, but with the kernel's rules already read (restore needs them for adoption first) and a
-// sorted merge instead of maps, which matters with a million entries. Entries already present
-// with the same deadline are left alone (keeping their counters); it returns how many it
-// (re)inserted.
-func (d *Daemon) replaceLocked(ctx context.Context, kernel []backend.RuleState, live []backend.Rule) (int, error) {
-	if len(kernel) == 0 {
-		// Empty maps (a start after a reboot): everything goes in, in one batch load. Appending
-		// a million rules one by one to a growing slice cost more than the load itself.
-		if len(live) == 0 {
-			return 0, nil
-		}
-		if err := d.enf.Block(ctx, live); err != nil {
-			return 0, err
-		}
-		return len(live), nil
-	}
-	sortStates(kernel)
-	var put []backend.Rule
-	var stale []netip.Prefix
-	i := 0
-	for _, r := range live {
-		for i < len(kernel) && kernel[i].Prefix.Compare(r.Prefix) < 0 {
-			stale = append(stale, kernel[i].Prefix)
-			i++
-		}
-		if i < len(kernel) && kernel[i].Prefix == r.Prefix {
-			same := sameDeadline(kernel[i].Deadline, r.Deadline)
-			i++
-			if same {
-				continue
-			}
-		}
-		put = append(put, r)
-	}
-	for ; i < len(kernel); i++ {
-		stale = append(stale, kernel[i].Prefix)
-	}
-	if len(stale) > 0 {
-		if err := d.enf.Unblock(ctx, stale); err != nil {
-			return 0, err
-		}
-	}
-	if len(put) > 0 {
-		if err := d.enf.Block(ctx, put); err != nil {
-			return 0, err
-		}
-	}
-	return len(put), nil
-}
-
-// sameDeadline compares a deadline read back from the kernel with the stored one. XDP's are off
-// by a millisecond or two (clock conversion), ipset's by up to a second (its timeouts count
-// whole seconds); a larger difference means the wall clock was stepped since the block was
-// written, and the stored (wall-clock) deadline is written again.
-func sameDeadline(kernel, stored time.Time) bool {
-	if kernel.IsZero() || stored.IsZero() {
-		return kernel.IsZero() && stored.IsZero()
-	}
-	d := kernel.Sub(stored)
-	return d > -1500*time.Millisecond && d < 1500*time.Millisecond
 }
 
 // trapSpec is the trap-port policy of cfg.

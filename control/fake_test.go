@@ -65,6 +65,17 @@ func (f *fakeEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	}
 	return out, nil
 }
+func (f *fakeEnforcer) TrapRules(context.Context) ([]backend.RuleState, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []backend.RuleState
+	for _, r := range f.rules {
+		if r.FromTrap {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
 func (f *fakeEnforcer) SetAllow(_ context.Context, ps []netip.Prefix) error {
 	f.mu.Lock()
 	f.allow = ps

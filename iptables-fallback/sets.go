@@ -307,6 +307,22 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 	return out, err
 }
 
+// TrapRules implements backend.Enforcer. Trap blocks are told apart by their comments and marks,
+// so the block sets are listed in full and filtered.
+func (e *Enforcer) TrapRules(ctx context.Context) ([]backend.RuleState, error) {
+	all, _, err := e.rules()
+	if err != nil {
+		return nil, err
+	}
+	var out []backend.RuleState
+	for _, r := range all {
+		if r.FromTrap {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
 // rules is Rules plus how long the listing took: ipset computes each entry's time left when
 // it sends it, so deadlines read late in a long dump come out up to that much early.
 func (e *Enforcer) rules() ([]backend.RuleState, time.Duration, error) {

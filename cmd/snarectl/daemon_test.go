@@ -57,9 +57,10 @@ func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	}
 	return out, nil
 }
-func (m *memEnforcer) SetAllow(context.Context, []netip.Prefix) error      { return nil }
-func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error   { return nil }
-func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error { return nil }
+func (m *memEnforcer) TrapRules(context.Context) ([]backend.RuleState, error) { return nil, nil }
+func (m *memEnforcer) SetAllow(context.Context, []netip.Prefix) error         { return nil }
+func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error      { return nil }
+func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error    { return nil }
 func (m *memEnforcer) TrapEvents(context.Context) (<-chan backend.TrapEvent, error) {
 	return make(chan backend.TrapEvent), nil
 }
