@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -56,9 +57,10 @@ func buildDaemon() (string, error) {
 	return dir, nil
 }
 
-func (d *daemon) start() error {
-	p, err := d.e.lab.StartShared(d.e.lab.Host.NS, filepath.Join(d.bin, "snared"), "--iface", d.iface, "--xdp-mode", "native",
-		"--state-dir", filepath.Join(d.dir, "state"), "--socket", d.socket, "--bpffs", d.pin)
+func (d *daemon) start(extra ...string) error {
+	args := append([]string{"--iface", d.iface, "--xdp-mode", "native",
+		"--state-dir", filepath.Join(d.dir, "state"), "--socket", d.socket, "--bpffs", d.pin}, extra...)
+	p, err := d.e.lab.StartShared(d.e.lab.Host.NS, filepath.Join(d.bin, "snared"), args...)
 	if err != nil {
 		return err
 	}
@@ -93,19 +95,40 @@ func tail(s string) string {
 	return s
 }
 
-func (d *daemon) rssMB() (float64, error) {
+// memMB reads a memory figure of the daemon from /proc: VmRSS (resident now) or VmHWM (the
+// resident peak of the process so far).
+func (d *daemon) memMB(field string) (float64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", d.proc.PID))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
+		if strings.HasPrefix(line, field+":") {
 			f := strings.Fields(line)
 			kb, err := strconv.ParseFloat(f[1], 64)
 			return kb / 1024, err
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS for pid %d", d.proc.PID)
+	return 0, fmt.Errorf("no %s for pid %d", field, d.proc.PID)
+}
+
+// sweepLine is the daemon's log line for a sweep that did something.
+var sweepLine = regexp.MustCompile(`msg=sweep expired=(\d+) .*took=(\S+)`)
+
+// waitSweep waits (bounded) for the daemon to log a sweep that expired at least n entries and
+// returns how long that sweep took, by the daemon's own clock.
+func (d *daemon) waitSweep(n int, limit time.Duration) (time.Duration, error) {
+	for end := time.Now().Add(limit); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		for _, m := range sweepLine.FindAllStringSubmatch(d.proc.Output(), -1) {
+			if k, _ := strconv.Atoi(m[1]); k >= n {
+				return time.ParseDuration(m[2])
+			}
+		}
+		if exited, err := d.proc.Exited(); exited {
+			return 0, fmt.Errorf("snared exited: %v: %s", err, tail(d.proc.Output()))
+		}
+	}
+	return 0, fmt.Errorf("no sweep of %d entries within %s: %s", n, limit, tail(d.proc.Output()))
 }
 
 func (d *daemon) stop() error {
@@ -175,8 +198,14 @@ func (e *env) daemonBench() (*table, error) {
 	if err == nil {
 		e.log.Info("daemon after import", "entries", st.Entries)
 	}
-	if mb, err := d.rssMB(); err == nil {
-		t.add("snared RSS after the import", num(float64(st.Entries)), fmt.Sprintf("%.0f MB", mb), "≤ 150 MB", passMiss(mb <= 150))
+	// The daemon hands an import's buffers back to the OS in the background; what it holds
+	// with the entries is read once that is done, the peak of the import beside it.
+	time.Sleep(2 * time.Second)
+	if mb, err := d.memMB("VmRSS"); err == nil {
+		t.add("snared resident memory holding the entries (2 s after the import)", num(float64(st.Entries)), fmt.Sprintf("%.0f MB", mb), "≤ 150 MB", passMiss(mb <= 150))
+	}
+	if mb, err := d.memMB("VmHWM"); err == nil {
+		t.add("snared resident peak while importing them (VmHWM)", num(float64(st.Entries)), fmt.Sprintf("%.0f MB", mb), "", "")
 	}
 
 	// Block round trips: the API (Go client), and the snarectl process as an operator runs it.
@@ -239,6 +268,42 @@ func (e *env) daemonBench() (*table, error) {
 			target, res = "≤ 1 s", passMiss(took <= time.Second)
 		}
 		t.add(name, num(float64(want)), secs(took), target, res)
+	}
+
+	// The daemon's own sweep: a fresh daemon sweeping every second imports the list with a
+	// TTL of 3 s; the first sweep after the deadline finds every entry expired and deletes it
+	// from store and kernel.
+	if err := d.stop(); err != nil {
+		return t, err
+	}
+	if err := e.lab.Do(e.lab.Host.NS, func() error { return loader.Remove(d.pin, []string{d.iface}) }); err != nil {
+		return t, err
+	}
+	if err := os.RemoveAll(filepath.Join(dir, "state")); err != nil {
+		return t, err
+	}
+	cfgFile := filepath.Join(dir, "sweep.yaml")
+	if err := os.WriteFile(cfgFile, []byte("sweep:\n  interval: 1s\n"), 0o600); err != nil {
+		return t, err
+	}
+	name := "sweep of expired entries by the daemon (store and kernel, one sweep)"
+	if err := d.start("--config", cfgFile); err != nil {
+		return t, err
+	}
+	if _, err := d.waitReady(0, time.Minute); err != nil {
+		return t, err
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 5*time.Minute)
+	_, err = d.client.ImportStream(ctx, strings.NewReader(body), int64(len(body)), control.ImportRequest{Name: "bench.list", Reason: "bench", TTL: "3s"})
+	cancel()
+	if err != nil {
+		t.add(name, num(float64(n)), "n/a: "+oneLine(err), "≤ 1 s", "")
+		return t, nil
+	}
+	if took, err := d.waitSweep(n, time.Minute); err != nil {
+		t.add(name, num(float64(n)), "n/a: "+oneLine(err), "≤ 1 s", "")
+	} else {
+		t.add(name, num(float64(n)), secs(took), "≤ 1 s", passMiss(took <= time.Second))
 	}
 	return t, nil
 }
