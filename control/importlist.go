@@ -154,15 +154,12 @@ func (p *listParser) line(raw string, fn func(ImportLine)) {
 		return
 	}
 	target := fields[0]
-	pfx, perr := ParseTarget(target, p.rules)
+	pfx, addr, perr := parseTarget(target, p.rules)
 	if perr != nil {
 		p.fail(n, raw, perr.Error())
 		return
 	}
-	il := ImportLine{Line: n, Target: target, Prefix: pfx, Single: !strings.Contains(target, "/")}
-	if il.Single {
-		il.Addr = netip.MustParseAddr(target).Unmap()
-	}
+	il := ImportLine{Line: n, Target: target, Prefix: pfx, Addr: addr, Single: addr.IsValid()}
 	if nf == 2 {
 		dp, ok := p.dates[fields[1]]
 		if !ok {

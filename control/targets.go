@@ -21,27 +21,39 @@ var DefaultTargetRules = TargetRules{IPv6Prefix: 64, MinPrefixV4: 8, MinPrefixV6
 // becomes its /IPv6Prefix; a CIDR with host bits set is masked. The whole address space and
 // prefixes shorter than the configured minimum are refused. Errors name the input and the problem.
 func ParseTarget(s string, r TargetRules) (netip.Prefix, error) {
+	p, _, err := parseTarget(s, r)
+	return p, err
+}
+
+// parseTarget is ParseTarget that also returns the address given when s is a single address
+// (unmapped), and the zero Addr for a CIDR: an import needs both, and parsing each of a
+// million lines once is what it can afford.
+func parseTarget(s string, r TargetRules) (netip.Prefix, netip.Addr, error) {
 	p, single, err := parsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, err
+		return netip.Prefix{}, netip.Addr{}, err
+	}
+	var given netip.Addr
+	if single {
+		given = p.Addr()
 	}
 	if single && p.Addr().Is6() && r.IPv6Prefix > 0 {
 		p = netip.PrefixFrom(p.Addr(), r.IPv6Prefix).Masked()
 	}
 	if p.Bits() == 0 {
-		return netip.Prefix{}, fmt.Errorf("%q would block every %s address: refused", s, family(p.Addr()))
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would block every %s address: refused", s, family(p.Addr()))
 	}
 	if single && p.Addr().IsUnspecified() {
-		return netip.Prefix{}, fmt.Errorf("%q is the unspecified address, not a source", s)
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is the unspecified address, not a source", s)
 	}
 	minBits, key := r.MinPrefixV4, "block.min_prefix_v4"
 	if p.Addr().Is6() {
 		minBits, key = r.MinPrefixV6, "block.min_prefix_v6"
 	}
 	if p.Bits() < minBits {
-		return netip.Prefix{}, fmt.Errorf("%q: prefix /%d is wider than the configured minimum /%d (%s)", s, p.Bits(), minBits, key)
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q: prefix /%d is wider than the configured minimum /%d (%s)", s, p.Bits(), minBits, key)
 	}
-	return p, nil
+	return p, given, nil
 }
 
 // ParseAllowPrefix parses an allowlist entry: an address (as its /32 or /128) or a CIDR; IPv4-mapped
