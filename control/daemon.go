@@ -129,7 +129,7 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	if err := d.restore(ctx, <-snap); err != nil {
+	if err := d.restore(ctx, snap); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -244,9 +244,17 @@ func snapshotTx(tx *Tx, now time.Time, size int) storeSnapshot {
 	return s
 }
 
-// restore is Open's reconciliation of kernel and store; snap is the store as read while the
-// enforcer loaded.
-func (d *Daemon) restore(ctx context.Context, snap storeSnapshot) error {
+// restore is Open's reconciliation of kernel and store; snapc delivers the store as read while
+// the enforcer loaded. It is received only after the kernel's trap blocks were read, so that a
+// restart reads the pinned maps and the store at once.
+func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error {
+	var snap storeSnapshot
+	received := false
+	defer func() {
+		if !received {
+			<-snapc // the read must end before the store closes
+		}
+	}()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg := d.cfg
@@ -265,6 +273,7 @@ func (d *Daemon) restore(ctx context.Context, snap storeSnapshot) error {
 	if err != nil {
 		return fmt.Errorf("read trap blocks: %w", err)
 	}
+	snap, received = <-snapc, true
 	var adopt []Rule
 	var expired []Rule
 	var live []backend.Rule
