@@ -77,8 +77,9 @@ func TestSortStates(t *testing.T) {
 	slices.SortStableFunc(want, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
 	sortStates(states)
 	for i := range states {
-		if states[i].Prefix != want[i].Prefix {
-			t.Fatalf("random states: position %d holds %s, want %s", i, states[i].Prefix, want[i].Prefix)
+		// Hits tell equal prefixes apart: they keep the order they came in.
+		if states[i].Prefix != want[i].Prefix || states[i].Hits != want[i].Hits {
+			t.Fatalf("random states: position %d holds %s (%d), want %s (%d)", i, states[i].Prefix, states[i].Hits, want[i].Prefix, want[i].Hits)
 		}
 	}
 }

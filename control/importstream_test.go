@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -109,5 +110,57 @@ func TestImportStreamCutOff(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 400 || d.store.Count() != 0 {
 		t.Fatalf("bad skip_bad: status %d, %d stored", resp.StatusCode, d.store.Count())
+	}
+}
+
+// A blocked.list in the order its blocks were made (random, as far as addresses go), with
+// repeats at different dates, big enough for the bulk path: one rule per prefix, dated by its
+// latest line, in both store and kernel.
+func TestImportUnsortedWithRepeats(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx := context.Background()
+	r := rand.New(rand.NewPCG(9, 10))
+	today := time.Now()
+	latest := map[string]time.Time{} // the prefix each line blocks -> its latest date
+	var b strings.Builder
+	n := bulkImport + 5000
+	for range n {
+		var addr, prefix string
+		switch i := r.IntN(bulkImport); i % 3 {
+		case 0:
+			addr = fmt.Sprintf("198.19.%d.%d", i>>8&255, i&255)
+			prefix = addr + "/32"
+		case 1:
+			addr = fmt.Sprintf("2001:db8:%x:%x::%x", i>>8, i&255, 1+r.IntN(9)) // same /64, other hosts
+			prefix = netip.MustParsePrefix(fmt.Sprintf("2001:db8:%x:%x::/64", i>>8, i&255)).String()
+		default:
+			addr = fmt.Sprintf("198.19.%d.0/24", i&255) // over some of the /32s: another prefix
+			prefix = addr
+		}
+		day := time.Date(today.Year(), today.Month(), today.Day(), 0, 0, 0, 0, time.Local).AddDate(0, 0, -r.IntN(4))
+		fmt.Fprintf(&b, "%s %s\n", addr, day.Format("20060102"))
+		if day.After(latest[prefix]) {
+			latest[prefix] = day
+		}
+	}
+	resp, err := d.Import(ctx, ImportRequest{Content: b.String(), TTL: "5d"})
+	if err != nil {
+		t.Fatalf("%v %+v", err, resp.Errors[:min(3, len(resp.Errors))])
+	}
+	if resp.Imported != len(latest) || d.store.Count() != len(latest) || len(f.rules) != len(latest) {
+		t.Fatalf("imported %d, store %d, kernel %d; want %d distinct prefixes", resp.Imported, d.store.Count(), len(f.rules), len(latest))
+	}
+	es, err := d.Entries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		day, ok := latest[e.Prefix]
+		if !ok || !e.Created.Equal(day) || !e.Expires.Equal(day.Add(5*24*time.Hour)) {
+			t.Fatalf("%s created %v expires %v; want a line's latest date %v (listed: %v)", e.Prefix, e.Created, e.Expires, day, ok)
+		}
+		if k := f.rules[netip.MustParsePrefix(e.Prefix)]; !k.Deadline.Equal(e.Expires) {
+			t.Fatalf("%s: kernel deadline %v, store %v", e.Prefix, k.Deadline, e.Expires)
+		}
 	}
 }

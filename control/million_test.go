@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -194,7 +195,18 @@ func BenchmarkSweepMillion(b *testing.B) {
 // BenchmarkImportMillion is one import of a 1,000,000-line list into an empty daemon, as the
 // API runs it (ImportStream), durable in the store before it returns. Target: at most 1 s.
 func BenchmarkImportMillion(b *testing.B) {
-	list := millionLines()
+	benchImport(b, millionLines())
+}
+
+// BenchmarkImportMillionUnsorted is BenchmarkImportMillion with the lines in random order, as
+// a blocked.list holds them (in the order the blocks were made): the import sorts them.
+func BenchmarkImportMillionUnsorted(b *testing.B) {
+	lines := strings.SplitAfter(millionLines(), "\n")
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(lines), func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
+	benchImport(b, strings.Join(lines, ""))
+}
+
+func benchImport(b *testing.B, list string) {
 	onFreshMillion(b, func(*control.Daemon) {}, func(d *control.Daemon) error {
 		resp, err := d.ImportStream(context.Background(), strings.NewReader(list), int64(len(list)), control.ImportRequest{Name: "bench.list"})
 		if err == nil && resp.Imported != 1_000_000 {

@@ -20,6 +20,7 @@ import (
 
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/bpf"
+	"github.com/snare-dev/snare/internal/radix"
 )
 
 // batchSize bounds one batch syscall; large enough to amortise the syscall, small enough that a
@@ -801,13 +802,13 @@ func diffMap[K any](order func(a, b K) int, hk []K, hv []bpf.SnareBlockVal, h []
 	return c
 }
 
-// keyOrder4 is keyOrder for IPv4 keys in cmpKey4's order, by radix sort.
+// keyOrder4 is keyOrder for IPv4 keys in cmpKey4's order, by radix sort (a million in ~20 ms).
 func keyOrder4(keys []uint32) []int32 {
-	ord, idx := make([]uint64, len(keys)), identity(len(keys))
+	ord, idx := make([]uint64, len(keys)), radix.Identity(len(keys))
 	for i, k := range keys {
 		ord[i] = uint64(bits.ReverseBytes32(k))
 	}
-	radixSort(ord, idx)
+	radix.Sort(ord, idx)
 	return idx
 }
 
@@ -815,61 +816,16 @@ func keyOrder4(keys []uint32) []int32 {
 // (stably) by the high half. With the default /64 blocks the low half is all zero, and its
 // passes cost one count each.
 func keyOrder6(keys []bpf.SnareAddr6) []int32 {
-	ord, idx := make([]uint64, len(keys)), identity(len(keys))
+	ord, idx := make([]uint64, len(keys)), radix.Identity(len(keys))
 	for i, k := range keys {
 		ord[i] = binary.BigEndian.Uint64(k.Addr[8:])
 	}
-	radixSort(ord, idx)
+	radix.Sort(ord, idx)
 	for j, i := range idx {
 		ord[j] = binary.BigEndian.Uint64(keys[i].Addr[:8])
 	}
-	radixSort(ord, idx)
+	radix.Sort(ord, idx)
 	return idx
-}
-
-func identity(n int) []int32 {
-	idx := make([]int32, n)
-	for i := range idx {
-		idx[i] = int32(i)
-	}
-	return idx
-}
-
-// radixSort sorts the pairs (keys[i], idx[i]) by key, stably: equal keys keep the order they
-// came in. A least-significant-byte radix sort is linear, and a million keys sort in tens of
-// milliseconds where a comparison sort of structs took 300; a byte that all keys share costs
-// only its count, and input already in order (a batch in store order) only the check.
-func radixSort(keys []uint64, idx []int32) {
-	if slices.IsSorted(keys) {
-		return
-	}
-	k2, i2 := make([]uint64, len(keys)), make([]int32, len(idx))
-	src, dst := keys, k2
-	is, id := idx, i2
-	for shift := 0; shift < 64; shift += 8 {
-		var count [256]int
-		for _, k := range src {
-			count[byte(k>>shift)]++
-		}
-		if count[byte(src[0]>>shift)] == len(src) {
-			continue // every key has this byte
-		}
-		at := 0
-		for b, c := range count {
-			count[b] = at
-			at += c
-		}
-		for j, k := range src {
-			b := byte(k >> shift)
-			dst[count[b]], id[count[b]] = k, is[j]
-			count[b]++
-		}
-		src, dst, is, id = dst, src, id, is
-	}
-	if &src[0] != &keys[0] {
-		copy(keys, src)
-		copy(idx, is)
-	}
 }
 
 // keyOrder returns the indexes of keys in key order, equal keys in index order. Sorting 4-byte

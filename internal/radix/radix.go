@@ -1,0 +1,55 @@
+// Package radix sorts large batches by unsigned integer keys in linear time. A million prefixes
+// sort in tens of milliseconds this way; a comparison sort of the same structs took up to a
+// second (a stable one, on a list in random order), which an import or restart cannot afford.
+package radix
+
+import "slices"
+
+// Identity returns the indexes 0..n-1, the usual starting idx for Sort.
+func Identity(n int) []int32 {
+	idx := make([]int32, n)
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	return idx
+}
+
+// Sort sorts the pairs (keys[i], idx[i]) by key, stably: equal keys keep the order they came in,
+// so sorting by a less significant key first and then by a more significant one sorts by both.
+// It is a least-significant-byte radix sort: a byte that every key shares costs only its count,
+// and keys already in order only the check.
+func Sort(keys []uint64, idx []int32) {
+	if len(keys) != len(idx) {
+		panic("radix.Sort: keys and idx differ in length")
+	}
+	if slices.IsSorted(keys) {
+		return
+	}
+	k2, i2 := make([]uint64, len(keys)), make([]int32, len(idx))
+	src, dst := keys, k2
+	is, id := idx, i2
+	for shift := 0; shift < 64; shift += 8 {
+		var count [256]int
+		for _, k := range src {
+			count[byte(k>>shift)]++
+		}
+		if count[byte(src[0]>>shift)] == len(src) {
+			continue // every key has this byte
+		}
+		at := 0
+		for b, c := range count {
+			count[b] = at
+			at += c
+		}
+		for j, k := range src {
+			b := byte(k >> shift)
+			dst[count[b]], id[count[b]] = k, is[j]
+			count[b]++
+		}
+		src, dst, is, id = dst, src, id, is
+	}
+	if &src[0] != &keys[0] {
+		copy(keys, src)
+		copy(idx, is)
+	}
+}

@@ -1,0 +1,63 @@
+package radix
+
+import (
+	"cmp"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+// TestSortMatchesStableSort compares Sort with a stable comparison sort over keys with shared
+// bytes and many duplicates, random and already in order, and checks idx is permuted along.
+func TestSortMatchesStableSort(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, n := range []int{0, 1, 2, 3, 100, 10000} {
+		for _, mask := range []uint64{^uint64(0), 0xff, 0xff00ff0000000f00} {
+			keys := make([]uint64, n)
+			for i := range keys {
+				keys[i] = rng.Uint64() & mask
+			}
+			for _, sorted := range []bool{false, true} {
+				if sorted {
+					slices.Sort(keys)
+				}
+				type pair struct {
+					k uint64
+					i int32
+				}
+				want := make([]pair, n)
+				for i, k := range keys {
+					want[i] = pair{k, int32(i)}
+				}
+				slices.SortStableFunc(want, func(a, b pair) int { return cmp.Compare(a.k, b.k) })
+				k, idx := slices.Clone(keys), Identity(n)
+				Sort(k, idx)
+				for j := range want {
+					if k[j] != want[j].k || idx[j] != want[j].i {
+						t.Fatalf("n=%d mask=%x sorted=%v: position %d is (%x, %d), want (%x, %d)", n, mask, sorted, j, k[j], idx[j], want[j].k, want[j].i)
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestSortLengthMismatchPanics(t *testing.T) {
+	defer func() {
+		if recover() == nil {
+			t.Fatal("no panic for keys and idx of different lengths")
+		}
+	}()
+	Sort(make([]uint64, 2), make([]int32, 1))
+}
+
+func BenchmarkSortMillion(b *testing.B) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	keys := make([]uint64, 1_000_000)
+	for i := range keys {
+		keys[i] = uint64(rng.Uint32())
+	}
+	for b.Loop() {
+		Sort(slices.Clone(keys), Identity(len(keys)))
+	}
+}
