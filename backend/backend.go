@@ -105,7 +105,8 @@ type Status struct {
 type Enforcer interface {
 	// Name is "xdp" or "iptables".
 	Name() string
-	// Block inserts or replaces rules, all in one batch where the back-end allows.
+	// Block inserts or replaces rules, all in one batch where the back-end allows. It only
+	// reads rules: a bulk import writes its store from the same slice meanwhile.
 	Block(ctx context.Context, rules []Rule) error
 	// Unblock removes rules; prefixes that are not present are ignored.
 	Unblock(ctx context.Context, prefixes []netip.Prefix) error

@@ -122,6 +122,7 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 	r := rand.New(rand.NewPCG(9, 10))
 	today := time.Now()
 	latest := map[string]time.Time{} // the prefix each line blocks -> its latest date
+	first := map[string]time.Time{}  // -> the date of its first line
 	var b strings.Builder
 	n := bulkImport + 5000
 	for range n {
@@ -142,6 +143,9 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 		if day.After(latest[prefix]) {
 			latest[prefix] = day
 		}
+		if _, ok := first[prefix]; !ok {
+			first[prefix] = day
+		}
 	}
 	resp, err := d.Import(ctx, ImportRequest{Content: b.String(), TTL: "5d"})
 	if err != nil {
@@ -161,6 +165,20 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 		}
 		if k := f.rules[netip.MustParsePrefix(e.Prefix)]; !k.Deadline.Equal(e.Expires) {
 			t.Fatalf("%s: kernel deadline %v, store %v", e.Prefix, k.Deadline, e.Expires)
+		}
+	}
+
+	// Imported as permanent blocks, a prefix keeps the date of its first line.
+	d, f = fakeDaemon(t)
+	if resp, err := d.Import(ctx, ImportRequest{Content: b.String(), TTL: "permanent"}); err != nil || resp.Imported != len(first) {
+		t.Fatalf("permanent import: %+v, %v", resp, err)
+	}
+	if es, err = d.Entries(ctx); err != nil || len(es) != len(first) || len(f.rules) != len(first) {
+		t.Fatalf("permanent import: %d entries, %d in the kernel, %v; want %d", len(es), len(f.rules), err, len(first))
+	}
+	for _, e := range es {
+		if day := first[e.Prefix]; !e.Permanent || !e.Created.Equal(day) || !f.rules[netip.MustParsePrefix(e.Prefix)].Deadline.IsZero() {
+			t.Fatalf("%s: permanent %v created %v; want permanent, created on its first line's date %v", e.Prefix, e.Permanent, e.Created, day)
 		}
 	}
 }

@@ -231,12 +231,6 @@ func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse,
 	return d.ImportStream(ctx, strings.NewReader(req.Content), int64(len(req.Content)), req)
 }
 
-// importEntry is one parsed line of an import, kept small: a million of them are held at once.
-type importEntry struct {
-	prefix  netip.Prefix
-	created int64 // unix ms
-}
-
 // bulkImport is the size from which an import writes the store in chunks (Store.BulkPutRules)
 // while the kernel takes the same batch concurrently.
 const bulkImport = 50_000
@@ -267,9 +261,13 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 		reason = "import " + name
 	}
 	var resp ImportResponse
-	var entries []importEntry
+	// The kernel's batch is built as the lines are parsed, and sorted and deduplicated in
+	// place: copying a million rules out of another slice cost 0.2 s before the kernel got its
+	// first one. The store's rules are made from it (Rule of i below).
+	var batch []backend.Rule
+	var created []int64 // unix ms per rule, kept only for permanent imports (no deadline to derive it from)
 	if size > 0 {
-		entries = make([]importEntry, 0, min(size/16+1, 1<<22))
+		batch = make([]backend.Rule, 0, min(size/16+1, 1<<22))
 	}
 	var refused []LineError
 	nowMs := now.UnixMilli()
@@ -279,15 +277,21 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 			refused = append(refused, LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
 			return
 		}
-		created := nowMs
+		c := nowMs
 		if !l.Date.IsZero() {
-			created = l.Date.UnixMilli()
-			if ttl != 0 && created+ttl.Milliseconds() <= nowMs {
+			c = l.Date.UnixMilli()
+			if ttl != 0 && c+ttl.Milliseconds() <= nowMs {
 				resp.Expired++
 				return
 			}
 		}
-		entries = append(entries, importEntry{l.Prefix, created})
+		r := backend.Rule{Prefix: l.Prefix}
+		if ttl != 0 {
+			r.Deadline = time.UnixMilli(c).Add(ttl)
+		} else {
+			created = append(created, c)
+		}
+		batch = append(batch, r)
 	})
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
@@ -308,62 +312,75 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 	// already, and checking costs far less than sorting; a blocked.list is in the order its
 	// blocks were made, which a radix sort puts in store order in tens of milliseconds (a
 	// stable comparison sort took a second for a million).
-	byPrefix := func(a, b importEntry) int { return a.prefix.Compare(b.prefix) }
-	if !slices.IsSortedFunc(entries, byPrefix) {
-		permute(entries, prefixOrder(len(entries), func(i int) netip.Prefix { return entries[i].prefix }))
+	byPrefix := func(a, b backend.Rule) int { return a.Prefix.Compare(b.Prefix) }
+	if !slices.IsSortedFunc(batch, byPrefix) {
+		order := prefixOrder(len(batch), func(i int) netip.Prefix { return batch[i].Prefix })
+		permute(batch, order)
+		if created != nil {
+			permute(created, order)
+		}
 	}
-	if len(entries) > 1 {
+	if len(batch) > 1 {
 		w := 0
-		for _, e := range entries[1:] {
-			if e.prefix == entries[w].prefix {
-				if ttl != 0 && e.created > entries[w].created {
-					entries[w].created = e.created
+		for j := 1; j < len(batch); j++ {
+			if batch[j].Prefix == batch[w].Prefix {
+				if ttl != 0 && batch[j].Deadline.After(batch[w].Deadline) {
+					batch[w].Deadline = batch[j].Deadline
 				}
-				continue
+				continue // permanent: the first line's date stays
 			}
 			w++
-			entries[w] = e
+			batch[w] = batch[j]
+			if created != nil {
+				created[w] = created[j]
+			}
 		}
-		entries = entries[:w+1]
+		batch = batch[:w+1]
 	}
-	rule := func(e importEntry) Rule {
-		r := Rule{Prefix: e.prefix, Reason: reason, Origin: OriginImport, Created: time.UnixMilli(e.created)}
+	rule := func(i int) Rule {
+		r := Rule{Prefix: batch[i].Prefix, Reason: reason, Origin: OriginImport, Deadline: batch[i].Deadline}
 		if ttl != 0 {
-			r.Deadline = r.Created.Add(ttl)
+			r.Created = r.Deadline.Add(-ttl)
+		} else {
+			r.Created = time.UnixMilli(created[i])
 		}
 		return r
 	}
-	// Entries already blocked keep what they are, extended to the later deadline.
-	merged, err := d.mergeStored(entries, rule, now)
+	// Entries already blocked keep what they are, extended to the later deadline; the kernel's
+	// batch takes that deadline too.
+	merged, err := d.mergeStored(batch, rule, now)
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+	}
+	for i, m := range merged {
+		batch[i].Deadline = m.now.Deadline
 	}
 	at := func(i int) Rule {
 		if m, ok := merged[i]; ok {
 			return m.now
 		}
-		return rule(entries[i])
+		return rule(i)
 	}
-	if len(entries) < bulkImport {
-		rules := make([]Rule, len(entries))
-		for i := range entries {
+	if len(batch) < bulkImport {
+		rules := make([]Rule, len(batch))
+		for i := range batch {
 			rules[i] = at(i)
 		}
 		err = d.store.Update(func(tx *Tx) error {
 			if err := tx.PutRulesSorted(rules); err != nil {
 				return err
 			}
-			return d.enf.Block(ctx, toBackend(rules))
+			return d.enf.Block(ctx, batch)
 		})
 	} else {
-		err = d.bulkBlock(ctx, len(entries), at, merged)
+		err = d.bulkBlock(ctx, batch, at, merged)
 	}
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	resp.Imported = len(entries)
-	if len(entries) >= bigBatch {
-		entries = nil
+	resp.Imported = len(batch)
+	if len(batch) >= bigBatch {
+		batch, created = nil, nil
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
 	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),
@@ -377,7 +394,7 @@ type mergedRule struct{ old, now Rule }
 
 // mergeStored finds the entries (sorted) that are blocked already and not expired; each keeps
 // its stored rule, extended to the later deadline. Keyed by index into entries.
-func (d *Daemon) mergeStored(entries []importEntry, rule func(importEntry) Rule, now time.Time) (map[int]mergedRule, error) {
+func (d *Daemon) mergeStored(entries []backend.Rule, rule func(int) Rule, now time.Time) (map[int]mergedRule, error) {
 	merged := map[int]mergedRule{}
 	if d.store.Count() == 0 || len(entries) == 0 {
 		return merged, nil
@@ -387,7 +404,7 @@ func (d *Daemon) mergeStored(entries []importEntry, rule func(importEntry) Rule,
 			return
 		}
 		r := old
-		if n := rule(entries[i]); laterDeadline(n.Deadline, old.Deadline) {
+		if n := rule(i); laterDeadline(n.Deadline, old.Deadline) {
 			r.Deadline = n.Deadline
 		}
 		merged[i] = mergedRule{old: old, now: r}
@@ -396,14 +413,14 @@ func (d *Daemon) mergeStored(entries []importEntry, rule func(importEntry) Rule,
 		if d.store.Count() < len(entries) {
 			// Walk the (smaller) store and look each rule up among the entries.
 			return tx.ForEachRule(func(old Rule) error {
-				if i, ok := slices.BinarySearchFunc(entries, old.Prefix, func(e importEntry, p netip.Prefix) int { return e.prefix.Compare(p) }); ok {
+				if i, ok := slices.BinarySearchFunc(entries, old.Prefix, func(e backend.Rule, p netip.Prefix) int { return e.Prefix.Compare(p) }); ok {
 					check(i, old)
 				}
 				return nil
 			})
 		}
 		for i, e := range entries {
-			old, ok, err := tx.Rule(e.prefix)
+			old, ok, err := tx.Rule(e.Prefix)
 			if err != nil {
 				return err
 			}
@@ -416,20 +433,14 @@ func (d *Daemon) mergeStored(entries []importEntry, rule func(importEntry) Rule,
 	return merged, err
 }
 
-// bulkBlock writes n rules (sorted by prefix) to the store in chunks while the kernel takes them
-// concurrently, and swaps the store's new rules in only when the kernel has them all. On any
-// failure the kernel is put back: new entries removed, merged ones given their old deadlines.
-func (d *Daemon) bulkBlock(ctx context.Context, n int, at func(int) Rule, merged map[int]mergedRule) error {
+// bulkBlock writes the rules at(0..n-1) (sorted by prefix; n = len(kernel)) to the store in
+// chunks while the kernel takes the same rules as kernel, concurrently, and swaps the store's
+// new rules in only when the kernel has them all. On any failure the kernel is put back: new
+// entries removed, merged ones given their old deadlines.
+func (d *Daemon) bulkBlock(ctx context.Context, kernel []backend.Rule, at func(int) Rule, merged map[int]mergedRule) error {
+	n := len(kernel)
 	kerr := make(chan error, 1)
-	go func() {
-		// The kernel's batch is built here too, beside the store's work.
-		kernel := make([]backend.Rule, n)
-		for i := range kernel {
-			r := at(i)
-			kernel[i] = backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline}
-		}
-		kerr <- d.enf.Block(ctx, kernel)
-	}()
+	go func() { kerr <- d.enf.Block(ctx, kernel) }()
 	waited := false
 	err := d.store.BulkPutRules(n, at, func() error {
 		waited = true
