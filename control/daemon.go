@@ -232,12 +232,12 @@ func readSnapshot(store *Store, now time.Time) storeSnapshot {
 // snapshotTx reads the snapshot in tx; size is the number of rules expected.
 func snapshotTx(tx *Tx, now time.Time, size int) storeSnapshot {
 	s := storeSnapshot{commits: tx.commitsBefore(), live: make([]backend.Rule, 0, size)} // one allocation, not a million appends
-	s.err = tx.forEachDeadline(func(p netip.Prefix, deadline time.Time, rule func() (Rule, error)) error {
+	s.err = tx.forEachDeadline(func(p netip.Prefix, deadline time.Time, record []byte) error {
 		if deadline.IsZero() || now.Before(deadline) {
 			s.live = append(s.live, backend.Rule{Prefix: p, Deadline: deadline})
 			return nil
 		}
-		r, err := rule()
+		r, err := decodeRule(p, record)
 		s.gone = append(s.gone, r)
 		return err
 	})

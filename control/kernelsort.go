@@ -31,11 +31,12 @@ func prefixOrder(n int, prefix func(int) netip.Prefix) []int32 {
 		}
 	}
 	keys := make([]uint64, n)
+	var sorter radix.Sorter
 	pass := func(key func(i int32) uint64) {
 		for j, i := range idx {
 			keys[j] = key(i)
 		}
-		radix.Sort(keys, idx)
+		sorter.Sort(keys, idx)
 	}
 	if !same(bits) {
 		pass(func(i int32) uint64 { return uint64(bits[i]) })

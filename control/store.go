@@ -451,8 +451,10 @@ func (t *Tx) RulesWithin(a netip.Prefix, fn func(Rule) error) error {
 }
 
 // forEachDeadline walks the rules in prefix order decoding only prefix and deadline (restore
-// needs no more of a million rules); rule decodes the whole rule when wanted.
-func (t *Tx) forEachDeadline(fn func(p netip.Prefix, deadline time.Time, rule func() (Rule, error)) error) error {
+// needs no more of a million rules); decodeRule(p, record) decodes the whole rule when wanted,
+// during fn (record is only valid until fn returns). A closure per record cost a heap allocation
+// per rule.
+func (t *Tx) forEachDeadline(fn func(p netip.Prefix, deadline time.Time, record []byte) error) error {
 	return forEachRecord(t.rules, func(k, v []byte) error {
 		p, err := parsePrefixKey(k)
 		if err != nil {
@@ -461,7 +463,7 @@ func (t *Tx) forEachDeadline(fn func(p netip.Prefix, deadline time.Time, rule fu
 		if len(v) < 1 || int(v[0]) >= len(origins) {
 			return fmt.Errorf("corrupt rule %s", p)
 		}
-		return fn(p, rawDeadline(v), func() (Rule, error) { return decodeRule(p, v) })
+		return fn(p, rawDeadline(v), v)
 	})
 }
 

@@ -820,11 +820,12 @@ func keyOrder6(keys []bpf.SnareAddr6) []int32 {
 	for i, k := range keys {
 		ord[i] = binary.BigEndian.Uint64(k.Addr[8:])
 	}
-	radix.Sort(ord, idx)
+	var sorter radix.Sorter
+	sorter.Sort(ord, idx)
 	for j, i := range idx {
 		ord[j] = binary.BigEndian.Uint64(keys[i].Addr[:8])
 	}
-	radix.Sort(ord, idx)
+	sorter.Sort(ord, idx)
 	return idx
 }
 

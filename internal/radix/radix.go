@@ -19,15 +19,30 @@ func Identity(n int) []int32 {
 // It is a least-significant-byte radix sort: a byte that every key shares costs only its count,
 // and keys already in order only the check.
 func Sort(keys []uint64, idx []int32) {
+	var s Sorter
+	s.Sort(keys, idx)
+}
+
+// Sorter is Sort with its scratch space (12 bytes a key) kept for the next call: sorting by
+// several keys in turn allocates it once.
+type Sorter struct {
+	keys []uint64
+	idx  []int32
+}
+
+// Sort is the package's Sort.
+func (s *Sorter) Sort(keys []uint64, idx []int32) {
 	if len(keys) != len(idx) {
 		panic("radix.Sort: keys and idx differ in length")
 	}
 	if slices.IsSorted(keys) {
 		return
 	}
-	k2, i2 := make([]uint64, len(keys)), make([]int32, len(idx))
-	src, dst := keys, k2
-	is, id := idx, i2
+	if cap(s.keys) < len(keys) {
+		s.keys, s.idx = make([]uint64, len(keys)), make([]int32, len(keys))
+	}
+	src, dst := keys, s.keys[:len(keys)]
+	is, id := idx, s.idx[:len(idx)]
 	for shift := 0; shift < 64; shift += 8 {
 		var count [256]int
 		for _, k := range src {

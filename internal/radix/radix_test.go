@@ -61,3 +61,29 @@ func BenchmarkSortMillion(b *testing.B) {
 		Sort(slices.Clone(keys), Identity(len(keys)))
 	}
 }
+
+// TestSorterReuse sorts by two keys in turn with one Sorter, smaller batches after bigger ones,
+// and checks the order by both keys.
+func TestSorterReuse(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	var s Sorter
+	for _, n := range []int{1000, 10, 500} {
+		lo, hi := make([]uint64, n), make([]uint64, n)
+		for i := range n {
+			lo[i], hi[i] = rng.Uint64N(50), rng.Uint64N(5)
+		}
+		idx := Identity(n)
+		keys := slices.Clone(lo)
+		s.Sort(keys, idx)
+		for j, i := range idx {
+			keys[j] = hi[i]
+		}
+		s.Sort(keys, idx)
+		for j := 1; j < n; j++ {
+			a, b := idx[j-1], idx[j]
+			if hi[a] > hi[b] || hi[a] == hi[b] && (lo[a] > lo[b] || lo[a] == lo[b] && a > b) {
+				t.Fatalf("n=%d: %d (%d,%d) before %d (%d,%d)", n, a, hi[a], lo[a], b, hi[b], lo[b])
+			}
+		}
+	}
+}
