@@ -133,8 +133,9 @@ func addrFromBE32(k uint32) netip.Addr {
 	return netip.AddrFrom4(b)
 }
 
-// sorted holds rules split by the map they belong in.
-type sorted struct {
+// byMap holds entries split by the map they belong in: a batch being written, or the maps as
+// read (in the kernel's order).
+type byMap struct {
 	k4 []uint32
 	v4 []bpf.SnareBlockVal
 	k6 []bpf.SnareAddr6
@@ -150,13 +151,13 @@ type sorted struct {
 // in page faults (about 2 ms per MB on a VM) than the sort itself.
 const window = 16 * batchSize
 
-func (s *sorted) reset() {
+func (s *byMap) reset() {
 	s.k4, s.v4, s.k6, s.v6 = s.k4[:0], s.v4[:0], s.k6[:0], s.v6[:0]
 	s.c4, s.w4, s.c6, s.w6 = s.c4[:0], s.w4[:0], s.c6[:0], s.w6[:0]
 }
 
 // add puts one rule (normalized) into the slices of its map.
-func (s *sorted) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits int) {
+func (s *byMap) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits int) {
 	switch place(p, v6bits) {
 	case inBlock4:
 		s.k4 = append(s.k4, be32(p.Addr()))
@@ -190,13 +191,13 @@ func checkRules(rules []backend.Rule) error {
 
 // inWindows checks rules, then calls fn with them sorted by map, a window at a time; big
 // batches are split across CPUs (fn runs concurrently then, on windows of its own).
-func inWindows(rules []backend.Rule, v6bits int, fn func(s *sorted) error) error {
+func inWindows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error {
 	if err := checkRules(rules); err != nil {
 		return err
 	}
 	c := now()
 	return parallelChunks(len(rules), func(i, j int) error {
-		var s sorted
+		var s byMap
 		for ; i < j; i += window {
 			s.reset()
 			for _, r := range rules[i:min(i+window, j)] {
@@ -282,7 +283,7 @@ func (x *XDP) blockLocked(rules []backend.Rule, v6bits int) error {
 	// bounds it further per map): the windows of a big load are fresh entries.
 	small := len(rules) <= window
 	var cidrs atomic.Bool
-	err := inWindows(rules, v6bits, func(s *sorted) error {
+	err := inWindows(rules, v6bits, func(s *byMap) error {
 		if small {
 			keepCounters(x.objs.Block4, s.k4, s.v4)
 			keepCounters(x.objs.Block6, s.k6, s.v6)
@@ -412,7 +413,7 @@ func (x *XDP) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 		return err
 	}
 	var cidrs atomic.Bool
-	err = inWindows(rules, maskBits(cfg.V6Mask), func(s *sorted) error {
+	err = inWindows(rules, maskBits(cfg.V6Mask), func(s *byMap) error {
 		if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
 			return err
 		}
@@ -491,23 +492,13 @@ func readAllSized[K any](m *ebpf.Map, hint int) ([]K, []bpf.SnareBlockVal, error
 // buffer and only the entries the program inserted itself become RuleStates, so a restart over
 // a million pinned entries allocates next to nothing here.
 func (x *XDP) TrapRules(ctx context.Context) ([]backend.RuleState, error) {
-	x.mu.Lock()
-	cfg, err := x.settings()
-	x.mu.Unlock()
+	v6bits, err := x.blockV6Bits()
 	if err != nil {
 		return nil, err
 	}
-	v6bits := maskBits(cfg.V6Mask)
 	var out []backend.RuleState
 	c := now()
-	add := func(p netip.Prefix, v bpf.SnareBlockVal) {
-		out = append(out, backend.RuleState{
-			Rule:     backend.Rule{Prefix: p, Deadline: deadlineWall(c, v.Deadline)},
-			Hits:     v.Hits,
-			LastHit:  c.toWall(v.LastHit),
-			FromTrap: true,
-		})
-	}
+	add := func(p netip.Prefix, v bpf.SnareBlockVal) { out = append(out, ruleState(c, p, v)) }
 	// The trap only ever inserts into the exact-address maps.
 	err = scanTrapped(x.objs.Block4, func(k uint32, v bpf.SnareBlockVal) {
 		add(netip.PrefixFrom(addrFromBE32(k), 32), v)
@@ -542,26 +533,35 @@ func scanTrapped[K any](m *ebpf.Map, fn func(K, bpf.SnareBlockVal)) error {
 	}
 }
 
+// blockV6Bits is the length IPv6 sources are blocked at, as the settings map holds it.
+func (x *XDP) blockV6Bits() (int, error) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	cfg, err := x.settings()
+	if err != nil {
+		return 0, err
+	}
+	return maskBits(cfg.V6Mask), nil
+}
+
+// ruleState is one map entry as the Enforcer reports it, deadlines on the wall clock.
+func ruleState(c clock, p netip.Prefix, v bpf.SnareBlockVal) backend.RuleState {
+	return backend.RuleState{
+		Rule:     backend.Rule{Prefix: p, Deadline: deadlineWall(c, v.Deadline)},
+		Hits:     v.Hits,
+		LastHit:  c.toWall(v.LastHit),
+		FromTrap: v.Flags&flagFromTrap != 0,
+	}
+}
+
 // flagFromTrap marks an entry the program inserted at a trap (BLOCK_F_TRAP in snare.h).
 const flagFromTrap = 1
-
-// rawMaps is every block map as read: keys and values in the kernel's order.
-type rawMaps struct {
-	k4 []uint32
-	v4 []bpf.SnareBlockVal
-	k6 []bpf.SnareAddr6
-	v6 []bpf.SnareBlockVal
-	c4 []bpf.SnareLpm4Key
-	w4 []bpf.SnareBlockVal
-	c6 []bpf.SnareLpm6Key
-	w6 []bpf.SnareBlockVal
-}
 
 // readMaps reads the four block maps, the two big ones side by side: a batch lookup walks every
 // bucket of a map sized for the whole capacity, however few entries it holds. hint4 and hint6
 // are the entries expected in the exact-address maps (0: unknown).
-func (x *XDP) readMaps(hint4, hint6 int) (rawMaps, error) {
-	var r rawMaps
+func (x *XDP) readMaps(hint4, hint6 int) (byMap, error) {
+	var r byMap
 	var g errgroup.Group
 	g.Go(func() (err error) {
 		r.k6, r.v6, err = readAllSized[bpf.SnareAddr6](x.objs.Block6, hint6)
@@ -576,17 +576,14 @@ func (x *XDP) readMaps(hint4, hint6 int) (rawMaps, error) {
 	return r, errors.Join(err, g.Wait())
 }
 
-func (r *rawMaps) len() int { return len(r.k4) + len(r.k6) + len(r.c4) + len(r.c6) }
+func (r *byMap) len() int { return len(r.k4) + len(r.k6) + len(r.c4) + len(r.c6) }
 
 // Rules implements backend.Enforcer.
 func (x *XDP) Rules(ctx context.Context) ([]backend.RuleState, error) {
-	x.mu.Lock()
-	cfg, err := x.settings()
-	x.mu.Unlock()
+	v6bits, err := x.blockV6Bits()
 	if err != nil {
 		return nil, err
 	}
-	v6bits := maskBits(cfg.V6Mask)
 	r, err := x.readMaps(0, 0)
 	if err != nil {
 		return nil, err
@@ -595,14 +592,7 @@ func (x *XDP) Rules(ctx context.Context) ([]backend.RuleState, error) {
 	// would copy under write barriers again and again.
 	out := make([]backend.RuleState, 0, r.len())
 	c := now()
-	add := func(p netip.Prefix, v bpf.SnareBlockVal) {
-		out = append(out, backend.RuleState{
-			Rule:     backend.Rule{Prefix: p, Deadline: deadlineWall(c, v.Deadline)},
-			Hits:     v.Hits,
-			LastHit:  c.toWall(v.LastHit),
-			FromTrap: v.Flags&flagFromTrap != 0,
-		})
-	}
+	add := func(p netip.Prefix, v bpf.SnareBlockVal) { out = append(out, ruleState(c, p, v)) }
 	for i, k := range r.k4 {
 		add(netip.PrefixFrom(addrFromBE32(k), 32), r.v4[i])
 	}
@@ -663,14 +653,14 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
 	}
 	if have.len() == 0 {
 		// Empty maps (a start after a reboot): nothing to compare, one batch load.
-		have, want = rawMaps{}, wanted{}
+		have, want = byMap{}, wanted{}
 		return len(rules), x.blockLocked(rules, v6bits)
 	}
 	d4 := diffMap(cmpKey4, have.k4, have.v4, keyOrder4(have.k4), want.k4, want.d4, keyOrder4(want.k4))
 	d6 := diffMap(cmpKey6, have.k6, have.v6, keyOrder6(have.k6), want.k6, want.d6, keyOrder6(want.k6))
 	e4 := diffMap(cmpLpm4, have.c4, have.w4, keyOrder(have.c4, cmpLpm4), want.c4, want.e4, keyOrder(want.c4, cmpLpm4))
 	e6 := diffMap(cmpLpm6, have.c6, have.w6, keyOrder(have.c6, cmpLpm6), want.c6, want.e6, keyOrder(want.c6, cmpLpm6))
-	have, want = rawMaps{}, wanted{}
+	have, want = byMap{}, wanted{}
 
 	err = errors.Join(
 		parallelChunks(len(d4.del), func(i, j int) error { return deleteBatch(x.objs.Block4, d4.del[i:j]) }),
