@@ -175,26 +175,33 @@ func (s *byMap) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits int) {
 }
 
 // checkRules refuses a batch with an invalid prefix or one that covers every address, before
-// anything of it is written.
-func checkRules(rules []backend.Rule) error {
+// anything of it is written, and counts the rules each map would take (by placement).
+func checkRules(rules []backend.Rule, v6bits int) (counts [4]int, err error) {
 	for _, r := range rules {
 		p, err := normalize(r.Prefix)
 		if err != nil {
-			return err
+			return counts, err
 		}
 		if p.Bits() == 0 {
-			return fmt.Errorf("refusing to block %s: it covers every address", p)
+			return counts, fmt.Errorf("refusing to block %s: it covers every address", p)
 		}
+		counts[place(p, v6bits)]++
 	}
-	return nil
+	return counts, nil
 }
 
-// inWindows checks rules, then calls fn with them sorted by map, a window at a time; big
-// batches are split across CPUs (fn runs concurrently then, on windows of its own).
+// inWindows checks rules, then calls fn with them split by map, a window at a time (see
+// windows).
 func inWindows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error {
-	if err := checkRules(rules); err != nil {
+	if _, err := checkRules(rules, v6bits); err != nil {
 		return err
 	}
+	return windows(rules, v6bits, fn)
+}
+
+// windows calls fn with checked rules split by map, a window at a time; big batches are split
+// across CPUs (fn runs concurrently then, on windows of its own).
+func windows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error {
 	c := now()
 	return parallelChunks(len(rules), func(i, j int) error {
 		var s byMap
@@ -274,16 +281,20 @@ func (x *XDP) Block(ctx context.Context, rules []backend.Rule) error {
 	if err != nil {
 		return err
 	}
-	return x.blockLocked(rules, maskBits(cfg.V6Mask))
+	v6bits := maskBits(cfg.V6Mask)
+	if _, err := checkRules(rules, v6bits); err != nil {
+		return err
+	}
+	return x.blockLocked(rules, v6bits)
 }
 
-// blockLocked is Block with x.mu held.
+// blockLocked is Block of checked rules with x.mu held.
 func (x *XDP) blockLocked(rules []backend.Rule, v6bits int) error {
 	// Counters are carried over only when the whole batch is one window (keepCounters
 	// bounds it further per map): the windows of a big load are fresh entries.
 	small := len(rules) <= window
 	var cidrs atomic.Bool
-	err := inWindows(rules, v6bits, func(s *byMap) error {
+	err := windows(rules, v6bits, func(s *byMap) error {
 		if small {
 			keepCounters(x.objs.Block4, s.k4, s.v4)
 			keepCounters(x.objs.Block6, s.k6, s.v6)
@@ -636,9 +647,6 @@ func sameDeadline(have, want uint64) bool {
 // deadline are left alone; rewritten ones keep their hit counters. It returns how many entries
 // were (re)inserted.
 func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
-	if err := checkRules(rules); err != nil {
-		return 0, err
-	}
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	cfg, err := x.settings()
@@ -646,16 +654,19 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
 		return 0, err
 	}
 	v6bits := maskBits(cfg.V6Mask)
-	want := wantedKeys(rules, v6bits)
-	have, err := x.readMaps(len(want.k4), len(want.k6))
+	counts, err := checkRules(rules, v6bits)
+	if err != nil {
+		return 0, err
+	}
+	have, err := x.readMaps(counts[inBlock4], counts[inBlock6])
 	if err != nil {
 		return 0, err
 	}
 	if have.len() == 0 {
 		// Empty maps (a start after a reboot): nothing to compare, one batch load.
-		have, want = byMap{}, wanted{}
 		return len(rules), x.blockLocked(rules, v6bits)
 	}
+	want := wantedKeys(rules, v6bits, counts)
 	d4 := diffMap(cmpKey4, have.k4, have.v4, keyOrder4(have.k4), want.k4, want.d4, keyOrder4(want.k4))
 	d6 := diffMap(cmpKey6, have.k6, have.v6, keyOrder6(have.k6), want.k6, want.d6, keyOrder6(want.k6))
 	e4 := diffMap(cmpLpm4, have.c4, have.w4, keyOrder(have.c4, cmpLpm4), want.c4, want.e4, keyOrder(want.c4, cmpLpm4))
@@ -693,13 +704,9 @@ type wanted struct {
 	e6 []uint64
 }
 
-// wantedKeys splits checked rules by map; each slice is allocated at its final size.
-func wantedKeys(rules []backend.Rule, v6bits int) wanted {
-	var n [4]int
-	for _, r := range rules {
-		p, _ := normalize(r.Prefix)
-		n[place(p, v6bits)]++
-	}
+// wantedKeys splits checked rules by map; each slice is allocated at its final size, n (the
+// counts checkRules returned).
+func wantedKeys(rules []backend.Rule, v6bits int, n [4]int) wanted {
 	w := wanted{
 		k4: make([]uint32, 0, n[inBlock4]), d4: make([]uint64, 0, n[inBlock4]),
 		k6: make([]bpf.SnareAddr6, 0, n[inBlock6]), d6: make([]uint64, 0, n[inBlock6]),
