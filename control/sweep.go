@@ -267,7 +267,10 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 	var batch []backend.Rule
 	var created []int64 // unix ms per rule, kept only for permanent imports (no deadline to derive it from)
 	if size > 0 {
-		batch = make([]backend.Rule, 0, min(size/16+1, 1<<22))
+		// A line is at least 8 bytes ("a.b.c.d\n"): room for that many never has to grow, which
+		// for a million rules copied 50 MB and faulted in 60 more. What is not filled is never
+		// touched, so it costs no memory.
+		batch = make([]backend.Rule, 0, min(size/8+1, 1<<22))
 	}
 	var refused []LineError
 	nowMs := now.UnixMilli()
