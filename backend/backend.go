@@ -110,14 +110,12 @@ type Enforcer interface {
 	Block(ctx context.Context, rules []Rule) error
 	// Unblock removes rules; prefixes that are not present are ignored.
 	Unblock(ctx context.Context, prefixes []netip.Prefix) error
-	// Replace makes the kernel state equal to rules exactly (used on start and to repair
-	// evictions or a flushed firewall). It returns how many rules had to be (re)inserted.
-	Replace(ctx context.Context, rules []Rule) (int, error)
+	// Replace makes the kernel state equal to rules (used on start), with one exception: trap
+	// blocks the kernel made itself (FromTrap, not expired) that rules lack stay in place and
+	// are returned, for the caller to adopt. It returns how many rules had to be (re)inserted.
+	Replace(ctx context.Context, rules []Rule) (inserted int, trapped []RuleState, err error)
 	// Rules reads every rule currently enforced, with hit counters.
 	Rules(ctx context.Context) ([]RuleState, error)
-	// TrapRules reads only the rules the kernel made itself at a trap (FromTrap): the ones a
-	// starting daemon adopts, found without turning every enforced rule into a RuleState.
-	TrapRules(ctx context.Context) ([]RuleState, error)
 	// SetAllow replaces the allowlist: sources inside it always pass and are never trap-blocked.
 	SetAllow(ctx context.Context, prefixes []netip.Prefix) error
 	// SetTrap configures trap detection; ports lists may be empty (detection off).

@@ -267,72 +267,51 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error 
 		return err
 	}
 
-	// Only the kernel's own trap blocks are read here, for adoption; Replace below compares the
-	// rest with the store inside the back-end, without a Go value per entry.
-	trapped, err := d.enf.TrapRules(ctx)
-	if err != nil {
-		return fmt.Errorf("read trap blocks: %w", err)
-	}
 	snap, received = <-snapc, true
-	var adopt []Rule
 	var expired []Rule
 	var live []backend.Rule
-	err = d.store.Update(func(tx *Tx) error {
-		for _, k := range trapped {
-			if !k.Deadline.IsZero() && !k.Deadline.After(now) {
-				continue
-			}
-			if _, ok, err := tx.Rule(k.Prefix); err != nil || ok {
-				continue
-			}
-			// A trap block the kernel made while no daemon ran (or whose event was suppressed):
-			// recorded like any trap block; Replace below writes its escalated deadline back.
-			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
-			if err != nil {
-				return err
-			}
-			adopt = append(adopt, r)
-		}
-		if len(adopt) > 0 || snap.err != nil || snap.commits != tx.commitsBefore() {
-			// The store changed since the snapshot (adoption, or the allowlist refresh above
-			// dropped blocks it now covers), or the read failed: read it again, here. An
-			// entry that expired between the snapshot and now is harmless either way: the
-			// kernel passes it at its deadline and the first sweep removes it.
-			snap = snapshotTx(tx, now, d.store.Count()+len(adopt))
+	err := d.store.Update(func(tx *Tx) error {
+		if snap.err != nil || snap.commits != tx.commitsBefore() {
+			// The store changed since the snapshot (the allowlist refresh above dropped blocks
+			// it now covers), or the read failed: read it again, here. An entry that expired
+			// between the snapshot and now is harmless either way: the kernel passes it at its
+			// deadline and the first sweep removes it.
+			snap = snapshotTx(tx, now, d.store.Count())
 			if snap.err != nil {
 				return snap.err
 			}
 		}
 		live = snap.live
-		gone := snap.gone
-		for _, r := range gone {
+		for _, r := range snap.gone {
 			if _, err := tx.DeleteRule(r.Prefix); err != nil {
 				return err
 			}
 		}
-		expired = gone
+		expired = snap.gone
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("restore from store: %w", err)
 	}
-	n, err := d.enf.Replace(ctx, live)
+	// The back-end compares the store's rules with what it holds without a Go value per entry,
+	// and leaves the trap blocks the kernel made while no daemon ran (or whose event was
+	// suppressed) in place: they are adopted like any trap block.
+	n, trapped, err := d.enf.Replace(ctx, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
 	}
-	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopt), "expired", len(expired), "backend", d.enf.Name())
+	adopted, err := d.adoptLocked(ctx, cfg, trapped, now)
+	if err != nil {
+		return fmt.Errorf("restore: %w", err)
+	}
+	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopted), "expired", len(expired), "backend", d.enf.Name())
 
 	var evs []Event
 	evs = append(evs, Event{Time: now, Event: EventStart, Source: "daemon",
-		Detail: fmt.Sprintf("snared %s, %s back-end, %d blocks restored (%d reinserted), %d adopted, %d expired", d.version, d.enf.Name(), len(live), n, len(adopt), len(expired))})
-	for _, r := range adopt {
-		evs = append(evs, blockEvent(r, OriginTrap, now))
-	}
+		Detail: fmt.Sprintf("snared %s, %s back-end, %d blocks restored (%d reinserted), %d adopted, %d expired", d.version, d.enf.Name(), len(live), n, len(adopted), len(expired))})
+	evs = append(evs, adoptEvents(adopted, now)...)
 	evs = append(evs, expireEvents(expired, now)...)
 	d.logEvents(evs...)
-	if len(adopt) > 0 {
-		d.rec.Blocked(OriginTrap, len(adopt))
-	}
 	if len(expired) > 0 {
 		d.rec.Expired(len(expired))
 	}

@@ -50,11 +50,24 @@ func (f *fakeEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
 	}
 	return nil
 }
-func (f *fakeEnforcer) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
+
+// Replace keeps the unexpired trap blocks rules lack and returns them, as the back-ends do.
+func (f *fakeEnforcer) Replace(ctx context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
+	want := map[netip.Prefix]bool{}
+	for _, r := range rules {
+		want[r.Prefix] = true
+	}
 	f.mu.Lock()
-	f.rules = map[netip.Prefix]backend.RuleState{}
+	var trapped []backend.RuleState
+	for p, r := range f.rules {
+		if !want[p] && r.FromTrap && (r.Deadline.IsZero() || r.Deadline.After(time.Now())) {
+			trapped = append(trapped, r)
+		} else {
+			delete(f.rules, p)
+		}
+	}
 	f.mu.Unlock()
-	return len(rules), f.Block(ctx, rules)
+	return len(rules), trapped, f.Block(ctx, rules)
 }
 func (f *fakeEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	f.mu.Lock()
@@ -62,17 +75,6 @@ func (f *fakeEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	var out []backend.RuleState
 	for _, r := range f.rules {
 		out = append(out, r)
-	}
-	return out, nil
-}
-func (f *fakeEnforcer) TrapRules(context.Context) ([]backend.RuleState, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []backend.RuleState
-	for _, r := range f.rules {
-		if r.FromTrap {
-			out = append(out, r)
-		}
 	}
 	return out, nil
 }
@@ -477,4 +479,65 @@ func heldPrefixes(t *testing.T, f *fakeEnforcer) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// A start adopts the trap blocks the kernel made while no daemon ran: recorded in the store as
+// trap blocks and left in the kernel with their deadline from the store; an expired trap block
+// and an entry nobody knows are removed.
+func TestOpenAdoptsTrapBlocks(t *testing.T) {
+	cfg, err := LoadConfig(LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.StateDir = t.TempDir()
+	f := newFake()
+	open := func() *Daemon {
+		d, err := Open(context.Background(), Options{Config: cfg, Enforcer: f,
+			ImplicitAllow: func() (Allowlist, error) { return nil, nil },
+			Listening:     func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	d := open()
+	if _, err := d.Block(context.Background(), []string{"198.19.0.1"}, "1h", "by hand"); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+
+	P := netip.MustParsePrefix
+	now := time.Now()
+	f.mu.Lock()
+	f.rules[P("198.19.0.9/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.9/32"), Deadline: now.Add(time.Hour)}, FromTrap: true}
+	f.rules[P("198.19.0.8/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.8/32"), Deadline: now.Add(-time.Minute)}, FromTrap: true}
+	f.rules[P("198.19.0.7/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.7/32"), Deadline: now.Add(time.Hour)}}
+	f.mu.Unlock()
+
+	d = open()
+	defer d.Close()
+	es, err := d.Entries(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[string]Entry{}
+	for _, e := range es {
+		stored[e.Prefix] = e
+	}
+	if len(stored) != 2 || stored["198.19.0.1/32"].Reason != "by hand" {
+		t.Fatalf("store after start: %+v, want the manual block and the adopted trap block", es)
+	}
+	adopted := stored["198.19.0.9/32"]
+	if adopted.Origin != OriginTrap || adopted.Reason != adoptReason || adopted.Expires.IsZero() {
+		t.Fatalf("adopted trap block %+v: want origin trap, reason %q, a deadline", adopted, adoptReason)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if gap := f.rules[P("198.19.0.9/32")].Deadline.Sub(adopted.Expires); len(f.rules) != 2 || gap < -time.Millisecond || gap > time.Millisecond {
+		t.Fatalf("kernel after start: %v; want 198.19.0.1 and 198.19.0.9 expiring %v", f.rules, adopted.Expires)
+	}
+	if _, ok := f.rules[P("198.19.0.1/32")]; !ok {
+		t.Fatalf("kernel after start lost the manual block: %v", f.rules)
+	}
 }

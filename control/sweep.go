@@ -188,36 +188,53 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 		}
 		d.logEvents(evs...)
 	}
-	if len(adopt) > 0 {
-		var rules []Rule
-		err := d.store.Update(func(tx *Tx) error {
-			for _, k := range adopt {
-				r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
-				if err != nil {
-					return err
-				}
-				rules = append(rules, r)
-			}
-			// The escalated deadline goes back to the kernel.
-			return d.enf.Block(ctx, toBackend(rules))
-		})
-		if err != nil {
-			return fmt.Errorf("reconcile: adopt %d trap blocks: %w", len(adopt), err)
-		}
-		res.Adopted = len(rules)
-		var evs []Event
-		for j, r := range rules {
-			if j == maxExpireEvents {
-				evs = append(evs, Event{Time: now, Event: EventBlock, Source: OriginTrap,
-					Detail: fmt.Sprintf("and %d more trap blocks adopted from the kernel", len(rules)-j)})
-				break
-			}
-			evs = append(evs, blockEvent(r, OriginTrap, now))
-		}
-		d.logEvents(evs...)
-		d.rec.Blocked(OriginTrap, len(rules))
+	rules, err := d.adoptLocked(ctx, cfg, adopt, now)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
 	}
+	res.Adopted = len(rules)
+	d.logEvents(adoptEvents(rules, now)...)
 	return nil
+}
+
+// adoptLocked records trap blocks the kernel made without their event reaching the daemon (it
+// was down, or the event was suppressed) like any trap block, writes their escalated deadlines
+// back to the kernel and counts them.
+func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend.RuleState, now time.Time) ([]Rule, error) {
+	if len(trapped) == 0 {
+		return nil, nil
+	}
+	var rules []Rule
+	err := d.store.Update(func(tx *Tx) error {
+		for _, k := range trapped {
+			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
+			if err != nil {
+				return err
+			}
+			rules = append(rules, r)
+		}
+		// The escalated deadline goes back to the kernel.
+		return d.enf.Block(ctx, toBackend(rules))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("adopt %d trap blocks: %w", len(trapped), err)
+	}
+	d.rec.Blocked(OriginTrap, len(rules))
+	return rules, nil
+}
+
+// adoptEvents are the event log's lines for adopted trap blocks (the first maxExpireEvents).
+func adoptEvents(rules []Rule, now time.Time) []Event {
+	var evs []Event
+	for j, r := range rules {
+		if j == maxExpireEvents {
+			evs = append(evs, Event{Time: now, Event: EventBlock, Source: OriginTrap,
+				Detail: fmt.Sprintf("and %d more trap blocks adopted from the kernel", len(rules)-j)})
+			break
+		}
+		evs = append(evs, blockEvent(r, OriginTrap, now))
+	}
+	return evs
 }
 
 // adoptReason is the reason of a trap block found in the kernel without its event.

@@ -41,11 +41,11 @@ func BenchmarkReplace1M(b *testing.B) {
 	ctx := context.Background()
 	b.ResetTimer()
 	for range b.N {
-		if _, err := e.Replace(ctx, nil); err != nil {
+		if _, _, err := e.Replace(ctx, nil); err != nil {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		got, err := e.Replace(ctx, rules)
+		got, _, err := e.Replace(ctx, rules)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -64,7 +64,7 @@ func BenchmarkReplace1M(b *testing.B) {
 
 	// A restart's reconciliation: everything already in place.
 	start = time.Now()
-	if got, err := e.Replace(ctx, rules); err != nil || got != 0 {
+	if got, _, err := e.Replace(ctx, rules); err != nil || got != 0 {
 		b.Fatalf("reconcile: %d, %v", got, err)
 	}
 	b.ReportMetric(time.Since(start).Seconds(), "s/reconcile")

@@ -71,12 +71,12 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	// Replace: exactly the given rules; unchanged ones are not re-inserted.
-	n, err := e.Replace(ctx, []backend.Rule{
+	n, trapped, err := e.Replace(ctx, []backend.Rule{
 		{Prefix: mustPrefix("198.18.10.0/24"), Deadline: long},
 		{Prefix: mustPrefix("198.18.11.1/32"), Deadline: in1h},
 	})
-	if err != nil {
-		t.Fatalf("Replace: %v", err)
+	if err != nil || len(trapped) > 0 {
+		t.Fatalf("Replace: %v; trap blocks kept: %v (there are none)", err, trapped)
 	}
 	if n != 1 {
 		t.Errorf("Replace inserted %d, want 1 (the unchanged /24 stays)", n)
@@ -119,7 +119,7 @@ func TestBadInput(t *testing.T) {
 		if err := e.Block(ctx, bad); err == nil {
 			t.Errorf("Block(%v) succeeded", bad)
 		}
-		if _, err := e.Replace(ctx, bad); err == nil {
+		if _, _, err := e.Replace(ctx, bad); err == nil {
 			t.Errorf("Replace(%v) succeeded", bad)
 		}
 	}

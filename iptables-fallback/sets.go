@@ -307,22 +307,6 @@ func (e *Enforcer) Rules(ctx context.Context) ([]backend.RuleState, error) {
 	return out, err
 }
 
-// TrapRules implements backend.Enforcer. Trap blocks are told apart by their comments and marks,
-// so the block sets are listed in full and filtered.
-func (e *Enforcer) TrapRules(ctx context.Context) ([]backend.RuleState, error) {
-	all, _, err := e.rules()
-	if err != nil {
-		return nil, err
-	}
-	var out []backend.RuleState
-	for _, r := range all {
-		if r.FromTrap {
-			out = append(out, r)
-		}
-	}
-	return out, nil
-}
-
 // rules is Rules plus how long the listing took: ipset computes each entry's time left when
 // it sends it, so deadlines read late in a long dump come out up to that much early.
 func (e *Enforcer) rules() ([]backend.RuleState, time.Duration, error) {
@@ -414,26 +398,27 @@ func withinSlack(have, want time.Time, slack time.Duration) bool {
 	return d > -2*time.Second-slack && d < 2*time.Second
 }
 
-// Replace implements backend.Enforcer: the sets end up holding exactly rules. Entries already
-// present with the same deadline keep their counters; it returns how many were (re)inserted.
-// It also repairs the chains, since it is what the daemon calls to reconcile.
-func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
+// Replace implements backend.Enforcer: the sets end up holding rules, and the unexpired trap
+// blocks rules lack, which are returned for adoption. Entries already present with the same
+// deadline keep their counters; it returns how many were (re)inserted. It also repairs the
+// chains, since it is what the daemon calls to reconcile.
+func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
 	if _, err := e.Repair(ctx); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	have, slack, err := e.rules()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	want := make(map[netip.Prefix]time.Time, min(len(rules), len(have)))
 	norm := make([]backend.Rule, 0, len(rules))
 	for _, r := range rules {
 		p, err := normalizePrefix(r.Prefix)
 		if err != nil {
-			return 0, fmt.Errorf("replace %s: %w", r.Prefix, err)
+			return 0, nil, fmt.Errorf("replace %s: %w", r.Prefix, err)
 		}
 		if p.Bits() == 0 {
-			return 0, fmt.Errorf("refusing to block %s: it covers every address", p)
+			return 0, nil, fmt.Errorf("refusing to block %s: it covers every address", p)
 		}
 		if len(have) > 0 {
 			want[p] = r.Deadline
@@ -441,11 +426,17 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 		norm = append(norm, backend.Rule{Prefix: p, Deadline: r.Deadline})
 	}
 	var stale []netip.Prefix
+	var trapped []backend.RuleState
+	now := time.Now()
 	present := make(map[netip.Prefix]bool, len(have))
 	for _, h := range have {
 		d, ok := want[h.Prefix]
 		if !ok {
-			stale = append(stale, h.Prefix)
+			if h.FromTrap && (h.Deadline.IsZero() || h.Deadline.After(now)) {
+				trapped = append(trapped, h)
+			} else {
+				stale = append(stale, h.Prefix)
+			}
 			continue
 		}
 		if withinSlack(h.Deadline, d, slack) {
@@ -462,12 +453,12 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, erro
 		}
 	}
 	if err := e.Unblock(ctx, stale); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := e.Block(ctx, missing); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
-	return len(missing), nil
+	return len(missing), trapped, nil
 }
 
 // SetAllow implements backend.Enforcer: it rewrites both allowlist sets; the trap reader checks

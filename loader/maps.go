@@ -499,51 +499,6 @@ func readAllSized[K any](m *ebpf.Map, hint int) ([]K, []bpf.SnareBlockVal, error
 	}
 }
 
-// TrapRules implements backend.Enforcer: the maps are read a batch at a time into one small
-// buffer and only the entries the program inserted itself become RuleStates, so a restart over
-// a million pinned entries allocates next to nothing here.
-func (x *XDP) TrapRules(ctx context.Context) ([]backend.RuleState, error) {
-	v6bits, err := x.blockV6Bits()
-	if err != nil {
-		return nil, err
-	}
-	var out []backend.RuleState
-	c := now()
-	add := func(p netip.Prefix, v bpf.SnareBlockVal) { out = append(out, ruleState(c, p, v)) }
-	// The trap only ever inserts into the exact-address maps.
-	err = scanTrapped(x.objs.Block4, func(k uint32, v bpf.SnareBlockVal) {
-		add(netip.PrefixFrom(addrFromBE32(k), 32), v)
-	})
-	if err != nil {
-		return nil, err
-	}
-	err = scanTrapped(x.objs.Block6, func(k bpf.SnareAddr6, v bpf.SnareBlockVal) {
-		add(netip.PrefixFrom(netip.AddrFrom16(k.Addr), v6bits), v)
-	})
-	return out, err
-}
-
-// scanTrapped calls fn for each entry of a hash map marked as a trap block, reading the map a
-// batch at a time into one reused buffer.
-func scanTrapped[K any](m *ebpf.Map, fn func(K, bpf.SnareBlockVal)) error {
-	keys, vals := make([]K, batchSize), make([]bpf.SnareBlockVal, batchSize)
-	var cursor ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&cursor, keys, vals, nil)
-		for i := range n {
-			if vals[i].Flags&flagFromTrap != 0 {
-				fn(keys[i], vals[i])
-			}
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("batch lookup %s: %w", m, err)
-		}
-	}
-}
-
 // blockV6Bits is the length IPv6 sources are blocked at, as the settings map holds it.
 func (x *XDP) blockV6Bits() (int, error) {
 	x.mu.Lock()
@@ -641,37 +596,50 @@ func sameDeadline(have, want uint64) bool {
 	return d > -int64(2*time.Millisecond) && d < int64(2*time.Millisecond)
 }
 
-// Replace implements backend.Enforcer: the kernel ends up holding exactly rules. The maps' raw
+// Replace implements backend.Enforcer: the kernel ends up holding rules, and the trap blocks the
+// program made itself that rules lack (unexpired), which are returned for adoption. The maps' raw
 // keys are compared with the wanted ones, both in key order, so a restart over a million pinned
 // entries builds no Go value per entry beyond an index. Entries already present with the same
 // deadline are left alone; rewritten ones keep their hit counters. It returns how many entries
 // were (re)inserted.
-func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
+func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	cfg, err := x.settings()
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	v6bits := maskBits(cfg.V6Mask)
 	counts, err := checkRules(rules, v6bits)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	have, err := x.readMaps(counts[inBlock4], counts[inBlock6])
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if have.len() == 0 {
 		// Empty maps (a start after a reboot): nothing to compare, one batch load.
-		return len(rules), x.blockLocked(rules, v6bits)
+		return len(rules), nil, x.blockLocked(rules, v6bits)
+	}
+	c := now()
+	trapBlock := func(v bpf.SnareBlockVal) bool {
+		return v.Flags&flagFromTrap != 0 && (v.Deadline == permanent || v.Deadline > c.mono)
 	}
 	want := wantedKeys(rules, v6bits, counts)
-	d4 := diffMap(cmpKey4, have.k4, have.v4, keyOrder4(have.k4), want.k4, want.d4, keyOrder4(want.k4))
-	d6 := diffMap(cmpKey6, have.k6, have.v6, keyOrder6(have.k6), want.k6, want.d6, keyOrder6(want.k6))
-	e4 := diffMap(cmpLpm4, have.c4, have.w4, keyOrder(have.c4, cmpLpm4), want.c4, want.e4, keyOrder(want.c4, cmpLpm4))
-	e6 := diffMap(cmpLpm6, have.c6, have.w6, keyOrder(have.c6, cmpLpm6), want.c6, want.e6, keyOrder(want.c6, cmpLpm6))
+	d4 := diffMap(cmpKey4, have.k4, have.v4, keyOrder4(have.k4), want.k4, want.d4, keyOrder4(want.k4), trapBlock)
+	d6 := diffMap(cmpKey6, have.k6, have.v6, keyOrder6(have.k6), want.k6, want.d6, keyOrder6(want.k6), trapBlock)
+	e4 := diffMap(cmpLpm4, have.c4, have.w4, keyOrder(have.c4, cmpLpm4), want.c4, want.e4, keyOrder(want.c4, cmpLpm4), trapBlock)
+	e6 := diffMap(cmpLpm6, have.c6, have.w6, keyOrder(have.c6, cmpLpm6), want.c6, want.e6, keyOrder(want.c6, cmpLpm6), trapBlock)
 	have, want = byMap{}, wanted{}
+	// The program inserts trap blocks into the exact-address maps only.
+	var trapped []backend.RuleState
+	for i, k := range d4.keepK {
+		trapped = append(trapped, ruleState(c, netip.PrefixFrom(addrFromBE32(k), 32), d4.keepV[i]))
+	}
+	for i, k := range d6.keepK {
+		trapped = append(trapped, ruleState(c, netip.PrefixFrom(netip.AddrFrom16(k.Addr), v6bits), d6.keepV[i]))
+	}
 
 	err = errors.Join(
 		parallelChunks(len(d4.del), func(i, j int) error { return deleteBatch(x.objs.Block4, d4.del[i:j]) }),
@@ -680,16 +648,16 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, error) {
 		parallelChunks(len(d6.putK), func(i, j int) error { return putBatch(x.objs.Block6, d6.putK[i:j], d6.putV[i:j]) }),
 	)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if len(e4.del)+len(e6.del)+len(e4.putK)+len(e6.putK) > 0 {
 		err = errors.Join(deleteEach(x.objs.Cidr4, e4.del), deleteEach(x.objs.Cidr6, e6.del),
 			putEach(x.objs.Cidr4, e4.putK, e4.putV), putEach(x.objs.Cidr6, e6.putK, e6.putV))
 		if err = errors.Join(err, x.recountCIDR()); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
-	return len(d4.putK) + len(d6.putK) + len(e4.putK) + len(e6.putK), nil
+	return len(d4.putK) + len(d6.putK) + len(e4.putK) + len(e6.putK), trapped, nil
 }
 
 // wanted is a batch of rules split by map: keys and kernel deadlines, in the batch's order.
@@ -751,18 +719,21 @@ func cmpLpm6(a, b bpf.SnareLpm6Key) int {
 	return cmp.Compare(a.Prefixlen, b.Prefixlen)
 }
 
-// mapChange is what one map needs to hold exactly the wanted entries.
+// mapChange is what one map needs to hold exactly the wanted entries, and the entries kept
+// although not wanted.
 type mapChange[K any] struct {
-	del  []K
-	putK []K
-	putV []bpf.SnareBlockVal
+	del   []K
+	putK  []K
+	putV  []bpf.SnareBlockVal
+	keepK []K
+	keepV []bpf.SnareBlockVal
 }
 
 // diffMap compares one map's entries as read (hk, hv, visited in key order h) with the wanted
 // keys and kernel deadlines (wk, wd, in key order w; for a key given twice the later one counts,
 // as in a batch update). An entry whose deadline is the wanted one is left alone; one written
-// again keeps its counters and flags.
-func diffMap[K any](order func(a, b K) int, hk []K, hv []bpf.SnareBlockVal, h []int32, wk []K, wd []uint64, w []int32) mapChange[K] {
+// again keeps its counters and flags; an entry not wanted is deleted unless keep says so.
+func diffMap[K any](order func(a, b K) int, hk []K, hv []bpf.SnareBlockVal, h []int32, wk []K, wd []uint64, w []int32, keep func(bpf.SnareBlockVal) bool) mapChange[K] {
 	var c mapChange[K]
 	i, j := 0, 0
 	for i < len(h) || j < len(w) {
@@ -781,7 +752,11 @@ func diffMap[K any](order func(a, b K) int, hk []K, hv []bpf.SnareBlockVal, h []
 		}
 		switch {
 		case o < 0:
-			c.del = append(c.del, hk[h[i]])
+			if v := hv[h[i]]; keep(v) {
+				c.keepK, c.keepV = append(c.keepK, hk[h[i]]), append(c.keepV, v)
+			} else {
+				c.del = append(c.del, hk[h[i]])
+			}
 			i++
 		case o > 0:
 			c.putK = append(c.putK, wk[w[j]])

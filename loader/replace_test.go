@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,9 +75,9 @@ func TestReplaceKeepsRewritesAndRemoves(t *testing.T) {
 		{Prefix: P("198.18.1.9/32"), Deadline: later},        // the later one counts, as in a batch
 		{Prefix: P("::ffff:198.18.4.4/128"), Deadline: hour}, // IPv4-mapped: the v4 address
 	}
-	n, err := x.Replace(ctx, want)
-	if err != nil {
-		t.Fatal(err)
+	n, trapped, err := x.Replace(ctx, want)
+	if err != nil || trapped != nil {
+		t.Fatalf("Replace: %v, trap blocks kept %v (there are none)", err, trapped)
 	}
 	// Rewritten: .3 (new deadline), .9 and 198.18.3.0/24 and .4.4 (new).
 	if n != 4 {
@@ -119,10 +120,10 @@ func TestReplaceKeepsRewritesAndRemoves(t *testing.T) {
 	}
 
 	// The same set again changes nothing; an empty set removes everything.
-	if n, err := x.Replace(ctx, want); err != nil || n != 0 {
+	if n, _, err := x.Replace(ctx, want); err != nil || n != 0 {
 		t.Fatalf("Replace with the same rules: %d, %v; want 0", n, err)
 	}
-	if n, err := x.Replace(ctx, nil); err != nil || n != 0 || len(ruleMap(t, x)) != 0 {
+	if n, _, err := x.Replace(ctx, nil); err != nil || n != 0 || len(ruleMap(t, x)) != 0 {
 		t.Fatalf("Replace with nothing: %d, %v, %d left", n, err, len(ruleMap(t, x)))
 	}
 	if v := run(t, x, frame(t, pkt{src: "198.18.2.5", dst: host4, proto: "icmp"})); v != "pass" {
@@ -140,7 +141,7 @@ func TestReplaceRefusesBadRulesChangingNothing(t *testing.T) {
 		{Prefix: netip.MustParsePrefix("::/0")},
 		{}, // the zero (invalid) prefix
 	} {
-		_, err := x.Replace(ctx, []backend.Rule{{Prefix: netip.MustParsePrefix("198.18.7.7/32")}, bad})
+		_, _, err := x.Replace(ctx, []backend.Rule{{Prefix: netip.MustParsePrefix("198.18.7.7/32")}, bad})
 		if err == nil {
 			t.Fatalf("Replace with %v accepted", bad.Prefix)
 		}
@@ -180,7 +181,7 @@ func TestReplaceRandom(t *testing.T) {
 			rules = append(rules, backend.Rule{Prefix: p, Deadline: dl})
 			want[p.Masked()] = dl
 		}
-		if _, err := x.Replace(ctx, rules); err != nil {
+		if _, _, err := x.Replace(ctx, rules); err != nil {
 			t.Fatal(err)
 		}
 		got := ruleMap(t, x)
@@ -195,24 +196,55 @@ func TestReplaceRandom(t *testing.T) {
 	}
 }
 
-// TestTrapRulesOnlyTrapBlocks: TrapRules lists what the program blocked itself, nothing else.
-func TestTrapRulesOnlyTrapBlocks(t *testing.T) {
+// TestReplaceKeepsTrapBlocks: a trap block the program made that the rules lack stays in place
+// and is returned for adoption; an expired one and a manual one go.
+func TestReplaceKeepsTrapBlocks(t *testing.T) {
 	x := newUnattached(t, 1024)
 	ctx := context.Background()
 	block(t, x, "198.18.1.1/32", time.Hour)
-	setTrap(t, x, trapConfig(1, time.Minute))
-	if v := run(t, x, frame(t, pkt{src: "198.18.5.5", dst: host4, proto: "tcp", dport: 31337, flags: "S"})); v != "drop" {
-		t.Fatalf("trap probe: %s", v)
+	cfg := trapConfig(1, time.Minute)
+	setTrap(t, x, cfg)
+	for _, src := range []string{"198.18.5.5", "2001:db8:5::5"} {
+		dst := host4
+		if strings.Contains(src, ":") {
+			dst = host6
+		}
+		if v := run(t, x, frame(t, pkt{src: src, dst: dst, proto: "tcp", dport: 31337, flags: "S"})); v != "drop" {
+			t.Fatalf("trap probe from %s: %s", src, v)
+		}
 	}
-	trap, err := x.TrapRules(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// A trap block of a shorter TTL, already expired: removed like any unwanted entry.
+	cfg.TTL = time.Millisecond
+	setTrap(t, x, cfg)
+	run(t, x, frame(t, pkt{src: "198.18.6.6", dst: host4, proto: "tcp", dport: 31337, flags: "S"}))
+	time.Sleep(20 * time.Millisecond)
+	if len(ruleMap(t, x)) != 4 {
+		t.Fatalf("before Replace: %v, want the manual block and three trap blocks", ruleMap(t, x))
 	}
-	if len(trap) != 1 || trap[0].Prefix != netip.MustParsePrefix("198.18.5.5/32") || !trap[0].FromTrap || trap[0].Deadline.IsZero() {
-		t.Fatalf("TrapRules = %+v, want only the trapped 198.18.5.5", trap)
+
+	n, trapped, err := x.Replace(ctx, []backend.Rule{{Prefix: netip.MustParsePrefix("198.18.2.2/32"), Deadline: time.Now().Add(time.Hour)}})
+	if err != nil || n != 1 {
+		t.Fatalf("Replace: %d, %v", n, err)
 	}
-	if all := ruleMap(t, x); len(all) != 2 {
-		t.Fatalf("Rules = %v, want the manual block and the trap block", all)
+	got := map[netip.Prefix]bool{}
+	for _, r := range trapped {
+		if !r.FromTrap || r.Deadline.IsZero() {
+			t.Errorf("kept %+v: want a trap block with its deadline", r)
+		}
+		got[r.Prefix] = true
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("198.18.5.5/32"), netip.MustParsePrefix("2001:db8:5::/64")}
+	if len(got) != len(want) || !got[want[0]] || !got[want[1]] {
+		t.Fatalf("Replace kept %v, want %v", trapped, want)
+	}
+	all := ruleMap(t, x)
+	if len(all) != 3 {
+		t.Fatalf("after Replace: %v, want 198.18.2.2 and the two live trap blocks", all)
+	}
+	for _, p := range append(want, netip.MustParsePrefix("198.18.2.2/32")) {
+		if _, ok := all[p]; !ok {
+			t.Errorf("%s missing after Replace: %v", p, all)
+		}
 	}
 }
 

@@ -39,14 +39,14 @@ func (m *memEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
 	}
 	return nil
 }
-func (m *memEnforcer) Replace(_ context.Context, rules []backend.Rule) (int, error) {
+func (m *memEnforcer) Replace(_ context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.rules = map[netip.Prefix]backend.Rule{}
 	for _, r := range rules {
 		m.rules[r.Prefix] = r
 	}
-	return len(rules), nil
+	return len(rules), nil, nil
 }
 func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	m.mu.Lock()
@@ -57,10 +57,9 @@ func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	}
 	return out, nil
 }
-func (m *memEnforcer) TrapRules(context.Context) ([]backend.RuleState, error) { return nil, nil }
-func (m *memEnforcer) SetAllow(context.Context, []netip.Prefix) error         { return nil }
-func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error      { return nil }
-func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error    { return nil }
+func (m *memEnforcer) SetAllow(context.Context, []netip.Prefix) error      { return nil }
+func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error   { return nil }
+func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error { return nil }
 func (m *memEnforcer) TrapEvents(context.Context) (<-chan backend.TrapEvent, error) {
 	return make(chan backend.TrapEvent), nil
 }

@@ -71,11 +71,11 @@ func (e *env) sectionControl() ([]*table, error) {
 	}
 	rs := rules(list, later)
 	timed("snare: restore into empty maps (start after a reboot: loader Replace)", "≤ 1 s", time.Second, func() error {
-		_, err := x.Replace(ctx, rs)
+		_, _, err := x.Replace(ctx, rs)
 		return err
 	})
 	timed("snare: restart reconcile, same entries already pinned (loader Replace)", "", 0, func() error {
-		_, err := x.Replace(ctx, rs)
+		_, _, err := x.Replace(ctx, rs)
 		return err
 	})
 	prefixes := make([]netip.Prefix, len(list))
