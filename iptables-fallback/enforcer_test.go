@@ -176,3 +176,31 @@ func (f *fixture) ipsetList(t *testing.T, set string) string {
 	}
 	return out
 }
+
+// Replace leaves a trap block the rules lack in place and returns it (the daemon adopts it),
+// as the XDP back-end does; a plain entry nobody wants is removed.
+func TestReplaceKeepsTrapBlocks(t *testing.T) {
+	f := newFixture(t, "")
+	e, ctx := f.e, f.ctx
+	now := time.Now()
+	trap := mustPrefix("198.18.20.1/32")
+	se, _ := entryFor(trap, now.Add(time.Hour), true, now) // as the trap path writes it
+	set, isNet := e.setFor(trap, 64)
+	if err := e.sets.add(set, isNet, []setEntry{se}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Block(ctx, []backend.Rule{{Prefix: mustPrefix("198.18.20.2/32"), Deadline: now.Add(time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	n, trapped, err := e.Replace(ctx, []backend.Rule{{Prefix: mustPrefix("198.18.20.3/32"), Deadline: now.Add(time.Hour)}})
+	if err != nil || n != 1 {
+		t.Fatalf("Replace: %d, %v", n, err)
+	}
+	if len(trapped) != 1 || trapped[0].Prefix != trap || !trapped[0].FromTrap || trapped[0].Deadline.IsZero() {
+		t.Fatalf("Replace kept %+v, want the trap block %s with its deadline", trapped, trap)
+	}
+	got := rulesByPrefix(t, e)
+	if _, ok := got[trap]; !ok || len(got) != 2 {
+		t.Fatalf("after Replace: %v, want %s and 198.18.20.3", got, trap)
+	}
+}
