@@ -245,8 +245,8 @@ func snapshotTx(tx *Tx, now time.Time, size int) storeSnapshot {
 }
 
 // restore is Open's reconciliation of kernel and store; snapc delivers the store as read while
-// the enforcer loaded. It is received only after the kernel's trap blocks were read, so that a
-// restart reads the pinned maps and the store at once.
+// the enforcer loaded. It is received once the settings and the allowlist are in force, which
+// may overlap the end of the read.
 func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error {
 	var snap storeSnapshot
 	received := false
