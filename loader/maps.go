@@ -620,7 +620,10 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, []backend
 	}
 	if have.len() == 0 {
 		// Empty maps (a start after a reboot): nothing to compare, one batch load.
-		return len(rules), nil, x.blockLocked(rules, v6bits)
+		if err := x.blockLocked(rules, v6bits); err != nil {
+			return 0, nil, err
+		}
+		return len(rules), nil, nil
 	}
 	c := now()
 	trapBlock := func(v bpf.SnareBlockVal) bool {
@@ -629,10 +632,11 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, []backend
 	want := wantedKeys(rules, v6bits, counts)
 	d4 := diffMap(cmpKey4, have.k4, have.v4, keyOrder4(have.k4), want.k4, want.d4, keyOrder4(want.k4), trapBlock)
 	d6 := diffMap(cmpKey6, have.k6, have.v6, keyOrder6(have.k6), want.k6, want.d6, keyOrder6(want.k6), trapBlock)
-	e4 := diffMap(cmpLpm4, have.c4, have.w4, keyOrder(have.c4, cmpLpm4), want.c4, want.e4, keyOrder(want.c4, cmpLpm4), trapBlock)
-	e6 := diffMap(cmpLpm6, have.c6, have.w6, keyOrder(have.c6, cmpLpm6), want.c6, want.e6, keyOrder(want.c6, cmpLpm6), trapBlock)
+	// The program inserts trap blocks into the exact-address maps only: the tries keep nothing.
+	never := func(bpf.SnareBlockVal) bool { return false }
+	e4 := diffMap(cmpLpm4, have.c4, have.w4, keyOrder(have.c4, cmpLpm4), want.c4, want.e4, keyOrder(want.c4, cmpLpm4), never)
+	e6 := diffMap(cmpLpm6, have.c6, have.w6, keyOrder(have.c6, cmpLpm6), want.c6, want.e6, keyOrder(want.c6, cmpLpm6), never)
 	have, want = byMap{}, wanted{}
-	// The program inserts trap blocks into the exact-address maps only.
 	var trapped []backend.RuleState
 	for i, k := range d4.keepK {
 		trapped = append(trapped, ruleState(c, netip.PrefixFrom(addrFromBE32(k), 32), d4.keepV[i]))
@@ -804,10 +808,7 @@ func keyOrder6(keys []bpf.SnareAddr6) []int32 {
 // keyOrder returns the indexes of keys in key order, equal keys in index order. Sorting 4-byte
 // indexes moves far less memory than sorting the keys with their values.
 func keyOrder[K any](keys []K, order func(a, b K) int) []int32 {
-	idx := make([]int32, len(keys))
-	for i := range idx {
-		idx[i] = int32(i)
-	}
+	idx := radix.Identity(len(keys))
 	less := func(a, b int32) int {
 		if c := order(keys[a], keys[b]); c != 0 {
 			return c
