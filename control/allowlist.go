@@ -67,6 +67,16 @@ func (a Allowlist) Refuse(target string, p netip.Prefix, addr netip.Addr, single
 	return nil
 }
 
+// Covers reports whether all of p is allowlisted, and by which entry.
+func (a Allowlist) Covers(p netip.Prefix) (AllowItem, bool) {
+	for _, it := range a {
+		if it.Prefix.Bits() <= p.Bits() && it.Prefix.Contains(p.Addr()) {
+			return it, true
+		}
+	}
+	return AllowItem{}, false
+}
+
 // Contains reports whether addr is allowlisted, and by which entry.
 func (a Allowlist) Contains(addr netip.Addr) (AllowItem, bool) {
 	for _, it := range a {

@@ -65,3 +65,23 @@ func TestParseResolvConf(t *testing.T) {
 		}
 	}
 }
+
+// Covers is "all of p is allowlisted": a /64 that merely holds an allowlisted address is not.
+func TestAllowlistCovers(t *testing.T) {
+	a := Allowlist{
+		{netip.MustParsePrefix("2001:db8:1::/48"), AllowConfig},
+		{netip.MustParsePrefix("2001:db8:2::1/128"), AllowOwnAddress},
+		{netip.MustParsePrefix("198.18.0.1/32"), AllowGateway},
+	}
+	for p, want := range map[string]bool{
+		"2001:db8:1:5::/64": true,
+		"2001:db8:2::/64":   false,
+		"198.18.0.1/32":     true,
+		"198.18.0.2/32":     false,
+		"198.18.0.0/24":     false,
+	} {
+		if _, got := a.Covers(netip.MustParsePrefix(p)); got != want {
+			t.Errorf("Covers(%s) = %v, want %v", p, got, want)
+		}
+	}
+}

@@ -482,8 +482,8 @@ func heldPrefixes(t *testing.T, f *fakeEnforcer) []string {
 }
 
 // A start adopts the trap blocks the kernel made while no daemon ran: recorded in the store as
-// trap blocks and left in the kernel with their deadline from the store; an expired trap block
-// and an entry nobody knows are removed.
+// trap blocks and left in the kernel with their deadline from the store; an expired trap block,
+// one the allowlist covers now and an entry nobody knows are removed.
 func TestOpenAdoptsTrapBlocks(t *testing.T) {
 	cfg, err := LoadConfig(LoadOptions{})
 	if err != nil {
@@ -493,8 +493,10 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 	f := newFake()
 	open := func() *Daemon {
 		d, err := Open(context.Background(), Options{Config: cfg, Enforcer: f,
-			ImplicitAllow: func() (Allowlist, error) { return nil, nil },
-			Listening:     func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
+			ImplicitAllow: func() (Allowlist, error) {
+				return Allowlist{{netip.MustParsePrefix("198.19.0.5/32"), AllowOwnAddress}}, nil
+			},
+			Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -513,6 +515,7 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 	f.rules[P("198.19.0.9/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.9/32"), Deadline: now.Add(time.Hour)}, FromTrap: true}
 	f.rules[P("198.19.0.8/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.8/32"), Deadline: now.Add(-time.Minute)}, FromTrap: true}
 	f.rules[P("198.19.0.7/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.7/32"), Deadline: now.Add(time.Hour)}}
+	f.rules[P("198.19.0.5/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.5/32"), Deadline: now.Add(time.Hour)}, FromTrap: true}
 	f.mu.Unlock()
 
 	d = open()

@@ -199,14 +199,34 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 
 // adoptLocked records trap blocks the kernel made without their event reaching the daemon (it
 // was down, or the event was suppressed) like any trap block, writes their escalated deadlines
-// back to the kernel and counts them.
+// back to the kernel and counts them. A trap block the allowlist now covers (it changed while
+// the daemon was down) is removed from the kernel instead: the allowlist always wins.
 func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend.RuleState, now time.Time) ([]Rule, error) {
-	if len(trapped) == 0 {
+	var adopt []backend.RuleState
+	var allowed []netip.Prefix
+	var evs []Event
+	for _, k := range trapped {
+		if it, ok := d.allow.Covers(k.Prefix); ok {
+			allowed = append(allowed, k.Prefix)
+			evs = append(evs, Event{Time: now, Event: EventUnblock, Address: k.Prefix.String(), Source: "daemon",
+				Detail: fmt.Sprintf("trap block found in the kernel, but %s is allowlisted now (%s)", it.Prefix, it.Source)})
+			continue
+		}
+		adopt = append(adopt, k)
+	}
+	if len(allowed) > 0 {
+		if err := d.enf.Unblock(ctx, allowed); err != nil {
+			return nil, fmt.Errorf("remove %d allowlisted trap blocks: %w", len(allowed), err)
+		}
+		d.logEvents(evs...)
+		d.rec.Unblocked(len(allowed))
+	}
+	if len(adopt) == 0 {
 		return nil, nil
 	}
 	var rules []Rule
 	err := d.store.Update(func(tx *Tx) error {
-		for _, k := range trapped {
+		for _, k := range adopt {
 			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err
@@ -217,7 +237,7 @@ func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend
 		return d.enf.Block(ctx, toBackend(rules))
 	})
 	if err != nil {
-		return nil, fmt.Errorf("adopt %d trap blocks: %w", len(trapped), err)
+		return nil, fmt.Errorf("adopt %d trap blocks: %w", len(adopt), err)
 	}
 	d.rec.Blocked(OriginTrap, len(rules))
 	return rules, nil
