@@ -50,6 +50,11 @@ func runCLI(t *testing.T, socket, stdin string, args ...string) result {
 
 // runCLIWith is runCLI with the caller's context and stdout (result.stdout stays empty).
 func runCLIWith(ctx context.Context, stdout io.Writer, socket, stdin string, args ...string) result {
+	return runCLIAt(ctx, testNow, stdout, socket, stdin, args...)
+}
+
+// runCLIAt is runCLIWith on a clock stopped at now.
+func runCLIAt(ctx context.Context, now time.Time, stdout io.Writer, socket, stdin string, args ...string) result {
 	var errOut bytes.Buffer
 	code := run(env{
 		ctx:    ctx,
@@ -63,7 +68,7 @@ func runCLIWith(ctx context.Context, stdout io.Writer, socket, stdin string, arg
 			}
 			return ""
 		},
-		now: func() time.Time { return testNow },
+		now: func() time.Time { return now },
 		loc: time.UTC,
 	})
 	return result{stderr: errOut.String(), code: code}

@@ -26,7 +26,7 @@ import (
 // 2001:db8:N::/64 links). Only ever written to maps, never used as packet addresses.
 func millionList(tb testing.TB) string {
 	var b bytes.Buffer
-	date := time.Now().Format("20060102")
+	date := time.Now().UTC().Format("20060102")
 	for i := range 1_000_000 {
 		if i < 1<<16 {
 			fmt.Fprintf(&b, "198.19.%d.%d %s\n", i>>8, i&255, date)
@@ -106,7 +106,7 @@ func BenchmarkImportMillion(b *testing.B) {
 		b.StartTimer()
 		t0, c0 := time.Now(), cpuTime()
 		var out bytes.Buffer
-		r := runCLIWith(context.Background(), &out, socket, "", "import", list)
+		r := runCLIAt(context.Background(), time.Now().UTC(), &out, socket, "", "import", list)
 		el, cpu := time.Since(t0), cpuTime()-c0
 		b.StopTimer()
 		if r.code != exitOK || !bytes.Contains(out.Bytes(), []byte("imported 1000000 entries")) {
@@ -132,14 +132,14 @@ func BenchmarkListMillion(b *testing.B) {
 	list := millionList(b)
 	socket, stop := xdpDaemon(b, lab)
 	defer stop()
-	if r := runCLIWith(context.Background(), io.Discard, socket, "", "import", list); r.code != exitOK {
+	if r := runCLIAt(context.Background(), time.Now().UTC(), io.Discard, socket, "", "import", list); r.code != exitOK {
 		b.Fatalf("import: %q", r.stderr)
 	}
 	for b.Loop() {
 		for _, args := range [][]string{{"list"}, {"list", "-o", "json"}} {
 			t0, c0 := time.Now(), cpuTime()
 			var n countWriter
-			if r := runCLIWith(context.Background(), &n, socket, "", args...); r.code != exitOK {
+			if r := runCLIAt(context.Background(), time.Now().UTC(), &n, socket, "", args...); r.code != exitOK {
 				b.Fatalf("%v: %q", args, r.stderr)
 			}
 			// The table has a header line; indented JSON has a line per field.
