@@ -41,25 +41,30 @@ func (s *Sorter) Sort(keys []uint64, idx []int32) {
 	if cap(s.keys) < len(keys) {
 		s.keys, s.idx = make([]uint64, len(keys)), make([]int32, len(keys))
 	}
+	// Every byte's counts in one read of the keys: a permutation does not change them.
+	var counts [8][256]int
+	for _, k := range keys {
+		for b := range counts {
+			counts[b][byte(k>>(8*b))]++
+		}
+	}
 	src, dst := keys, s.keys[:len(keys)]
 	is, id := idx, s.idx[:len(idx)]
-	for shift := 0; shift < 64; shift += 8 {
-		var count [256]int
-		for _, k := range src {
-			count[byte(k>>shift)]++
-		}
+	for b := range counts {
+		count := &counts[b]
+		shift := 8 * b
 		if count[byte(src[0]>>shift)] == len(src) {
 			continue // every key has this byte
 		}
 		at := 0
-		for b, c := range count {
-			count[b] = at
+		for v, c := range count {
+			count[v] = at
 			at += c
 		}
 		for j, k := range src {
-			b := byte(k >> shift)
-			dst[count[b]], id[count[b]] = k, is[j]
-			count[b]++
+			v := byte(k >> shift)
+			dst[count[v]], id[count[v]] = k, is[j]
+			count[v]++
 		}
 		src, dst, is, id = dst, src, id, is
 	}
