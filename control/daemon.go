@@ -614,10 +614,13 @@ func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reaso
 func toBackend(rules []Rule) []backend.Rule {
 	out := make([]backend.Rule, len(rules))
 	for i, r := range rules {
-		out[i] = backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline}
+		out[i] = r.enforced()
 	}
 	return out
 }
+
+// enforced is r as the enforcer takes it.
+func (r Rule) enforced() backend.Rule { return backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline} }
 
 func ttlText(r Rule, now time.Time) string {
 	if r.Permanent() {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -26,7 +27,13 @@ type fakeEnforcer struct {
 	allow []netip.Prefix
 	trap  backend.TrapConfig
 	fail  error // returned by Block when set
+	// room, when full is set, is how many more rules Block accepts; past it Block fails with
+	// errFakeFull: a kernel map that fills up in the middle of a load.
+	room int
+	full bool
 }
+
+var errFakeFull = errors.New("fake enforcer full")
 
 func newFake() *fakeEnforcer { return &fakeEnforcer{rules: map[netip.Prefix]backend.RuleState{}} }
 
@@ -38,6 +45,12 @@ func (f *fakeEnforcer) Block(_ context.Context, rules []backend.Rule) error {
 		return f.fail
 	}
 	for _, r := range rules {
+		if f.full {
+			if f.room == 0 {
+				return errFakeFull
+			}
+			f.room--
+		}
 		f.rules[r.Prefix] = backend.RuleState{Rule: r}
 	}
 	return nil

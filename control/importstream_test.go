@@ -94,7 +94,7 @@ func (c cutReader) Read(p []byte) (int, error) {
 // lines that arrived.
 func TestImportStreamCutOff(t *testing.T) {
 	d, f := fakeDaemon(t)
-	_, err := d.ImportStream(context.Background(), cutReader{strings.NewReader(v4List(1000))}, -1, ImportRequest{})
+	_, err := d.ImportStream(context.Background(), cutReader{strings.NewReader(v4List(1000))}, ImportRequest{})
 	if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("cut-off import: %v", err)
 	}
@@ -180,5 +180,33 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 		if day := first[e.Prefix]; !e.Permanent || !e.Created.Equal(day) || !f.rules[netip.MustParsePrefix(e.Prefix)].Deadline.IsZero() {
 			t.Fatalf("%s: permanent %v created %v; want permanent, created on its first line's date %v", e.Prefix, e.Permanent, e.Created, day)
 		}
+	}
+}
+
+// A big import into an empty daemon starts on the kernel while it sorts the list. A kernel that
+// fills up after part of it took its first chunk: nothing stays, in the store or the kernel.
+func TestImportIntoEmptyKernelFull(t *testing.T) {
+	d, f := fakeDaemon(t)
+	f.full, f.room = true, kernelChunk+10
+	n := kernelChunk + 5000
+	lines := make([]string, n)
+	for i := range lines {
+		lines[i] = fmt.Sprintf("2001:db8:%x:%x::1", 0x100+i>>16, i&0xffff)
+	}
+	rand.New(rand.NewPCG(3, 4)).Shuffle(n, func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
+	_, err := d.Import(context.Background(), ImportRequest{Content: strings.Join(lines, "\n")})
+	if !errors.Is(err, errFakeFull) {
+		t.Fatalf("import into a kernel that fills up: %v", err)
+	}
+	if d.store.Count() != 0 || len(f.rules) != 0 {
+		t.Fatalf("failed import left store %d, kernel %d entries", d.store.Count(), len(f.rules))
+	}
+	// Once there is room, the same list imports whole.
+	f.full = false
+	if resp, err := d.Import(context.Background(), ImportRequest{Content: strings.Join(lines, "\n")}); err != nil || resp.Imported != n {
+		t.Fatalf("import: %+v, %v", resp, err)
+	}
+	if d.store.Count() != n || len(f.rules) != n {
+		t.Fatalf("store %d, kernel %d, want %d", d.store.Count(), len(f.rules), n)
 	}
 }

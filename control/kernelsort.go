@@ -8,59 +8,53 @@ import (
 	"github.com/snare-dev/snare/internal/radix"
 )
 
-// prefixOrder returns the indexes 0..n-1 ordered by prefix(i) in store order (the order of
-// netip.Prefix.Compare on masked prefixes, and of prefixKey: family, address, length), equal
-// prefixes in index order. It radix-sorts by each part in turn, least significant first, and
-// skips a part every prefix shares (the family and length of a plain IPv4 list): a million
-// prefixes in random order take tens of milliseconds, where a stable comparison sort of the
-// structs holding them took a second.
-func prefixOrder(n int, prefix func(int) netip.Prefix) []int32 {
+// prefixOrder returns the indexes 0..n-1 ordered by the prefix whose parts part(i) gives, in
+// store order (the order of netip.Prefix.Compare on masked prefixes, and of prefixKey: family,
+// address, length), equal prefixes in index order. It radix-sorts by each part in turn, least
+// significant first, and skips a part every prefix shares (the family and length of a plain
+// IPv4 list): a million prefixes in random order take tens of milliseconds, where a stable
+// comparison sort of the structs holding them took a second. hi and lo are the address's
+// halves as addrHalves gives them.
+func prefixOrder(n int, part func(i int) (hi, lo uint64, bits uint8, v6 bool)) []int32 {
 	idx := radix.Identity(n)
 	if n < 2 {
 		return idx
 	}
-	// Each part is read once, in index order; the passes gather from these flat arrays.
-	bits, fam := make([]uint8, n), make([]uint8, n)
-	hi, lo := make([]uint64, n), make([]uint64, n)
-	for i := range n {
-		p := prefix(i)
-		bits[i] = uint8(p.Bits())
-		hi[i], lo[i] = addrHalves(p.Addr())
-		if !p.Addr().Is4() {
-			fam[i] = 1
-		}
+	// A part every prefix shares needs no pass (the family and length of a plain IPv4 list,
+	// the low half of every IPv4 address).
+	hi0, lo0, bits0, v60 := part(0)
+	var difHi, difLo, difBits, difFam bool
+	for i := 1; i < n; i++ {
+		hi, lo, bits, v6 := part(i)
+		difHi, difLo = difHi || hi != hi0, difLo || lo != lo0
+		difBits, difFam = difBits || bits != bits0, difFam || v6 != v60
 	}
 	keys := make([]uint64, n)
 	var sorter radix.Sorter
-	pass := func(key func(i int32) uint64) {
+	pass := func(key func(hi, lo uint64, bits uint8, v6 bool) uint64) {
 		for j, i := range idx {
-			keys[j] = key(i)
+			keys[j] = key(part(int(i)))
 		}
 		sorter.Sort(keys, idx)
 	}
-	if !same(bits) {
-		pass(func(i int32) uint64 { return uint64(bits[i]) })
+	if difBits {
+		pass(func(_, _ uint64, bits uint8, _ bool) uint64 { return uint64(bits) })
 	}
-	if !same(lo) {
-		pass(func(i int32) uint64 { return lo[i] })
+	if difLo {
+		pass(func(_, lo uint64, _ uint8, _ bool) uint64 { return lo })
 	}
-	if !same(hi) {
-		pass(func(i int32) uint64 { return hi[i] })
+	if difHi {
+		pass(func(hi, _ uint64, _ uint8, _ bool) uint64 { return hi })
 	}
-	if !same(fam) {
-		pass(func(i int32) uint64 { return uint64(fam[i]) })
+	if difFam {
+		pass(func(_, _ uint64, _ uint8, v6 bool) uint64 {
+			if v6 {
+				return 1
+			}
+			return 0
+		})
 	}
 	return idx
-}
-
-// same reports whether every element of s is the first.
-func same[T comparable](s []T) bool {
-	for _, v := range s {
-		if v != s[0] {
-			return false
-		}
-	}
-	return true
 }
 
 // addrHalves is an address as two big-endian integers; an IPv4 address is the top 32 bits of hi.
@@ -100,5 +94,9 @@ func permute[T any](s []T, order []int32) {
 // moves 96-byte structs with pointers under write barriers and compares prefixes the slow way;
 // this sorts small integer keys and then moves every state once.
 func sortStates(states []backend.RuleState) {
-	permute(states, prefixOrder(len(states), func(i int) netip.Prefix { return states[i].Prefix }))
+	permute(states, prefixOrder(len(states), func(i int) (hi, lo uint64, bits uint8, v6 bool) {
+		p := states[i].Prefix
+		hi, lo = addrHalves(p.Addr())
+		return hi, lo, uint8(p.Bits()), !p.Addr().Is4()
+	}))
 }

@@ -96,7 +96,7 @@ func (d *Daemon) Handler() http.Handler {
 					return
 				}
 			}
-			resp, err = d.ImportStream(r.Context(), http.MaxBytesReader(w, r.Body, maxRequestBody), r.ContentLength, req)
+			resp, err = d.ImportStream(r.Context(), http.MaxBytesReader(w, r.Body, maxRequestBody), req)
 		} else {
 			if !decode(w, r, &req) {
 				return

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"slices"
+	"sort"
 	"strings"
 	"time"
 
@@ -265,19 +266,18 @@ const adoptReason = "trap (blocked by the kernel, event not received)"
 // Any bad line rejects the whole import unless SkipBad. Everything is written in one store
 // transaction and one enforcer batch (for big lists: see ImportStream).
 func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse, error) {
-	return d.ImportStream(ctx, strings.NewReader(req.Content), int64(len(req.Content)), req)
+	return d.ImportStream(ctx, strings.NewReader(req.Content), req)
 }
 
 // bulkImport is the size from which an import writes the store in chunks (Store.BulkPutRules)
 // while the kernel takes the same batch concurrently.
 const bulkImport = 50_000
 
-// ImportStream is Import with the list read from r as it arrives (req.Content is ignored):
-// lines are parsed while the body is still being read. size is the body's length if known
-// (-1 if not), a hint for presizing. Nothing is changed unless the whole body arrives: a client
-// that aborts the upload (its own check found bad lines) imports nothing. Big imports write the
-// store and the kernel concurrently; if either fails, both are rolled back.
-func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, req ImportRequest) (ImportResponse, error) {
+// ImportStream is Import with the list read from body as it arrives (req.Content is ignored):
+// lines are parsed while the body is still being read. Nothing is changed unless the whole body
+// arrives: a client that aborts the upload (its own check found bad lines) imports nothing. Big
+// imports write the store and the kernel concurrently; if either fails, both are rolled back.
+func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportRequest) (ImportResponse, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg := d.cfg
@@ -298,40 +298,27 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 		reason = "import " + name
 	}
 	var resp ImportResponse
-	// The kernel's batch is built as the lines are parsed, and sorted and deduplicated in
-	// place: copying a million rules out of another slice cost 0.2 s before the kernel got its
-	// first one. The store's rules are made from it (Rule of i below).
-	var batch []backend.Rule
-	var created []int64 // unix ms per rule, kept only for permanent imports (no deadline to derive it from)
-	if size > 0 {
-		// A line is at least 8 bytes ("a.b.c.d\n"): room for that many never has to grow, which
-		// for a million rules copied 50 MB and faulted in 60 more. What is not filled is never
-		// touched, so it costs no memory.
-		batch = make([]backend.Rule, 0, min(size/8+1, 1<<22))
-	}
+	var recs importBatch
 	var refused []LineError
-	nowMs := now.UnixMilli()
+	nowNs := now.UnixMilli() * 1e6 // lines are stamped to the millisecond, as before
 	errs, bad, err := ReadBlockList(body, cfg.TargetRules(), now, func(l ImportLine) {
 		// Allowlisted targets are bad lines too.
 		if err := d.allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
 			refused = append(refused, LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
 			return
 		}
-		c := nowMs
+		c := nowNs
 		if !l.Date.IsZero() {
-			c = l.Date.UnixMilli()
-			if ttl != 0 && c+ttl.Milliseconds() <= nowMs {
+			c = l.Date.UnixMilli() * 1e6
+			if ttl != 0 && c+int64(ttl) <= nowNs {
 				resp.Expired++
 				return
 			}
 		}
-		r := backend.Rule{Prefix: l.Prefix}
 		if ttl != 0 {
-			r.Deadline = time.UnixMilli(c).Add(ttl)
-		} else {
-			created = append(created, c)
+			c += int64(ttl) // the record holds the deadline; permanent ones when they were made
 		}
-		batch = append(batch, r)
+		recs.add(recOf(l.Prefix, c))
 	})
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
@@ -348,79 +335,91 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 	}
 	resp.Skipped, resp.Errors = bad, errs
 
-	// One rule per prefix: the latest deadline (the latest date) wins. Lists are often sorted
-	// already, and checking costs far less than sorting; a blocked.list is in the order its
-	// blocks were made, which a radix sort puts in store order in tens of milliseconds (a
-	// stable comparison sort took a second for a million).
-	byPrefix := func(a, b backend.Rule) int { return a.Prefix.Compare(b.Prefix) }
-	if !slices.IsSortedFunc(batch, byPrefix) {
-		order := prefixOrder(len(batch), func(i int) netip.Prefix { return batch[i].Prefix })
-		permute(batch, order)
-		if created != nil {
-			permute(created, order)
-		}
-	}
-	if len(batch) > 1 {
-		w := 0
-		for j := 1; j < len(batch); j++ {
-			if batch[j].Prefix == batch[w].Prefix {
-				if ttl != 0 && batch[j].Deadline.After(batch[w].Deadline) {
-					batch[w].Deadline = batch[j].Deadline
+	// A big list into an empty daemon (the first import of an old blocked.list) goes to the
+	// kernel as soon as its order is known, while the store's copy is made: the kernel's share
+	// of the work, the biggest, then overlaps the rest. (In store order, not as it came: the
+	// kernel's LRU list is laid out in the order of insertion, and a sweep that removed a
+	// million entries in another order than they went in took 40% longer.) With nothing
+	// stored there is nothing to merge with; only a repeated prefix has to be written again
+	// afterwards, where the file's last line won and the latest deadline must.
+	order := recs.order()
+	var early chan error
+	if recs.n >= bulkImport && d.store.Count() == 0 {
+		early = make(chan error, 1)
+		go func() {
+			early <- d.blockChunks(ctx, recs.n, func(j int) backend.Rule {
+				rec := recs.inOrder(order, j)
+				r := backend.Rule{Prefix: rec.prefix()}
+				if ttl != 0 {
+					r.Deadline = rec.time()
 				}
-				continue // permanent: the first line's date stays
-			}
-			w++
-			batch[w] = batch[j]
-			if created != nil {
-				created[w] = created[j]
-			}
-		}
-		batch = batch[:w+1]
+				return r
+			})
+		}()
 	}
+
+	// One rule per prefix, in store order: the latest deadline (the latest date) wins.
+	uniq, repeated := recs.unique(order, ttl != 0)
+	n := len(uniq)
 	rule := func(i int) Rule {
-		r := Rule{Prefix: batch[i].Prefix, Reason: reason, Origin: OriginImport, Deadline: batch[i].Deadline}
+		rec := &uniq[i]
+		r := Rule{Prefix: rec.prefix(), Reason: reason, Origin: OriginImport}
 		if ttl != 0 {
+			r.Deadline = rec.time()
 			r.Created = r.Deadline.Add(-ttl)
 		} else {
-			r.Created = time.UnixMilli(created[i])
+			r.Created = rec.time()
 		}
 		return r
 	}
-	// Entries already blocked keep what they are, extended to the later deadline; the kernel's
-	// batch takes that deadline too.
-	merged, err := d.mergeStored(batch, rule, now)
-	if err != nil {
-		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
-	}
-	for i, m := range merged {
-		batch[i].Deadline = m.now.Deadline
-	}
-	at := func(i int) Rule {
-		if m, ok := merged[i]; ok {
-			return m.now
+	switch {
+	case early != nil:
+		err = d.bulkBlock(n, rule, nil, func() error {
+			if err := <-early; err != nil {
+				return err
+			}
+			again := make([]backend.Rule, len(repeated))
+			for j, i := range repeated {
+				again[j] = rule(int(i)).enforced()
+			}
+			return d.enf.Block(ctx, again)
+		})
+	default:
+		// Entries already blocked keep what they are, extended to the later deadline; the
+		// kernel takes that deadline too.
+		var merged map[int]mergedRule
+		merged, err = d.mergeStored(n, func(i int) netip.Prefix { return uniq[i].prefix() }, rule, now)
+		if err != nil {
+			break
 		}
-		return rule(i)
-	}
-	if len(batch) < bulkImport {
-		rules := make([]Rule, len(batch))
-		for i := range batch {
+		at := func(i int) Rule {
+			if m, ok := merged[i]; ok {
+				return m.now
+			}
+			return rule(i)
+		}
+		if n >= bulkImport {
+			err = d.bulkBlock(n, at, merged, func() error {
+				return d.blockChunks(ctx, n, func(i int) backend.Rule { return at(i).enforced() })
+			})
+			break
+		}
+		rules := make([]Rule, n)
+		for i := range n {
 			rules[i] = at(i)
 		}
 		err = d.store.Update(func(tx *Tx) error {
 			if err := tx.PutRulesSorted(rules); err != nil {
 				return err
 			}
-			return d.enf.Block(ctx, batch)
+			return d.enf.Block(ctx, toBackend(rules))
 		})
-	} else {
-		err = d.bulkBlock(ctx, batch, at, merged)
 	}
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	resp.Imported = len(batch)
-	if len(batch) >= bigBatch {
-		batch, created = nil, nil
+	resp.Imported = n
+	if n >= bigBatch {
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
 	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),
@@ -432,11 +431,11 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, size int64, r
 // mergedRule is an imported entry that was blocked already: what it was and what it becomes.
 type mergedRule struct{ old, now Rule }
 
-// mergeStored finds the entries (sorted) that are blocked already and not expired; each keeps
-// its stored rule, extended to the later deadline. Keyed by index into entries.
-func (d *Daemon) mergeStored(entries []backend.Rule, rule func(int) Rule, now time.Time) (map[int]mergedRule, error) {
+// mergeStored finds the entries 0..n-1 (prefix(i), sorted) that are blocked already and not
+// expired; each keeps its stored rule, extended to the later deadline. Keyed by entry index.
+func (d *Daemon) mergeStored(n int, prefix func(int) netip.Prefix, rule func(int) Rule, now time.Time) (map[int]mergedRule, error) {
 	merged := map[int]mergedRule{}
-	if d.store.Count() == 0 || len(entries) == 0 {
+	if d.store.Count() == 0 || n == 0 {
 		return merged, nil
 	}
 	check := func(i int, old Rule) {
@@ -450,17 +449,18 @@ func (d *Daemon) mergeStored(entries []backend.Rule, rule func(int) Rule, now ti
 		merged[i] = mergedRule{old: old, now: r}
 	}
 	err := d.store.View(func(tx *Tx) error {
-		if d.store.Count() < len(entries) {
+		if d.store.Count() < n {
 			// Walk the (smaller) store and look each rule up among the entries.
 			return tx.ForEachRule(func(old Rule) error {
-				if i, ok := slices.BinarySearchFunc(entries, old.Prefix, func(e backend.Rule, p netip.Prefix) int { return e.Prefix.Compare(p) }); ok {
+				i := sort.Search(n, func(i int) bool { return prefix(i).Compare(old.Prefix) >= 0 })
+				if i < n && prefix(i) == old.Prefix {
 					check(i, old)
 				}
 				return nil
 			})
 		}
-		for i, e := range entries {
-			old, ok, err := tx.Rule(e.Prefix)
+		for i := range n {
+			old, ok, err := tx.Rule(prefix(i))
 			if err != nil {
 				return err
 			}
@@ -473,14 +473,13 @@ func (d *Daemon) mergeStored(entries []backend.Rule, rule func(int) Rule, now ti
 	return merged, err
 }
 
-// bulkBlock writes the rules at(0..n-1) (sorted by prefix; n = len(kernel)) to the store in
-// chunks while the kernel takes the same rules as kernel, concurrently, and swaps the store's
-// new rules in only when the kernel has them all. On any failure the kernel is put back: new
-// entries removed, merged ones given their old deadlines.
-func (d *Daemon) bulkBlock(ctx context.Context, kernel []backend.Rule, at func(int) Rule, merged map[int]mergedRule) error {
-	n := len(kernel)
+// bulkBlock writes the rules at(0..n-1) (sorted by prefix) to the store in chunks while kernel
+// writes the same rules to the enforcer, concurrently, and swaps the store's new rules in only
+// when the kernel has them all. On any failure the kernel is put back: new entries removed,
+// merged ones given their old deadlines.
+func (d *Daemon) bulkBlock(n int, at func(int) Rule, merged map[int]mergedRule, kernel func() error) error {
 	kerr := make(chan error, 1)
-	go func() { kerr <- d.enf.Block(ctx, kernel) }()
+	go func() { kerr <- kernel() }()
 	waited := false
 	err := d.store.BulkPutRules(n, at, func() error {
 		waited = true
@@ -507,6 +506,50 @@ func (d *Daemon) bulkBlock(ctx context.Context, kernel []backend.Rule, at func(i
 		d.log.Error("undo a failed import in the kernel; the next sweep reconciles", "err", undo)
 	}
 	return err
+}
+
+// kernelChunk is how many rules blockChunks hands the enforcer at once: enough for the loader
+// to spread one call over two CPUs, few enough (7 MB) that the rules of a big import never
+// exist as Go values (with pointers, for the collector to scan) all at once.
+const kernelChunk = 1 << 17
+
+// blockChunks blocks rule(0..n-1) in the enforcer, a chunk at a time. The next chunk is made
+// while the enforcer takes the last one: made in turn, they cost a big import 0.1 s.
+func (d *Daemon) blockChunks(ctx context.Context, n int, rule func(int) backend.Rule) error {
+	full := make(chan []backend.Rule, 1)
+	free := make(chan []backend.Rule, 2)
+	for range 2 {
+		free <- make([]backend.Rule, 0, min(n, kernelChunk))
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(full)
+		for i := 0; i < n; i += kernelChunk {
+			var buf []backend.Rule
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			}
+			buf = buf[:0]
+			for j := i; j < min(i+kernelChunk, n); j++ {
+				buf = append(buf, rule(j))
+			}
+			select {
+			case full <- buf:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	for buf := range full {
+		if err := d.enf.Block(ctx, buf); err != nil {
+			return err
+		}
+		free <- buf
+	}
+	return nil
 }
 
 // bigBatch is the size from which an import or restore hands its buffers back to the OS at once.

@@ -1,0 +1,106 @@
+package control
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+// importBatch across several chunks, in random order and already sorted, IPv4 and IPv6,
+// several lengths, many repeats: order and unique give what a stable comparison sort and a
+// plain dedupe give, and repeated names exactly the prefixes that had more than one line.
+func TestImportBatchOrderUnique(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	n := 2*recChunk + 1234
+	type line struct {
+		p  netip.Prefix
+		ns int64
+	}
+	lines := make([]line, n)
+	for i := range lines {
+		var p netip.Prefix
+		switch k := rng.IntN(60000); k % 4 {
+		case 0:
+			p = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(k&1), byte(k >> 8), byte(k)}), 32)
+		case 1:
+			p = netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 19, byte(k >> 4), 0}), 24+4*(k/4%3)) // one address, three lengths
+		case 2:
+			p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(k >> 8), 0, byte(k)}), 64)
+		default:
+			p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(k)}), 128)
+		}
+		lines[i] = line{p, rng.Int64N(1000)}
+	}
+	for _, sorted := range []bool{false, true} {
+		if sorted {
+			slices.SortStableFunc(lines, func(a, b line) int { return a.p.Compare(b.p) })
+		}
+		for _, latest := range []bool{false, true} {
+			var b importBatch
+			for _, l := range lines {
+				b.add(recOf(l.p, l.ns))
+			}
+			if b.n != n || len(b.chunks) != 3 {
+				t.Fatalf("%d records in %d chunks, want %d in 3", b.n, len(b.chunks), n)
+			}
+			// The reference: a stable sort, then the first line of each prefix, with the
+			// latest time when latest.
+			want := slices.Clone(lines)
+			slices.SortStableFunc(want, func(a, b line) int { return a.p.Compare(b.p) })
+			var uniq []line
+			var rep []int32
+			for _, l := range want {
+				if k := len(uniq) - 1; k >= 0 && uniq[k].p == l.p {
+					if latest {
+						uniq[k].ns = max(uniq[k].ns, l.ns)
+					}
+					if len(rep) == 0 || rep[len(rep)-1] != int32(k) {
+						rep = append(rep, int32(k))
+					}
+					continue
+				}
+				uniq = append(uniq, l)
+			}
+			order := b.order()
+			if sorted != (order == nil) {
+				t.Fatalf("sorted=%v: order %d long (nil means the list was in order)", sorted, len(order))
+			}
+			out, repeated := b.unique(order, latest)
+			if len(out) != len(uniq) {
+				t.Fatalf("sorted=%v latest=%v: %d unique, want %d", sorted, latest, len(out), len(uniq))
+			}
+			for i := range out {
+				if got := out[i].prefix(); got != uniq[i].p || out[i].ns != uniq[i].ns {
+					t.Fatalf("sorted=%v latest=%v: position %d is %s at %d, want %s at %d", sorted, latest, i, got, out[i].ns, uniq[i].p, uniq[i].ns)
+				}
+			}
+			if !slices.Equal(repeated, rep) {
+				t.Fatalf("sorted=%v latest=%v: %d repeated, want %d", sorted, latest, len(repeated), len(rep))
+			}
+		}
+	}
+}
+
+// A record gives back the prefix it was made of, IPv4 and IPv6, and sorts as netip does.
+func TestImportRecPrefix(t *testing.T) {
+	ps := []netip.Prefix{
+		netip.MustParsePrefix("198.18.0.1/32"),
+		netip.MustParsePrefix("198.18.0.0/15"),
+		netip.MustParsePrefix("2001:db8::/32"),
+		netip.MustParsePrefix("2001:db8:1:2::/64"),
+		netip.MustParsePrefix("2001:db8::ff/128"),
+	}
+	for _, p := range ps {
+		r := recOf(p, 7)
+		if got := r.prefix(); got != p || r.ns != 7 {
+			t.Errorf("recOf(%s).prefix() = %s, ns %d", p, got, r.ns)
+		}
+		for _, q := range ps {
+			o := recOf(q, 0)
+			if r.before(&o) != (p.Compare(q) < 0) || r.samePrefix(&o) != (p == q) {
+				t.Errorf("%s before %s: %v, same %v; netip says %d", p, q, r.before(&o), r.samePrefix(&o), p.Compare(q))
+			}
+		}
+	}
+}
