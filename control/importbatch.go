@@ -2,6 +2,7 @@ package control
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -57,22 +58,52 @@ func (r *importRec) before(o *importRec) bool {
 // recChunk is how many records one chunk of an importBatch holds (2 MB).
 const recChunk = 1 << 16
 
-// importBatch is the growing list of an import's records, in fixed chunks: it never copies what
-// it holds to grow, and holds at most one part-filled chunk, whatever the size of the list.
+// maxImportLines bounds the lines of one import list (64M: many times any block map).
+const maxImportLines = 1 << 26
+
+// importBatch holds an import's records, one slot per line of the list, in fixed chunks: it
+// never copies what it holds to grow, and holds at most one part-filled chunk beyond the list.
+// The chunks are a fixed array so that lines can be parsed into their slots on several
+// goroutines while room is made for the next ones (no slice header changes under them). A slot
+// left zero (a comment, a bad or expired line) is a hole: a zero record is 0.0.0.0/0, which no
+// line can block. compact removes the holes.
 type importBatch struct {
-	chunks [][]importRec
-	n      int
+	chunks [maxImportLines / recChunk]*[recChunk]importRec
+	n      int // slots, then records once compacted
 }
 
-func (b *importBatch) add(r importRec) {
-	if b.n%recChunk == 0 {
-		b.chunks = append(b.chunks, make([]importRec, recChunk))
+// room makes slots for lines up to (and including) line number last.
+func (b *importBatch) room(last int) error {
+	if last > maxImportLines {
+		return fmt.Errorf("more than %d lines", maxImportLines)
 	}
-	b.chunks[b.n/recChunk][b.n%recChunk] = r
-	b.n++
+	for k := (b.n + recChunk - 1) / recChunk; k*recChunk < last; k++ {
+		b.chunks[k] = new([recChunk]importRec)
+	}
+	b.n = max(b.n, last)
+	return nil
 }
 
 func (b *importBatch) at(i int) *importRec { return &b.chunks[i/recChunk][i%recChunk] }
+
+func (r *importRec) hole() bool { return r.bits == 0 }
+
+// compact moves the records over the holes, keeping their order, and lets unused chunks go.
+func (b *importBatch) compact() {
+	w := 0
+	for i := range b.n {
+		if r := b.at(i); !r.hole() {
+			if w != i {
+				*b.at(w) = *r
+			}
+			w++
+		}
+	}
+	for k := (w + recChunk - 1) / recChunk; k*recChunk < b.n; k++ {
+		b.chunks[k] = nil
+	}
+	b.n = w
+}
 
 // order returns the indexes of b's records in store order, repeated prefixes in line order. A
 // list in order costs only the check (and gives nil: the identity); one in random order (a

@@ -7,9 +7,9 @@ import (
 	"testing"
 )
 
-// importBatch across several chunks, in random order and already sorted, IPv4 and IPv6,
-// several lengths, many repeats: order and unique give what a stable comparison sort and a
-// plain dedupe give, and repeated names exactly the prefixes that had more than one line.
+// importBatch across several chunks, with holes, in random order and already sorted, IPv4
+// and IPv6, several lengths, many repeats: order and unique give what a stable comparison sort
+// and a plain dedupe give, and repeated names exactly the prefixes that had more than one line.
 func TestImportBatchOrderUnique(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
 	n := 2*recChunk + 1234
@@ -37,12 +37,18 @@ func TestImportBatchOrderUnique(t *testing.T) {
 			slices.SortStableFunc(lines, func(a, b line) int { return a.p.Compare(b.p) })
 		}
 		for _, latest := range []bool{false, true} {
-			var b importBatch
-			for _, l := range lines {
-				b.add(recOf(l.p, l.ns))
+			// Every third slot is a hole (a comment, a bad line), filled from the end, as the
+			// pieces of a list are parsed on several goroutines.
+			b := new(importBatch)
+			if err := b.room(3 * n); err != nil {
+				t.Fatal(err)
 			}
-			if b.n != n || len(b.chunks) != 3 {
-				t.Fatalf("%d records in %d chunks, want %d in 3", b.n, len(b.chunks), n)
+			for i := n - 1; i >= 0; i-- {
+				*b.at(3*i + 1) = recOf(lines[i].p, lines[i].ns)
+			}
+			b.compact()
+			if b.n != n || b.chunks[(n-1)/recChunk] == nil || b.chunks[(n-1)/recChunk+1] != nil {
+				t.Fatalf("compacted to %d records, want %d, in %d chunks", b.n, n, (n-1)/recChunk+1)
 			}
 			// The reference: a stable sort, then the first line of each prefix, with the
 			// latest time when latest.
@@ -102,5 +108,13 @@ func TestImportRecPrefix(t *testing.T) {
 				t.Errorf("%s before %s: %v, same %v; netip says %d", p, q, r.before(&o), r.samePrefix(&o), p.Compare(q))
 			}
 		}
+	}
+}
+
+// A list longer than maxImportLines is refused before any slot is made.
+func TestImportBatchTooLong(t *testing.T) {
+	b := new(importBatch)
+	if err := b.room(maxImportLines + 1); err == nil || b.n != 0 || b.chunks[0] != nil {
+		t.Fatalf("room for more than maxImportLines lines: %v, %d slots", err, b.n)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 )
@@ -34,7 +35,7 @@ const maxImportLineErrors = 1000
 func ParseBlockList(content string, rules TargetRules, now time.Time) (good []ImportLine, errs []LineError, bad int) {
 	good = make([]ImportLine, 0, strings.Count(content, "\n")+1)
 	p := newListParser(rules, now)
-	p.chunk(content, true, func(l ImportLine) { good = append(good, l) })
+	p.chunk(content, func(l ImportLine) { good = append(good, l) })
 	return good, p.errs, p.bad
 }
 
@@ -43,40 +44,99 @@ func ParseBlockList(content string, rules TargetRules, now time.Time) (good []Im
 // into a buffer that is reused: fn must copy it to keep it.
 func ReadBlockList(r io.Reader, rules TargetRules, now time.Time, fn func(ImportLine)) (errs []LineError, bad int, err error) {
 	p := newListParser(rules, now)
-	buf := make([]byte, 256<<10)
-	var carry []byte // a line cut by the end of the last read
+	_, err = readPieces(r, 1, nil, func(text string, first int) {
+		p.n = first - 1
+		p.chunk(text, fn)
+	})
+	return p.errs, p.bad, err
+}
+
+// pieceSize is how much of a list readPieces reads at a time.
+const pieceSize = 256 << 10
+
+// readPieces reads r in pieces of whole lines and calls parse for each with the piece's text and
+// the number of its first line (from 1). With workers > 1 the pieces are parsed on that many
+// goroutines at once, while the next ones are read; parse then runs concurrently with itself.
+// room, if not nil, is called on the reading goroutine, in order, with each piece's first line
+// and line count before the piece is parsed: where a parser can put what it finds (an error
+// stops the read and is returned). The text is
+// a view of a buffer that is reused once parse returns. It returns how many lines r held.
+func readPieces(r io.Reader, workers int, room func(first, lines int) error, parse func(text string, first int)) (int, error) {
+	free := make(chan []byte, workers+1)
+	for range workers + 1 {
+		free <- make([]byte, pieceSize)
+	}
+	type piece struct {
+		buf         []byte
+		size, first int
+	}
+	work := make(chan piece)
+	var wg sync.WaitGroup
+	if workers > 1 {
+		for range workers {
+			wg.Go(func() {
+				for p := range work {
+					parse(unsafe.String(&p.buf[0], p.size), p.first)
+					free <- p.buf
+				}
+			})
+		}
+	}
+	buf, n, line := <-free, 0, 1 // n: bytes in buf, the start of a line cut by the last read first
 	for {
-		n := 0
 		var rerr error
 		for n < len(buf) && rerr == nil {
 			var m int
 			m, rerr = r.Read(buf[n:])
 			n += m
 		}
-		data := buf[:n]
-		if len(carry) > 0 {
-			carry = append(carry, data...)
-			data = carry
-		}
 		last := rerr != nil
-		cut := len(data)
+		cut := n
 		if !last {
-			cut = bytes.LastIndexByte(data, '\n') + 1
-		}
-		// The lines are substrings of one string over the read buffer, which the next read
-		// overwrites: parsing copies nothing, and whatever is kept of a line is cloned
-		// (errors, dates) or parsed (prefixes). That is why ImportLine.Target is only valid
-		// during fn.
-		if cut > 0 {
-			p.chunk(unsafe.String(&data[0], cut), last, fn)
-		}
-		carry = append(carry[:0:0], data[cut:]...)
-		if last {
-			if rerr == io.EOF { // not io.ErrUnexpectedEOF: that is an upload cut off
-				return p.errs, p.bad, nil
+			cut = bytes.LastIndexByte(buf[:n], '\n') + 1
+			if cut == 0 { // one line fills the buffer: make room for the rest of it
+				buf = append(buf, make([]byte, len(buf))...)
+				continue
 			}
-			return p.errs, p.bad, fmt.Errorf("read line %d: %w", p.n+1, rerr)
 		}
+		lines := bytes.Count(buf[:cut], []byte{'\n'})
+		if cut > 0 && buf[cut-1] != '\n' {
+			lines++ // the list's last line, without its newline
+		}
+		var next []byte
+		if !last {
+			next = <-free
+			for len(next) < n-cut {
+				next = append(next, make([]byte, len(next))...)
+			}
+			copy(next, buf[cut:n])
+		}
+		if room != nil {
+			if err := room(line, lines); err != nil {
+				close(work)
+				wg.Wait()
+				return line - 1, err
+			}
+		}
+		switch {
+		case cut == 0:
+			free <- buf
+		case workers > 1:
+			work <- piece{buf, cut, line}
+		default:
+			parse(unsafe.String(&buf[0], cut), line)
+			free <- buf
+		}
+		line += lines
+		if last {
+			close(work)
+			wg.Wait()
+			if rerr == io.EOF { // not io.ErrUnexpectedEOF: that is an upload cut off
+				return line - 1, nil
+			}
+			return line - 1, fmt.Errorf("read line %d: %w", line, rerr)
+		}
+		buf, n = next, n-cut
 	}
 }
 
@@ -106,8 +166,8 @@ func (p *listParser) fail(line int, text, msg string) {
 	}
 }
 
-// chunk parses whole lines of content (the last one may lack its newline when final).
-func (p *listParser) chunk(content string, final bool, fn func(ImportLine)) {
+// chunk parses whole lines of content (the last one may lack its newline).
+func (p *listParser) chunk(content string, fn func(ImportLine)) {
 	for len(content) > 0 {
 		raw := content
 		if i := strings.IndexByte(content, '\n'); i >= 0 {

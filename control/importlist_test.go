@@ -3,9 +3,14 @@ package control
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
+	"io"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
+	"testing/iotest"
 	"time"
 )
 
@@ -135,5 +140,63 @@ func TestExportLines(t *testing.T) {
 	}
 	if good[0].Date.Format("20060102") != "20261120" || good[4].Prefix != netip.MustParsePrefix("2001:db8:1::/64") {
 		t.Errorf("re-import changed entries: %+v", good)
+	}
+}
+
+// readPieces on two workers: every line reaches parse exactly once, whole, with its number,
+// across pieces, reads of any size, a line longer than a piece and a last line without its
+// newline; room is called in order over all the lines before their piece is parsed.
+func TestReadPieces(t *testing.T) {
+	var b strings.Builder
+	n := 0
+	for i := range 40000 {
+		n++
+		if i == 20000 {
+			b.WriteString(strings.Repeat("x", 3*pieceSize/2) + "\n") // longer than a piece
+			continue
+		}
+		fmt.Fprintf(&b, "198.18.%d.%d\n", i>>8&255, i&255)
+	}
+	b.WriteString("198.19.0.1") // no newline
+	n++
+	list := b.String()
+	want := strings.Split(list, "\n")
+	for _, workers := range []int{1, 2} {
+		var mu sync.Mutex
+		got := make([]string, n+1) // by line number
+		roomed := 0
+		lines, err := readPieces(iotest.HalfReader(strings.NewReader(list)), workers, func(first, k int) error {
+			if first != roomed+1 {
+				return fmt.Errorf("room from line %d after %d", first, roomed)
+			}
+			roomed += k
+			return nil
+		}, func(text string, first int) {
+			mu.Lock()
+			defer mu.Unlock()
+			for i, l := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
+				if got[first+i] != "" {
+					t.Errorf("line %d parsed twice", first+i)
+				}
+				got[first+i] = strings.Clone(l)
+			}
+		})
+		if err != nil || lines != n || roomed != n {
+			t.Fatalf("workers %d: %d lines, room for %d, %v; want %d", workers, lines, roomed, err, n)
+		}
+		for i, w := range want {
+			if got[i+1] != w {
+				t.Fatalf("workers %d: line %d is %.20q, want %.20q", workers, i+1, got[i+1], w)
+			}
+		}
+	}
+	// A read that fails names the line it stopped at; a room that fails stops the read.
+	_, err := readPieces(io.MultiReader(strings.NewReader("198.18.0.1\n198.18.0.2\n"), iotest.ErrReader(io.ErrUnexpectedEOF)), 2, nil, func(string, int) {})
+	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "line 3") {
+		t.Fatalf("failed read: %v", err)
+	}
+	full := errors.New("full")
+	if _, err := readPieces(strings.NewReader(list), 2, func(int, int) error { return full }, func(string, int) { t.Error("parsed after room failed") }); !errors.Is(err, full) {
+		t.Fatalf("failed room: %v", err)
 	}
 }

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/snare-dev/snare/backend"
@@ -298,38 +300,56 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		reason = "import " + name
 	}
 	var resp ImportResponse
-	var recs importBatch
-	var refused []LineError
+	// The list is parsed on every CPU, a piece at a time, each line into its own slot of recs
+	// (lines that block nothing leave a hole): the parse took a fifth of an import.
+	recs := new(importBatch)
+	var mu sync.Mutex // guards what the pieces report: bad lines and the expired count
+	var errs []LineError
+	bad := 0
 	nowNs := now.UnixMilli() * 1e6 // lines are stamped to the millisecond, as before
-	errs, bad, err := ReadBlockList(body, cfg.TargetRules(), now, func(l ImportLine) {
-		// Allowlisted targets are bad lines too.
-		if err := d.allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
-			refused = append(refused, LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
-			return
-		}
-		c := nowNs
-		if !l.Date.IsZero() {
-			c = l.Date.UnixMilli() * 1e6
-			if ttl != 0 && c+int64(ttl) <= nowNs {
-				resp.Expired++
+	rules := cfg.TargetRules()
+	_, err := readPieces(body, runtime.GOMAXPROCS(0), func(first, lines int) error {
+		return recs.room(first + lines - 1)
+	}, func(text string, first int) {
+		p := newListParser(rules, now)
+		p.n = first - 1
+		var refused []LineError
+		expired := 0
+		p.chunk(text, func(l ImportLine) {
+			// Allowlisted targets are bad lines too.
+			if err := d.allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
+				if len(refused) < maxImportLineErrors {
+					refused = append(refused, LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
+				}
+				p.bad++
 				return
 			}
-		}
-		if ttl != 0 {
-			c += int64(ttl) // the record holds the deadline; permanent ones when they were made
-		}
-		recs.add(recOf(l.Prefix, c))
+			c := nowNs
+			if !l.Date.IsZero() {
+				c = l.Date.UnixMilli() * 1e6
+				if ttl != 0 && c+int64(ttl) <= nowNs {
+					expired++
+					return
+				}
+			}
+			if ttl != 0 {
+				c += int64(ttl) // the record holds the deadline; permanent ones when they were made
+			}
+			*recs.at(l.Line - 1) = recOf(l.Prefix, c)
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		errs = append(append(errs, p.errs...), refused...)
+		bad += p.bad
+		resp.Expired += expired
 	})
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	bad += len(refused)
-	for _, e := range refused {
-		if len(errs) < maxImportLineErrors {
-			errs = append(errs, e)
-		}
-	}
+	recs.compact()
+	// Each piece reported its first bad lines: together they hold the list's first ones.
 	slices.SortFunc(errs, func(a, b LineError) int { return a.Line - b.Line })
+	errs = errs[:min(len(errs), maxImportLineErrors)]
 	if bad > 0 && !req.SkipBad {
 		return ImportResponse{Errors: errs, Skipped: bad}, &UserError{Err: importError(name, errs, bad)}
 	}
