@@ -130,31 +130,52 @@ func (b *importBatch) inOrder(order []int32, j int) *importRec {
 	return b.at(j)
 }
 
-// unique gathers b's records in order (from b.order) into one slice that the store then reads
-// in turn, one per prefix: of repeated prefixes the first line's, which with latest (TTL
-// imports) takes the latest deadline of them all; a permanent import keeps the first line's
-// date. repeated holds the indexes (into out, ascending) of the prefixes that were repeated.
-func (b *importBatch) unique(order []int32, latest bool) (out []importRec, repeated []int32) {
-	out = make([]importRec, b.n)
-	for j := range out {
-		out[j] = *b.inOrder(order, j)
-	}
-	if len(out) < 2 {
-		return out, nil
-	}
-	w := 0
-	for j := 1; j < len(out); j++ {
-		if out[j].samePrefix(&out[w]) {
-			if latest && out[j].ns > out[w].ns {
-				out[w].ns = out[j].ns
+// uniqueRecs is an import's records in store order, one per prefix, as indexes into its batch:
+// a second copy of a million records in order cost 32 MB of the import's peak memory.
+type uniqueRecs struct {
+	b        *importBatch
+	keep     []int32       // record indexes, in store order
+	later    map[int]int64 // keep position -> the latest time of a repeated prefix, where later than its first line's
+	repeated []int32       // keep positions of the prefixes given more than once, ascending
+}
+
+// unique picks, from b's records in order (from b.order), one per prefix: of repeated prefixes
+// the first line's, which with latest (TTL imports) takes the latest deadline of them all; a
+// permanent import keeps the first line's date. It only reads b and order.
+func (b *importBatch) unique(order []int32, latest bool) *uniqueRecs {
+	u := &uniqueRecs{b: b, keep: make([]int32, 0, b.n)}
+	var first importRec // of the prefix being read
+	for j := range b.n {
+		i := int32(j)
+		if order != nil {
+			i = order[j]
+		}
+		r := b.at(int(i))
+		if w := len(u.keep) - 1; w >= 0 && r.samePrefix(&first) {
+			if latest && r.ns > first.ns {
+				if u.later == nil {
+					u.later = map[int]int64{}
+				}
+				first.ns, u.later[w] = r.ns, r.ns
 			}
-			if len(repeated) == 0 || repeated[len(repeated)-1] != int32(w) {
-				repeated = append(repeated, int32(w))
+			if len(u.repeated) == 0 || u.repeated[len(u.repeated)-1] != int32(w) {
+				u.repeated = append(u.repeated, int32(w))
 			}
 			continue
 		}
-		w++
-		out[w] = out[j]
+		first = *r
+		u.keep = append(u.keep, i)
 	}
-	return out[:w+1], repeated
+	return u
+}
+
+func (u *uniqueRecs) len() int { return len(u.keep) }
+
+// at is the record at position i of the store order, with its latest time.
+func (u *uniqueRecs) at(i int) importRec {
+	r := *u.b.at(int(u.keep[i]))
+	if ns, ok := u.later[i]; ok {
+		r.ns = ns
+	}
+	return r
 }

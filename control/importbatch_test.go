@@ -72,17 +72,17 @@ func TestImportBatchOrderUnique(t *testing.T) {
 			if sorted != (order == nil) {
 				t.Fatalf("sorted=%v: order %d long (nil means the list was in order)", sorted, len(order))
 			}
-			out, repeated := b.unique(order, latest)
-			if len(out) != len(uniq) {
-				t.Fatalf("sorted=%v latest=%v: %d unique, want %d", sorted, latest, len(out), len(uniq))
+			u := b.unique(order, latest)
+			if u.len() != len(uniq) {
+				t.Fatalf("sorted=%v latest=%v: %d unique, want %d", sorted, latest, u.len(), len(uniq))
 			}
-			for i := range out {
-				if got := out[i].prefix(); got != uniq[i].p || out[i].ns != uniq[i].ns {
-					t.Fatalf("sorted=%v latest=%v: position %d is %s at %d, want %s at %d", sorted, latest, i, got, out[i].ns, uniq[i].p, uniq[i].ns)
+			for i := range u.len() {
+				if r := u.at(i); r.prefix() != uniq[i].p || r.ns != uniq[i].ns {
+					t.Fatalf("sorted=%v latest=%v: position %d is %s at %d, want %s at %d", sorted, latest, i, r.prefix(), r.ns, uniq[i].p, uniq[i].ns)
 				}
 			}
-			if !slices.Equal(repeated, rep) {
-				t.Fatalf("sorted=%v latest=%v: %d repeated, want %d", sorted, latest, len(repeated), len(rep))
+			if !slices.Equal(u.repeated, rep) {
+				t.Fatalf("sorted=%v latest=%v: %d repeated, want %d", sorted, latest, len(u.repeated), len(rep))
 			}
 		}
 	}

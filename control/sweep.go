@@ -379,10 +379,10 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	}
 
 	// One rule per prefix, in store order: the latest deadline (the latest date) wins.
-	uniq, repeated := recs.unique(order, ttl != 0)
-	n := len(uniq)
+	uniq := recs.unique(order, ttl != 0)
+	n := uniq.len()
 	rule := func(i int) Rule {
-		rec := &uniq[i]
+		rec := uniq.at(i)
 		r := Rule{Prefix: rec.prefix(), Reason: reason, Origin: OriginImport}
 		if ttl != 0 {
 			r.Deadline = rec.time()
@@ -398,8 +398,8 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 			if err := <-early; err != nil {
 				return err
 			}
-			again := make([]backend.Rule, len(repeated))
-			for j, i := range repeated {
+			again := make([]backend.Rule, len(uniq.repeated))
+			for j, i := range uniq.repeated {
 				again[j] = rule(int(i)).enforced()
 			}
 			return d.enf.Block(ctx, again)
@@ -408,7 +408,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		// Entries already blocked keep what they are, extended to the later deadline; the
 		// kernel takes that deadline too.
 		var merged map[int]mergedRule
-		merged, err = d.mergeStored(n, func(i int) netip.Prefix { return uniq[i].prefix() }, rule, now)
+		merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.prefix() }, rule, now)
 		if err != nil {
 			break
 		}
