@@ -296,19 +296,23 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error 
 	// The back-end compares the store's rules with what it holds without a Go value per entry,
 	// and leaves the trap blocks the kernel made while no daemon ran (or whose event was
 	// suppressed) in place: they are adopted like any trap block.
+	// Nothing here holds the rules past this call: once the back-end has read them, the
+	// collector can take them (56 MB for a million) while it compares.
+	restored := len(live)
+	snap.live = nil
 	n, trapped, err := d.enf.Replace(ctx, live)
 	if err != nil {
-		return fmt.Errorf("restore %d rules into the %s back-end: %w", len(live), d.enf.Name(), err)
+		return fmt.Errorf("restore %d rules into the %s back-end: %w", restored, d.enf.Name(), err)
 	}
 	adopted, err := d.adoptLocked(ctx, cfg, trapped, now)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	d.log.Info("restored blocks", "rules", len(live), "reinserted", n, "adopted", len(adopted), "expired", len(expired), "backend", d.enf.Name())
+	d.log.Info("restored blocks", "rules", restored, "reinserted", n, "adopted", len(adopted), "expired", len(expired), "backend", d.enf.Name())
 
 	var evs []Event
 	evs = append(evs, Event{Time: now, Event: EventStart, Source: "daemon",
-		Detail: fmt.Sprintf("snared %s, %s back-end, %d blocks restored (%d reinserted), %d adopted, %d expired", d.version, d.enf.Name(), len(live), n, len(adopted), len(expired))})
+		Detail: fmt.Sprintf("snared %s, %s back-end, %d blocks restored (%d reinserted), %d adopted, %d expired", d.version, d.enf.Name(), restored, n, len(adopted), len(expired))})
 	evs = append(evs, adoptEvents(adopted, now)...)
 	evs = append(evs, expireEvents(expired, now)...)
 	d.logEvents(evs...)
