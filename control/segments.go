@@ -320,22 +320,33 @@ func (t *Tx) filterRecords(keep func(k, v []byte) bool) (int, error) {
 		recs []record
 	}
 	var changes []change
+	var recs []record // one segment's, reused: a sweep of a million decoded them all
 	removed := 0
 	err := t.rules.ForEach(func(sk, seg []byte) error {
-		recs, err := decodeSeg(nil, seg)
-		if err != nil {
+		var err error
+		if recs, err = decodeSeg(recs[:0], seg); err != nil {
 			return err
 		}
-		kept := recs[:0:0]
+		n := 0
 		for _, r := range recs {
 			if keep(r.k, r.v) {
-				kept = append(kept, r)
+				n++
 			}
 		}
-		if len(kept) < len(recs) {
-			removed += len(recs) - len(kept)
-			changes = append(changes, change{slices.Clone(sk), kept})
+		if n == len(recs) {
+			return nil
 		}
+		removed += len(recs) - n
+		var kept []record // the records point into the transaction's pages: they stay valid
+		if n > 0 {
+			kept = make([]record, 0, n)
+			for _, r := range recs {
+				if keep(r.k, r.v) {
+					kept = append(kept, r)
+				}
+			}
+		}
+		changes = append(changes, change{slices.Clone(sk), kept})
 		return nil
 	})
 	if err != nil {

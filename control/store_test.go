@@ -286,22 +286,33 @@ func TestDeleteExpired(t *testing.T) {
 	for _, tc := range []struct {
 		name          string
 		expired, live int
+		every         int // > 0: rule i is live when i%every == 0, else the first expired are
 	}{
-		{"few expired: deleted one by one", 3, 5},
-		{"most expired: bucket rebuilt", 15000, 5000},
-		{"all expired", 12000, 0},
+		{"few expired: deleted one by one", 3, 5, 0},
+		{"most expired: bucket rebuilt", 15000, 5000, 0},
+		{"all expired", 12000, 0, 0},
+		{"one live in every segment", 12000 - (12000+segMax-1)/segMax, (12000 + segMax - 1) / segMax, segMax},
+		{"a few live in every segment", 12000 - (12000+6)/7, (12000 + 6) / 7, 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
 			now := ms(time.Now())
 			var rules []Rule
+			var firstLive time.Time
 			for i := 0; i < tc.expired+tc.live; i++ {
 				r := Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), Origin: OriginImport, Created: now}
+				expired := i < tc.expired
+				if tc.every > 0 {
+					expired = i%tc.every != 0
+				}
 				switch {
-				case i < tc.expired:
+				case expired:
 					r.Deadline = now.Add(-time.Minute)
 				case i%2 == 0:
-					r.Deadline = now.Add(time.Duration(i) * time.Second)
+					r.Deadline = now.Add(time.Duration(i+1) * time.Second)
+					if firstLive.IsZero() {
+						firstLive = r.Deadline
+					}
 				}
 				rules = append(rules, r)
 			}
@@ -320,8 +331,8 @@ func TestDeleteExpired(t *testing.T) {
 			if len(gone) != tc.expired || s.Count() != tc.live {
 				t.Errorf("deleted %d, left %d; want %d, %d", len(gone), s.Count(), tc.expired, tc.live)
 			}
-			if tc.live > 0 && !next.Equal(now.Add(time.Duration(tc.expired+tc.expired%2)*time.Second)) {
-				t.Errorf("next deadline %s", next)
+			if !next.Equal(firstLive) {
+				t.Errorf("next deadline %s, want %s", next, firstLive)
 			}
 			s.View(func(tx *Tx) error {
 				n := 0

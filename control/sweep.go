@@ -101,6 +101,10 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		}
 		d.logEvents(evs...)
 		d.rec.Expired(res.Expired)
+		if res.Expired >= bigBatch {
+			expired = nil
+			go debug.FreeOSMemory() // as after a big import: the sweep's buffers are garbage now
+		}
 	}
 
 	d.sweeps++
@@ -572,7 +576,8 @@ func (d *Daemon) blockChunks(ctx context.Context, n int, rule func(int) backend.
 	return nil
 }
 
-// bigBatch is the size from which an import or restore hands its buffers back to the OS at once.
+// bigBatch is the size from which an import, restore or sweep hands its buffers back to the OS
+// at once.
 const bigBatch = 100_000
 
 // laterDeadline reports whether deadline a is later than b (zero is permanent, the latest).
