@@ -87,3 +87,41 @@ func BenchmarkBlockMillion6(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// TestUnblockInChunks removes more prefixes than one chunk of Unblock (two windows) holds, mixed
+// with prefixes that are not there, and leaves the rest: every chunk is applied.
+func TestUnblockInChunks(t *testing.T) {
+	n := 5*window + 123
+	x := newUnattached(t, n)
+	ctx := context.Background()
+	rules := rulesN(n, time.Hour)
+	if err := x.Block(ctx, rules); err != nil {
+		t.Fatal(err)
+	}
+	var gone []netip.Prefix
+	for i, r := range rules {
+		if i%1000 != 7 {
+			gone = append(gone, r.Prefix)
+		}
+	}
+	gone = append(gone, netip.MustParsePrefix("198.18.0.1/32")) // not blocked: ignored
+	if err := x.Unblock(ctx, gone); err != nil {
+		t.Fatal(err)
+	}
+	got, err := x.Rules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	left := map[netip.Prefix]bool{}
+	for _, r := range got {
+		left[r.Prefix] = true
+	}
+	for i, r := range rules {
+		if left[r.Prefix] != (i%1000 == 7) {
+			t.Fatalf("%s (rule %d) left %v after Unblock", r.Prefix, i, left[r.Prefix])
+		}
+	}
+	if len(got) != (n+992)/1000 {
+		t.Fatalf("%d entries left, want %d", len(got), (n+992)/1000)
+	}
+}
