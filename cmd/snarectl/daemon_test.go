@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -151,6 +152,21 @@ func TestAgainstRealDaemon(t *testing.T) {
 	}
 	if got := list(); len(got) != 2 {
 		t.Errorf("refusals changed the list: %q", got)
+	}
+	// A bad last line: the file is sent while it is checked, so all of it but its last byte
+	// has reached the daemon by the time the check fails; the upload is cut off there and
+	// nothing is imported.
+	var big strings.Builder
+	for i := range 900 {
+		fmt.Fprintf(&big, "198.18.%d.%d\n", 20+i/250, 1+i%250)
+	}
+	big.WriteString("198.18.300.1\n")
+	if r := run(big.String(), "import", "-"); r.code != exitUsage || !strings.Contains(r.stderr, "<stdin>:901:") ||
+		!strings.Contains(r.stderr, "nothing imported") {
+		t.Errorf("import with a bad last line: code %d stderr %q", r.code, r.stderr)
+	}
+	if got := list(); len(got) != 2 {
+		t.Errorf("an import with a bad last line changed the list: %d entries", len(got))
 	}
 	if r := run("198.18.5.5\n198.0.0.0/7\n", "import", "-", "--skip-bad"); r.code != exitOK ||
 		!strings.Contains(r.stdout, "imported 1 entry") || !strings.Contains(r.stderr, "<stdin>:2:") {
