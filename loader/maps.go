@@ -228,7 +228,9 @@ func windows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error {
 
 // keepCounters carries hits and last-hit of existing entries over to a re-block, so extending a
 // block does not reset what `snarectl list` shows. Only for small batches: an import or restore
-// writes fresh entries.
+// writes fresh entries. The trap flag is not carried: once the daemon writes an entry (adopting
+// a trap block, or blocking the address itself), the block is the store's, and an entry the
+// store no longer has must not be adopted again as the kernel's own at the next start.
 func keepCounters[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) {
 	if len(keys) > 1024 {
 		return
@@ -236,7 +238,7 @@ func keepCounters[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) {
 	var old bpf.SnareBlockVal
 	for i := range keys {
 		if m.Lookup(&keys[i], &old) == nil {
-			vals[i].Hits, vals[i].LastHit, vals[i].Flags = old.Hits, old.LastHit, old.Flags
+			vals[i].Hits, vals[i].LastHit = old.Hits, old.LastHit
 		}
 	}
 }

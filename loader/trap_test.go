@@ -320,3 +320,38 @@ func TestTrapLogThenBlock(t *testing.T) {
 		t.Fatal("more events than the two triggers")
 	}
 }
+
+// A trap block the daemon writes again (adopting it with its escalated deadline, or blocking
+// the address by hand) becomes the daemon's: it keeps its hit counters but not the trap flag,
+// so that once the store lets it go, no later start adopts it as the kernel's own.
+func TestReblockTakesOverTrapBlock(t *testing.T) {
+	x := newUnattached(t, 1024)
+	setTrap(t, x, trapConfig(1, time.Minute))
+	src := "198.18.11.1"
+	if got := run(t, x, frame(t, pkt{src: src, dst: host4, proto: "tcp", dport: 31337, flags: "S"})); got != "drop" {
+		t.Fatalf("trigger packet: %s", got)
+	}
+	if got := run(t, x, frame(t, pkt{src: src, dst: host4, proto: "tcp", dport: 80, flags: "S"})); got != "drop" {
+		t.Fatalf("packet after the trap: %s", got)
+	}
+	find := func() backend.RuleState {
+		t.Helper()
+		rs, err := x.Rules(context.Background())
+		if err != nil || len(rs) != 1 || rs[0].Prefix != netip.MustParsePrefix(src+"/32") {
+			t.Fatalf("rules %+v, %v; want only %s", rs, err, src)
+		}
+		return rs[0]
+	}
+	before := find()
+	if !before.FromTrap || before.Hits == 0 {
+		t.Fatalf("trap block %+v: want the trap flag and a hit", before)
+	}
+	deadline := time.Now().Add(time.Hour)
+	if err := x.Block(context.Background(), []backend.Rule{{Prefix: before.Prefix, Deadline: deadline}}); err != nil {
+		t.Fatal(err)
+	}
+	after := find()
+	if after.FromTrap || after.Hits != before.Hits || !after.LastHit.Equal(before.LastHit) || after.Deadline.Sub(deadline).Abs() > time.Second {
+		t.Fatalf("re-blocked %+v (was %+v): want no trap flag, the same hits and the new deadline", after, before)
+	}
+}
