@@ -28,8 +28,8 @@ func BenchmarkReplace1M(b *testing.B) {
 	deadline := time.Now().Add(24 * time.Hour)
 	for i := range rules {
 		a := netip.AddrFrom4([4]byte{198, 18 + byte(i>>16&1), byte(i >> 8), byte(i)})
-		if i >= 1<<17 { // beyond 198.18.0.0/15: documentation-free space is fine here, nothing is sent
-			a = netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)})
+		if i >= 1<<17 { // beyond 198.18.0.0/15: reserved 240.0.0.0/8, only ever set entries, never sent
+			a = netip.AddrFrom4([4]byte{240, byte(i >> 16), byte(i >> 8), byte(i)})
 		}
 		rules[i] = backend.Rule{Prefix: netip.PrefixFrom(a, 32), Deadline: deadline}
 	}

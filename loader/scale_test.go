@@ -9,13 +9,13 @@ import (
 	"github.com/snare-dev/snare/backend"
 )
 
-// rulesN makes n distinct /32 rules in 198.18.0.0/15 and beyond (only ever written to maps,
+// rulesN makes n distinct /32 rules from 240.0.0.0/4 (reserved; only ever written to maps,
 // never used as packet addresses).
 func rulesN(n int, ttl time.Duration) []backend.Rule {
 	out := make([]backend.Rule, n)
 	dl := time.Now().Add(ttl)
 	for i := range out {
-		a := netip.AddrFrom4([4]byte{10 + byte(i>>24), byte(i >> 16), byte(i >> 8), byte(i)})
+		a := netip.AddrFrom4([4]byte{240 + byte(i>>24), byte(i >> 16), byte(i >> 8), byte(i)})
 		out[i] = backend.Rule{Prefix: netip.PrefixFrom(a, 32), Deadline: dl}
 	}
 	return out
