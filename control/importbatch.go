@@ -2,7 +2,6 @@ package control
 
 import (
 	"encoding/binary"
-	"fmt"
 	"net/netip"
 	"time"
 )
@@ -75,7 +74,7 @@ type importBatch struct {
 // room makes slots for lines up to (and including) line number last.
 func (b *importBatch) room(last int) error {
 	if last > maxImportLines {
-		return fmt.Errorf("more than %d lines", maxImportLines)
+		return userErrorf("more than %d lines: split the list", maxImportLines)
 	}
 	for k := (b.n + recChunk - 1) / recChunk; k*recChunk < last; k++ {
 		b.chunks[k] = new([recChunk]importRec)

@@ -1,6 +1,7 @@
 package control
 
 import (
+	"errors"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -114,7 +115,8 @@ func TestImportRecPrefix(t *testing.T) {
 // A list longer than maxImportLines is refused before any slot is made.
 func TestImportBatchTooLong(t *testing.T) {
 	b := new(importBatch)
-	if err := b.room(maxImportLines + 1); err == nil || b.n != 0 || b.chunks[0] != nil {
+	var ue *UserError
+	if err := b.room(maxImportLines + 1); !errors.As(err, &ue) || b.n != 0 || b.chunks[0] != nil {
 		t.Fatalf("room for more than maxImportLines lines: %v, %d slots", err, b.n)
 	}
 }
