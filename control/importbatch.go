@@ -57,8 +57,10 @@ func (r *importRec) before(o *importRec) bool {
 // recChunk is how many records one chunk of an importBatch holds (2 MB).
 const recChunk = 1 << 16
 
-// maxImportLines bounds the lines of one import list (64M: many times any block map).
-const maxImportLines = 1 << 26
+// maxImportLines bounds the lines of one import list: 32M, 32 times the default capacity. Every
+// line takes a slot while the list is read, comments and blank lines too, so this also bounds
+// that memory (1 GB).
+const maxImportLines = 1 << 25
 
 // importBatch holds an import's records, one slot per line of the list, in fixed chunks: it
 // never copies what it holds to grow, and holds at most one part-filled chunk beyond the list.
