@@ -87,6 +87,35 @@ func (b *importBatch) room(last int) error {
 
 func (b *importBatch) at(i int) *importRec { return &b.chunks[i/recChunk][i%recChunk] }
 
+// readWindow is how many records inTurn gathers at a time (128 KB).
+const readWindow = 4096
+
+// inTurn returns a reader of the records at positions 0, 1, 2, ... of idx (nil: the identity),
+// best read in that order: it gathers them a window at a time, in a loop that keeps many reads
+// in flight. Read one by one between other work, a million records in random order waited for
+// memory every time (0.2 s of an import). Each reader is for one goroutine.
+func (b *importBatch) inTurn(idx []int32) func(j int) importRec {
+	n := b.n
+	if idx != nil {
+		n = len(idx)
+	}
+	var win []importRec
+	w0 := 0
+	return func(j int) importRec {
+		if j < w0 || j >= w0+len(win) {
+			w0, win = j, win[:0]
+			for k := j; k < min(j+readWindow, n); k++ {
+				i := k
+				if idx != nil {
+					i = int(idx[k])
+				}
+				win = append(win, *b.at(i))
+			}
+		}
+		return win[j-w0]
+	}
+}
+
 func (r *importRec) hole() bool { return r.bits == 0 }
 
 // compact moves the records over the holes, keeping their order, and lets unused chunks go.
@@ -121,14 +150,6 @@ func (b *importBatch) order() []int32 {
 		r := b.at(i)
 		return r.hi, r.lo, r.bits, r.v6
 	})
-}
-
-// inOrder is the record at position j of order (nil: the identity).
-func (b *importBatch) inOrder(order []int32, j int) *importRec {
-	if order != nil {
-		j = int(order[j])
-	}
-	return b.at(j)
 }
 
 // uniqueRecs is an import's records in store order, one per prefix, as indexes into its batch:
@@ -174,7 +195,16 @@ func (u *uniqueRecs) len() int { return len(u.keep) }
 
 // at is the record at position i of the store order, with its latest time.
 func (u *uniqueRecs) at(i int) importRec {
-	r := *u.b.at(int(u.keep[i]))
+	return u.withLater(i, *u.b.at(int(u.keep[i])))
+}
+
+// inTurn is at for reading in order (see importBatch.inTurn).
+func (u *uniqueRecs) inTurn() func(i int) importRec {
+	read := u.b.inTurn(u.keep)
+	return func(i int) importRec { return u.withLater(i, read(i)) }
+}
+
+func (u *uniqueRecs) withLater(i int, r importRec) importRec {
 	if ns, ok := u.later[i]; ok {
 		r.ns = ns
 	}

@@ -325,9 +325,10 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	var early chan error
 	if recs.n >= bulkImport && d.store.Count() == 0 {
 		early = make(chan error, 1)
+		read := recs.inTurn(order)
 		go func() {
 			early <- d.blockChunks(ctx, recs.n, func(j int) backend.Rule {
-				rec := recs.inOrder(order, j)
+				rec := read(j)
 				r := backend.Rule{Prefix: rec.prefix()}
 				if ttl != 0 {
 					r.Deadline = rec.time()
@@ -340,8 +341,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	// One rule per prefix, in store order: the latest deadline (the latest date) wins.
 	uniq := recs.unique(order, ttl != 0)
 	n := uniq.len()
-	rule := func(i int) Rule {
-		rec := uniq.at(i)
+	rule := func(rec importRec) Rule {
 		r := Rule{Prefix: rec.prefix(), Reason: reason, Origin: OriginImport}
 		if ttl != 0 {
 			r.Deadline = rec.time()
@@ -351,15 +351,22 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		}
 		return r
 	}
+	at := func(i int) Rule { return rule(uniq.at(i)) }
+	// inTurn is at for one goroutine that reads the rules in order (the store's writer, the
+	// kernel's).
+	inTurn := func() func(int) Rule {
+		read := uniq.inTurn()
+		return func(i int) Rule { return rule(read(i)) }
+	}
 	switch {
 	case early != nil:
-		err = d.bulkBlock(n, rule, nil, func() error {
+		err = d.bulkBlock(n, inTurn(), nil, func() error {
 			if err := <-early; err != nil {
 				return err
 			}
 			again := make([]backend.Rule, len(uniq.repeated))
 			for j, i := range uniq.repeated {
-				again[j] = rule(int(i)).enforced()
+				again[j] = at(int(i)).enforced()
 			}
 			return d.enf.Block(ctx, again)
 		})
@@ -367,25 +374,28 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		// Entries already blocked keep what they are, extended to the later deadline; the
 		// kernel takes that deadline too.
 		var merged map[int]mergedRule
-		merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.prefix() }, rule, now)
+		merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.prefix() }, at, now)
 		if err != nil {
 			break
 		}
-		at := func(i int) Rule {
-			if m, ok := merged[i]; ok {
-				return m.now
+		final := func(rule func(int) Rule) func(int) Rule {
+			return func(i int) Rule {
+				if m, ok := merged[i]; ok {
+					return m.now
+				}
+				return rule(i)
 			}
-			return rule(i)
 		}
 		if n >= bulkImport {
-			err = d.bulkBlock(n, at, merged, func() error {
-				return d.blockChunks(ctx, n, func(i int) backend.Rule { return at(i).enforced() })
+			kernel := final(inTurn())
+			err = d.bulkBlock(n, final(inTurn()), merged, func() error {
+				return d.blockChunks(ctx, n, func(i int) backend.Rule { return kernel(i).enforced() })
 			})
 			break
 		}
-		rules := make([]Rule, n)
+		rules, get := make([]Rule, n), final(at)
 		for i := range n {
-			rules[i] = at(i)
+			rules[i] = get(i)
 		}
 		err = d.store.Update(func(tx *Tx) error {
 			if err := tx.PutRulesSorted(rules); err != nil {
