@@ -98,8 +98,10 @@ func checkBlockList(r io.Reader, now time.Time) ([]control.LineError, error) {
 		n++
 		raw := sc.Bytes()
 		text := raw
-		if i := bytes.IndexAny(text, "#;"); i >= 0 {
-			text = text[:i]
+		for _, c := range []byte{'#', ';'} { // two byte scans cost less than one IndexAny
+			if i := bytes.IndexByte(text, c); i >= 0 {
+				text = text[:i]
+			}
 		}
 		var fields [3][]byte
 		nf := 0
