@@ -7,7 +7,7 @@ import (
 )
 
 // BenchmarkCheckBlockList measures the client-side check of a 1,000,000-line blocked.list,
-// which every import pays before anything is sent.
+// which every import pays while the file is sent.
 func BenchmarkCheckBlockList(b *testing.B) {
 	var buf bytes.Buffer
 	for i := range 1_000_000 {

@@ -29,9 +29,10 @@ Two line formats are understood, mixed freely:
 
 '#' and ';' start comments; blank lines are ignored.
 
-The file is checked before anything is sent. A bad line (malformed address, prefix out of
-range, 0.0.0.0/0 or ::/0, a bad date) is reported with its line number and nothing is imported,
-unless --skip-bad is given: then the good lines are imported and the bad ones listed.`,
+The file is checked while it is sent, and its last byte goes out only once the whole file
+passed. A bad line (malformed address, prefix out of range, 0.0.0.0/0 or ::/0, a bad date) is
+reported with its line number and nothing is imported, unless --skip-bad is given: then the good
+lines are imported and the bad ones listed.`,
 		Example: `  snarectl import /var/lib/portsentry/blocked.list
   snarectl import bad-hosts.txt --ttl permanent --reason "abuse feed"
   curl -s https://example.org/feed.txt | snarectl import - --skip-bad`,

@@ -84,7 +84,8 @@ func writeFile(t *testing.T, name, content string) string {
 }
 
 // Every bad input a user can give: a clear message naming the problem, exit code 2, and no
-// request at all reaches the daemon (so nothing can have changed).
+// request reaches the daemon whole (an import with a bad line is cut off before its last byte),
+// so nothing can have changed.
 func TestBadInputChangesNothing(t *testing.T) {
 	f := newFakeDaemon(t)
 	badLines := writeFile(t, "blocked.list", `# old list
