@@ -39,18 +39,6 @@ func ParseBlockList(content string, rules TargetRules, now time.Time) (good []Im
 	return good, p.errs, p.bad
 }
 
-// ReadBlockList is ParseBlockList over a stream: it parses while reading (a million-line list
-// need never be held whole) and calls fn for each good line, in order. The line's Target points
-// into a buffer that is reused: fn must copy it to keep it.
-func ReadBlockList(r io.Reader, rules TargetRules, now time.Time, fn func(ImportLine)) (errs []LineError, bad int, err error) {
-	p := newListParser(rules, now)
-	_, err = readPieces(r, 1, nil, func(text string, first int) {
-		p.n = first - 1
-		p.chunk(text, fn)
-	})
-	return p.errs, p.bad, err
-}
-
 // pieceSize is how much of a list readPieces reads at a time.
 const pieceSize = 256 << 10
 
