@@ -57,10 +57,16 @@ func (r *importRec) before(o *importRec) bool {
 // recChunk is how many records one chunk of an importBatch holds (2 MB).
 const recChunk = 1 << 16
 
-// maxImportLines bounds the lines of one import list: 32M, 32 times the default capacity. Every
-// line takes a slot while the list is read, comments and blank lines too, so this also bounds
-// that memory (1 GB).
+// maxImportLines bounds the lines of one import list whatever the capacity (32M). Every line
+// takes a 32-byte slot while the list is read, comments and blank lines too.
 const maxImportLines = 1 << 25
+
+// importLineLimit is how many lines an import list may have: four times block.capacity (a list
+// longer than the maps can hold is a mistake, and this bounds its slots to 128 MB for the
+// default million), at least 1M, at most maxImportLines.
+func importLineLimit(capacity int) int {
+	return min(max(4*capacity, 1<<20), maxImportLines)
+}
 
 // importBatch holds an import's records, one slot per line of the list, in fixed chunks: it
 // never copies what it holds to grow, and holds at most one part-filled chunk beyond the list.
@@ -71,12 +77,17 @@ const maxImportLines = 1 << 25
 type importBatch struct {
 	chunks [maxImportLines / recChunk]*[recChunk]importRec
 	n      int // slots, then records once compacted
+	limit  int // lines the list may have (importLineLimit)
+}
+
+func newImportBatch(capacity int) *importBatch {
+	return &importBatch{limit: importLineLimit(capacity)}
 }
 
 // room makes slots for lines up to (and including) line number last.
 func (b *importBatch) room(last int) error {
-	if last > maxImportLines {
-		return userErrorf("more than %d lines: split the list", maxImportLines)
+	if last > b.limit {
+		return userErrorf("more than %d lines (4 times block.capacity, at least 1M): split the list", b.limit)
 	}
 	for k := (b.n + recChunk - 1) / recChunk; k*recChunk < last; k++ {
 		b.chunks[k] = new([recChunk]importRec)

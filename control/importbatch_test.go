@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -40,7 +41,7 @@ func TestImportBatchOrderUnique(t *testing.T) {
 		for _, latest := range []bool{false, true} {
 			// Every third slot is a hole (a comment, a bad line), filled from the end, as the
 			// pieces of a list are parsed on several goroutines.
-			b := new(importBatch)
+			b := newImportBatch(0)
 			if err := b.room(3 * n); err != nil {
 				t.Fatal(err)
 			}
@@ -112,11 +113,17 @@ func TestImportRecPrefix(t *testing.T) {
 	}
 }
 
-// A list longer than maxImportLines is refused before any slot is made.
+// A list longer than its limit is refused before any slot is made. The limit follows
+// block.capacity, between 1M and maxImportLines lines.
 func TestImportBatchTooLong(t *testing.T) {
-	b := new(importBatch)
+	b := newImportBatch(1000)
 	var ue *UserError
-	if err := b.room(maxImportLines + 1); !errors.As(err, &ue) || b.n != 0 || b.chunks[0] != nil {
-		t.Fatalf("room for more than maxImportLines lines: %v, %d slots", err, b.n)
+	if err := b.room(1<<20 + 1); !errors.As(err, &ue) || !strings.Contains(err.Error(), "more than 1048576 lines") || b.n != 0 || b.chunks[0] != nil {
+		t.Fatalf("room for more than the limit: %v, %d slots", err, b.n)
+	}
+	for _, tc := range []struct{ capacity, want int }{{1000, 1 << 20}, {1_000_000, 4_000_000}, {100_000_000, maxImportLines}} {
+		if got := importLineLimit(tc.capacity); got != tc.want {
+			t.Errorf("importLineLimit(%d) = %d, want %d", tc.capacity, got, tc.want)
+		}
 	}
 }

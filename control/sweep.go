@@ -304,7 +304,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		reason = "import " + name
 	}
 	var resp ImportResponse
-	recs, errs, bad, expired, err := d.readImport(body, cfg.TargetRules(), ttl, now)
+	recs, errs, bad, expired, err := d.readImport(body, cfg, ttl, now)
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
@@ -422,8 +422,9 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 // fifth of an import on one. It returns the records (deadlines for TTL imports, creation times
 // for permanent ones), the first bad lines by line number, and the counts of bad lines
 // (allowlisted targets included) and of lines already expired.
-func (d *Daemon) readImport(body io.Reader, rules TargetRules, ttl time.Duration, now time.Time) (recs *importBatch, errs []LineError, bad, expired int, err error) {
-	recs = new(importBatch)
+func (d *Daemon) readImport(body io.Reader, cfg *Config, ttl time.Duration, now time.Time) (recs *importBatch, errs []LineError, bad, expired int, err error) {
+	recs = newImportBatch(cfg.Block.Capacity)
+	rules := cfg.TargetRules()
 	var mu sync.Mutex              // guards what the pieces report
 	nowNs := now.UnixMilli() * 1e6 // lines are stamped to the millisecond
 	_, err = readPieces(body, runtime.GOMAXPROCS(0), func(first, lines int) error {

@@ -86,6 +86,7 @@ func startDaemon(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Block.Capacity = 1000 // what the memEnforcer reports
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := control.Open(ctx, control.Options{
 		Config:   cfg,
@@ -167,6 +168,15 @@ func TestAgainstRealDaemon(t *testing.T) {
 	}
 	if got := list(); len(got) != 2 {
 		t.Errorf("an import with a bad last line changed the list: %d entries", len(got))
+	}
+	// A list longer than the daemon takes (4 times block.capacity, at least 1M lines: here
+	// 1M blank lines and one address) is refused whole, with the limit named.
+	if r := run(strings.Repeat("\n", 1<<20)+"198.18.30.1\n", "import", "-"); r.code != exitError ||
+		!strings.Contains(r.stderr, "more than 1048576 lines") || !strings.Contains(r.stderr, "split the list") {
+		t.Errorf("import of too many lines: code %d stderr %q", r.code, r.stderr)
+	}
+	if got := list(); len(got) != 2 {
+		t.Errorf("an import of too many lines changed the list: %d entries", len(got))
 	}
 	if r := run("198.18.5.5\n198.0.0.0/7\n", "import", "-", "--skip-bad"); r.code != exitOK ||
 		!strings.Contains(r.stdout, "imported 1 entry") || !strings.Contains(r.stderr, "<stdin>:2:") {
