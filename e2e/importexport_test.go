@@ -1,6 +1,8 @@
 package e2e
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -120,5 +122,49 @@ func TestImportExport(t *testing.T) {
 			}
 		}
 		e.dropped(t, e.attackerV4Peer())
+	})
+}
+
+// A list big enough for the bulk path, in the order its blocks were made, into a daemon that
+// holds nothing yet (the first import of an old blocked.list): the kernel takes it while the
+// store is written. Every line is blocked, a repeated address keeps its latest date, the
+// attacker's packets are dropped and the client's still served.
+func TestImportBigList(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, backend string) {
+		e := newEnv(t, backend, options{config: map[string]any{"block.ttl": "5d"}})
+		d := e.d
+		day := func(daysAgo int) string { return time.Now().AddDate(0, 0, -daysAgo).Format("20060102") }
+		const n = 60_000 // more than the daemon's bulk threshold (50,000)
+		lines := make([]string, 0, n+2)
+		for i := range n {
+			lines = append(lines, fmt.Sprintf("198.19.%d.%d %s", i>>8, i&255, day(2)))
+		}
+		// The attacker twice: its later date (yesterday) wins, wherever the lines fall.
+		lines = append(lines, e.attacker4().String()+" "+day(1), e.attacker4().String()+" "+day(3))
+		rand.New(rand.NewPCG(7, 8)).Shuffle(len(lines), func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
+		file := filepath.Join(e.dir, "big.list")
+		if err := os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if st := d.status(t); st.Entries != 0 {
+			t.Fatalf("daemon holds %d entries before the import, want none", st.Entries)
+		}
+		if out := d.mustCtl(t, "import", file); !strings.Contains(out, fmt.Sprintf("imported %d entries", n+1)) {
+			t.Fatalf("import: %q, want %d entries", out, n+1)
+		}
+		if st := d.status(t); st.Entries != n+1 {
+			t.Fatalf("status: %d entries, want %d", st.Entries, n+1)
+		}
+		entries := d.list(t)
+		if len(entries) != n+1 {
+			t.Fatalf("list: %d entries, want %d", len(entries), n+1)
+		}
+		en := find(entries, host32(e.attacker4()))
+		want := time.Now().AddDate(0, 0, 4) // yesterday + 5 days
+		if en == nil || en.Expires.Sub(want).Abs() > 26*time.Hour {
+			t.Fatalf("attacker %+v: want it to expire around %s (its later date + 5d)", en, want.Format(time.DateOnly))
+		}
+		e.dropped(t, e.attackerV4Peer())
+		e.served(t, e.clientV4Peer())
 	})
 }
