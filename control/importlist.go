@@ -42,6 +42,10 @@ func ParseBlockList(content string, rules TargetRules, now time.Time) (good []Im
 // pieceSize is how much of a list readPieces reads at a time.
 const pieceSize = 256 << 10
 
+// maxListLine is the longest line readPieces takes (1 MB, as snarectl's check): a body of one
+// endless line would otherwise grow its buffer up to the request limit.
+const maxListLine = 1 << 20
+
 // readPieces reads r in pieces of whole lines and calls parse for each with the piece's text and
 // the number of its first line (from 1). With workers > 1 the pieces are parsed on that many
 // goroutines at once, while the next ones are read; parse then runs concurrently with itself.
@@ -83,6 +87,11 @@ func readPieces(r io.Reader, workers int, room func(first, lines int) error, par
 		if !last {
 			cut = bytes.LastIndexByte(buf[:n], '\n') + 1
 			if cut == 0 { // one line fills the buffer: make room for the rest of it
+				if len(buf) >= maxListLine {
+					close(work)
+					wg.Wait()
+					return line - 1, userErrorf("line %d is longer than %d bytes: not a block list", line, maxListLine)
+				}
 				buf = append(buf, make([]byte, len(buf))...)
 				continue
 			}

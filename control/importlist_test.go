@@ -195,6 +195,12 @@ func TestReadPieces(t *testing.T) {
 	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "line 3") {
 		t.Fatalf("failed read: %v", err)
 	}
+	// A line longer than maxListLine is refused, by number, before the rest is read.
+	long := "198.18.0.1\n" + strings.Repeat("x", maxListLine+1) + "\n198.18.0.2\n"
+	var ue *UserError
+	if _, err := readPieces(strings.NewReader(long), 2, nil, func(string, int) {}); !errors.As(err, &ue) || !strings.Contains(err.Error(), "line 2 is longer than") {
+		t.Fatalf("endless line: %v", err)
+	}
 	full := errors.New("full")
 	if _, err := readPieces(strings.NewReader(list), 2, func(int, int) error { return full }, func(string, int) { t.Error("parsed after room failed") }); !errors.Is(err, full) {
 		t.Fatalf("failed room: %v", err)

@@ -101,6 +101,12 @@ func TestImportStreamCutOff(t *testing.T) {
 	if d.store.Count() != 0 || len(f.rules) != 0 {
 		t.Fatalf("cut-off import changed something: store %d, kernel %d", d.store.Count(), len(f.rules))
 	}
+	// A line that does not end within 1 MB: refused as the user's mistake, nothing imported.
+	var ue *UserError
+	_, err = d.Import(context.Background(), ImportRequest{Content: "198.19.0.1\n" + strings.Repeat("x", maxListLine+1)})
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "line 2 is longer than") || d.store.Count() != 0 || len(f.rules) != 0 {
+		t.Fatalf("endless line: %v; store %d, kernel %d", err, d.store.Count(), len(f.rules))
+	}
 	srv := httptest.NewServer(d.Handler())
 	defer srv.Close()
 	resp, err := http.Post(srv.URL+"/v1/import?skip_bad=maybe", "text/plain", strings.NewReader("198.19.0.1\n"))
