@@ -162,22 +162,29 @@ func (s *byMap) reset() {
 	s.c4, s.w4, s.c6, s.w6 = s.c4[:0], s.w4[:0], s.c6[:0], s.w6[:0]
 }
 
-// add puts one rule (normalized) into the slices of its map.
-func (s *byMap) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits int) {
+// add puts one rule (normalized) into the slices of its map; room is how many rules the window
+// has left, this one included.
+func (s *byMap) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits, room int) {
 	switch place(p, v6bits) {
 	case inBlock4:
-		s.k4 = append(s.k4, be32(p.Addr()))
-		s.v4 = append(s.v4, v)
+		s.k4, s.v4 = push(s.k4, be32(p.Addr()), room), push(s.v4, v, room)
 	case inBlock6:
-		s.k6 = append(s.k6, bpf.SnareAddr6{Addr: p.Addr().As16()})
-		s.v6 = append(s.v6, v)
+		s.k6, s.v6 = push(s.k6, bpf.SnareAddr6{Addr: p.Addr().As16()}, room), push(s.v6, v, room)
 	case inCidr4:
-		s.c4 = append(s.c4, lpm4(p))
-		s.w4 = append(s.w4, v)
+		s.c4, s.w4 = push(s.c4, lpm4(p), room), push(s.w4, v, room)
 	case inCidr6:
-		s.c6 = append(s.c6, lpm6(p))
-		s.w6 = append(s.w6, v)
+		s.c6, s.w6 = push(s.c6, lpm6(p), room), push(s.w6, v, room)
 	}
+}
+
+// push appends x to s; a full s grows by the rest of the window at once. Grown by doubling, the
+// buffers of a million-entry load (whenever a collection had emptied windowPool) were copied
+// and faulted in again and again: 60 ms of an import.
+func push[T any](s []T, x T, room int) []T {
+	if len(s) == cap(s) {
+		s = slices.Grow(s, room)
+	}
+	return append(s, x)
 }
 
 // checkRules refuses a batch with an invalid prefix or one that covers every address, before
@@ -214,9 +221,10 @@ func windows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error {
 		defer windowPool.Put(s)
 		for ; i < j; i += window {
 			s.reset()
-			for _, r := range rules[i:min(i+window, j)] {
+			w := rules[i:min(i+window, j)]
+			for k, r := range w {
 				p, _ := normalize(r.Prefix)
-				s.add(p, bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}, v6bits)
+				s.add(p, bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}, v6bits, len(w)-k)
 			}
 			if err := fn(s); err != nil {
 				return err
