@@ -552,9 +552,11 @@ func (d *Daemon) bulkBlock(n int, at func(int) Rule, merged map[int]mergedRule, 
 }
 
 // kernelChunk is how many rules blockChunks hands the enforcer at once: enough for the loader
-// to spread one call over two CPUs, few enough (7 MB) that the rules of a big import never
-// exist as Go values (with pointers, for the collector to scan) all at once.
-const kernelChunk = 1 << 17
+// to spread one call over two CPUs, few enough (3.5 MB) that the rules of a big import never
+// exist as Go values (with pointers, for the collector to scan) all at once. Memory an import
+// touches for the first time is dear on a VM (a page fault costs several microseconds): two
+// chunks of 128K were 14 MB of it.
+const kernelChunk = 1 << 16
 
 // blockChunks blocks rule(0..n-1) in the enforcer, a chunk at a time. The next chunk is made
 // while the enforcer takes the last one: made in turn, they cost a big import 0.1 s.

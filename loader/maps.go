@@ -264,10 +264,11 @@ func putBatch[K any](m *ebpf.Map, keys []K, vals []bpf.SnareBlockVal) error {
 	return nil
 }
 
-// parallelChunks runs fn over [0,n) split into one contiguous range per CPU when n is large
-// enough to pay for the goroutines, else in the caller.
+// parallelChunks runs fn over [0,n) split into one contiguous range per CPU, of at least 32K
+// entries (10 ms or more of the kernel's work, far more than a goroutine costs), else in the
+// caller.
 func parallelChunks(n int, fn func(i, j int) error) error {
-	workers := min(runtime.GOMAXPROCS(0), n/(16*batchSize))
+	workers := min(runtime.GOMAXPROCS(0), n/(8*batchSize))
 	if workers < 2 {
 		return fn(0, n)
 	}
