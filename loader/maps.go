@@ -807,9 +807,9 @@ func keyOrder4(keys []uint32) []int32 {
 	if slices.IsSortedFunc(keys, cmpKey4) {
 		return radix.Identity(len(keys))
 	}
-	ord, idx := make([]uint64, len(keys)), radix.Identity(len(keys))
+	ord, idx := make([]uint32, len(keys)), radix.Identity(len(keys))
 	for i, k := range keys {
-		ord[i] = uint64(bits.ReverseBytes32(k))
+		ord[i] = bits.ReverseBytes32(k)
 	}
 	radix.Sort(ord, idx)
 	return idx
@@ -826,7 +826,7 @@ func keyOrder6(keys []bpf.SnareAddr6) []int32 {
 	for i, k := range keys {
 		ord[i] = binary.BigEndian.Uint64(k.Addr[8:])
 	}
-	var sorter radix.Sorter
+	var sorter radix.Sorter[uint64]
 	sorter.Sort(ord, idx)
 	for j, i := range idx {
 		ord[j] = binary.BigEndian.Uint64(keys[i].Addr[:8])

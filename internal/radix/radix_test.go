@@ -2,6 +2,7 @@ package radix
 
 import (
 	"cmp"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -12,7 +13,7 @@ import (
 func TestSortMatchesStableSort(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	for _, n := range []int{0, 1, 2, 3, 100, 10000} {
-		for _, mask := range []uint64{^uint64(0), 0xff, 0xff00ff0000000f00} {
+		for _, mask := range []uint64{^uint64(0), 0xff, 0xff00ff0000000f00, 0xff00ff00, 0xffffffff00000000} {
 			keys := make([]uint64, n)
 			for i := range keys {
 				keys[i] = rng.Uint64() & mask
@@ -21,23 +22,33 @@ func TestSortMatchesStableSort(t *testing.T) {
 				if sorted {
 					slices.Sort(keys)
 				}
-				type pair struct {
-					k uint64
-					i int32
-				}
-				want := make([]pair, n)
+				checkSort(t, keys, fmt.Sprintf("64-bit n=%d mask=%x sorted=%v", n, mask, sorted))
+				keys32 := make([]uint32, n)
 				for i, k := range keys {
-					want[i] = pair{k, int32(i)}
+					keys32[i] = uint32(k ^ k>>32) // bytes from either half
 				}
-				slices.SortStableFunc(want, func(a, b pair) int { return cmp.Compare(a.k, b.k) })
-				k, idx := slices.Clone(keys), Identity(n)
-				Sort(k, idx)
-				for j := range want {
-					if k[j] != want[j].k || idx[j] != want[j].i {
-						t.Fatalf("n=%d mask=%x sorted=%v: position %d is (%x, %d), want (%x, %d)", n, mask, sorted, j, k[j], idx[j], want[j].k, want[j].i)
-					}
-				}
+				checkSort(t, keys32, fmt.Sprintf("32-bit n=%d mask=%x sorted=%v", n, mask, sorted))
 			}
+		}
+	}
+}
+
+func checkSort[K Key](t *testing.T, keys []K, what string) {
+	t.Helper()
+	type pair struct {
+		k K
+		i int32
+	}
+	want := make([]pair, len(keys))
+	for i, k := range keys {
+		want[i] = pair{k, int32(i)}
+	}
+	slices.SortStableFunc(want, func(a, b pair) int { return cmp.Compare(a.k, b.k) })
+	k, idx := slices.Clone(keys), Identity(len(keys))
+	Sort(k, idx)
+	for j := range want {
+		if k[j] != want[j].k || idx[j] != want[j].i {
+			t.Fatalf("%s: position %d is (%x, %d), want (%x, %d)", what, j, k[j], idx[j], want[j].k, want[j].i)
 		}
 	}
 }
@@ -62,11 +73,23 @@ func BenchmarkSortMillion(b *testing.B) {
 	}
 }
 
+// BenchmarkSortMillion32 is BenchmarkSortMillion with 32-bit keys (IPv4 addresses).
+func BenchmarkSortMillion32(b *testing.B) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	keys := make([]uint32, 1_000_000)
+	for i := range keys {
+		keys[i] = rng.Uint32()
+	}
+	for b.Loop() {
+		Sort(slices.Clone(keys), Identity(len(keys)))
+	}
+}
+
 // TestSorterReuse sorts by two keys in turn with one Sorter, smaller batches after bigger ones,
 // and checks the order by both keys.
 func TestSorterReuse(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
-	var s Sorter
+	var s Sorter[uint64]
 	for _, n := range []int{1000, 10, 500} {
 		lo, hi := make([]uint64, n), make([]uint64, n)
 		for i := range n {

@@ -1,0 +1,66 @@
+package control
+
+import (
+	"math/rand/v2"
+	"net/netip"
+	"slices"
+	"testing"
+)
+
+// prefixOrder sorts with 32-bit keys when every part fits (IPv4 lists, IPv6 /32s) and with
+// 64-bit keys otherwise; either way it gives a stable sort by Prefix.Compare.
+func TestPrefixOrderKeyWidths(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 32))
+	v4 := func() netip.Prefix {
+		a := netip.AddrFrom4([4]byte{198, 18 + byte(rng.IntN(2)), byte(rng.IntN(4)), byte(rng.IntN(256))})
+		return netip.PrefixFrom(a, 16+rng.IntN(17)).Masked()
+	}
+	v6 := func(bits int) netip.Prefix {
+		var b [16]byte
+		copy(b[:], []byte{0x20, 0x01, 0x0d, 0xb8})
+		for j := 4; j < 16; j++ {
+			b[j] = byte(rng.IntN(3))
+		}
+		return netip.PrefixFrom(netip.AddrFrom16(b), bits).Masked()
+	}
+	for _, tc := range []struct {
+		name string
+		gen  func() netip.Prefix
+	}{
+		{"IPv4, several lengths (32-bit keys)", v4},
+		{"IPv4 and IPv6 /32 (32-bit keys, by family too)", func() netip.Prefix {
+			if rng.IntN(2) == 0 {
+				return v4()
+			}
+			return netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, byte(rng.IntN(3)), byte(rng.IntN(3))}), 32)
+		}},
+		{"IPv6 /64 (64-bit keys)", func() netip.Prefix { return v6(64) }},
+		{"IPv4 and IPv6 /128 (64-bit keys)", func() netip.Prefix {
+			if rng.IntN(2) == 0 {
+				return v4()
+			}
+			return v6(128)
+		}},
+	} {
+		ps := make([]netip.Prefix, 3000)
+		for i := range ps {
+			ps[i] = tc.gen()
+		}
+		order := prefixOrder(len(ps), func(i int) (hi, lo uint64, bits uint8, v6 bool) {
+			hi, lo = addrHalves(ps[i].Addr())
+			return hi, lo, uint8(ps[i].Bits()), !ps[i].Addr().Is4()
+		})
+		want := make([]int32, len(ps))
+		for i := range want {
+			want[i] = int32(i)
+		}
+		slices.SortStableFunc(want, func(a, b int32) int { return ps[a].Compare(ps[b]) })
+		if !slices.Equal(order, want) {
+			for j := range want {
+				if order[j] != want[j] {
+					t.Fatalf("%s: position %d holds %s (line %d), want %s (line %d)", tc.name, j, ps[order[j]], order[j], ps[want[j]], want[j])
+				}
+			}
+		}
+	}
+}
