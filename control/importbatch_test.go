@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // importBatch across several chunks, with holes, in random order and already sorted, IPv4
@@ -79,8 +80,8 @@ func TestImportBatchOrderUnique(t *testing.T) {
 				t.Fatalf("sorted=%v latest=%v: %d unique, want %d", sorted, latest, u.len(), len(uniq))
 			}
 			for i := range u.len() {
-				if r := u.at(i); r.prefix() != uniq[i].p || r.ns != uniq[i].ns {
-					t.Fatalf("sorted=%v latest=%v: position %d is %s at %d, want %s at %d", sorted, latest, i, r.prefix(), r.ns, uniq[i].p, uniq[i].ns)
+				if r := u.at(i); r.prefix() != uniq[i].p || r.ms() != uniq[i].ns {
+					t.Fatalf("sorted=%v latest=%v: position %d is %s at %d, want %s at %d", sorted, latest, i, r.prefix(), r.ms(), uniq[i].p, uniq[i].ns)
 				}
 			}
 			if !slices.Equal(u.repeated, rep) {
@@ -100,10 +101,13 @@ func TestImportRecPrefix(t *testing.T) {
 		netip.MustParsePrefix("2001:db8::ff/128"),
 	}
 	for _, p := range ps {
-		r := recOf(p, 7)
-		if got := r.prefix(); got != p || r.ns != 7 {
-			t.Errorf("recOf(%s).prefix() = %s, ns %d", p, got, r.ns)
+		for _, ms := range []int64{7, 0, -86_400_000, time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC).UnixMilli(), 1 << 46, -1 << 46} {
+			r := recOf(p, ms)
+			if got := r.prefix(); got != p || r.ms() != ms || !r.time().Equal(time.UnixMilli(ms)) || r.hole() {
+				t.Errorf("recOf(%s, %d): prefix %s, ms %d, time %s, hole %v", p, ms, got, r.ms(), r.time(), r.hole())
+			}
 		}
+		r := recOf(p, 7)
 		for _, q := range ps {
 			o := recOf(q, 0)
 			if r.before(&o) != (p.Compare(q) < 0) || r.samePrefix(&o) != (p == q) {

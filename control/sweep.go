@@ -425,8 +425,9 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 func (d *Daemon) readImport(body io.Reader, cfg *Config, ttl time.Duration, now time.Time) (recs *importBatch, errs []LineError, bad, expired int, err error) {
 	recs = newImportBatch(cfg.Block.Capacity)
 	rules := cfg.TargetRules()
-	var mu sync.Mutex              // guards what the pieces report
-	nowNs := now.UnixMilli() * 1e6 // lines are stamped to the millisecond
+	var mu sync.Mutex        // guards what the pieces report
+	nowMs := now.UnixMilli() // lines are stamped to the millisecond, as the store keeps times
+	ttlMs := ttl.Milliseconds()
 	_, err = readPieces(body, runtime.GOMAXPROCS(0), func(first, lines int) error {
 		return recs.room(first + lines - 1)
 	}, func(text string, first int) {
@@ -443,16 +444,16 @@ func (d *Daemon) readImport(body io.Reader, cfg *Config, ttl time.Duration, now 
 				p.bad++
 				return
 			}
-			c := nowNs
+			c := nowMs
 			if !l.Date.IsZero() {
-				c = l.Date.UnixMilli() * 1e6
-				if ttl != 0 && c+int64(ttl) <= nowNs {
+				c = l.Date.UnixMilli()
+				if ttl != 0 && c+ttlMs <= nowMs {
 					gone++
 					return
 				}
 			}
 			if ttl != 0 {
-				c += int64(ttl) // the record holds the deadline; permanent ones when they were made
+				c += ttlMs // the record holds the deadline; permanent ones when they were made
 			}
 			*recs.at(l.Line - 1) = recOf(l.Prefix, c)
 		})
