@@ -65,10 +65,13 @@ func (f *fakeEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
 }
 
 // Replace keeps the unexpired trap blocks rules lack and returns them, as the back-ends do.
-func (f *fakeEnforcer) Replace(ctx context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
+func (f *fakeEnforcer) Replace(ctx context.Context, list backend.Rules) (int, []backend.RuleState, error) {
 	want := map[netip.Prefix]bool{}
-	for _, r := range rules {
+	var rules []backend.Rule
+	for i := range list.Len() {
+		r := list.At(i)
 		want[r.Prefix] = true
+		rules = append(rules, r)
 	}
 	f.mu.Lock()
 	var trapped []backend.RuleState

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/backend"
 )
 
 // importBatch across several chunks, with holes, in random order and already sorted, IPv4
@@ -128,6 +130,30 @@ func TestImportBatchTooLong(t *testing.T) {
 	for _, tc := range []struct{ capacity, want int }{{1000, 1 << 20}, {1_000_000, 4_000_000}, {100_000_000, maxImportLines}} {
 		if got := importLineLimit(tc.capacity); got != tc.want {
 			t.Errorf("importLineLimit(%d) = %d, want %d", tc.capacity, got, tc.want)
+		}
+	}
+}
+
+// A restore's compact rules give back each prefix with its deadline, a zero time staying
+// permanent, as the store keeps them (to the millisecond).
+func TestStoredRules(t *testing.T) {
+	soon := time.Date(2026, 12, 5, 10, 0, 0, 123_000_000, time.UTC)
+	want := []backend.Rule{
+		{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Deadline: soon},
+		{Prefix: netip.MustParsePrefix("198.18.4.0/24")},
+		{Prefix: netip.MustParsePrefix("2001:db8:1:2::/64"), Deadline: soon.Add(time.Hour)},
+		{Prefix: netip.MustParsePrefix("2001:db8::ff/128")},
+	}
+	var rs storedRules
+	for _, r := range want {
+		rs = append(rs, recOf(r.Prefix, unixMs(r.Deadline)))
+	}
+	if rs.Len() != len(want) {
+		t.Fatalf("Len %d, want %d", rs.Len(), len(want))
+	}
+	for i, w := range want {
+		if got := rs.At(i); got.Prefix != w.Prefix || !got.Deadline.Equal(w.Deadline) || got.Permanent() != w.Permanent() {
+			t.Errorf("At(%d) = %s until %v, want %s until %v", i, got.Prefix, got.Deadline, w.Prefix, w.Deadline)
 		}
 	}
 }

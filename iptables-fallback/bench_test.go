@@ -41,11 +41,11 @@ func BenchmarkReplace1M(b *testing.B) {
 	ctx := context.Background()
 	b.ResetTimer()
 	for range b.N {
-		if _, _, err := e.Replace(ctx, nil); err != nil {
+		if _, _, err := e.Replace(ctx, backend.RuleList(nil)); err != nil {
 			b.Fatal(err)
 		}
 		start := time.Now()
-		got, _, err := e.Replace(ctx, rules)
+		got, _, err := e.Replace(ctx, backend.RuleList(rules))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -64,7 +64,7 @@ func BenchmarkReplace1M(b *testing.B) {
 
 	// A restart's reconciliation: everything already in place.
 	start = time.Now()
-	if got, _, err := e.Replace(ctx, rules); err != nil || got != 0 {
+	if got, _, err := e.Replace(ctx, backend.RuleList(rules)); err != nil || got != 0 {
 		b.Fatalf("reconcile: %d, %v", got, err)
 	}
 	b.ReportMetric(time.Since(start).Seconds(), "s/reconcile")

@@ -71,7 +71,7 @@ func TestRoundTrip(t *testing.T) {
 	}
 
 	// Replace: exactly the given rules; unchanged ones are not re-inserted.
-	n, trapped, err := e.Replace(ctx, []backend.Rule{
+	n, trapped, err := e.Replace(ctx, backend.RuleList{
 		{Prefix: mustPrefix("198.18.10.0/24"), Deadline: long},
 		{Prefix: mustPrefix("198.18.11.1/32"), Deadline: in1h},
 	})
@@ -119,7 +119,7 @@ func TestBadInput(t *testing.T) {
 		if err := e.Block(ctx, bad); err == nil {
 			t.Errorf("Block(%v) succeeded", bad)
 		}
-		if _, _, err := e.Replace(ctx, bad); err == nil {
+		if _, _, err := e.Replace(ctx, backend.RuleList(bad)); err == nil {
 			t.Errorf("Replace(%v) succeeded", bad)
 		}
 	}
@@ -192,7 +192,7 @@ func TestReplaceKeepsTrapBlocks(t *testing.T) {
 	if err := e.Block(ctx, []backend.Rule{{Prefix: mustPrefix("198.18.20.2/32"), Deadline: now.Add(time.Hour)}}); err != nil {
 		t.Fatal(err)
 	}
-	n, trapped, err := e.Replace(ctx, []backend.Rule{{Prefix: mustPrefix("198.18.20.3/32"), Deadline: now.Add(time.Hour)}})
+	n, trapped, err := e.Replace(ctx, backend.RuleList{{Prefix: mustPrefix("198.18.20.3/32"), Deadline: now.Add(time.Hour)}})
 	if err != nil || n != 1 {
 		t.Fatalf("Replace: %d, %v", n, err)
 	}

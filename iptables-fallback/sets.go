@@ -402,7 +402,7 @@ func withinSlack(have, want time.Time, slack time.Duration) bool {
 // blocks rules lack, which are returned for adoption. Entries already present with the same
 // deadline keep their counters; it returns how many were (re)inserted. It also repairs the
 // chains, since it is what the daemon calls to reconcile.
-func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
+func (e *Enforcer) Replace(ctx context.Context, rules backend.Rules) (int, []backend.RuleState, error) {
 	if _, err := e.Repair(ctx); err != nil {
 		return 0, nil, err
 	}
@@ -410,9 +410,10 @@ func (e *Enforcer) Replace(ctx context.Context, rules []backend.Rule) (int, []ba
 	if err != nil {
 		return 0, nil, err
 	}
-	want := make(map[netip.Prefix]time.Time, min(len(rules), len(have)))
-	norm := make([]backend.Rule, 0, len(rules))
-	for _, r := range rules {
+	want := make(map[netip.Prefix]time.Time, min(rules.Len(), len(have)))
+	norm := make([]backend.Rule, 0, rules.Len())
+	for i := range rules.Len() {
+		r := rules.At(i)
 		p, err := normalizePrefix(r.Prefix)
 		if err != nil {
 			return 0, nil, fmt.Errorf("replace %s: %w", r.Prefix, err)

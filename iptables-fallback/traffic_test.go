@@ -248,7 +248,7 @@ func TestFlushRepaired(t *testing.T) {
 			if !strings.Contains(f.ipsetList(t, f.e.n.allow4), cli.Addr4().String()) {
 				t.Errorf("allowlist not restored:\n%s", f.ipsetList(t, f.e.n.allow4))
 			}
-			if n, _, err := f.e.Replace(f.ctx, []backend.Rule{{Prefix: netip.PrefixFrom(att.Addr4(), 32)}}); err != nil || n != 1 {
+			if n, _, err := f.e.Replace(f.ctx, backend.RuleList{{Prefix: netip.PrefixFrom(att.Addr4(), 32)}}); err != nil || n != 1 {
 				t.Fatalf("Replace after repair = %d, %v; want 1, nil", n, err)
 			}
 			if f.reachable(att.NS, h4) {
@@ -294,7 +294,7 @@ func TestRestartKeepsState(t *testing.T) {
 	if len(got) != 2 || !sameDeadline(got[p].Deadline, deadline) || got[p].Hits < hits {
 		t.Errorf("after restart: %v (hits before %d)", got, hits)
 	}
-	n, _, err := e2.Replace(f.ctx, []backend.Rule{{Prefix: p, Deadline: deadline}, {Prefix: mustPrefix("2001:db8:77::/64")}})
+	n, _, err := e2.Replace(f.ctx, backend.RuleList{{Prefix: p, Deadline: deadline}, {Prefix: mustPrefix("2001:db8:77::/64")}})
 	if err != nil || n != 0 {
 		t.Errorf("Replace with the same rules = %d, %v; want 0, nil", n, err)
 	}
@@ -346,7 +346,7 @@ func TestIPv6Prefix(t *testing.T) {
 		t.Error("the /64 block does not drop after the change")
 	}
 	p128 := netip.PrefixFrom(att.Addr6(), 128)
-	if _, _, err := f.e.Replace(f.ctx, []backend.Rule{{Prefix: p128}}); err != nil {
+	if _, _, err := f.e.Replace(f.ctx, backend.RuleList{{Prefix: p128}}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(f.ipsetList(t, f.e.n.ip6), att.Addr6().String()) {

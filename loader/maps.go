@@ -189,8 +189,9 @@ func push[T any](s []T, x T, room int) []T {
 
 // checkRules refuses a batch with an invalid prefix or one that covers every address, before
 // anything of it is written, and counts the rules each map would take (by placement).
-func checkRules(rules []backend.Rule, v6bits int) (counts [4]int, err error) {
-	for _, r := range rules {
+func checkRules(rules backend.Rules, v6bits int) (counts [4]int, err error) {
+	for i := range rules.Len() {
+		r := rules.At(i)
 		p, err := normalize(r.Prefix)
 		if err != nil {
 			return counts, err
@@ -205,7 +206,7 @@ func checkRules(rules []backend.Rule, v6bits int) (counts [4]int, err error) {
 
 // inWindows checks rules, then calls fn with them split by map, a window at a time (see
 // windows).
-func inWindows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error {
+func inWindows(rules backend.Rules, v6bits int, fn func(s *byMap) error) error {
 	if _, err := checkRules(rules, v6bits); err != nil {
 		return err
 	}
@@ -214,17 +215,18 @@ func inWindows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error 
 
 // windows calls fn with checked rules split by map, a window at a time; big batches are split
 // across CPUs (fn runs concurrently then, on windows of its own).
-func windows(rules []backend.Rule, v6bits int, fn func(s *byMap) error) error {
+func windows(rules backend.Rules, v6bits int, fn func(s *byMap) error) error {
 	c := now()
-	return parallelChunks(len(rules), func(i, j int) error {
+	return parallelChunks(rules.Len(), func(i, j int) error {
 		s := windowPool.Get().(*byMap)
 		defer windowPool.Put(s)
 		for ; i < j; i += window {
 			s.reset()
-			w := rules[i:min(i+window, j)]
-			for k, r := range w {
+			end := min(i+window, j)
+			for k := i; k < end; k++ {
+				r := rules.At(k)
 				p, _ := normalize(r.Prefix)
-				s.add(p, bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}, v6bits, len(w)-k)
+				s.add(p, bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}, v6bits, end-k)
 			}
 			if err := fn(s); err != nil {
 				return err
@@ -300,17 +302,17 @@ func (x *XDP) Block(ctx context.Context, rules []backend.Rule) error {
 		return err
 	}
 	v6bits := maskBits(cfg.V6Mask)
-	if _, err := checkRules(rules, v6bits); err != nil {
+	if _, err := checkRules(backend.RuleList(rules), v6bits); err != nil {
 		return err
 	}
-	return x.blockLocked(rules, v6bits)
+	return x.blockLocked(backend.RuleList(rules), v6bits)
 }
 
 // blockLocked is Block of checked rules with x.mu held.
-func (x *XDP) blockLocked(rules []backend.Rule, v6bits int) error {
+func (x *XDP) blockLocked(rules backend.Rules, v6bits int) error {
 	// Counters are carried over only when the whole batch is one window (keepCounters
 	// bounds it further per map): the windows of a big load are fresh entries.
-	small := len(rules) <= window
+	small := rules.Len() <= window
 	var cidrs atomic.Bool
 	err := windows(rules, v6bits, func(s *byMap) error {
 		if small {
@@ -446,7 +448,7 @@ func (x *XDP) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 		for _, p := range prefixes[i:min(i+2*window, len(prefixes))] {
 			rules = append(rules, backend.Rule{Prefix: p})
 		}
-		err = inWindows(rules, maskBits(cfg.V6Mask), func(s *byMap) error {
+		err = inWindows(backend.RuleList(rules), maskBits(cfg.V6Mask), func(s *byMap) error {
 			if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
 				return err
 			}
@@ -625,7 +627,7 @@ func sameDeadline(have, want uint64) bool {
 // entries builds no Go value per entry beyond an index. Entries already present with the same
 // deadline are left alone; rewritten ones keep their hit counters. It returns how many entries
 // were (re)inserted.
-func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
+func (x *XDP) Replace(ctx context.Context, rules backend.Rules) (int, []backend.RuleState, error) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	cfg, err := x.settings()
@@ -646,7 +648,7 @@ func (x *XDP) Replace(ctx context.Context, rules []backend.Rule) (int, []backend
 		if err := x.blockLocked(rules, v6bits); err != nil {
 			return 0, nil, err
 		}
-		return len(rules), nil, nil
+		return rules.Len(), nil, nil
 	}
 	c := now()
 	trapBlock := func(v bpf.SnareBlockVal) bool {
@@ -701,7 +703,7 @@ type wanted struct {
 
 // wantedKeys splits checked rules by map; each slice is allocated at its final size, n (the
 // counts checkRules returned).
-func wantedKeys(rules []backend.Rule, v6bits int, n [4]int) wanted {
+func wantedKeys(rules backend.Rules, v6bits int, n [4]int) wanted {
 	w := wanted{
 		k4: make([]uint32, 0, n[inBlock4]), d4: make([]uint64, 0, n[inBlock4]),
 		k6: make([]bpf.SnareAddr6, 0, n[inBlock6]), d6: make([]uint64, 0, n[inBlock6]),
@@ -709,7 +711,8 @@ func wantedKeys(rules []backend.Rule, v6bits int, n [4]int) wanted {
 		c6: make([]bpf.SnareLpm6Key, 0, n[inCidr6]), e6: make([]uint64, 0, n[inCidr6]),
 	}
 	c := now()
-	for _, r := range rules {
+	for i := range rules.Len() {
+		r := rules.At(i)
 		p, _ := normalize(r.Prefix)
 		d := c.toKernel(r.Deadline)
 		switch place(p, v6bits) {

@@ -75,7 +75,7 @@ func TestReplaceKeepsRewritesAndRemoves(t *testing.T) {
 		{Prefix: P("198.18.1.9/32"), Deadline: later},        // the later one counts, as in a batch
 		{Prefix: P("::ffff:198.18.4.4/128"), Deadline: hour}, // IPv4-mapped: the v4 address
 	}
-	n, trapped, err := x.Replace(ctx, want)
+	n, trapped, err := x.Replace(ctx, backend.RuleList(want))
 	if err != nil || trapped != nil {
 		t.Fatalf("Replace: %v, trap blocks kept %v (there are none)", err, trapped)
 	}
@@ -120,10 +120,10 @@ func TestReplaceKeepsRewritesAndRemoves(t *testing.T) {
 	}
 
 	// The same set again changes nothing; an empty set removes everything.
-	if n, _, err := x.Replace(ctx, want); err != nil || n != 0 {
+	if n, _, err := x.Replace(ctx, backend.RuleList(want)); err != nil || n != 0 {
 		t.Fatalf("Replace with the same rules: %d, %v; want 0", n, err)
 	}
-	if n, _, err := x.Replace(ctx, nil); err != nil || n != 0 || len(ruleMap(t, x)) != 0 {
+	if n, _, err := x.Replace(ctx, backend.RuleList(nil)); err != nil || n != 0 || len(ruleMap(t, x)) != 0 {
 		t.Fatalf("Replace with nothing: %d, %v, %d left", n, err, len(ruleMap(t, x)))
 	}
 	if v := run(t, x, frame(t, pkt{src: "198.18.2.5", dst: host4, proto: "icmp"})); v != "pass" {
@@ -141,7 +141,7 @@ func TestReplaceRefusesBadRulesChangingNothing(t *testing.T) {
 		{Prefix: netip.MustParsePrefix("::/0")},
 		{}, // the zero (invalid) prefix
 	} {
-		_, _, err := x.Replace(ctx, []backend.Rule{{Prefix: netip.MustParsePrefix("198.18.7.7/32")}, bad})
+		_, _, err := x.Replace(ctx, backend.RuleList{{Prefix: netip.MustParsePrefix("198.18.7.7/32")}, bad})
 		if err == nil {
 			t.Fatalf("Replace with %v accepted", bad.Prefix)
 		}
@@ -181,7 +181,7 @@ func TestReplaceRandom(t *testing.T) {
 			rules = append(rules, backend.Rule{Prefix: p, Deadline: dl})
 			want[p.Masked()] = dl
 		}
-		if _, _, err := x.Replace(ctx, rules); err != nil {
+		if _, _, err := x.Replace(ctx, backend.RuleList(rules)); err != nil {
 			t.Fatal(err)
 		}
 		got := ruleMap(t, x)
@@ -222,7 +222,7 @@ func TestReplaceKeepsTrapBlocks(t *testing.T) {
 		t.Fatalf("before Replace: %v, want the manual block and three trap blocks", ruleMap(t, x))
 	}
 
-	n, trapped, err := x.Replace(ctx, []backend.Rule{{Prefix: netip.MustParsePrefix("198.18.2.2/32"), Deadline: time.Now().Add(time.Hour)}})
+	n, trapped, err := x.Replace(ctx, backend.RuleList{{Prefix: netip.MustParsePrefix("198.18.2.2/32"), Deadline: time.Now().Add(time.Hour)}})
 	if err != nil || n != 1 {
 		t.Fatalf("Replace: %d, %v", n, err)
 	}

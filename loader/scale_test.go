@@ -40,7 +40,7 @@ func BenchmarkMillion(b *testing.B) {
 		}
 		t2 := time.Now()
 		// A restart: the same entries are pinned already, nothing is written.
-		if k, _, err := x.Replace(ctx, rules); err != nil || k != 0 {
+		if k, _, err := x.Replace(ctx, backend.RuleList(rules)); err != nil || k != 0 {
 			b.Fatalf("replace: %d reinserted, %v", k, err)
 		}
 		t2r := time.Now()

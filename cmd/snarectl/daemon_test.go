@@ -40,14 +40,15 @@ func (m *memEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
 	}
 	return nil
 }
-func (m *memEnforcer) Replace(_ context.Context, rules []backend.Rule) (int, []backend.RuleState, error) {
+func (m *memEnforcer) Replace(_ context.Context, rules backend.Rules) (int, []backend.RuleState, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.rules = map[netip.Prefix]backend.Rule{}
-	for _, r := range rules {
+	for i := range rules.Len() {
+		r := rules.At(i)
 		m.rules[r.Prefix] = r
 	}
-	return len(rules), nil, nil
+	return rules.Len(), nil, nil
 }
 func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	m.mu.Lock()

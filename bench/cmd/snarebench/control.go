@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/loader"
 )
 
@@ -71,11 +72,11 @@ func (e *env) sectionControl() ([]*table, error) {
 	}
 	rs := rules(list, later)
 	timed("snare: restore into empty maps (start after a reboot: loader Replace)", "≤ 1 s", time.Second, func() error {
-		_, _, err := x.Replace(ctx, rs)
+		_, _, err := x.Replace(ctx, backend.RuleList(rs))
 		return err
 	})
 	timed("snare: restart reconcile, same entries already pinned (loader Replace)", "", 0, func() error {
-		_, _, err := x.Replace(ctx, rs)
+		_, _, err := x.Replace(ctx, backend.RuleList(rs))
 		return err
 	})
 	prefixes := make([]netip.Prefix, len(list))

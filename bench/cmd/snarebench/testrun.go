@@ -137,7 +137,7 @@ func (e *env) setSnareEntries(n int, cidr bool) (time.Duration, error) {
 		rs = append(rs, backend.Rule{Prefix: cidrBlock, Deadline: time.Now().Add(5 * 24 * time.Hour)})
 	}
 	t0 := time.Now()
-	_, _, err := e.snare.Replace(context.Background(), rs)
+	_, _, err := e.snare.Replace(context.Background(), backend.RuleList(rs))
 	return time.Since(t0), err
 }
 
