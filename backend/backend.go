@@ -136,7 +136,9 @@ type Enforcer interface {
 	SetTrap(ctx context.Context, cfg TrapConfig) error
 	// SetSettings changes the enforcer-wide switches.
 	SetSettings(ctx context.Context, s Settings) error
-	// TrapEvents delivers trap events until ctx ends; the channel is closed then.
+	// TrapEvents delivers trap events until ctx ends; the channel is closed then, once every
+	// event already taken from the kernel has been delivered. The caller reads it until it is
+	// closed: an event read from the kernel and then dropped is gone for good.
 	TrapEvents(ctx context.Context) (<-chan TrapEvent, error)
 	// Status reports attachment and counters. Counting the entries may walk the maps (about
 	// 0.3 s at a million in XDP); a caller that does not need Counters.Entries says so with

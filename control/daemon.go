@@ -907,19 +907,13 @@ func (d *Daemon) changeAllow(ctx context.Context, targets []string, add bool) er
 
 // HandleTrapEvents records trap events until ch closes: each scan goes to the event log, and a
 // block the kernel made goes to the store (escalated, written back to the kernel). Events that
-// arrive together are stored in one transaction.
+// arrive together are stored in one transaction. It reads ch to its end, also once ctx is done
+// (the back-end closes ch then): events the back-end took from the kernel during a shutdown are
+// still recorded, with a context that is not cancelled.
 func (d *Daemon) HandleTrapEvents(ctx context.Context, ch <-chan backend.TrapEvent) {
-	for {
-		var batch []backend.TrapEvent
-		select {
-		case ev, ok := <-ch:
-			if !ok {
-				return
-			}
-			batch = append(batch, ev)
-		case <-ctx.Done():
-			return
-		}
+	ctx = context.WithoutCancel(ctx)
+	for ev := range ch {
+		batch := []backend.TrapEvent{ev}
 	drain:
 		for len(batch) < 512 {
 			select {

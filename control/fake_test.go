@@ -560,3 +560,40 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 		t.Fatalf("kernel after start lost the manual block: %v", f.rules)
 	}
 }
+
+// Trap events the back-end delivers after the daemon's context ended (read from the kernel
+// during a shutdown) are still recorded: each scanner's block is in the store and the kernel.
+// Every call gets a context that has ended and a channel holding one event, then closed.
+func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
+	d, f := fakeDaemon(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var srcs []netip.Addr
+	for i := range 10 {
+		src := netip.AddrFrom4([4]byte{198, 18, 50, byte(10 + i)})
+		srcs = append(srcs, src)
+		ch := make(chan backend.TrapEvent, 1)
+		ch <- backend.TrapEvent{Time: time.Now(), Source: src, Proto: "tcp", Ports: []uint16{31337}, TCPFlags: "SYN", Blocked: true}
+		close(ch)
+		d.HandleTrapEvents(ctx, ch)
+	}
+	entries, err := d.Entries(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := map[string]Entry{}
+	for _, e := range entries {
+		stored[e.Prefix] = e
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, src := range srcs {
+		p := netip.PrefixFrom(src, 32)
+		if e, ok := stored[p.String()]; !ok || e.Origin != OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/31337") {
+			t.Errorf("%s: stored %v %+v, want a trap block", p, ok, e)
+		}
+		if _, ok := f.rules[p]; !ok {
+			t.Errorf("%s: not in the kernel", p)
+		}
+	}
+}

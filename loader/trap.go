@@ -106,11 +106,10 @@ func (x *XDP) TrapEvents(ctx context.Context) (<-chan backend.TrapEvent, error) 
 				x.log.Warn("bad trap event", "err", err)
 				continue
 			}
-			select {
-			case out <- ev:
-			case <-ctx.Done():
-				return
-			}
+			// Delivered even when ctx has ended meanwhile: Read has taken it off the ring
+			// buffer, so dropping it would lose it (the next daemon would find the scanner's
+			// block, but not the scan). Reading stops once the closer above has run.
+			out <- ev
 		}
 	}()
 	return out, nil

@@ -357,3 +357,53 @@ func TestReblockTakesOverTrapBlock(t *testing.T) {
 		t.Fatalf("re-blocked %+v (was %+v): want no trap flag, the same hits and the new deadline", after, before)
 	}
 }
+
+// An event taken off the ring buffer is never dropped at shutdown: with more events waiting
+// than the channel holds, a reader stopped mid-stream delivers what it read before it closes
+// the channel, and the next reader (the next daemon) gets the rest. Together they see each
+// event once.
+func TestTrapEventsNotLostAtShutdown(t *testing.T) {
+	x := newUnattached(t, 4096)
+	setTrap(t, x, trapConfig(1, time.Minute))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	first, err := x.TrapEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 400 // more than the channel buffers (256): the reader waits to deliver
+	sent := map[netip.Addr]bool{}
+	for i := range n {
+		src := netip.AddrFrom4([4]byte{198, 18, 100 + byte(i/250), byte(1 + i%250)})
+		if got := run(t, x, frame(t, pkt{src: src.String(), dst: host4, proto: "tcp", dport: 31337, flags: "S"})); got != "drop" {
+			t.Fatalf("trap trigger from %s: %s, want drop", src, got)
+		}
+		sent[src] = true
+	}
+	time.Sleep(100 * time.Millisecond) // let the reader fill the channel and wait on it
+	cancel()
+	seen := map[netip.Addr]int{}
+	for ev := range first {
+		seen[ev.Source]++
+	}
+	afterFirst := len(seen)
+	ctx2, cancel2 := context.WithCancel(context.Background())
+	defer cancel2()
+	second, err := x.TrapEvents(ctx2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for idle := false; !idle; {
+		select {
+		case ev := <-second:
+			seen[ev.Source]++
+		case <-time.After(500 * time.Millisecond):
+			idle = true
+		}
+	}
+	for src := range sent {
+		if seen[src] != 1 {
+			t.Errorf("%s: %d events, want 1 (first reader delivered %d sources, both %d of %d)", src, seen[src], afterFirst, len(seen), n)
+		}
+	}
+}

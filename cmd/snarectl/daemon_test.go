@@ -62,8 +62,10 @@ func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 func (m *memEnforcer) SetAllow(context.Context, []netip.Prefix) error      { return nil }
 func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error   { return nil }
 func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error { return nil }
-func (m *memEnforcer) TrapEvents(context.Context) (<-chan backend.TrapEvent, error) {
-	return make(chan backend.TrapEvent), nil
+func (m *memEnforcer) TrapEvents(ctx context.Context) (<-chan backend.TrapEvent, error) {
+	ch := make(chan backend.TrapEvent)
+	go func() { <-ctx.Done(); close(ch) }()
+	return ch, nil
 }
 func (m *memEnforcer) Status(context.Context) (backend.Status, error) {
 	m.mu.Lock()
