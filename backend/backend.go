@@ -52,7 +52,7 @@ type TrapConfig struct {
 	TTL       time.Duration // base TTL of a trap block; the daemon escalates afterwards (0 = permanent)
 	BlockTCP  bool          // false: log mode for TCP (record, do not block)
 	BlockUDP  bool          // false: log mode for UDP
-	// EventsPerSecond and EventBurst rate-limit trap events sent to user space.
+	// EventsPerSecond and EventBurst rate-limit trap events sent to user space (per CPU in XDP).
 	EventsPerSecond int
 	EventBurst      int
 }

@@ -3,8 +3,11 @@ package loader
 import (
 	"context"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/backend"
 )
@@ -238,12 +241,15 @@ func TestTrapAllowlistAndLogMode(t *testing.T) {
 }
 
 // TestTrapEventRateLimit floods the trap from many sources: every source is blocked in the kernel,
-// but only the burst reaches user space and the rest is counted as suppressed.
+// but only the burst reaches user space and the rest is counted as suppressed. The bucket is per
+// CPU (no atomics on the packet path), so the flood runs on one CPU: a thread that moved between
+// CPUs mid-loop drew on two buckets and sent 20.
 func TestTrapEventRateLimit(t *testing.T) {
 	x := newUnattached(t, 4096)
 	cfg := trapConfig(1, time.Minute)
 	cfg.EventsPerSecond, cfg.EventBurst = 1, 10
 	setTrap(t, x, cfg)
+	onOneCPU(t)
 	const n = 200
 	for i := range n {
 		src := netip.AddrFrom4([4]byte{198, 19, byte(i >> 8), byte(i)}).String()
@@ -406,4 +412,27 @@ func TestTrapEventsNotLostAtShutdown(t *testing.T) {
 			t.Errorf("%s: %d events, want 1 (first reader delivered %d sources, both %d of %d)", src, seen[src], afterFirst, len(seen), n)
 		}
 	}
+}
+
+// onOneCPU keeps the calling goroutine on its thread and that thread on one CPU until the test
+// ends (BPF_PROG_TEST_RUN runs the program on the caller's CPU).
+func onOneCPU(t *testing.T) {
+	runtime.LockOSThread()
+	var old, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		t.Fatal(err)
+	}
+	for c := range 1024 {
+		if old.IsSet(c) {
+			one.Set(c)
+			break
+		}
+	}
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	})
 }
