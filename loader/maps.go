@@ -431,7 +431,8 @@ func deleteEach[K any](m *ebpf.Map, keys []K) error {
 	return nil
 }
 
-// Unblock implements backend.Enforcer.
+// Unblock implements backend.Enforcer. A bad prefix anywhere refuses the whole call before
+// anything is deleted.
 func (x *XDP) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -439,37 +440,35 @@ func (x *XDP) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	// The prefixes go through as rules a chunk at a time (two windows: one per CPU): a sweep of
-	// a million held a 56 MB copy of them otherwise.
-	rules := make([]backend.Rule, 0, min(len(prefixes), 2*window))
 	var cidrs atomic.Bool
-	for i := 0; i < len(prefixes) && err == nil; i += 2 * window {
-		rules = rules[:0]
-		for _, p := range prefixes[i:min(i+2*window, len(prefixes))] {
-			rules = append(rules, backend.Rule{Prefix: p})
+	err = inWindows(prefixRules(prefixes), maskBits(cfg.V6Mask), func(s *byMap) error {
+		if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
+			return err
 		}
-		err = inWindows(backend.RuleList(rules), maskBits(cfg.V6Mask), func(s *byMap) error {
-			if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
-				return err
-			}
-			if err := deleteBatch(x.objs.Block6, s.k6); err != nil {
-				return err
-			}
-			if len(s.c4)+len(s.c6) == 0 {
-				return nil
-			}
-			cidrs.Store(true)
-			if err := deleteEach(x.objs.Cidr4, s.c4); err != nil {
-				return err
-			}
-			return deleteEach(x.objs.Cidr6, s.c6)
-		})
-	}
+		if err := deleteBatch(x.objs.Block6, s.k6); err != nil {
+			return err
+		}
+		if len(s.c4)+len(s.c6) == 0 {
+			return nil
+		}
+		cidrs.Store(true)
+		if err := deleteEach(x.objs.Cidr4, s.c4); err != nil {
+			return err
+		}
+		return deleteEach(x.objs.Cidr6, s.c6)
+	})
 	if cidrs.Load() {
 		err = errors.Join(err, x.recountCIDR())
 	}
 	return err
 }
+
+// prefixRules reads prefixes as rules (no deadline) in place: a sweep of a million held a 56 MB
+// []backend.Rule copy of them otherwise.
+type prefixRules []netip.Prefix
+
+func (p prefixRules) Len() int              { return len(p) }
+func (p prefixRules) At(i int) backend.Rule { return backend.Rule{Prefix: p[i]} }
 
 // readAll reads a hash map with BPF_MAP_LOOKUP_BATCH (or an iterator for LPM tries, which have no
 // batch lookup). Not a consistent snapshot under concurrent change; the sweeper reconciles.

@@ -3,6 +3,8 @@ package loader
 import (
 	"context"
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,9 +90,10 @@ func BenchmarkBlockMillion6(b *testing.B) {
 	}
 }
 
-// TestUnblockInChunks removes more prefixes than one chunk of Unblock (two windows) holds, mixed
-// with prefixes that are not there, and leaves the rest: every chunk is applied.
-func TestUnblockInChunks(t *testing.T) {
+// TestUnblockMany removes prefixes over several windows on both CPUs, mixed with prefixes that
+// are not there, and leaves the rest: every window is applied. A list with a bad prefix at its
+// end removes nothing.
+func TestUnblockMany(t *testing.T) {
 	n := 5*window + 123
 	x := newUnattached(t, n)
 	ctx := context.Background()
@@ -123,5 +126,18 @@ func TestUnblockInChunks(t *testing.T) {
 	}
 	if len(got) != (n+992)/1000 {
 		t.Fatalf("%d entries left, want %d", len(got), (n+992)/1000)
+	}
+
+	// A bad prefix at the end of a list longer than a window refuses it all: nothing goes.
+	var kept []netip.Prefix
+	for _, r := range got {
+		kept = append(kept, r.Prefix)
+	}
+	kept = append(slices.Repeat(kept, 2*window/len(kept)+1), netip.PrefixFrom(netip.IPv4Unspecified(), 0))
+	if err := x.Unblock(ctx, kept); err == nil || !strings.Contains(err.Error(), "every address") {
+		t.Fatalf("Unblock with 0.0.0.0/0 last: %v, want a refusal", err)
+	}
+	if after, err := x.Rules(ctx); err != nil || len(after) != len(got) {
+		t.Fatalf("after a refused Unblock: %d entries (%v), want %d", len(after), err, len(got))
 	}
 }
