@@ -12,7 +12,6 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -152,11 +151,6 @@ type byMap struct {
 // in page faults (about 2 ms per MB on a VM) than the sort itself.
 const window = 16 * batchSize
 
-// windowPool keeps the window buffers between the calls of a load that comes in chunks (a big
-// import hands the loader its rules 128K at a time): allocating and growing them afresh for
-// every call faulted in about 12 MB a call. The pool lets them go once loads stop.
-var windowPool = sync.Pool{New: func() any { return new(byMap) }}
-
 func (s *byMap) reset() {
 	s.k4, s.v4, s.k6, s.v6 = s.k4[:0], s.v4[:0], s.k6[:0], s.v6[:0]
 	s.c4, s.w4, s.c6, s.w6 = s.c4[:0], s.w4[:0], s.c6[:0], s.w6[:0]
@@ -178,7 +172,7 @@ func (s *byMap) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits, room int) {
 }
 
 // push appends x to s; a full s grows by the rest of the window at once. Grown by doubling, the
-// buffers of a million-entry load (whenever a collection had emptied windowPool) were copied
+// buffers of a million-entry load (whenever a collection had emptied XDP.windowBufs) were copied
 // and faulted in again and again: 60 ms of an import.
 func push[T any](s []T, x T, room int) []T {
 	if len(s) == cap(s) {
@@ -206,20 +200,23 @@ func checkRules(rules backend.Rules, v6bits int) (counts [4]int, err error) {
 
 // inWindows checks rules, then calls fn with them split by map, a window at a time (see
 // windows).
-func inWindows(rules backend.Rules, v6bits int, fn func(s *byMap) error) error {
+func (x *XDP) inWindows(rules backend.Rules, v6bits int, fn func(s *byMap) error) error {
 	if _, err := checkRules(rules, v6bits); err != nil {
 		return err
 	}
-	return windows(rules, v6bits, fn)
+	return x.windows(rules, v6bits, fn)
 }
 
 // windows calls fn with checked rules split by map, a window at a time; big batches are split
 // across CPUs (fn runs concurrently then, on windows of its own).
-func windows(rules backend.Rules, v6bits int, fn func(s *byMap) error) error {
+func (x *XDP) windows(rules backend.Rules, v6bits int, fn func(s *byMap) error) error {
 	c := now()
 	return parallelChunks(rules.Len(), func(i, j int) error {
-		s := windowPool.Get().(*byMap)
-		defer windowPool.Put(s)
+		s, _ := x.windowBufs.Get().(*byMap)
+		if s == nil {
+			s = new(byMap)
+		}
+		defer x.windowBufs.Put(s)
 		for ; i < j; i += window {
 			s.reset()
 			end := min(i+window, j)
@@ -314,7 +311,7 @@ func (x *XDP) blockLocked(rules backend.Rules, v6bits int) error {
 	// bounds it further per map): the windows of a big load are fresh entries.
 	small := rules.Len() <= window
 	var cidrs atomic.Bool
-	err := windows(rules, v6bits, func(s *byMap) error {
+	err := x.windows(rules, v6bits, func(s *byMap) error {
 		if small {
 			keepCounters(x.objs.Block4, s.k4, s.v4)
 			keepCounters(x.objs.Block6, s.k6, s.v6)
@@ -441,7 +438,7 @@ func (x *XDP) Unblock(ctx context.Context, prefixes []netip.Prefix) error {
 		return err
 	}
 	var cidrs atomic.Bool
-	err = inWindows(prefixRules(prefixes), maskBits(cfg.V6Mask), func(s *byMap) error {
+	err = x.inWindows(prefixRules(prefixes), maskBits(cfg.V6Mask), func(s *byMap) error {
 		if err := deleteBatch(x.objs.Block4, s.k4); err != nil {
 			return err
 		}
