@@ -51,8 +51,8 @@ const maxListLine = 1 << 20
 // goroutines at once, while the next ones are read; parse then runs concurrently with itself.
 // room, if not nil, is called on the reading goroutine, in order, with each piece's first line
 // and line count before the piece is parsed: where a parser can put what it finds (an error
-// stops the read and is returned). The text is
-// a view of a buffer that is reused once parse returns. It returns how many lines r held.
+// stops the read and is returned). The text is a view of a buffer that is reused once parse
+// returns. It returns how many lines r held.
 func readPieces(r io.Reader, workers int, room func(first, lines int) error, parse func(text string, first int)) (int, error) {
 	free := make(chan []byte, workers+1)
 	for range workers + 1 {

@@ -313,7 +313,8 @@ func (t *Tx) deleteRaw(key []byte) (bool, error) {
 }
 
 // filterRecords keeps only the records for which keep is true, rewriting just the segments that
-// lose some; it returns how many records it removed.
+// lose some; it returns how many records it removed. keep must only look: it is asked twice
+// about the records of a segment that changes (to count, then to copy, into one reused buffer).
 func (t *Tx) filterRecords(keep func(k, v []byte) bool) (int, error) {
 	type change struct {
 		key  []byte
