@@ -536,16 +536,9 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 
 	d = open()
 	defer d.Close()
-	es, err := d.Entries(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored := map[string]Entry{}
-	for _, e := range es {
-		stored[e.Prefix] = e
-	}
+	stored := entriesByPrefix(t, d)
 	if len(stored) != 2 || stored["198.19.0.1/32"].Reason != "by hand" {
-		t.Fatalf("store after start: %+v, want the manual block and the adopted trap block", es)
+		t.Fatalf("store after start: %+v, want the manual block and the adopted trap block", stored)
 	}
 	adopted := stored["198.19.0.9/32"]
 	if adopted.Origin != OriginTrap || adopted.Reason != adoptReason || adopted.Expires.IsZero() {
@@ -577,14 +570,7 @@ func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
 		close(ch)
 		d.HandleTrapEvents(ctx, ch)
 	}
-	entries, err := d.Entries(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	stored := map[string]Entry{}
-	for _, e := range entries {
-		stored[e.Prefix] = e
-	}
+	stored := entriesByPrefix(t, d)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, src := range srcs {
@@ -596,4 +582,18 @@ func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
 			t.Errorf("%s: not in the kernel", p)
 		}
 	}
+}
+
+// entriesByPrefix is what the daemon lists, by prefix.
+func entriesByPrefix(t *testing.T, d *Daemon) map[string]Entry {
+	t.Helper()
+	es, err := d.Entries(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]Entry{}
+	for _, e := range es {
+		out[e.Prefix] = e
+	}
+	return out
 }
