@@ -64,9 +64,9 @@ func (e usageError) Unwrap() error { return e.err }
 
 func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
 
-// inputError is bad input found before asking the daemon anything: a malformed address or TTL,
-// an unreadable or broken import file (exit code 2, like a usage error, but without the
-// pointer to --help: the message already names the bad value).
+// inputError is bad input found by snarectl itself, before anything changes: a malformed
+// address or TTL, an unreadable or broken import file (exit code 2, like a usage error, but
+// without the pointer to --help: the message already names the bad value).
 type inputError struct{ err error }
 
 func (e inputError) Error() string { return e.err.Error() }
@@ -158,10 +158,10 @@ Exit codes:
 
     0  success
     1  the daemon refused the request (e.g. an allowlisted target) or failed
-    2  bad command line or input, found before the daemon is asked anything: unknown
-       command or flag, missing or extra arguments, a malformed address or CIDR, a prefix
-       out of range, 0.0.0.0/0 or ::/0, a bad or negative TTL, an unreadable import file
-       or one with bad lines
+    2  bad command line or input, refused before anything changes: unknown command or
+       flag, missing or extra arguments, a malformed address or CIDR, a prefix out of
+       range, 0.0.0.0/0 or ::/0, a bad or negative TTL, an unreadable import file or one
+       with bad lines (its upload is cut off before its last byte)
     3  snared cannot be reached (socket missing, nothing listening, permission denied)`
 
 func (c *cli) rootCommand() *cobra.Command {
