@@ -75,6 +75,9 @@ type TrapEvent struct {
 	// the source is allowlisted (Allowlisted then says why).
 	Blocked     bool
 	Allowlisted bool
+	// Full is true when the source would have been blocked but the block map already holds
+	// block.capacity entries: a trap flood never evicts the blocks the daemon made.
+	Full bool
 }
 
 // InterfaceStatus tells how the enforcer is attached to one interface.

@@ -28,6 +28,14 @@
 
 #include "snare.h"
 
+/* Entries in a hash map (kernel >= 6.6). The kfunc's BTF must name a struct,
+ * not a forward declaration, to match the kernel's; no field is read. */
+struct bpf_map {
+	__u32 _unused;
+};
+
+extern __s64 bpf_map_sum_elem_count(const struct bpf_map *map) __ksym;
+
 /* max_entries are set by the loader from block.capacity; these are defaults. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -335,9 +343,17 @@ suppressed:
 	count(p, STAT_EVENT_SUPPRESSED, 0);
 }
 
-/* Returns XDP_DROP when this packet triggered a block, else XDP_PASS. */
+static __always_inline __s64 block_entries(__u8 family)
+{
+	if (family == 4)
+		return bpf_map_sum_elem_count((const struct bpf_map *)&block4);
+	return bpf_map_sum_elem_count((const struct bpf_map *)&block6);
+}
+
+/* Returns XDP_DROP when this packet triggered a block, else XDP_PASS. exact:
+ * the source has an (expired) exact entry, which a block would overwrite. */
 static __always_inline int trap(struct config *cfg, struct pkt *p, void *data_end, struct addr6 *key6,
-				__u64 len)
+				__u64 len, int exact)
 {
 	__u8 flags = 0, want, *mark;
 	__u32 port, idx, block_bit;
@@ -416,18 +432,33 @@ static __always_inline int trap(struct config *cfg, struct pkt *p, void *data_en
 		st->ports[n & (TRAP_MAX_PORTS - 1)] = pp;
 		st->nports = n + 1;
 	}
-	__u32 act = (cfg->flags & block_bit) ? SCAN_REP_BLOCK : SCAN_REP_LOG;
-
-	if (st->nports < cfg->trap_threshold || (st->reported & act))
+	if (st->nports < cfg->trap_threshold)
 		return XDP_PASS;
-	st->reported |= act;
 
 	if (allowlisted(p)) {
-		send_event(cfg, p, st, flags, TRAP_ACT_ALLOWLISTED, now, 0);
+		if (!(st->reported & SCAN_REP_ALLOW)) {
+			st->reported |= SCAN_REP_ALLOW;
+			send_event(cfg, p, st, flags, TRAP_ACT_ALLOWLISTED, now, 0);
+		}
 		return XDP_PASS;
 	}
 	if (!(cfg->flags & block_bit)) {
-		send_event(cfg, p, st, flags, TRAP_ACT_LOGGED, now, 0);
+		if (!(st->reported & SCAN_REP_LOG)) {
+			st->reported |= SCAN_REP_LOG;
+			send_event(cfg, p, st, flags, TRAP_ACT_LOGGED, now, 0);
+		}
+		return XDP_PASS;
+	}
+	/* Blocks the daemon made are never evicted to make room for trap blocks:
+	 * the trap stops at block_limit (the maps are larger, so the LRU never has
+	 * to evict below it). Counting the map costs a sum over CPUs, paid only
+	 * at a trigger. */
+	if (!exact && cfg->block_limit && block_entries(p->family) >= (__s64)cfg->block_limit) {
+		count(p, STAT_TRAP_FULL, 0);
+		if (!(st->reported & SCAN_REP_FULL)) {
+			st->reported |= SCAN_REP_FULL;
+			send_event(cfg, p, st, flags, TRAP_ACT_FULL, now, 0);
+		}
 		return XDP_PASS;
 	}
 
@@ -462,6 +493,7 @@ int snare_xdp(struct xdp_md *ctx)
 	struct addr6 key6;
 	struct pkt p = {};
 	__u32 zero = 0, reason;
+	int exact;
 	__u64 now;
 
 	struct config *cfg = bpf_map_lookup_elem(&settings, &zero);
@@ -484,6 +516,7 @@ int snare_xdp(struct xdp_md *ctx)
 		k[1] = a[1] & cfg->v6_mask[1];
 		v = bpf_map_lookup_elem(&block6, &key6);
 	}
+	exact = v != NULL;
 	if (v) {
 		now = bpf_ktime_get_coarse_ns();
 		if (in_force(v, now)) {
@@ -498,8 +531,8 @@ int snare_xdp(struct xdp_md *ctx)
 			reason = STAT_DROP_EXACT;
 			goto drop;
 		}
+		/* Expired: as if not blocked. A CIDR around it may still be in force. */
 		count(&p, STAT_PASS_EXPIRED, len);
-		goto trap; /* expired: as if not blocked (the trap may block it again) */
 	}
 
 	/* CIDR blocks: LPM lookups are skipped while the tries are empty. */
@@ -529,8 +562,7 @@ int snare_xdp(struct xdp_md *ctx)
 		}
 	}
 
-trap:
-	if ((cfg->flags & CFG_TRAP_ON) && p.l4 && trap(cfg, &p, data_end, &key6, len) == XDP_DROP)
+	if ((cfg->flags & CFG_TRAP_ON) && p.l4 && trap(cfg, &p, data_end, &key6, len, exact) == XDP_DROP)
 		return XDP_DROP;
 	count(&p, STAT_PASS, len);
 	return XDP_PASS;

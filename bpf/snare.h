@@ -56,6 +56,7 @@ struct config {
 	__u32 cidr6_entries;
 	__u64 event_interval_ns; /* token bucket for trap events, per CPU: one token per interval */
 	__u64 event_burst;       /* bucket depth */
+	__u64 block_limit;       /* the trap inserts no block while a block map holds this many */
 };
 
 /* Trap ports: array indexed by port, value TRAP_TCP | TRAP_UDP. */
@@ -63,11 +64,13 @@ struct config {
 #define TRAP_UDP 2
 
 /* Per-source scan state (scan map, LRU, apart from the block maps). */
-/* What a scan_state has already acted on in its window: a trigger in log mode
- * (one protocol) must not use up the block of a later trigger in block mode
- * (the other protocol). */
+/* What a scan_state has already reported in its window, so a source that keeps
+ * probing sends one event, not one per packet. A block is not remembered here:
+ * a source that reaches the trap again is not blocked any more (unblocked,
+ * expired), and the next trap hit must block it again at once. */
 #define SCAN_REP_LOG 1
-#define SCAN_REP_BLOCK 2
+#define SCAN_REP_ALLOW 2
+#define SCAN_REP_FULL 4
 
 struct scan_state {
 	__u64 first_ns;                   /* start of the current window */
@@ -80,6 +83,7 @@ struct scan_state {
 #define TRAP_ACT_BLOCKED 1
 #define TRAP_ACT_LOGGED 2
 #define TRAP_ACT_ALLOWLISTED 3
+#define TRAP_ACT_FULL 4 /* would have blocked, but the block map is at block_limit */
 
 /* Sent through the events ring buffer at a trap trigger. */
 struct trap_event {
@@ -108,6 +112,7 @@ enum stat_reason {
 	STAT_TRAP_BLOCK,    /* trap blocks inserted */
 	STAT_EVENT_SENT,
 	STAT_EVENT_SUPPRESSED, /* rate limit or full ring buffer */
+	STAT_TRAP_FULL,     /* trap triggers that blocked nothing: the block map was at block_limit */
 	STAT_MAX,
 };
 

@@ -44,6 +44,7 @@ type SnareConfig struct {
 	Cidr6Entries    uint32
 	EventIntervalNs uint64
 	EventBurst      uint64
+	BlockLimit      uint64
 }
 
 type SnareCounter struct {
@@ -87,7 +88,8 @@ const (
 	SnareStatReasonSTAT_TRAP_BLOCK       SnareStatReason = 9
 	SnareStatReasonSTAT_EVENT_SENT       SnareStatReason = 10
 	SnareStatReasonSTAT_EVENT_SUPPRESSED SnareStatReason = 11
-	SnareStatReasonSTAT_MAX              SnareStatReason = 12
+	SnareStatReasonSTAT_TRAP_FULL        SnareStatReason = 12
+	SnareStatReasonSTAT_MAX              SnareStatReason = 13
 )
 
 type SnareTrapEvent struct {

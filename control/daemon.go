@@ -568,6 +568,17 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 	now := time.Now()
 	var out []Rule
 	err = d.store.Update(func(tx *Tx) error {
+		var fresh [2]int // prefixes not stored yet, per family
+		for _, t := range ts {
+			if _, ok, err := tx.Rule(t.prefix); err != nil {
+				return err
+			} else if !ok {
+				fresh[familyIndex(t.prefix.Addr().Is6())]++
+			}
+		}
+		if err := d.checkCapacity(cfg, fresh); err != nil {
+			return err
+		}
 		seen := map[netip.Prefix]bool{}
 		for _, t := range ts {
 			if seen[t.prefix] {
@@ -592,6 +603,20 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 	d.logEvents(evs...)
 	d.rec.Blocked(OriginManual, len(out))
 	return out, nil
+}
+
+// checkCapacity refuses adding fresh rules (per family) beyond block.capacity. The kernel's maps
+// have room above it (loader.Spec), so within capacity no block is ever evicted, and trap blocks
+// stop at capacity in the kernel itself. Trap blocks count once recorded.
+func (d *Daemon) checkCapacity(cfg *Config, fresh [2]int) error {
+	for i, name := range [2]string{"IPv4", "IPv6"} {
+		have := d.store.CountFamily(i == 1)
+		if fresh[i] > 0 && have+fresh[i] > cfg.Block.Capacity {
+			return userErrorf("block list full: %d %s entries stored, %d more would exceed block.capacity %d; unblock some or raise block.capacity (nothing was changed)",
+				have, name, fresh[i], cfg.Block.Capacity)
+		}
+	}
+	return nil
 }
 
 // offendLocked records one offence of prefix and returns the rule as stored: escalated TTL
@@ -955,6 +980,7 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 	var evs []Event
 	var blocked []Rule
 	var release []netip.Prefix
+	full := 0
 	err := d.store.Update(func(tx *Tx) error {
 		for _, ev := range batch {
 			scan := Event{Time: ev.Time, Event: EventScan, Address: ev.Source.String(), Proto: ev.Proto,
@@ -976,6 +1002,12 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 					release = append(release, p) // the kernel's allowlist was behind ours
 				}
 				evs = append(evs, scan)
+				continue
+			case ev.Full:
+				scan.Action = "not blocked"
+				scan.Detail = fmt.Sprintf("block map full: block.capacity %d reached", cfg.Block.Capacity)
+				evs = append(evs, scan)
+				full++
 				continue
 			case !ev.Blocked:
 				scan.Action = "logged"
@@ -1026,6 +1058,10 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 	d.logEvents(evs...)
 	if len(blocked) > 0 {
 		d.rec.Blocked(OriginTrap, len(blocked))
+	}
+	if full > 0 {
+		d.log.Warn("trap blocks refused: the block map is full; raise block.capacity or unblock",
+			"capacity", cfg.Block.Capacity, "sources", full)
 	}
 	return nil
 }

@@ -597,3 +597,38 @@ func entriesByPrefix(t *testing.T, d *Daemon) map[string]Entry {
 	}
 	return out
 }
+
+// block.capacity is per family and counts what the store holds: a block that would exceed it is
+// refused with a message naming it and changes nothing; blocking again what is stored adds
+// nothing and passes; the other family and the room an unblock frees are usable.
+func TestBlockRefusedAtCapacity(t *testing.T) {
+	d, f := fakeDaemon(t)
+	d.cfg.Block.Capacity = 3
+	ctx := context.Background()
+	if _, err := d.Block(ctx, []string{"198.18.0.1", "198.18.0.2"}, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.Block(ctx, []string{"198.18.0.3", "198.18.0.4"}, "", "")
+	var ue *UserError
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "block.capacity 3") {
+		t.Fatalf("two more at capacity 3: %v, want a user error (400) naming block.capacity 3", err)
+	}
+	if es, _ := d.Entries(ctx); len(es) != 2 || len(f.rules) != 2 {
+		t.Fatalf("the refused block changed something: %d stored, %d in the kernel", len(es), len(f.rules))
+	}
+	if _, err := d.Block(ctx, []string{"198.18.0.1", "198.18.0.2", "198.18.0.3"}, "", ""); err != nil {
+		t.Fatalf("blocking two stored and one new at capacity 3: %v", err)
+	}
+	if _, err := d.Block(ctx, []string{"2001:db8::/64", "2001:db8:1::/64", "2001:db8:2::/64"}, "", ""); err != nil {
+		t.Fatalf("IPv6 with IPv4 full: %v", err)
+	}
+	if _, err := d.Block(ctx, []string{"198.18.0.4"}, "", ""); err == nil {
+		t.Fatal("a fourth IPv4 block at capacity 3 was accepted")
+	}
+	if _, _, err := d.Unblock(ctx, []string{"198.18.0.3"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Block(ctx, []string{"198.18.0.4"}, "", ""); err != nil {
+		t.Fatalf("after an unblock made room: %v", err)
+	}
+}

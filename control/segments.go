@@ -315,15 +315,14 @@ func (t *Tx) deleteRaw(key []byte) (bool, error) {
 // filterRecords keeps only the records for which keep is true, rewriting just the segments that
 // lose some; it returns how many records it removed. keep must only look: it is asked twice
 // about the records of a segment that changes (to count, then to copy, into one reused buffer).
-func (t *Tx) filterRecords(keep func(k, v []byte) bool) (int, error) {
+func (t *Tx) filterRecords(keep func(k, v []byte) bool) (removed [2]int, err error) {
 	type change struct {
 		key  []byte
 		recs []record
 	}
 	var changes []change
 	var recs []record // one segment's, reused: a sweep of a million decoded them all
-	removed := 0
-	err := t.rules.ForEach(func(sk, seg []byte) error {
+	err = t.rules.ForEach(func(sk, seg []byte) error {
 		var err error
 		if recs, err = decodeSeg(recs[:0], seg); err != nil {
 			return err
@@ -332,12 +331,13 @@ func (t *Tx) filterRecords(keep func(k, v []byte) bool) (int, error) {
 		for _, r := range recs {
 			if keep(r.k, r.v) {
 				n++
+			} else {
+				removed[keyFamily(r.k)]++
 			}
 		}
 		if n == len(recs) {
 			return nil
 		}
-		removed += len(recs) - n
 		var kept []record // the records point into the transaction's pages: they stay valid
 		if n > 0 {
 			kept = make([]record, 0, n)
@@ -351,11 +351,11 @@ func (t *Tx) filterRecords(keep func(k, v []byte) bool) (int, error) {
 		return nil
 	})
 	if err != nil {
-		return 0, err
+		return [2]int{}, err
 	}
 	for _, c := range changes {
 		if err := t.writeSeg(c.key, c.recs); err != nil {
-			return 0, err
+			return [2]int{}, err
 		}
 	}
 	return removed, nil

@@ -70,11 +70,12 @@ type Store struct {
 	db   *bolt.DB
 	path string
 
-	// count and earliest are kept in memory so that status and the sweeper need not walk every
-	// page of a large store: count is the number of rules, earliest a time at or before the
-	// earliest deadline of any rule (zero: none). Both change only after a commit.
+	// count and earliest are kept in memory so that status, the capacity check and the sweeper
+	// need not walk every page of a large store: count is the number of rules per family
+	// (familyIndex), earliest a time at or before the earliest deadline of any rule (zero: none).
+	// Both change only after a commit.
 	mu       sync.Mutex
-	count    int
+	count    [2]int
 	earliest time.Time
 }
 
@@ -144,7 +145,7 @@ func OpenStore(path string) (*Store, error) {
 	}
 	err = db.View(func(tx *bolt.Tx) error {
 		return forEachRecord(tx.Bucket(bucketRules), func(k, v []byte) error {
-			s.count++
+			s.count[keyFamily(k)]++
 			s.noteDeadline(rawDeadline(v))
 			return nil
 		})
@@ -167,8 +168,26 @@ func (s *Store) noteDeadline(d time.Time) {
 func (s *Store) Count() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.count
+	return s.count[0] + s.count[1]
 }
+
+// CountFamily is the number of stored rules of one address family (block.capacity is per family).
+func (s *Store) CountFamily(ipv6 bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count[familyIndex(ipv6)]
+}
+
+// familyIndex indexes the per-family counts: 0 for IPv4, 1 for IPv6.
+func familyIndex(ipv6 bool) int {
+	if ipv6 {
+		return 1
+	}
+	return 0
+}
+
+// keyFamily is the familyIndex of a prefix key.
+func keyFamily(k []byte) int { return familyIndex(len(k) > 0 && k[0] == 6) }
 
 // Due reports whether some rule may have expired by now; false means none has, so the sweeper
 // can skip walking the store.
@@ -307,7 +326,7 @@ func decodeOffence(v []byte) Offence {
 type Tx struct {
 	tx                     *bolt.Tx
 	rules, offences, allow *bolt.Bucket
-	added                  int       // rules added minus rules deleted
+	added                  [2]int    // rules added minus rules deleted, per family
 	earliest               time.Time // earliest deadline written
 }
 
@@ -340,7 +359,8 @@ func (s *Store) Update(fn func(*Tx) error) error {
 	})
 	if err == nil {
 		s.mu.Lock()
-		s.count += t.added
+		s.count[0] += t.added[0]
+		s.count[1] += t.added[1]
 		if !t.earliest.IsZero() {
 			s.noteDeadline(t.earliest)
 		}
@@ -372,7 +392,7 @@ func (t *Tx) PutRule(r Rule) error {
 		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
 	}
 	if added {
-		t.added++
+		t.added[familyIndex(r.Prefix.Addr().Is6())]++
 	}
 	return nil
 }
@@ -381,7 +401,7 @@ func (t *Tx) PutRule(r Rule) error {
 func (t *Tx) DeleteRule(p netip.Prefix) (bool, error) {
 	ok, err := t.deleteRaw(prefixKey(p))
 	if ok {
-		t.added--
+		t.added[familyIndex(p.Addr().Is6())]--
 	}
 	return ok, err
 }
@@ -503,7 +523,8 @@ func (t *Tx) deleteExpired(now time.Time) error {
 	if err != nil {
 		return err
 	}
-	t.added -= n
+	t.added[0] -= n[0]
+	t.added[1] -= n[1]
 	return nil
 }
 
@@ -677,7 +698,7 @@ var bucketStaging = []byte("staging")
 // it rewrites every stored rule. The caller must keep other writers out until it returns (the
 // daemon holds its lock).
 func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) error {
-	var added int
+	var added [2]int
 	var earliest time.Time
 	note := func(d time.Time) {
 		if !d.IsZero() && (earliest.IsZero() || d.Before(earliest)) {
@@ -728,7 +749,7 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 			if c == 0 {
 				k, v, more = old.next()
 			} else {
-				added++
+				added[keyFamily(nk)]++
 			}
 			i++
 			note(r.Deadline)
@@ -769,7 +790,8 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 		return fmt.Errorf("swap in the new rules: %w", err)
 	}
 	s.mu.Lock()
-	s.count += added
+	s.count[0] += added[0]
+	s.count[1] += added[1]
 	s.noteDeadline(earliest)
 	s.mu.Unlock()
 	return nil

@@ -520,3 +520,46 @@ func TestCommitsBefore(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The per-family counts behind block.capacity follow every way rules come and go, and agree
+// with the store's contents after a reopen.
+func TestCountPerFamily(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "snare.db")
+	s := openTestStore(t, path)
+	now := ms(time.Now())
+	want := func(v4, v6 int) {
+		t.Helper()
+		if g4, g6 := s.CountFamily(false), s.CountFamily(true); g4 != v4 || g6 != v6 || s.Count() != v4+v6 {
+			t.Fatalf("counts v4 %d v6 %d (total %d), want %d and %d", g4, g6, s.Count(), v4, v6)
+		}
+	}
+	put := func(rs ...Rule) {
+		t.Helper()
+		if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rs) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := func(p string, d time.Time) Rule {
+		return Rule{Prefix: netip.MustParsePrefix(p), Created: now, Deadline: d}
+	}
+	put(r("198.18.0.1/32", now.Add(time.Hour)), r("198.18.0.2/32", now.Add(-time.Second)), r("2001:db8::/64", now.Add(-time.Second)))
+	want(2, 1)
+	put(r("198.18.0.1/32", now.Add(2*time.Hour))) // replaced, not added
+	want(2, 1)
+	bulk := []Rule{r("198.18.0.1/32", now), r("198.18.1.0/24", now.Add(time.Hour)), r("2001:db8:1::/64", time.Time{}), r("2001:db8:2::/48", now.Add(time.Hour))}
+	if err := s.BulkPutRules(len(bulk), func(i int) Rule { return bulk[i] }, nil); err != nil {
+		t.Fatal(err)
+	}
+	want(3, 3)
+	if err := s.Update(func(tx *Tx) error { _, _, err := tx.DeleteExpired(now); return err }); err != nil {
+		t.Fatal(err)
+	}
+	want(1, 2) // 198.18.0.1 (deadline now), 198.18.0.2 and 2001:db8::/64 expired
+	if err := s.Update(func(tx *Tx) error { _, err := tx.DeleteRule(netip.MustParsePrefix("2001:db8:2::/48")); return err }); err != nil {
+		t.Fatal(err)
+	}
+	want(1, 1)
+	s.Close()
+	s = openTestStore(t, path)
+	want(1, 1)
+}

@@ -36,14 +36,18 @@ const (
 type scanState struct {
 	first    time.Time
 	ports    []uint32 // proto<<16 | port, in the order first hit
-	reported uint8    // repLog | repBlock: which kinds of trigger were reported in this window
+	reported uint8    // repLog | repAllow: which kinds of trigger were reported in this window
 }
 
-// A source is reported once per window and kind, as in the XDP program: a log-mode trigger
-// (say UDP) must not use up a later block-mode trigger (TCP) of the same source.
+// A log-mode or allowlisted trigger is reported once per window and kind, as in the XDP
+// program. A block is not remembered: a source whose probes reach the trap again is no longer
+// blocked (unblocked, expired), and its next trigger blocks it again at once.
+// In dry-run mode a blocked source's probes still reach the trap, so its block is reported
+// once per window too.
 const (
 	repLog   = 1
-	repBlock = 2
+	repAllow = 2
+	repDry   = 4
 )
 
 // probe is what snare needs from one logged packet.
@@ -195,10 +199,6 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 			return
 		}
 	}
-	act := uint8(repLog)
-	if block {
-		act = repBlock
-	}
 	if !slices.Contains(ports, p.port) {
 		return
 	}
@@ -222,11 +222,20 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 	if !slices.Contains(st.ports, pp) && len(st.ports) < maxThreshold {
 		st.ports = append(st.ports, pp)
 	}
-	if len(st.ports) < cfg.Threshold || (st.reported&act != 0 && !kernelBlocked) {
+	var once uint8 // the kind of report made once per window, 0 for a block
+	switch {
+	case isAllowed:
+		once = repAllow
+	case !block:
+		once = repLog
+	case dry:
+		once = repDry
+	}
+	if len(st.ports) < cfg.Threshold || st.reported&once != 0 {
 		e.scanMu.Unlock()
 		return
 	}
-	st.reported |= act
+	st.reported |= once
 	ev := backend.TrapEvent{Time: now, Source: p.src.Unmap(), Proto: "udp"}
 	for _, pp := range st.ports {
 		ev.Ports = append(ev.Ports, uint16(pp))
@@ -252,7 +261,9 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 			se.Packets = 1
 		}
 		set, isNet := e.setFor(key, v6bits)
-		if err := e.sets.add(set, isNet, []setEntry{se}); err != nil {
+		if err := e.sets.add(set, isNet, []setEntry{se}); errors.Is(err, ipsetError(ipsetErrHashFull)) {
+			ev.Full = true // ipset never evicts: the blocks already in the set stay
+		} else if err != nil {
 			// A full set fails every trap block of a flood: log the first of each minute.
 			if n := e.trapErrors.Add(1); n == 1 || now.Sub(time.Unix(0, e.trapErrLogged.Load())) > time.Minute {
 				e.trapErrLogged.Store(now.UnixNano())

@@ -279,19 +279,49 @@ func TestTrapScan(t *testing.T) {
 }
 
 // TestTrapReportKinds: a log-mode trigger (UDP here) does not use up a block-mode trigger (TCP) of
-// the same source and window; each kind is reported once per window, as in the XDP program.
+// the same source and window, and each report kind is made once per window, as in the XDP
+// program. A block is made at every trigger: a source whose probes reach the trap again was
+// unblocked, and is blocked again at once.
 func TestTrapReportKinds(t *testing.T) {
-	e := unitEnforcer(t, backend.TrapConfig{TCPPorts: []uint16{1, 2}, UDPPorts: []uint16{7, 8}, Threshold: 1,
-		Window: time.Minute, BlockTCP: true, BlockUDP: false, EventsPerSecond: 100, EventBurst: 100})
-	src := netip.MustParseAddr("198.18.6.6")
-	e.allow = []netip.Prefix{netip.PrefixFrom(src, 32)} // no set needed: allowlisted sources are only reported
+	f := newFixture(t, variants()[0])
+	e, ctx := f.e, f.ctx
+	if err := e.SetTrap(ctx, backend.TrapConfig{TCPPorts: []uint16{1, 2}, UDPPorts: []uint16{7, 8}, Threshold: 2,
+		Window: time.Minute, TTL: time.Hour, BlockTCP: true, BlockUDP: false, EventsPerSecond: 100, EventBurst: 100}); err != nil {
+		t.Fatal(err)
+	}
+	src, allowed := netip.MustParseAddr("198.18.6.6"), netip.MustParseAddr("198.18.6.7")
+	if err := e.SetAllow(ctx, []netip.Prefix{netip.PrefixFrom(allowed, 32)}); err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now()
-	e.onProbe(probe{src: src, proto: protoUDP, port: 7}, now)
-	e.onProbe(probe{src: src, proto: protoUDP, port: 8}, now)
-	e.onProbe(probe{src: src, proto: protoTCP, port: 1, flags: 2}, now)
-	e.onProbe(probe{src: src, proto: protoTCP, port: 2, flags: 2}, now)
+	for _, a := range []netip.Addr{src, allowed} {
+		e.onProbe(probe{src: a, proto: protoUDP, port: 7}, now)
+		e.onProbe(probe{src: a, proto: protoUDP, port: 8}, now) // threshold: logged
+		e.onProbe(probe{src: a, proto: protoUDP, port: 7}, now) // logged already
+		e.onProbe(probe{src: a, proto: protoTCP, port: 1, flags: 2}, now)
+		if a == src {
+			if err := e.Unblock(ctx, []netip.Prefix{netip.PrefixFrom(src, 32)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.onProbe(probe{src: a, proto: protoTCP, port: 2, flags: 2}, now)
+	}
 	evs := drain(e)
-	if len(evs) != 2 || evs[0].Proto != "udp" || evs[1].Proto != "tcp" {
-		t.Fatalf("events %+v, want one udp (log mode) and one tcp (block mode)", evs)
+	if len(evs) != 4 {
+		t.Fatalf("events %+v, want a udp report, two tcp blocks and one allowlisted report", evs)
+	}
+	if evs[0].Proto != "udp" || evs[0].Blocked || evs[0].Source != src {
+		t.Errorf("first event %+v, want the udp trigger of %s in log mode", evs[0], src)
+	}
+	for _, ev := range evs[1:3] {
+		if ev.Proto != "tcp" || !ev.Blocked || ev.Source != src {
+			t.Errorf("event %+v, want a tcp block of %s", ev, src)
+		}
+	}
+	if !evs[3].Allowlisted || evs[3].Blocked || evs[3].Source != allowed {
+		t.Errorf("event %+v, want one allowlisted report of %s", evs[3], allowed)
+	}
+	if _, ok := rulesByPrefix(t, e)[netip.PrefixFrom(src, 32)]; !ok {
+		t.Errorf("%s not blocked again after the unblock", src)
 	}
 }

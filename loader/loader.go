@@ -98,13 +98,20 @@ func Open(opts Options) (*XDP, error) {
 }
 
 // Spec returns the program's collection spec with the block maps sized for capacity entries.
-// LRU maps evict before they are full (per-CPU free lists), so they get a quarter of headroom.
+// LRU maps evict before they are full: each CPU keeps up to 128 free elements of its own
+// (LOCAL_FREE_TARGET in the kernel's bpf_lru_list.c), and the shared list refills it by evicting
+// once it holds fewer than that. The maps get that much per CPU and a quarter more, so the
+// blocks the daemon keeps within capacity are never evicted.
 func Spec(capacity int) (*ebpf.CollectionSpec, error) {
 	spec, err := bpf.LoadSnare()
 	if err != nil {
 		return nil, fmt.Errorf("load program spec: %w", err)
 	}
-	size := uint32(capacity + capacity/4)
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count possible cpus: %w", err)
+	}
+	size := uint32(capacity + capacity/4 + (cpus+1)*128)
 	spec.Maps[bpf.SnareMapBlock4].MaxEntries = size
 	spec.Maps[bpf.SnareMapBlock6].MaxEntries = size
 	return spec, nil
@@ -174,6 +181,12 @@ func (x *XDP) load(capacity int) error {
 	x.objs = objs
 
 	for name, old := range migrate {
+		if name == bpf.SnareMapSettings {
+			if err := copySettings(old, x.objs.Settings); err != nil {
+				x.log.Warn("could not carry over settings; the daemon writes them again", "err", err)
+			}
+			continue
+		}
 		if err := copyMap(old, x.mapByName(name)); err != nil {
 			x.log.Warn("could not carry over map contents; the daemon restores blocks from its store", "map", name, "err", err)
 		}
@@ -198,13 +211,30 @@ func (x *XDP) load(capacity int) error {
 			return fmt.Errorf("pin map %s: %w", name, err)
 		}
 	}
-	if _, ok := replace[bpf.SnareMapSettings]; !ok {
-		if _, ok := migrate[bpf.SnareMapSettings]; !ok {
-			// A fresh settings map: /64 IPv6 blocks, trap detection off until SetTrap.
-			if err := x.updateSettings(func(c *bpf.SnareConfig) { c.V6Mask = v6Mask(64) }); err != nil {
-				return err
-			}
+	// The trap stops inserting blocks at capacity; the maps' headroom above it is what keeps the
+	// LRU from evicting the daemon's blocks.
+	return x.updateSettings(func(c *bpf.SnareConfig) {
+		if c.V6Mask == ([2]uint64{}) {
+			c.V6Mask = v6Mask(64) // a fresh settings map: /64 IPv6 blocks, trap off until SetTrap
 		}
+		c.BlockLimit = uint64(capacity)
+	})
+}
+
+// copySettings carries the settings of an older program over to a newer one: struct config only
+// ever grows at its end, so the old value is the start of the new one (new fields stay zero).
+func copySettings(src, dst *ebpf.Map) error {
+	if src.ValueSize() > dst.ValueSize() {
+		return fmt.Errorf("settings shrank from %d to %d bytes", src.ValueSize(), dst.ValueSize())
+	}
+	old := make([]byte, src.ValueSize())
+	if err := src.Lookup(uint32(0), &old); err != nil {
+		return fmt.Errorf("read old settings: %w", err)
+	}
+	val := make([]byte, dst.ValueSize())
+	copy(val, old)
+	if err := dst.Put(uint32(0), val); err != nil {
+		return fmt.Errorf("write settings: %w", err)
 	}
 	return nil
 }

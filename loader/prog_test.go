@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/netip"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket"
@@ -219,6 +221,10 @@ func TestVerdicts(t *testing.T) {
 	block(t, x, "2001:db8:3::7/128", time.Hour)
 	block(t, x, "198.18.4.4/32", -time.Second) // already expired
 	block(t, x, "198.18.9.0/24", time.Hour)
+	block(t, x, "198.18.5.14/32", -time.Second) // expired, inside a live CIDR
+	block(t, x, "198.18.5.12/30", time.Hour)
+	block(t, x, "2001:db8:5::/64", -time.Second) // expired /64, inside a live /48
+	block(t, x, "2001:db8:5::/48", time.Hour)
 	if err := x.SetAllow(context.Background(), []netip.Prefix{netip.MustParsePrefix("198.18.9.9/32"), netip.MustParsePrefix("2001:db8:1::1/128")}); err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +239,9 @@ func TestVerdicts(t *testing.T) {
 		{"v4 cidr", pkt{src: "198.18.2.200", dst: host4, proto: "udp", dport: 53}, "drop"},
 		{"v4 permanent", pkt{src: "198.18.3.3", dst: host4, proto: "icmp"}, "drop"},
 		{"v4 expired passes without a sweep", pkt{src: "198.18.4.4", dst: host4, proto: "icmp"}, "pass"},
+		{"v4 expired exact inside a live cidr", pkt{src: "198.18.5.14", dst: host4, proto: "tcp", dport: 80, flags: "S"}, "drop"},
+		{"v4 live cidr next to the expired exact", pkt{src: "198.18.5.13", dst: host4, proto: "icmp"}, "drop"},
+		{"v6 expired /64 inside a live /48", pkt{src: "2001:db8:5::9", dst: host6, proto: "udp", dport: 53}, "drop"},
 		{"v4 allowlisted inside a blocked cidr", pkt{src: "198.18.9.9", dst: host4, proto: "icmp"}, "pass"},
 		{"v4 blocked inside cidr next to allowlisted", pkt{src: "198.18.9.8", dst: host4, proto: "icmp"}, "drop"},
 		{"v4 one vlan", pkt{src: "198.18.1.1", dst: host4, proto: "tcp", dport: 80, flags: "S", vlans: 1}, "drop"},
@@ -365,8 +374,13 @@ func TestPinnedMapsSurviveReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer z.Close()
-	if z.objs.Block4.MaxEntries() != 4096+1024 {
-		t.Fatalf("max entries %d", z.objs.Block4.MaxEntries())
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := uint32(4096 + 1024 + (cpus+1)*128)
+	if z.objs.Block4.MaxEntries() != want {
+		t.Fatalf("max entries %d, want %d (capacity, a quarter and the LRU's per-CPU reserve)", z.objs.Block4.MaxEntries(), want)
 	}
 	if got := run(t, z, frame(t, pkt{src: "198.18.1.1", dst: host4, proto: "icmp"})); got != "drop" {
 		t.Fatalf("after migration: %s", got)
@@ -376,7 +390,7 @@ func TestPinnedMapsSurviveReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pinned.Close()
-	if pinned.MaxEntries() != 4096+1024 {
+	if pinned.MaxEntries() != want {
 		t.Fatalf("pin not replaced: max entries %d", pinned.MaxEntries())
 	}
 	// The block maps are created beside the collection: the pins must be the maps the program uses.
@@ -393,5 +407,47 @@ func TestPinnedMapsSurviveReload(t *testing.T) {
 		if !ok1 || !ok2 || id1 != id2 {
 			t.Fatalf("%s: pinned map id %d, program uses %d", name, id1, id2)
 		}
+	}
+}
+
+// A settings map pinned by an older program, whose struct config was shorter, is carried over
+// field by field on upgrade: the trap stays on, IPv6 keeps its block length, and the new trap
+// limit is set, with no moment of zeroed settings.
+func TestSettingsCarriedOverFromShorterLayout(t *testing.T) {
+	requireRoot(t)
+	dir, err := os.MkdirTemp("/sys/fs/bpf", "snare-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	var cur bpf.SnareConfig
+	oldSize := uint32(unsafe.Offsetof(cur.BlockLimit)) // the layout before block_limit
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: oldSize, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	val := make([]byte, oldSize)
+	val[0] = cfgTrapOn | cfgTrapTCPBlock                                   // flags
+	val[4] = 3                                                             // trap_threshold
+	copy(val[unsafe.Offsetof(cur.V6Mask):], bytes.Repeat([]byte{0xff}, 6)) // v6_mask: a /48
+	if err := old.Put(uint32(0), val); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(dir, bpf.SnareMapSettings)); err != nil {
+		t.Fatal(err)
+	}
+
+	x := &XDP{log: testLogger(t), pinDir: dir, capacity: 1024}
+	if err := x.load(1024); err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	got, err := x.settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Flags != cfgTrapOn|cfgTrapTCPBlock || got.TrapThreshold != 3 || maskBits(got.V6Mask) != 48 || got.BlockLimit != 1024 {
+		t.Fatalf("settings after the upgrade %+v: want the old flags, threshold 3, a /48 mask and block limit 1024", got)
 	}
 }

@@ -126,6 +126,7 @@ func decodeEvent(raw []byte) (backend.TrapEvent, error) {
 		Source:      netip.AddrFrom16(e.Addr).Unmap(),
 		Blocked:     e.Action == 1,
 		Allowlisted: e.Action == 3,
+		Full:        e.Action == 4,
 	}
 	if e.Family == 6 {
 		ev.Source = netip.AddrFrom16(e.Addr)
@@ -177,6 +178,7 @@ var statNames = map[bpf.SnareStatReason]string{
 	bpf.SnareStatReasonSTAT_TRAP_BLOCK:       "trap_block",
 	bpf.SnareStatReasonSTAT_EVENT_SENT:       "event_sent",
 	bpf.SnareStatReasonSTAT_EVENT_SUPPRESSED: "event_suppressed",
+	bpf.SnareStatReasonSTAT_TRAP_FULL:        "trap_full",
 }
 
 // slotCounters are one interface slot's counters by reason, summed over CPUs.

@@ -436,3 +436,116 @@ func onOneCPU(t *testing.T) {
 		runtime.UnlockOSThread()
 	})
 }
+
+// A scanner unblocked by hand, or whose trap block expired, is blocked again by its next probe
+// inside the same window: the scan state remembers what it reported, not that it blocked.
+func TestTrapBlocksAgainAfterUnblockAndExpiry(t *testing.T) {
+	x := newUnattached(t, 1024)
+	cfg := trapConfig(2, time.Minute)
+	cfg.TTL = 300 * time.Millisecond
+	setTrap(t, x, cfg)
+	next := events(t, x)
+	for _, src := range []string{"198.18.12.1", "2001:db8:12::1"} {
+		dst := host4
+		if netip.MustParseAddr(src).Is6() {
+			dst = host6
+		}
+		probe := func(port uint16) string {
+			return run(t, x, frame(t, pkt{src: src, dst: dst, proto: "tcp", dport: port, flags: "S"}))
+		}
+		blocked := func(what string) {
+			t.Helper()
+			if ev, ok := next(); !ok || !ev.Blocked || ev.Source.String() != src {
+				t.Fatalf("%s %s: event %+v (ok %v), want a block", what, src, ev, ok)
+			}
+		}
+		if probe(31337) != "pass" || probe(12345) != "drop" {
+			t.Fatalf("%s: the second trap port did not block", src)
+		}
+		blocked("first trigger")
+
+		rs, err := x.Rules(context.Background())
+		if err != nil || len(rs) != 1 {
+			t.Fatalf("rules %+v, %v: want the trap block", rs, err)
+		}
+		if err := x.Unblock(context.Background(), []netip.Prefix{rs[0].Prefix}); err != nil {
+			t.Fatal(err)
+		}
+		if got := probe(80); got != "pass" {
+			t.Fatalf("%s after unblock, to a port that is no trap: %s", src, got)
+		}
+		if got := probe(1); got != "drop" {
+			t.Fatalf("%s probing a trap port again after unblock: %s, want blocked at once", src, got)
+		}
+		blocked("after unblock")
+
+		time.Sleep(cfg.TTL + 50*time.Millisecond) // the trap block expires; no sweep runs
+		if got := probe(80); got != "pass" {
+			t.Fatalf("%s after its block expired: %s", src, got)
+		}
+		if got := probe(6667); got != "drop" {
+			t.Fatalf("%s probing a trap port after expiry: %s, want blocked at once", src, got)
+		}
+		blocked("after expiry")
+		rs, _ = x.Rules(context.Background())
+		if err := x.Unblock(context.Background(), []netip.Prefix{rs[0].Prefix}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// At block.capacity the trap blocks nothing more: a flood of sources on trap ports never evicts
+// the blocks the daemon made. It reports the first trigger of each source as "full". An expired
+// entry of the source is overwritten, since that adds nothing.
+func TestTrapStopsAtCapacity(t *testing.T) {
+	const capacity = 300
+	x := newUnattached(t, capacity)
+	setTrap(t, x, trapConfig(1, time.Minute))
+	next := events(t, x)
+	var manual []backend.Rule
+	for i := range capacity - 10 {
+		manual = append(manual, backend.Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, 20 + byte(i/250), 1 + byte(i%250)}), 32),
+			Deadline: time.Now().Add(time.Hour)})
+	}
+	manual[0].Deadline = time.Now().Add(-time.Second) // expired: a trap may take it over
+	if err := x.Block(context.Background(), manual); err != nil {
+		t.Fatal(err)
+	}
+	blocked, full := 0, 0
+	for i := range 2000 {
+		src := netip.AddrFrom4([4]byte{198, 19, byte(i / 250), 1 + byte(i%250)}).String()
+		switch run(t, x, frame(t, pkt{src: src, dst: host4, proto: "udp", dport: 7})) {
+		case "drop":
+			blocked++
+		case "pass":
+			full++
+		}
+	}
+	if blocked != 10 || full != 1990 {
+		t.Fatalf("trap blocked %d and passed %d sources, want 10 (up to capacity) and 1990", blocked, full)
+	}
+	if got := counter(t, x, "trap_full"); got != 1990 {
+		t.Fatalf("trap_full %d, want 1990", got)
+	}
+	ev, ok := next()
+	for ok && ev.Blocked {
+		ev, ok = next()
+	}
+	if !ok || !ev.Full || ev.Blocked {
+		t.Fatalf("event after the map filled: %+v (ok %v), want full, not blocked", ev, ok)
+	}
+	for i, r := range manual[1:] {
+		if got := run(t, x, frame(t, pkt{src: r.Prefix.Addr().String(), dst: host4, proto: "icmp"})); got != "drop" {
+			t.Fatalf("manual block %d (%s) after the flood: %s", i+1, r.Prefix, got)
+		}
+	}
+	// The expired manual entry's source probes a trap: overwriting its entry adds nothing, so
+	// the full map does not stop this block.
+	if got := run(t, x, frame(t, pkt{src: manual[0].Prefix.Addr().String(), dst: host4, proto: "udp", dport: 7})); got != "drop" {
+		t.Fatalf("trap over an expired entry at capacity: %s", got)
+	}
+	rs, err := x.Rules(context.Background())
+	if err != nil || len(rs) != capacity {
+		t.Fatalf("%d entries (%v), want exactly %d", len(rs), err, capacity)
+	}
+}
