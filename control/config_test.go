@@ -74,8 +74,13 @@ func TestConfigDefaults(t *testing.T) {
 	if got := FormatPorts(trap.TCPPorts); got != c.Trap.TCPPorts {
 		t.Errorf("tcp trap ports %s, want %s", got, c.Trap.TCPPorts)
 	}
-	if len(trap.UDPPorts) != 21 || !trap.BlockTCP || !trap.BlockUDP || trap.TTL != 5*24*time.Hour {
+	if len(trap.UDPPorts) != 13 || !trap.BlockTCP || !trap.BlockUDP || trap.TTL != 5*24*time.Hour {
 		t.Errorf("enforcer trap config %+v", trap)
+	}
+	// Linux's default ephemeral range: replies to the host's own clients arrive there.
+	linux := EphemeralPorts{Low: 32768, High: 60999}
+	if in := linux.Ephemeral(append(trap.TCPPorts, trap.UDPPorts...)); len(in) > 0 {
+		t.Errorf("default trap ports %v lie inside the default ephemeral range %s", in, linux)
 	}
 }
 

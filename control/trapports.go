@@ -19,18 +19,44 @@ type TrapPortSpec struct {
 	AdvancedBelow int
 	// Exclude is never a trap, whatever the lists or advanced mode say.
 	Exclude []uint16
-	// EphemeralLow..EphemeralHigh (inclusive) is the kernel's local port range
-	// (net.ipv4.ip_local_port_range). Advanced mode skips it, because replies to the host's own
-	// outgoing connections arrive there and a socket that lives for a few milliseconds can come
-	// and go between two polls. Ports listed explicitly in TCP or UDP are kept even inside the
-	// range (the operator asked for them). Zero means no range; WatchTrapPorts fills it from the
-	// kernel when it is zero.
-	EphemeralLow, EphemeralHigh uint16
+	// Ephemeral are the ports the kernel picks for the host's own outgoing connections and
+	// datagrams. None of them is ever a trap, listed or not: replies to the host's own clients
+	// (its DNS stub, NTP, syslog or QUIC client, the web application) arrive there, and a trap
+	// there would block the servers they talk to. The zero value means none; WatchTrapPorts reads
+	// them from the kernel when it is zero.
+	Ephemeral EphemeralPorts
+}
+
+// EphemeralPorts is the kernel's local port range (net.ipv4.ip_local_port_range) less its
+// reserved ports (net.ipv4.ip_local_reserved_ports, which the kernel never picks: an operator who
+// wants a trap inside the range reserves the port).
+type EphemeralPorts struct {
+	Low, High uint16 // inclusive; 0, 0: none
+	Reserved  []uint16
+}
+
+// Contains reports whether the kernel may pick p as a local port.
+func (e EphemeralPorts) Contains(p uint16) bool {
+	return e.Low != 0 && p >= e.Low && p <= e.High && !slices.Contains(e.Reserved, p)
+}
+
+// String is the range as the sysctl shows it, e.g. "32768-60999".
+func (e EphemeralPorts) String() string { return fmt.Sprintf("%d-%d", e.Low, e.High) }
+
+// Ephemeral lists the ports of ps that the kernel may pick as local ports.
+func (e EphemeralPorts) Ephemeral(ps []uint16) []uint16 {
+	var out []uint16
+	for _, p := range ps {
+		if e.Contains(p) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // TrapPorts computes the trap ports in force: the configured lists, plus in advanced mode every
-// port below AdvancedBelow, minus Exclude, minus every port the host listens on (a trap must never
-// be a port the host serves). Port 0 is never a trap. The results are sorted and free of
+// port below AdvancedBelow, minus Exclude, minus the ephemeral ports, minus every port the host
+// listens on (a trap must never be a port the host serves). Port 0 is never a trap. The results are sorted and free of
 // duplicates.
 func TrapPorts(spec TrapPortSpec, tcpListen, udpListen map[uint16]bool) (tcp, udp []uint16) {
 	return trapSet(spec, spec.TCP, tcpListen), trapSet(spec, spec.UDP, udpListen)
@@ -42,15 +68,15 @@ func trapSet(spec TrapPortSpec, configured []uint16, listening map[uint16]bool) 
 		set[p] = true
 	}
 	below := min(spec.AdvancedBelow, 1<<16)
-	inEphemeral := func(p int) bool {
-		return spec.EphemeralLow != 0 && p >= int(spec.EphemeralLow) && p <= int(spec.EphemeralHigh)
-	}
 	for p := 1; p < below; p++ {
-		if !inEphemeral(p) {
-			set[uint16(p)] = true
-		}
+		set[uint16(p)] = true
 	}
 	delete(set, 0)
+	for p := range set {
+		if spec.Ephemeral.Contains(p) {
+			delete(set, p)
+		}
+	}
 	for _, p := range spec.Exclude {
 		delete(set, p)
 	}
@@ -65,23 +91,35 @@ func trapSet(spec TrapPortSpec, configured []uint16, listening map[uint16]bool) 
 	return out
 }
 
-// EphemeralPortRange reads the kernel's local port range for outgoing connections.
-func EphemeralPortRange() (low, high uint16, err error) {
-	const path = "/proc/sys/net/ipv4/ip_local_port_range"
-	b, err := os.ReadFile(path)
+// ReadEphemeralPorts reads the kernel's local port range and reserved ports (one pair of
+// sysctls for IPv4 and IPv6 alike).
+func ReadEphemeralPorts() (EphemeralPorts, error) {
+	const rangePath = "/proc/sys/net/ipv4/ip_local_port_range"
+	const reservedPath = "/proc/sys/net/ipv4/ip_local_reserved_ports"
+	b, err := os.ReadFile(rangePath)
 	if err != nil {
-		return 0, 0, fmt.Errorf("read ephemeral port range: %w", err)
+		return EphemeralPorts{}, fmt.Errorf("read ephemeral port range: %w", err)
 	}
 	f := strings.Fields(string(b))
 	if len(f) != 2 {
-		return 0, 0, fmt.Errorf("parse %s: %q", path, b)
+		return EphemeralPorts{}, fmt.Errorf("parse %s: %q", rangePath, b)
 	}
 	lo, err1 := strconv.ParseUint(f[0], 10, 16)
 	hi, err2 := strconv.ParseUint(f[1], 10, 16)
-	if err1 != nil || err2 != nil || lo > hi {
-		return 0, 0, fmt.Errorf("parse %s: %q", path, b)
+	if err1 != nil || err2 != nil || lo > hi || lo == 0 {
+		return EphemeralPorts{}, fmt.Errorf("parse %s: %q", rangePath, b)
 	}
-	return uint16(lo), uint16(hi), nil
+	e := EphemeralPorts{Low: uint16(lo), High: uint16(hi)}
+	b, err = os.ReadFile(reservedPath)
+	if err != nil {
+		return EphemeralPorts{}, fmt.Errorf("read reserved ports: %w", err)
+	}
+	if text := strings.TrimSpace(string(b)); text != "" {
+		if e.Reserved, err = ParsePorts(text); err != nil {
+			return EphemeralPorts{}, fmt.Errorf("parse %s: %w", reservedPath, err)
+		}
+	}
+	return e, nil
 }
 
 // DefaultTrapPortInterval is how often the watcher looks at the host's sockets: a port that
@@ -122,12 +160,12 @@ func (w *TrapPortWatcher) Run(ctx context.Context) error {
 		listening = ListeningPorts
 	}
 	spec := w.Spec
-	if spec.AdvancedBelow > 0 && spec.EphemeralLow == 0 {
-		lo, hi, err := EphemeralPortRange()
+	if spec.Ephemeral.Low == 0 {
+		e, err := ReadEphemeralPorts()
 		if err != nil {
 			return err
 		}
-		spec.EphemeralLow, spec.EphemeralHigh = lo, hi
+		spec.Ephemeral = e
 	}
 
 	tl, ul, err := listening(ctx)

@@ -77,11 +77,18 @@ func TestTrapPorts(t *testing.T) {
 			wantUDP:   append(without(portRange(1, 1023), 53, 113, 123), 54321),
 		},
 		{
-			name:    "advanced mode skips the ephemeral range but keeps listed ports in it",
-			spec:    TrapPortSpec{UDP: []uint16{32770}, AdvancedBelow: 32780, EphemeralLow: 32768, EphemeralHigh: 60999},
+			name:    "advanced mode skips the ephemeral range",
+			spec:    TrapPortSpec{AdvancedBelow: 32780, Ephemeral: EphemeralPorts{Low: 32768, High: 60999}},
 			udpList: portSet(53),
 			wantTCP: portRange(1, 32767),
-			wantUDP: append(without(portRange(1, 32767), 53), 32770),
+			wantUDP: without(portRange(1, 32767), 53),
+		},
+		{
+			name: "listed ports inside the ephemeral range are no traps, unless reserved",
+			spec: TrapPortSpec{TCP: []uint16{31337, 32771, 40421}, UDP: []uint16{7, 32770, 32771, 54321, 60999, 61000},
+				Ephemeral: EphemeralPorts{Low: 32768, High: 60999, Reserved: []uint16{32771}}},
+			wantTCP: []uint16{31337, 32771},
+			wantUDP: []uint16{7, 32771, 61000},
 		},
 		{
 			name:    "advanced bound above 65535 is clamped",
@@ -123,13 +130,16 @@ func shortPorts(ps []uint16) string {
 	return fmt.Sprint(ps)
 }
 
-func TestEphemeralPortRange(t *testing.T) {
-	lo, hi, err := EphemeralPortRange()
+func TestReadEphemeralPorts(t *testing.T) {
+	e, err := ReadEphemeralPorts()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if lo == 0 || lo > hi {
-		t.Errorf("implausible range %d-%d", lo, hi)
+	if e.Low == 0 || e.Low > e.High {
+		t.Errorf("implausible range %s", e)
+	}
+	if !e.Contains(e.Low) || !e.Contains(e.High) || e.Contains(e.Low-1) {
+		t.Errorf("range %s: Contains disagrees with its bounds", e)
 	}
 }
 
@@ -191,7 +201,10 @@ func TestWatchTrapPortsFollowsRealListeners(t *testing.T) {
 	uport := uint16(u.LocalAddr().(*net.UDPAddr).Port)
 
 	w := &TrapPortWatcher{
-		Spec:     TrapPortSpec{TCP: []uint16{1, tport}, UDP: []uint16{7, uport}},
+		// The kernel picked the ports from its ephemeral range, which is never trapped: the
+		// watcher is given a range that holds none of them.
+		Spec: TrapPortSpec{TCP: []uint16{1, tport}, UDP: []uint16{7, uport},
+			Ephemeral: EphemeralPorts{Low: 65535, High: 65535}},
 		Interval: 100 * time.Millisecond,
 	}
 	updates := startWatcher(t, w)

@@ -44,7 +44,8 @@ const (
 	capacity   = 1000000 // snare's block.capacity
 )
 
-// Default trap ports (control's defaults, the classic portsentry lists).
+// Trap ports: portsentry's classic lists, given to snare and to portsentry alike so both watch the
+// same ports. (snare's own defaults leave out the ports inside the ephemeral range.)
 const (
 	defaultTCPTraps = "1,11,15,79,111,119,143,540,635,1080,1524,2000,5742,6667,12345,12346,20034,27665,31337,32771-32774,40421,49724,54320"
 	defaultUDPTraps = "1,7,9,69,161,162,513,635,640,641,700,31335,31337,32770-32774,34555,37444,54321"
