@@ -243,14 +243,18 @@ func readSnapshot(store *Store, now time.Time) storeSnapshot {
 // snapshotTx reads the snapshot in tx; size is the number of rules expected.
 func snapshotTx(tx *Tx, now time.Time, size int) storeSnapshot {
 	s := storeSnapshot{commits: tx.commitsBefore(), live: make(storedRules, 0, size)} // one allocation, not a million appends
-	s.err = tx.forEachDeadline(func(p netip.Prefix, deadline time.Time, record []byte) error {
-		if deadline.IsZero() || now.Before(deadline) {
-			s.live = append(s.live, recOf(p, unixMs(deadline)))
-			return nil
-		}
-		r, err := decodeRule(p, record)
-		s.gone = append(s.gone, r)
-		return err
+	// OpenStore checked every page and record, but the file may have been damaged since: a
+	// damaged page is an error here, not a crash.
+	s.err = guard(func() error {
+		return tx.forEachDeadline(func(p netip.Prefix, deadline time.Time, record []byte) error {
+			if deadline.IsZero() || now.Before(deadline) {
+				s.live = append(s.live, recOf(p, unixMs(deadline)))
+				return nil
+			}
+			r, err := decodeRule(p, record)
+			s.gone = append(s.gone, r)
+			return err
+		})
 	})
 	return s
 }
@@ -302,7 +306,7 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error 
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("restore from store: %w", err)
+		return fmt.Errorf("restore from store %s: %w", d.store.Path(), err)
 	}
 	// The back-end compares the store's rules with what it holds without a Go value per entry,
 	// and leaves the trap blocks the kernel made while no daemon ran (or whose event was

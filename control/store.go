@@ -8,11 +8,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // Origins of a block.
@@ -96,65 +99,219 @@ const storeVersion = 3
 // ErrStoreLocked is returned by OpenStore when another process has the store open.
 var ErrStoreLocked = errors.New("store is in use by another snared")
 
-// OpenStore opens or creates the store at path (creating its directory, mode 0700).
+// ErrStoreCorrupt marks a store file that is damaged (bytes overwritten, a failing disk): bbolt
+// finds its pages inconsistent, or it holds records snare cannot decode. Reading on would crash
+// or misread, so the store is refused; RecoverStore salvages what is readable.
+var ErrStoreCorrupt = errors.New("store file is corrupt")
+
+// OpenStore opens or creates the store at path (creating its directory, mode 0700). A damaged
+// file is refused with ErrStoreCorrupt after a consistency check of every page and every record.
 func OpenStore(path string) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("create state directory: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType,
-		// Map 1 GiB of address space up front: growing the mapping re-reads every node of a big
-		// transaction, which made a 1,000,000-entry import quadratic.
-		InitialMmapSize: 1 << 30})
-	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
-			return nil, fmt.Errorf("open store %s: %w", path, ErrStoreLocked)
+	// An existing file is checked before it is opened for writing: a writable open reads the
+	// freelist, and bbolt panics on a damaged one with the file mapped and locked for good.
+	if _, err := os.Stat(path); err == nil {
+		db, err := openDB(path, true)
+		if err == nil {
+			err = checkDB(db)
+			db.Close()
 		}
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", path, err)
+		}
+	}
+	db, err := openDB(path, false)
+	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	s := &Store{db: db, path: path}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketRules, bucketOffences, bucketAllow, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
-		}
-		if tx.Bucket(bucketStaging) != nil { // a bulk write a crash interrupted: it never happened
-			if err := tx.DeleteBucket(bucketStaging); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		if v := meta.Get([]byte("version")); v != nil {
-			if len(v) != 1 || v[0] > storeVersion {
-				return fmt.Errorf("store format %v is newer than this snared understands (%d)", v, storeVersion)
-			}
-			if v[0] == storeVersion {
-				return nil
-			}
-			if v[0] < 2 {
-				if err := migrateRules(tx); err != nil {
-					return fmt.Errorf("migrate rules to store format %d: %w", storeVersion, err)
-				}
-			}
-		}
-		return meta.Put([]byte("version"), []byte{storeVersion})
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
-	err = db.View(func(tx *bolt.Tx) error {
-		return forEachRecord(tx.Bucket(bucketRules), func(k, v []byte) error {
-			s.count[keyFamily(k)]++
-			s.noteDeadline(rawDeadline(v))
-			return nil
-		})
-	})
-	if err != nil {
+	if err := s.load(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// openDB opens the bbolt file (read-only: shared with other readers, but not with a snared).
+// Damaged meta pages are ErrStoreCorrupt.
+func openDB(path string, readOnly bool) (*bolt.DB, error) {
+	var db *bolt.DB
+	err := guard(func() error {
+		var err error
+		db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: 200 * time.Millisecond, FreelistType: bolt.FreelistMapType,
+			ReadOnly: readOnly,
+			// Map 1 GiB of address space up front: growing the mapping re-reads every node of a
+			// big transaction, which made a 1,000,000-entry import quadratic.
+			InitialMmapSize: 1 << 30})
+		return err
+	})
+	switch {
+	case errors.Is(err, berrors.ErrTimeout):
+		return nil, ErrStoreLocked
+	case errors.Is(err, berrors.ErrInvalid), errors.Is(err, berrors.ErrChecksum), errors.Is(err, berrors.ErrVersionMismatch):
+		return nil, fmt.Errorf("%w: meta pages: %w", ErrStoreCorrupt, err)
+	}
+	return db, err
+}
+
+// guard runs fn, turning a panic into an ErrStoreCorrupt error: bbolt asserts on the pages it
+// reads and panics on a damaged one, and a damaged page can point a read outside the mapping
+// (a fault, made a panic here too). Only reads of a store that may be damaged go through it.
+func guard(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v", ErrStoreCorrupt, r)
+		}
+	}()
+	return fn()
+}
+
+// load prepares the store's buckets (migrating an old format), checks every record and counts
+// the rules.
+func (s *Store) load() error {
+	err := guard(func() error {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			for _, b := range [][]byte{bucketRules, bucketOffences, bucketAllow, bucketMeta} {
+				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+					return err
+				}
+			}
+			if tx.Bucket(bucketStaging) != nil { // a bulk write a crash interrupted: it never happened
+				if err := tx.DeleteBucket(bucketStaging); err != nil {
+					return err
+				}
+			}
+			meta := tx.Bucket(bucketMeta)
+			if v := meta.Get([]byte("version")); v != nil {
+				if len(v) != 1 || v[0] > storeVersion {
+					return fmt.Errorf("store format %v is newer than this snared understands (%d)", v, storeVersion)
+				}
+				if v[0] == storeVersion {
+					return nil
+				}
+				if v[0] < 2 {
+					if err := migrateRules(tx); err != nil {
+						return fmt.Errorf("migrate rules to store format %d: %w", storeVersion, err)
+					}
+				}
+			}
+			return meta.Put([]byte("version"), []byte{storeVersion})
+		})
+	})
+	if err != nil {
+		return err
+	}
+	// Every record is decoded once here, so that no later read meets a corrupt one: the count
+	// walk reads them all anyway.
+	return guard(func() error {
+		return s.db.View(func(tx *bolt.Tx) error {
+			return checkStore(tx, func(p netip.Prefix, deadline time.Time) {
+				s.count[familyIndex(p.Addr().Is6())]++
+				s.noteDeadline(deadline)
+			})
+		})
+	})
+}
+
+// checkDB runs bbolt's consistency check: every page reachable once or free, keys in order,
+// page types as expected, the freelist readable.
+func checkDB(db *bolt.DB) error {
+	return guard(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			var errs []error
+			n := 0
+			for err := range tx.Check() { // read to the end: the check's goroutine waits on it
+				if n++; n <= 3 {
+					// A page that made the check panic comes as "panic: ...": not a crash of
+					// snared, so not worded as one.
+					errs = append(errs, errors.New(strings.TrimPrefix(err.Error(), "panic: ")))
+				}
+			}
+			if n > 3 {
+				errs = append(errs, fmt.Errorf("and %d more problems", n-3))
+			}
+			if len(errs) > 0 {
+				return fmt.Errorf("%w: %w", ErrStoreCorrupt, errors.Join(errs...))
+			}
+			return nil
+		})
+	})
+}
+
+// checkStore decodes every record of the store (rules, allowlist, offences) and calls each with
+// the deadline of every rule. A record it cannot decode is ErrStoreCorrupt.
+func checkStore(tx *bolt.Tx, each func(p netip.Prefix, deadline time.Time)) error {
+	if err := checkRecords(tx, each); err != nil {
+		return fmt.Errorf("%w: %w", ErrStoreCorrupt, err)
+	}
+	return nil
+}
+
+func checkRecords(tx *bolt.Tx, each func(p netip.Prefix, deadline time.Time)) error {
+	rules, allow, offences := tx.Bucket(bucketRules), tx.Bucket(bucketAllow), tx.Bucket(bucketOffences)
+	if rules == nil || allow == nil || offences == nil {
+		return errors.New("a bucket is missing")
+	}
+	var prev []byte
+	rule := func(k, v []byte) error {
+		p, err := parsePrefixKey(k)
+		if err != nil {
+			return err
+		}
+		// A record that repeats the value before it shares its bytes: decoded once.
+		if len(v) == 0 || len(v) != len(prev) || &v[0] != &prev[0] {
+			if _, _, _, err := decodeRuleFields(p, v); err != nil {
+				return err
+			}
+			prev = v
+		}
+		each(p, rawDeadline(v))
+		return nil
+	}
+	var err error
+	if rulesSegmented(tx) {
+		err = forEachRecord(rules, rule)
+	} else {
+		err = rules.ForEach(rule)
+	}
+	if err != nil {
+		return err
+	}
+	err = allow.ForEach(func(k, v []byte) error {
+		if _, err := parsePrefixKey(k); err != nil {
+			return fmt.Errorf("allowlist: %w", err)
+		}
+		if _, n := binary.Varint(v); n <= 0 {
+			return fmt.Errorf("allowlist: corrupt entry %x", k)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return offences.ForEach(func(k, v []byte) error {
+		if _, err := parsePrefixKey(k); err != nil {
+			return fmt.Errorf("offences: %w", err)
+		}
+		if _, ok := parseOffence(v); !ok {
+			return fmt.Errorf("offences: corrupt entry %x", k)
+		}
+		return nil
+	})
+}
+
+// rulesSegmented reports whether the rules bucket holds segments (format 2 and later) rather
+// than one rule per key (format 1, migrated when a snared opens the store for writing).
+func rulesSegmented(tx *bolt.Tx) bool {
+	m := tx.Bucket(bucketMeta)
+	if m == nil {
+		return true
+	}
+	v := m.Get([]byte("version"))
+	return len(v) != 1 || v[0] >= 2
 }
 
 // noteDeadline lowers earliest to d if d is earlier (zero d: permanent, ignored).
@@ -279,13 +436,22 @@ func encodeRule(dst []byte, r Rule) []byte {
 }
 
 func decodeRule(p netip.Prefix, v []byte) (Rule, error) {
-	r := Rule{Prefix: p}
-	if len(v) < 1 || int(v[0]) >= len(origins) {
-		return r, fmt.Errorf("corrupt rule %s", p)
+	origin, vals, reason, err := decodeRuleFields(p, v)
+	if err != nil {
+		return Rule{Prefix: p}, err
 	}
-	r.Origin = origins[v[0]]
+	return Rule{Prefix: p, Origin: origin, Created: fromMs(vals[0]), Deadline: fromMs(vals[1]), Offences: int(vals[2]),
+		LastOffence: fromMs(vals[3]), Reason: string(reason)}, nil
+}
+
+// decodeRuleFields splits an encoded rule without allocating: its origin, its four numbers
+// (created, deadline, offences, last offence) and its reason.
+func decodeRuleFields(p netip.Prefix, v []byte) (origin string, vals [4]int64, reason []byte, err error) {
+	if len(v) < 1 || int(v[0]) >= len(origins) {
+		return "", vals, nil, fmt.Errorf("corrupt rule %s", p)
+	}
+	origin = origins[v[0]]
 	v = v[1:]
-	var vals [4]int64
 	for i := range vals {
 		var n int
 		if i == 2 {
@@ -296,13 +462,11 @@ func decodeRule(p netip.Prefix, v []byte) (Rule, error) {
 			vals[i], n = binary.Varint(v)
 		}
 		if n <= 0 {
-			return r, fmt.Errorf("corrupt rule %s", p)
+			return "", vals, nil, fmt.Errorf("corrupt rule %s", p)
 		}
 		v = v[n:]
 	}
-	r.Created, r.Deadline, r.Offences, r.LastOffence = fromMs(vals[0]), fromMs(vals[1]), int(vals[2]), fromMs(vals[3])
-	r.Reason = string(v)
-	return r, nil
+	return origin, vals, v, nil
 }
 
 func encodeOffence(o Offence) []byte {
@@ -311,15 +475,21 @@ func encodeOffence(o Offence) []byte {
 }
 
 func decodeOffence(v []byte) Offence {
+	o, _ := parseOffence(v)
+	return o
+}
+
+// parseOffence decodes an offence record; ok is false if it is corrupt.
+func parseOffence(v []byte) (o Offence, ok bool) {
 	c, n := binary.Uvarint(v)
 	if n <= 0 {
-		return Offence{}
+		return Offence{}, false
 	}
 	l, m := binary.Varint(v[n:])
 	if m <= 0 {
-		return Offence{}
+		return Offence{}, false
 	}
-	return Offence{Count: int(c), Last: fromMs(l)}
+	return Offence{Count: int(c), Last: fromMs(l)}, true
 }
 
 // Tx is a read-write view of the store inside one transaction.
