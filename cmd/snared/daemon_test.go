@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -230,5 +231,125 @@ func TestSnaredProcess(t *testing.T) {
 	}
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("pin directory still there after uninstall: %v", err)
+	}
+}
+
+// A damaged store (a data page in the middle, or both meta pages): snared refuses to start with
+// one message naming the file and the recovery, no Go trace, exit 1, and the pinned program
+// keeps dropping meanwhile. --recover-store salvages the readable entries; after a reboot (pins
+// gone) the next start restores them into the kernel.
+func TestSnaredDamagedStore(t *testing.T) {
+	lab := testutil.NewLab(t, "attacker")
+	bin := buildSnared(t)
+	state := t.TempDir()
+	pins := filepath.Join(testutil.TempBPFFS(t), "pins")
+	sock := filepath.Join(state, "snare.sock")
+	db := filepath.Join(state, "snare.db")
+	args := []string{"--state-dir", state, "--socket", sock, "--bpffs", pins}
+	for _, i := range lab.HostIfaceNames() {
+		args = append(args, "--iface", i)
+	}
+	att := lab.Attacker()
+	dst := lab.HostIface("attacker").Addr4.Addr()
+	reaches := func() bool { return lab.Ping(att.NS, dst, 300*time.Millisecond) == nil }
+	c := control.NewClient(sock)
+	ctx := context.Background()
+
+	p, err := lab.StartShared(lab.Host.NS, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSocket(t, c, p)
+	if _, err := c.Block(ctx, control.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	// Enough rules for a store of many pages: 198.19.0.0 - 198.19.78.31.
+	const n = 20000
+	var list strings.Builder
+	for i := range n {
+		fmt.Fprintf(&list, "198.19.%d.%d\n", i>>8, i&255)
+	}
+	if r, err := c.Import(ctx, control.ImportRequest{Content: list.String()}); err != nil || r.Imported != n {
+		t.Fatalf("import: %+v %v", r, err)
+	}
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if reaches() {
+		t.Fatal("blocked attacker reaches the host")
+	}
+	sound, err := os.ReadFile(db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The record of 198.19.39.16 inside its segment: key length, family, address, bits.
+	middle := []byte{6, 4, 198, 19, 39, 16, 32}
+
+	for _, damage := range []string{"meta pages", "data page"} {
+		if err := os.WriteFile(db, sound, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if damage == "meta pages" {
+			testutil.DamageStoreMeta(t, db)
+		} else {
+			testutil.DamageStorePage(t, db, middle)
+		}
+		out, err := lab.RunShared(lab.Host.NS, bin, args...)
+		t.Logf("%s: %s", damage, out)
+		if err == nil || !strings.Contains(err.Error(), "exit status 1") {
+			t.Errorf("%s: snared did not exit 1: %v", damage, err)
+		}
+		for _, want := range []string{"Error: open store " + db + ": store file is corrupt", "snared --recover-store", "kernel stay enforced"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s: output lacks %q:\n%s", damage, want, out)
+			}
+		}
+		if strings.Contains(out, "panic") || strings.Contains(out, "goroutine") || strings.Count(out, "\n") != 1 {
+			t.Errorf("%s: want one line of message, no Go trace:\n%s", damage, out)
+		}
+		if reaches() {
+			t.Fatalf("%s: the attacker reaches the host after the refused start", damage)
+		}
+	}
+
+	out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"--recover-store"}, args...)...)
+	t.Logf("--recover-store: %s", out)
+	if err != nil {
+		t.Fatalf("--recover-store: %v", err)
+	}
+	var salvaged int
+	if _, err := fmt.Sscanf(out[strings.Index(out, "salvaged into a fresh store: "):], "salvaged into a fresh store: %d rules", &salvaged); err != nil ||
+		salvaged <= n-300 || salvaged > n || !strings.Contains(out, "lost: rules after 198.19.") || !strings.Contains(out, db+".corrupt-") {
+		t.Fatalf("--recover-store salvaged %d of %d (%v):\n%s", salvaged, n+1, err, out)
+	}
+	if out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"--recover-store"}, args...)...); err != nil || !strings.Contains(out, "nothing to recover") {
+		t.Errorf("second --recover-store: %v\n%s", err, out)
+	}
+
+	// A reboot: the pins go, and the start rebuilds the kernel from the salvaged store.
+	if out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if !reaches() {
+		t.Fatal("attacker still dropped with no program attached")
+	}
+	p, err = lab.StartShared(lab.Host.NS, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSocket(t, c, p)
+	defer func() {
+		p.Stop()
+		lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...)
+	}()
+	l, err := c.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Entries) != salvaged {
+		t.Errorf("restored %d entries, salvaged %d", len(l.Entries), salvaged)
+	}
+	if reaches() {
+		t.Error("the salvaged block of the attacker is not enforced after the start")
 	}
 }

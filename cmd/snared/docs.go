@@ -26,11 +26,18 @@ embedded defaults. With no config file at all the embedded defaults run a sensib
 "snared uninstall" removes the XDP program from every interface, the pins, and snare's iptables
 chains and ipset sets; the store in --state-dir is kept.
 
+A damaged store (a failing disk, a stray write) is found by a check of every page and record at
+start: snared then refuses to start, with one message naming the file and the ways to recover,
+and the blocks already in the kernel stay enforced. "snared --recover-store" (same flags, snared
+stopped) copies every readable entry into a fresh store, keeps the damaged file as
+snare.db.corrupt-TIME, prints what was saved and what was lost, and exits; on a sound store it
+changes nothing.
+
 Signals: SIGTERM and SIGINT stop the daemon and leave enforcement in place; SIGHUP reloads the
 configuration and reopens the event log.
 
 Exit codes: 0 success, 1 error (bad configuration, attach failure, another snared on the same
---bpffs), 2 usage error.`
+--bpffs, a damaged store), 2 usage error.`
 )
 
 // genDocs writes snared's reference page (markdown) and man page from its flag definitions.

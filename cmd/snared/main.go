@@ -6,6 +6,7 @@
 //	       [--state-dir DIR] [--socket PATH] [--bpffs DIR] [--dry-run]
 //	snared --check-config [...]   validate and print the merged configuration (exit 0 or 1)
 //	snared --print-config [...]   print the merged configuration
+//	snared --recover-store [...]  salvage a damaged store into a fresh one (see recoverStore)
 //	snared uninstall [...]        remove snare from the host (see uninstall.go)
 //
 // Signals: SIGTERM/SIGINT stop the daemon and leave enforcement in place (pinned XDP program and
@@ -22,6 +23,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/pflag"
@@ -44,12 +46,13 @@ func main() {
 }
 
 type options struct {
-	config      string
-	confDir     string
-	checkConfig bool
-	printConfig bool
-	uninstall   bool
-	version     bool
+	config       string
+	confDir      string
+	checkConfig  bool
+	printConfig  bool
+	recoverStore bool
+	uninstall    bool
+	version      bool
 }
 
 // newFlagSet defines snared's flags: one definition for parsing, --help and the generated docs.
@@ -60,6 +63,7 @@ func newFlagSet(o *options, stderr io.Writer) *pflag.FlagSet {
 	fs.StringVar(&o.confDir, "conf-dir", "/etc/snare/conf.d", "directory of drop-in YAML files merged after --config in name order (missing: none)")
 	fs.BoolVar(&o.checkConfig, "check-config", false, "validate the configuration, print it merged, and exit (0 valid, 1 not)")
 	fs.BoolVar(&o.printConfig, "print-config", false, "print the merged configuration and exit")
+	fs.BoolVar(&o.recoverStore, "recover-store", false, "when snared refuses to start on a damaged store: copy every readable entry into a fresh store, keep the damaged file as snare.db.corrupt-TIME, print what was saved and lost, and exit (snared must not be running)")
 	fs.BoolVar(&o.uninstall, "uninstall", false, "same as the uninstall command")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	control.AddFlags(fs)
@@ -118,6 +122,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 
+	if o.recoverStore {
+		return recoverStore(cfg.DBPath(), stdout, stderr)
+	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	if o.uninstall {
 		if err := uninstall(cfg, log); err != nil {
@@ -128,10 +135,44 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	if err := serve(cfg, load, log); err != nil {
+		if errors.Is(err, control.ErrStoreCorrupt) {
+			path := cfg.DBPath()
+			fmt.Fprintf(stderr, "Error: %v. snared did not start; the blocks already in the kernel stay enforced. "+
+				"To recover, run \"snared --recover-store\" with the same flags (it salvages every readable entry into a fresh store "+
+				"and keeps the damaged file as %s.corrupt-TIME), or move %s aside and put back a backup of it, "+
+				"or move it aside, start, and \"snarectl import\" a list saved by \"snarectl export\".\n", err, path, path)
+			return exitError
+		}
 		log.Error("snared failed", "err", err)
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return exitError
 	}
+	return exitOK
+}
+
+// recoverStore replaces a damaged store with a fresh one holding what is readable of it
+// (control.RecoverStore) and says what was saved and what was lost. A sound store is left alone.
+func recoverStore(path string, stdout, stderr io.Writer) int {
+	rec, err := control.RecoverStore(path, time.Now())
+	if errors.Is(err, control.ErrNothingToRecover) {
+		fmt.Fprintf(stdout, "%v: nothing changed\n", err)
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "Error: %v; nothing changed\n", err)
+		return exitError
+	}
+	fmt.Fprintf(stdout, "store %s was damaged: %s\n", path, rec.Damage)
+	fmt.Fprintf(stdout, "salvaged into a fresh store: %d rules, %d allowlist entries, %d offence histories\n", rec.Rules, rec.Allow, rec.Offences)
+	if len(rec.Lost) == 0 {
+		fmt.Fprintln(stdout, "lost: nothing")
+	}
+	for _, l := range rec.Lost {
+		fmt.Fprintf(stdout, "lost: %s\n", l)
+	}
+	fmt.Fprintf(stdout, "the damaged file is kept as %s\n", rec.Kept)
+	fmt.Fprintln(stdout, "snared can start now: it restores the salvaged rules into the kernel and removes the blocks the store lost "+
+		"(but trap blocks, which it adopts); \"snarectl import\" a list saved by \"snarectl export\" to bring those back")
 	return exitOK
 }
 
