@@ -16,9 +16,10 @@ import (
 // later by cron) and plain lists carry over; export writes both formats and reads back the same.
 func TestImportExport(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
+		loc := useImportZone(t)
 		e := newEnv(t, backend, options{config: map[string]any{"block.ttl": "5d"}})
 		d := e.d
-		day := func(daysAgo int) string { return time.Now().AddDate(0, 0, -daysAgo).Format("20060102") }
+		day := func(daysAgo int) string { return time.Now().In(loc).AddDate(0, 0, -daysAgo).Format("20060102") }
 		list := strings.Join([]string{
 			"# blocked.list as portsentry's script wrote it",
 			e.attacker4().String() + " " + day(0),
@@ -43,18 +44,14 @@ func TestImportExport(t *testing.T) {
 		if got := prefixes(entries); !slices.Equal(got, want) {
 			t.Fatalf("after import: %v, want %v", got, want)
 		}
-		// An entry dated D expires at D + TTL (5 days), to the day.
+		// An entry dated D expires at D + TTL: the start of day D in the daemon's local time,
+		// plus 5 days (120 hours), to the millisecond.
 		checkDay := func(prefix string, daysAgo int) {
 			t.Helper()
 			en := find(entries, prefix)
-			wantDay := time.Now().AddDate(0, 0, 5-daysAgo)
-			if en == nil || en.Expires.IsZero() {
-				t.Errorf("%s: %+v, want an expiry", prefix, en)
-				return
-			}
-			if diff := en.Expires.Sub(wantDay); diff < -26*time.Hour || diff > 26*time.Hour {
-				t.Errorf("%s dated %s expires %s, want on %s (date + 5d TTL)", prefix, day(daysAgo),
-					en.Expires.Local().Format(time.DateTime), wantDay.Format(time.DateOnly))
+			want := blockedListDeadline(t, day(daysAgo), loc, 5*24*time.Hour)
+			if en == nil || !en.Expires.Equal(want) {
+				t.Errorf("%s dated %s: %+v, want it to expire at %s (date + 5d TTL)", prefix, day(daysAgo), en, want.Format(time.RFC3339Nano))
 			}
 		}
 		checkDay(host32(e.attacker4()), 0)
@@ -131,9 +128,10 @@ func TestImportExport(t *testing.T) {
 // attacker's packets are dropped and the client's still served.
 func TestImportBigList(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, backend string) {
+		loc := useImportZone(t)
 		e := newEnv(t, backend, options{config: map[string]any{"block.ttl": "5d"}})
 		d := e.d
-		day := func(daysAgo int) string { return time.Now().AddDate(0, 0, -daysAgo).Format("20060102") }
+		day := func(daysAgo int) string { return time.Now().In(loc).AddDate(0, 0, -daysAgo).Format("20060102") }
 		const n = 60_000 // more than the daemon's bulk threshold (50,000)
 		lines := make([]string, 0, n+2)
 		for i := range n {
@@ -160,11 +158,38 @@ func TestImportBigList(t *testing.T) {
 			t.Fatalf("list: %d entries, want %d", len(entries), n+1)
 		}
 		en := find(entries, host32(e.attacker4()))
-		want := time.Now().AddDate(0, 0, 4) // yesterday + 5 days
-		if en == nil || en.Expires.Sub(want).Abs() > 26*time.Hour {
-			t.Fatalf("attacker %+v: want it to expire around %s (its later date + 5d)", en, want.Format(time.DateOnly))
+		want := blockedListDeadline(t, day(1), loc, 5*24*time.Hour)
+		if en == nil || !en.Expires.Equal(want) {
+			t.Fatalf("attacker %+v: want it to expire at %s (its later date + 5d)", en, want.Format(time.RFC3339Nano))
 		}
 		e.dropped(t, e.attackerV4Peer())
 		e.served(t, e.clientV4Peer())
 	})
+}
+
+// importZone is the daemon's time zone in the import tests. A blocked.list date is a day in the
+// daemon's local time (control.ImportLine.Date); half a day and a half hour off UTC, a date
+// taken in UTC, or a deadline off by any part of a day, cannot match.
+const importZone = "Asia/Kolkata"
+
+// useImportZone runs the test's snared and snarectl in importZone and returns it.
+func useImportZone(t *testing.T) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation(importZone)
+	if err != nil {
+		prerequisite(t, fmt.Sprintf("needs the time zone database (Debian package tzdata): %v", err))
+	}
+	t.Setenv("TZ", importZone) // inherited by every process the test starts (cleanEnv)
+	return loc
+}
+
+// blockedListDeadline is when a blocked.list line dated date (YYYYMMDD) expires with ttl: the
+// start of that day in loc, plus ttl.
+func blockedListDeadline(t *testing.T, date string, loc *time.Location, ttl time.Duration) time.Time {
+	t.Helper()
+	d, err := time.ParseInLocation("20060102", date, loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d.Add(ttl)
 }
