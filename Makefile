@@ -7,9 +7,9 @@ LDFLAGS := -s -w -X main.version=$(VERSION)
 
 # Debian packages the build and the test suite use (the tests drive real tools).
 DEB_PKGS := clang llvm libbpf-dev libc6-dev make git ca-certificates iproute2 iptables ipset \
-	nftables ethtool iputils-ping nmap hping3 tcpdump wrk xdp-tools bpftool tzdata
+	nftables ethtool iputils-ping nmap hping3 tcpdump wrk xdp-tools bpftool tzdata systemd
 # A command each package provides, to tell whether it is installed.
-DEB_CMDS := clang llc ip iptables ipset nft ethtool ping nmap hping3 tcpdump wrk xdp-filter bpftool
+DEB_CMDS := clang llc ip iptables ipset nft ethtool ping nmap hping3 tcpdump wrk xdp-filter bpftool systemd-analyze
 
 .PHONY: all deps generate check-generate build test test-short run lint bench bench-quick demo clean
 

@@ -1,6 +1,7 @@
 package packaging
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +20,7 @@ func buildDeb(t *testing.T) string {
 	}
 	for _, tool := range []string{"make", "dpkg-deb"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP (loud): %s is not installed; the Debian package was not built", tool)
+			testutil.Prerequisite(t, fmt.Sprintf("%s is not installed; the Debian package was not built", tool))
 		}
 	}
 	out := t.TempDir()
@@ -162,7 +163,7 @@ func containsPath(listing, path string) bool {
 func TestMaintainerScripts(t *testing.T) {
 	testutil.RequireRoot(t)
 	if _, err := exec.LookPath("unshare"); err != nil {
-		t.Skip("SKIP (loud): unshare (util-linux) missing")
+		testutil.Prerequisite(t, "unshare (util-linux) is not installed; the maintainer scripts were not run")
 	}
 	scripts, err := filepath.Abs("scripts")
 	if err != nil {
@@ -281,7 +282,7 @@ func TestMakeInstall(t *testing.T) {
 		t.Skip("builds snared and snarectl: not in -short")
 	}
 	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("SKIP (loud): make is not installed")
+		testutil.Prerequisite(t, "make is not installed; make install was not tested")
 	}
 	dest := t.TempDir()
 	mk := func(args ...string) string {

@@ -72,7 +72,7 @@ func cgroup2Dir(t *testing.T) string {
 		}
 	}
 	if mount == "" {
-		t.Skip("SKIP (loud): no cgroup2 mount; cannot run a private systemd")
+		testutil.Prerequisite(t, "no cgroup2 mount; the unit was not started under systemd")
 	}
 	b, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {
@@ -83,7 +83,7 @@ func cgroup2Dir(t *testing.T) string {
 			return filepath.Join(mount, p)
 		}
 	}
-	t.Skip("SKIP (loud): this process has no cgroup2 path")
+	testutil.Prerequisite(t, "this process has no cgroup2 path; the unit was not started under systemd")
 	return ""
 }
 
@@ -99,11 +99,11 @@ func TestUnitUnderSystemd(t *testing.T) {
 	}
 	for _, tool := range []string{"/lib/systemd/systemd", "unshare", "nsenter", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("SKIP (loud): %s missing; the unit was not started under systemd", tool)
+			testutil.Prerequisite(t, fmt.Sprintf("%s missing (Debian packages systemd, util-linux, iproute2); the unit was not started under systemd", tool))
 		}
 	}
 	if fs, _ := os.ReadFile("/proc/filesystems"); !strings.Contains(string(fs), "overlay") {
-		t.Skip("SKIP (loud): no overlayfs; the unit was not started under systemd")
+		testutil.Prerequisite(t, "no overlayfs; the unit was not started under systemd")
 	}
 	work := t.TempDir()
 	for _, bin := range []string{"snared", "snarectl"} {
@@ -129,7 +129,7 @@ func TestUnitUnderSystemd(t *testing.T) {
 	_, _ = rand.Read(sfx)
 	cg := filepath.Join(cgroup2Dir(t), "snare-systemd-test-"+hex.EncodeToString(sfx))
 	if err := os.Mkdir(cg, 0o755); err != nil {
-		t.Skipf("SKIP (loud): cannot create a cgroup for the private systemd: %v", err)
+		testutil.Prerequisite(t, fmt.Sprintf("cannot create a cgroup for the private systemd (%v); the unit was not started under systemd", err))
 	}
 	console := filepath.Join(work, "systemd-console.log")
 	logf, err := os.Create(console)

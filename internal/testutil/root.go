@@ -25,3 +25,13 @@ func RequireRoot(tb testing.TB) {
 	}
 	tb.Skip(msg)
 }
+
+// Prerequisite skips the test with msg (say what is missing and what was not tested), or fails it
+// when CI is set: a CI run must never pass by skipping what it was meant to test.
+func Prerequisite(tb testing.TB, msg string) {
+	tb.Helper()
+	if os.Getenv("CI") != "" {
+		tb.Fatal(msg + " (CI is set: a missing prerequisite is a failure, not a skip)")
+	}
+	tb.Skip(msg)
+}
