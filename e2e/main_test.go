@@ -8,7 +8,7 @@
 // otherwise. What is covered:
 //
 //   - core (core_test.go, core2_test.go, importexport_test.go): block/unblock of addresses, IPv6
-//     /64s, CIDRs and IPv4-mapped IPv6; hit counters; exact expiry with no sweep; stop (still
+//     /64s, CIDRs and IPv4-mapped IPv6; hit counters; exact expiry with no sweep (XDP within 100 ms); stop (still
 //     dropped), restart (list intact), kill -9 (nothing lost), no connection through across
 //     restarts; import/export of blocked.list ("IP YYYYMMDD") and plain lists; the allowlist
 //     winning over blocks; dry run; repeat offences and escalation; events -f; status per
@@ -20,6 +20,10 @@
 //     hping3 flood from random 198.19.x.y sources; spoofed scans from the gateway and resolver;
 //     threshold; log mode per protocol; advanced mode following listeners; trap blocks adopted
 //     after the daemon was down or killed (XDP).
+//   - lifecycle (lifecycle_test.go): a failed reload keeps the old config and enforcement;
+//     SIGHUP reopens a rotated event log; READY=1 only once a non-empty store is restored into
+//     the kernel; trap blocks allowlisted since are lifted at start; the resolvers of
+//     /etc/resolv.conf are allowlisted end to end.
 //   - back-ends and config (backend_test.go, config_test.go): uninstall (store kept, reboot-like
 //     restore), automatic fallback to iptables, a flushed firewall repaired, --xdp-mode generic,
 //     SNARE_* environment.
