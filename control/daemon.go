@@ -35,7 +35,13 @@ type Options struct {
 	ImplicitAllow func() (Allowlist, error)
 	// Listening lists the host's listening ports for the trap-port watcher; nil means ListeningPorts.
 	Listening func(ctx context.Context) (tcp, udp map[uint16]bool, err error)
+	// ImportIdleTimeout cuts off an import upload that sends nothing for this long; nothing of
+	// it is imported. Zero means defaultImportIdleTimeout.
+	ImportIdleTimeout time.Duration
 }
+
+// defaultImportIdleTimeout is how long an import upload may send nothing before it is cut off.
+const defaultImportIdleTimeout = 30 * time.Second
 
 // Daemon is snared's core: it owns the configuration, the durable store, the enforcer and the
 // event log, and serves the API. Every state change goes through it, serialised by mu, and is
@@ -61,6 +67,10 @@ type Daemon struct {
 	sweeps    int
 
 	evictions atomic.Uint64
+
+	// importing is held by the one import in progress: its list is read outside mu, and a
+	// million lines take 24 MB of records and more to write them, so two are not read at once.
+	importing chan struct{}
 
 	// watch restarts the trap-port watcher after a reload (set while Serve runs).
 	watchMu     sync.Mutex
@@ -99,7 +109,11 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 	if o.Listening == nil {
 		o.Listening = ListeningPorts
 	}
-	d := &Daemon{log: o.Logger, rec: o.Recorder, version: o.Version, started: time.Now(), opts: o, cfg: o.Config}
+	if o.ImportIdleTimeout <= 0 {
+		o.ImportIdleTimeout = defaultImportIdleTimeout
+	}
+	d := &Daemon{log: o.Logger, rec: o.Recorder, version: o.Version, started: time.Now(), opts: o, cfg: o.Config,
+		importing: make(chan struct{}, 1)}
 
 	store, err := OpenStore(o.Config.DBPath())
 	if err != nil {

@@ -28,6 +28,8 @@ type daemonLab struct {
 	client  *control.Client
 	d       *control.Daemon
 	stop    func()
+	// importIdle is the daemon's ImportIdleTimeout (0: its default).
+	importIdle time.Duration
 }
 
 func newDaemonLab(t *testing.T) *daemonLab {
@@ -81,7 +83,8 @@ func (dl *daemonLab) start() {
 		Config: dl.cfg, Enforcer: x, Logger: testLogger(t),
 		ImplicitAllow: func() (control.Allowlist, error) { return implicit, nil },
 		// Nothing listens in the lab host: every configured trap port is in force.
-		Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
+		Listening:         func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
+		ImportIdleTimeout: dl.importIdle,
 	})
 	if err != nil {
 		cancel()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"mime"
 	"net"
 	"net/http"
@@ -96,7 +97,8 @@ func (d *Daemon) Handler() http.Handler {
 					return
 				}
 			}
-			resp, err = d.ImportStream(r.Context(), http.MaxBytesReader(w, r.Body, maxRequestBody), req)
+			body := &idleReader{r: http.MaxBytesReader(w, r.Body, maxRequestBody), rc: http.NewResponseController(w), idle: d.opts.ImportIdleTimeout}
+			resp, err = d.ImportStream(r.Context(), body, req)
 		} else {
 			if !decode(w, r, &req) {
 				return
@@ -222,6 +224,31 @@ func (d *Daemon) serveEvents(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// idleReader reads a request body with a deadline that moves with every read: an upload that
+// sends nothing for idle is cut off with an error saying so, while a big one that keeps sending
+// takes as long as it needs.
+type idleReader struct {
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *idleReader) Read(p []byte) (int, error) {
+	if err := b.rc.SetReadDeadline(time.Now().Add(b.idle)); err != nil {
+		return 0, fmt.Errorf("set read deadline: %w", err)
+	}
+	n, err := b.r.Read(p)
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return n, userErrorf("the upload sent nothing for %s: cut off, nothing imported", b.idle)
+	case err != nil:
+		// The body is read (or broken): no deadline for the server's own read of the connection
+		// while the import is written, which would cancel the request when it fires.
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 func orEmpty[T any](s []T) []T {

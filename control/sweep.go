@@ -283,15 +283,25 @@ const bulkImport = 50_000
 // lines are parsed while the body is still being read. Nothing is changed unless the whole body
 // arrives: a client that aborts the upload (its own check found bad lines) imports nothing. Big
 // imports write the store and the kernel concurrently; if either fails, both are rolled back.
+//
+// The body is read and parsed without the daemon's lock, so a slow or stalled upload holds up no
+// block, unblock, trap event or sweep; the lock is taken once the list is complete. One import
+// runs at a time.
 func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportRequest) (ImportResponse, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	cfg := d.cfg
-	now := time.Now()
 	name := req.Name
 	if name == "" {
 		name = "import"
 	}
+	select {
+	case d.importing <- struct{}{}:
+	case <-ctx.Done():
+		return ImportResponse{}, fmt.Errorf("import %s: waiting for another import: %w", name, ctx.Err())
+	}
+	defer func() { <-d.importing }()
+	d.mu.Lock()
+	cfg, allow := d.cfg, d.allow
+	d.mu.Unlock()
+	now := time.Now()
 	ttl := time.Duration(cfg.Block.TTL)
 	if strings.TrimSpace(req.TTL) != "" {
 		var err error
@@ -304,7 +314,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		reason = "import " + name
 	}
 	var resp ImportResponse
-	recs, errs, bad, expired, err := d.readImport(body, cfg, ttl, now)
+	recs, errs, bad, expired, err := readImport(body, cfg, allow, ttl, now)
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
@@ -313,6 +323,13 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		return ImportResponse{Errors: errs, Skipped: bad}, &UserError{Err: importError(name, errs, bad)}
 	}
 	resp.Skipped, resp.Errors = bad, errs
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	// The list checked against the daemon as it is now: nothing is written before this.
+	if err := d.recheckAllowLocked(name, recs, allow); err != nil {
+		return ImportResponse{}, err
+	}
 
 	// A big list into an empty daemon (the first import of an old blocked.list) goes to the
 	// kernel as soon as its order is known, while the store's copy is made: the kernel's share
@@ -421,8 +438,8 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 // of recs (lines that block nothing leave a hole, compacted away at the end): the parse took a
 // fifth of an import on one. It returns the records (deadlines for TTL imports, creation times
 // for permanent ones), the first bad lines by line number, and the counts of bad lines
-// (allowlisted targets included) and of lines already expired.
-func (d *Daemon) readImport(body io.Reader, cfg *Config, ttl time.Duration, now time.Time) (recs *importBatch, errs []LineError, bad, expired int, err error) {
+// (targets allow refuses included) and of lines already expired.
+func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration, now time.Time) (recs *importBatch, errs []LineError, bad, expired int, err error) {
 	recs = newImportBatch(cfg.Block.Capacity)
 	rules := cfg.TargetRules()
 	var mu sync.Mutex        // guards what the pieces report
@@ -437,7 +454,7 @@ func (d *Daemon) readImport(body io.Reader, cfg *Config, ttl time.Duration, now 
 		gone := 0
 		p.chunk(text, func(l ImportLine) {
 			// Allowlisted targets are bad lines too.
-			if err := d.allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
+			if err := allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
 				if len(refused) < maxImportLineErrors {
 					refused = append(refused, LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
 				}
@@ -470,6 +487,36 @@ func (d *Daemon) readImport(body io.Reader, cfg *Config, ttl time.Duration, now 
 	// Each piece reported its first bad lines: together they hold the list's first ones.
 	slices.SortFunc(errs, func(a, b LineError) int { return a.Line - b.Line })
 	return recs, errs[:min(len(errs), maxImportLineErrors)], bad, expired, nil
+}
+
+// recheckAllowLocked checks a parsed import list against the allowlist in force. The list was
+// checked against the allowlist parsedWith while it was read; a prefix allowlisted since (allow
+// add, a reload, a new own address) refuses the whole import: the allowlist always wins, and the
+// list's line numbers are gone by now to report it as a bad line.
+func (d *Daemon) recheckAllowLocked(name string, recs *importBatch, parsedWith Allowlist) error {
+	was := map[netip.Prefix]bool{}
+	for _, it := range parsedWith {
+		was[it.Prefix] = true
+	}
+	var added Allowlist
+	for _, it := range d.allow {
+		if !was[it.Prefix] {
+			added = append(added, it)
+		}
+	}
+	if len(added) == 0 {
+		return nil
+	}
+	for i := range recs.n {
+		p := recs.at(i).prefix()
+		for _, it := range added {
+			if it.Prefix.Overlaps(p) {
+				return userErrorf("import %s: %s overlaps %s, allowlisted (%s) while the list was being sent; nothing imported: import it again to check it against the allowlist in force",
+					name, p, it.Prefix, it.Source)
+			}
+		}
+	}
+	return nil
 }
 
 // mergedRule is an imported entry that was blocked already: what it was and what it becomes.
