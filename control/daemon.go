@@ -594,6 +594,7 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 	}
 	now := time.Now()
 	var out []Rule
+	var undo *kernelUndo
 	err = d.store.Update(func(tx *Tx) error {
 		var fresh [2]int // prefixes not stored yet, per family
 		for _, t := range ts {
@@ -607,20 +608,26 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 			return err
 		}
 		seen := map[netip.Prefix]bool{}
+		var was kernelUndo
 		for _, t := range ts {
 			if seen[t.prefix] {
 				continue
 			}
 			seen[t.prefix] = true
+			if err := was.note(tx, t.prefix, now); err != nil {
+				return err
+			}
 			r, err := d.offendLocked(tx, cfg, t.prefix, OriginManual, reason, base, explicit, now)
 			if err != nil {
 				return err
 			}
 			out = append(out, r)
 		}
+		undo = &was
 		return d.enf.Block(ctx, toBackend(out))
 	})
 	if err != nil {
+		d.undoKernel("block", undo)
 		return nil, fmt.Errorf("block: %w", err)
 	}
 	evs := make([]Event, 0, len(out))
@@ -676,6 +683,41 @@ func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reaso
 		return Rule{}, err
 	}
 	return r, nil
+}
+
+// kernelUndo puts the kernel back after a change the store refused once the kernel had it (the
+// commit failed: a full disk): what was not blocked before is removed, what was gets its rule
+// back. A change writes the kernel before its store transaction commits, so that a kernel that
+// refuses it changes nothing in the store either.
+type kernelUndo struct {
+	gone []netip.Prefix
+	back []backend.Rule
+}
+
+// note records, in the transaction that is about to change p, what the kernel has to go back to.
+func (u *kernelUndo) note(tx *Tx, p netip.Prefix, now time.Time) error {
+	old, ok, err := tx.Rule(p)
+	if err != nil {
+		return err
+	}
+	if ok && !old.Expired(now) {
+		u.back = append(u.back, old.enforced())
+	} else {
+		u.gone = append(u.gone, p)
+	}
+	return nil
+}
+
+// undoKernel puts the kernel back as u says; nil u: the kernel was not written. It runs with a
+// background context: the undo must run even when the request was cancelled.
+func (d *Daemon) undoKernel(change string, u *kernelUndo) {
+	if u == nil {
+		return
+	}
+	ctx := context.Background()
+	if err := errors.Join(d.enf.Unblock(ctx, u.gone), d.enf.Block(ctx, u.back)); err != nil {
+		d.log.Error("put the kernel back after a refused change; the next sweep reconciles", "change", change, "err", err)
+	}
 }
 
 func toBackend(rules []Rule) []backend.Rule {
@@ -738,6 +780,7 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 	}
 	now := time.Now()
 	var gone []Rule
+	var undo *kernelUndo
 	err = d.store.Update(func(tx *Tx) error {
 		var prefixes []netip.Prefix
 		for _, t := range ts {
@@ -756,10 +799,19 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 			gone = append(gone, r)
 			removed = append(removed, t.prefix.String())
 		}
+		// Put back if the commit fails: the store's rules (a trap block it does not know yet
+		// is not put back).
+		undo = &kernelUndo{}
+		for _, r := range gone {
+			if !r.Expired(now) {
+				undo.back = append(undo.back, r.enforced())
+			}
+		}
 		// Also prefixes the store does not know: a trap block not yet adopted must go too.
 		return d.enf.Unblock(ctx, prefixes)
 	})
 	if err != nil {
+		d.undoKernel("unblock", undo)
 		return nil, nil, fmt.Errorf("unblock: %w", err)
 	}
 	var evs []Event

@@ -3,7 +3,6 @@ package control
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -414,12 +413,17 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		for i := range n {
 			rules[i] = get(i)
 		}
+		written := false
 		err = d.store.Update(func(tx *Tx) error {
 			if err := tx.PutRulesSorted(rules); err != nil {
 				return err
 			}
+			written = true
 			return d.enf.Block(ctx, toBackend(rules))
 		})
+		if err != nil && written {
+			d.undoKernel("import "+name, importUndo(n, at, merged))
+		}
 	}
 	if err != nil {
 		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
@@ -579,24 +583,24 @@ func (d *Daemon) bulkBlock(n int, at func(int) Rule, merged map[int]mergedRule, 
 	if !waited {
 		<-kerr // the store failed first: let the kernel finish before undoing it
 	}
-	if err == nil {
-		return nil
-	}
-	var gone []netip.Prefix
-	var back []backend.Rule
-	for i := range n {
-		if m, ok := merged[i]; ok {
-			back = append(back, backend.Rule{Prefix: m.old.Prefix, Deadline: m.old.Deadline})
-		} else {
-			gone = append(gone, at(i).Prefix)
-		}
-	}
-	// Background context: the undo must run even when the request was cancelled.
-	undo := errors.Join(d.enf.Unblock(context.Background(), gone), d.enf.Block(context.Background(), back))
-	if undo != nil {
-		d.log.Error("undo a failed import in the kernel; the next sweep reconciles", "err", undo)
+	if err != nil {
+		d.undoKernel("import", importUndo(n, at, merged))
 	}
 	return err
+}
+
+// importUndo puts the kernel back after a refused import of at(0..n-1): new entries removed,
+// merged ones given their old deadlines.
+func importUndo(n int, at func(int) Rule, merged map[int]mergedRule) *kernelUndo {
+	u := &kernelUndo{}
+	for i := range n {
+		if m, ok := merged[i]; ok {
+			u.back = append(u.back, m.old.enforced())
+		} else {
+			u.gone = append(u.gone, at(i).Prefix)
+		}
+	}
+	return u
 }
 
 // kernelChunk is how many rules blockChunks hands the enforcer at once: enough for the loader
