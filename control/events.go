@@ -121,6 +121,11 @@ func (l *EventLog) Log(evs ...Event) error {
 		werr = l.w.Flush()
 	}
 	if werr != nil {
+		// The buffered writer keeps a write error (a full disk) for good: start it afresh, so
+		// that the log resumes once there is room. The lines not written are lost, and one may
+		// be cut short: the next one starts on a new line.
+		l.w.Reset(l.f)
+		l.w.WriteByte('\n')
 		return fmt.Errorf("write event log %s: %w", l.path, werr)
 	}
 	return nil
