@@ -337,9 +337,16 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	// million entries in another order than they went in took 40% longer.) With nothing
 	// stored there is nothing to merge with; only a repeated prefix has to be written again
 	// afterwards, where the file's last line won and the latest deadline must.
+	// A list that fits block.capacity even if every line were new needs no closer look; one that
+	// may not is counted exactly once its repeats and stored entries are known.
+	var lines [2]int
+	for i := range recs.n {
+		lines[familyIndex(recs.at(i).v6())]++
+	}
+	fits := d.checkCapacity(cfg, lines) == nil
 	order := recs.order()
 	var early chan error
-	if recs.n >= bulkImport && d.store.Count() == 0 {
+	if recs.n >= bulkImport && d.store.Count() == 0 && fits {
 		early = make(chan error, 1)
 		read := recs.inTurn(order)
 		go func() {
@@ -374,6 +381,26 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		read := uniq.inTurn()
 		return func(i int) Rule { return rule(read(i)) }
 	}
+	// Entries already blocked keep what they are, extended to the later deadline; the kernel
+	// takes that deadline too.
+	var merged map[int]mergedRule
+	if early == nil {
+		if merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.prefix() }, at, now); err != nil {
+			return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+		}
+	}
+	if !fits {
+		var fresh [2]int
+		for i := range n {
+			if _, ok := merged[i]; !ok {
+				rec := uniq.at(i)
+				fresh[familyIndex(rec.v6())]++
+			}
+		}
+		if err := d.checkCapacity(cfg, fresh); err != nil {
+			return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+		}
+	}
 	switch {
 	case early != nil:
 		err = d.bulkBlock(n, inTurn(), nil, func() error {
@@ -387,13 +414,6 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 			return d.enf.Block(ctx, again)
 		})
 	default:
-		// Entries already blocked keep what they are, extended to the later deadline; the
-		// kernel takes that deadline too.
-		var merged map[int]mergedRule
-		merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.prefix() }, at, now)
-		if err != nil {
-			break
-		}
 		final := func(rule func(int) Rule) func(int) Rule {
 			return func(i int) Rule {
 				if m, ok := merged[i]; ok {
