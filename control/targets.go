@@ -3,6 +3,7 @@ package control
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 )
 
@@ -43,8 +44,17 @@ func parseTarget(s string, r TargetRules) (netip.Prefix, netip.Addr, error) {
 	if p.Bits() == 0 {
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would block every %s address: refused", s, family(p.Addr()))
 	}
-	if single && p.Addr().IsUnspecified() {
+	// The address given, not its /64: "::1" becomes ::/64, which starts with the unspecified address.
+	switch {
+	case single && given.IsUnspecified():
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is the unspecified address, not a source", s)
+	case single && given.IsLoopback():
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is a loopback address, never a source on the network", s)
+	case single && p.Addr().IsUnspecified():
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would be blocked as %s, which holds the unspecified and loopback addresses: refused", s, p)
+	}
+	if err := refuseNeverBlocked(s, p, given); err != nil {
+		return netip.Prefix{}, netip.Addr{}, err
 	}
 	minBits, key := r.MinPrefixV4, "block.min_prefix_v4"
 	if p.Addr().Is6() {
@@ -54,6 +64,35 @@ func parseTarget(s string, r TargetRules) (netip.Prefix, netip.Addr, error) {
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q: prefix /%d is wider than the configured minimum /%d (%s)", s, p.Bits(), minBits, key)
 	}
 	return p, given, nil
+}
+
+// neverBlocked are the ranges no block may touch. A link-local block cuts the host off its own
+// link: an IPv6 address is blocked as its /64, and fe80::/64 holds the host's own link-local
+// addresses, its neighbours and often its IPv6 gateway. A multicast address is never the source
+// of a packet, so a block on one can only be a mistake.
+var neverBlocked = []struct {
+	prefix netip.Prefix
+	kind   string
+}{
+	{netip.MustParsePrefix("169.254.0.0/16"), "link-local"},
+	{netip.MustParsePrefix("fe80::/10"), "link-local"},
+	{netip.MustParsePrefix("224.0.0.0/4"), "multicast"},
+	{netip.MustParsePrefix("ff00::/8"), "multicast"},
+}
+
+// refuseNeverBlocked refuses a target whose block p overlaps a neverBlocked range; given is the
+// address given for a single-address target (invalid for a CIDR).
+func refuseNeverBlocked(s string, p netip.Prefix, given netip.Addr) error {
+	for _, nb := range neverBlocked {
+		switch {
+		case !nb.prefix.Overlaps(p):
+		case given.IsValid() && nb.prefix.Contains(given):
+			return fmt.Errorf("%q is a %s address (%s): link-local and multicast addresses are never blocked", s, nb.kind, nb.prefix)
+		default:
+			return fmt.Errorf("%q overlaps the %s range %s: link-local and multicast addresses are never blocked", s, nb.kind, nb.prefix)
+		}
+	}
+	return nil
 }
 
 // ParseAllowPrefix parses an allowlist entry: an address (as its /32 or /128) or a CIDR; IPv4-mapped
@@ -74,7 +113,10 @@ func ParseAllowPrefix(s string) (netip.Prefix, error) {
 func parsePrefix(in string) (p netip.Prefix, single bool, err error) {
 	s := strings.TrimSpace(in)
 	if s == "" {
-		return netip.Prefix{}, false, fmt.Errorf("empty address")
+		return netip.Prefix{}, false, fmt.Errorf("%q: empty address", in)
+	}
+	if len(s) > maxTargetLen {
+		return netip.Prefix{}, false, fmt.Errorf("%s is %d bytes long: not an IP address or CIDR", quoteStart(in, maxTargetLen), len(s))
 	}
 	addrPart, bitsPart, isCIDR := strings.Cut(s, "/")
 	addr, err := netip.ParseAddr(addrPart)
@@ -102,6 +144,19 @@ func parsePrefix(in string) (p netip.Prefix, single bool, err error) {
 		addr, bits = addr.Unmap(), bits-96
 	}
 	return netip.PrefixFrom(addr, bits).Masked(), false, nil
+}
+
+// maxTargetLen bounds an address or CIDR as given; the longest real one,
+// "0000:0000:0000:0000:0000:ffff:255.255.255.255/128", has 49 bytes.
+const maxTargetLen = 100
+
+// quoteStart quotes s for a message, cut after n bytes ("...": the rest of it left out), so
+// that an error about a huge input stays short.
+func quoteStart(s string, n int) string {
+	if len(s) <= n {
+		return strconv.Quote(s)
+	}
+	return strconv.Quote(s[:n]) + "..."
 }
 
 func family(a netip.Addr) string {

@@ -20,6 +20,9 @@ func TestParseTarget(t *testing.T) {
 		{"2001:db8::/48", "2001:db8::/48"},
 		{"2001:db8::1/128", "2001:db8::1/128"},
 		{"2001:db8::/32", "2001:db8::/32"},
+		{"169.253.255.255", "169.253.255.255/32"}, // next to link-local, not in it
+		{"223.255.255.0/24", "223.255.255.0/24"},  // next to multicast
+		{"fec0::1", "fec0::/64"},                  // past fe80::/10
 	}
 	for _, tc := range good {
 		p, err := ParseTarget(tc.in, DefaultTargetRules)
@@ -48,6 +51,24 @@ func TestParseTarget(t *testing.T) {
 		{"::", "unspecified address"},
 		{"fe80::1%eth0", "zone"},
 		{"198.18.0.7 198.18.0.8", "not an IP address"},
+		// Loopback is loopback, not "unspecified" (::1 alone would be blocked as ::/64).
+		{"::1", `"::1" is a loopback address`},
+		{"127.0.0.1", `"127.0.0.1" is a loopback address`},
+		{"::ffff:127.0.0.1", "loopback address"},
+		{"::5", "would be blocked as ::/64, which holds the unspecified and loopback addresses"},
+		// Link-local and multicast: as addresses, and as CIDRs inside or around them.
+		{"fe80::5", `"fe80::5" is a link-local address (fe80::/10)`},
+		{"fe80::/64", "overlaps the link-local range fe80::/10"},
+		{"169.254.3.4", `"169.254.3.4" is a link-local address (169.254.0.0/16)`},
+		{"::ffff:169.254.3.4", "link-local address (169.254.0.0/16)"},
+		{"169.254.3.0/24", "overlaps the link-local range 169.254.0.0/16"},
+		{"169.0.0.0/8", "overlaps the link-local range 169.254.0.0/16"},
+		{"224.0.0.1", `"224.0.0.1" is a multicast address (224.0.0.0/4)`},
+		{"239.255.0.0/16", "overlaps the multicast range 224.0.0.0/4"},
+		{"ff02::1", `"ff02::1" is a multicast address (ff00::/8)`},
+		{"ff02::/16", "overlaps the multicast range ff00::/8"},
+		// Too long to be an address: named by its start, not echoed whole.
+		{strings.Repeat("1", 5000), `"` + strings.Repeat("1", 100) + `"... is 5000 bytes long`},
 	}
 	for _, tc := range bad {
 		p, err := ParseTarget(tc.in, DefaultTargetRules)
@@ -57,6 +78,9 @@ func TestParseTarget(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ParseTarget(%q) error %q, want it to contain %q", tc.in, err, tc.want)
+		}
+		if len(err.Error()) > 300 {
+			t.Errorf("ParseTarget(%.20q...) error is %d bytes long", tc.in, len(err.Error()))
 		}
 	}
 }
