@@ -152,27 +152,33 @@ func (c *Client) listEach(ctx context.Context, expect func(int), fn func(*Entry)
 	if n, err := strconv.Atoi(resp.Header.Get("X-Snare-Entries")); err == nil && n > 0 && n <= 1<<26 && expect != nil {
 		expect(n)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 256<<10), 1<<20)
 	var e Entry
-	for sc.Scan() {
-		if bytes.HasPrefix(sc.Bytes(), []byte(`{"error":`)) {
-			var er ErrorResponse
-			if json.Unmarshal(sc.Bytes(), &er) == nil {
-				return fmt.Errorf("list cut short: %s", er.Error)
-			}
-		}
-		if err := DecodeEntryJSON(sc.Bytes(), &e); err != nil {
-			return fmt.Errorf("decode list entry: %w", err)
-		}
-		if err := fn(&e); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil {
+	var lineErr error // what the line or fn said, as opposed to a failed read
+	err = readLines(resp.Body, 256<<10, func(line []byte) error {
+		lineErr = listLine(line, &e, fn)
+		return lineErr
+	})
+	switch {
+	case lineErr != nil:
+		return lineErr
+	case err != nil:
 		return fmt.Errorf("read list: %w", err)
 	}
 	return nil
+}
+
+// listLine decodes one line of a streamed list into e and passes it to fn.
+func listLine(line []byte, e *Entry, fn func(*Entry) error) error {
+	if bytes.HasPrefix(line, []byte(`{"error":`)) {
+		var er ErrorResponse
+		if json.Unmarshal(line, &er) == nil {
+			return fmt.Errorf("list cut short: %s", er.Error)
+		}
+	}
+	if err := DecodeEntryJSON(line, e); err != nil {
+		return fmt.Errorf("decode list entry: %w", err)
+	}
+	return fn(e)
 }
 
 // Status returns the daemon's status.
@@ -266,21 +272,55 @@ func (c *Client) Events(ctx context.Context, follow bool, fn func(Event) error) 
 		return err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
+	var lineErr error // what the line or fn said, as opposed to a failed read
+	err = readLines(resp.Body, 64<<10, func(line []byte) error {
 		var ev Event
-		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return fmt.Errorf("decode event: %w", err)
+		if lineErr = json.Unmarshal(line, &ev); lineErr != nil {
+			lineErr = fmt.Errorf("decode event: %w", lineErr)
+			return lineErr
 		}
-		if err := fn(ev); err != nil {
-			return err
-		}
-	}
-	if err := sc.Err(); err != nil && ctx.Err() == nil {
+		lineErr = fn(ev)
+		return lineErr
+	})
+	switch {
+	case lineErr != nil:
+		return lineErr
+	case err != nil && ctx.Err() == nil:
 		return fmt.Errorf("read events: %w", err)
 	}
 	return nil
+}
+
+// readLines calls fn with each non-empty line of r, without its newline, until r ends or fn
+// fails. A line is never too long: one that does not fit the buffer (size bytes) is gathered
+// whole, so that no entry the daemon holds can break a listing. The line passed to fn is
+// reused once fn returns.
+func readLines(r io.Reader, size int, fn func([]byte) error) error {
+	br := bufio.NewReaderSize(r, size)
+	var long []byte
+	for {
+		chunk, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			long = append(long, chunk...)
+			continue
+		}
+		line := chunk
+		if long != nil {
+			line = append(long, chunk...)
+			long = nil
+		}
+		if line = bytes.TrimSuffix(line, []byte{'\n'}); len(line) > 0 {
+			if ferr := fn(line); ferr != nil {
+				return ferr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // errReader remembers the error its reader failed with (other than io.EOF).

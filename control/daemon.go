@@ -575,6 +575,9 @@ func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]t
 // when no TTL is given; an explicit TTL is taken as it is. Blocking an already blocked entry
 // extends it (never shortens it: unblock first for that) and counts a repeat offence.
 func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]Rule, error) {
+	if err := CheckReason(reason); err != nil {
+		return nil, &UserError{Err: fmt.Errorf("%w; nothing changed", err)}
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg := d.cfg

@@ -159,9 +159,13 @@ func newListParser(rules TargetRules, now time.Time) *listParser {
 func (p *listParser) fail(line int, text, msg string) {
 	p.bad++
 	if len(p.errs) < maxImportLineErrors {
-		p.errs = append(p.errs, LineError{Line: line, Text: strings.Clone(text), Error: msg})
+		// A line may be a megabyte long; its start is enough to find it.
+		p.errs = append(p.errs, LineError{Line: line, Text: strings.Clone(text[:min(len(text), MaxLineErrorText)]), Error: msg})
 	}
 }
+
+// MaxLineErrorText bounds the text of a bad line kept in a LineError.
+const MaxLineErrorText = 256
 
 // chunk parses whole lines of content (the last one may lack its newline).
 func (p *listParser) chunk(content string, fn func(ImportLine)) {
@@ -223,7 +227,7 @@ func (p *listParser) line(raw string, fn func(ImportLine)) {
 			d, derr := time.ParseInLocation("20060102", fields[1], time.Local)
 			switch {
 			case derr != nil || len(fields[1]) != 8:
-				dp.msg = fmt.Sprintf("%q is not a date in YYYYMMDD form", fields[1])
+				dp.msg = fmt.Sprintf("%s is not a date in YYYYMMDD form", QuoteInput(fields[1]))
 			case d.After(p.today):
 				dp.msg = fmt.Sprintf("date %s is in the future", fields[1])
 			default:

@@ -17,15 +17,19 @@ import (
 	"time"
 )
 
-// maxRequestBody bounds a request; an import of 1,000,000 addresses is about 20 MB of JSON.
-const maxRequestBody = 512 << 20
+// Request bodies are bounded: an import of 1,000,000 addresses is about 20 MB of JSON; every
+// other request is a list of targets, and a command line (ARG_MAX) holds at most a few MB.
+const (
+	maxImportBody  = 512 << 20
+	maxRequestBody = 8 << 20
+)
 
 // Handler returns the API (see api.go) as an http.Handler.
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {
 		var req BlockRequest
-		if !decode(w, r, &req) {
+		if !decode(w, r, &req, maxRequestBody) {
 			return
 		}
 		rules, err := d.Block(r.Context(), req.Targets, req.TTL, req.Reason)
@@ -41,7 +45,7 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("POST /v1/unblock", func(w http.ResponseWriter, r *http.Request) {
 		var req UnblockRequest
-		if !decode(w, r, &req) {
+		if !decode(w, r, &req, maxRequestBody) {
 			return
 		}
 		removed, notFound, err := d.Unblock(r.Context(), req.Targets)
@@ -63,7 +67,7 @@ func (d *Daemon) Handler() http.Handler {
 	allow := func(add bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			var req AllowRequest
-			if !decode(w, r, &req) {
+			if !decode(w, r, &req, maxRequestBody) {
 				return
 			}
 			change := d.AllowDel
@@ -97,10 +101,10 @@ func (d *Daemon) Handler() http.Handler {
 					return
 				}
 			}
-			body := &idleReader{r: http.MaxBytesReader(w, r.Body, maxRequestBody), rc: http.NewResponseController(w), idle: d.opts.ImportIdleTimeout}
+			body := &idleReader{r: http.MaxBytesReader(w, r.Body, maxImportBody), rc: http.NewResponseController(w), idle: d.opts.ImportIdleTimeout}
 			resp, err = d.ImportStream(r.Context(), body, req)
 		} else {
-			if !decode(w, r, &req) {
+			if !decode(w, r, &req, maxImportBody) {
 				return
 			}
 			resp, err = d.Import(r.Context(), req)
@@ -258,14 +262,41 @@ func orEmpty[T any](s []T) []T {
 	return s
 }
 
-func decode(w http.ResponseWriter, r *http.Request, into any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestBody))
+// decode reads the request body, one JSON document of at most limit bytes, into into. Anything
+// else is answered here: 413 for a body over the limit, 400 for an empty body, bad JSON, unknown
+// fields, or data after the document (which would otherwise be silently ignored).
+func decode(w http.ResponseWriter, r *http.Request, into any, limit int64) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(into); err != nil {
-		writeErrorStatus(w, http.StatusBadRequest, fmt.Sprintf("bad request body: %v", err))
-		return false
+	err := dec.Decode(into)
+	if err == nil {
+		if _, terr := dec.Token(); terr != io.EOF {
+			err = errTrailingData
+			if terr != nil && !isSyntaxError(terr) {
+				err = terr
+			}
+		}
 	}
-	return true
+	var tooBig *http.MaxBytesError
+	switch {
+	case err == nil:
+		return true
+	case errors.As(err, &tooBig):
+		writeTooLarge(w, tooBig)
+	case errors.Is(err, io.EOF):
+		writeErrorStatus(w, http.StatusBadRequest, "bad request body: empty, want a JSON document")
+	default:
+		writeErrorStatus(w, http.StatusBadRequest, fmt.Sprintf("bad request body: %v", err))
+	}
+	return false
+}
+
+// errTrailingData is a request body with more than one JSON document, or garbage after one.
+var errTrailingData = errors.New("data after the JSON document: send exactly one")
+
+func isSyntaxError(err error) bool {
+	var se *json.SyntaxError
+	return errors.As(err, &se)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
@@ -273,13 +304,22 @@ func writeJSON(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
+// writeError answers err: 413 for a body over its limit, 400 for a UserError, 500 for the rest.
 func writeError(w http.ResponseWriter, err error) {
 	var ue *UserError
-	if errors.As(err, &ue) {
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		writeTooLarge(w, tooBig)
+	case errors.As(err, &ue):
 		writeErrorStatus(w, http.StatusBadRequest, err.Error())
-		return
+	default:
+		writeErrorStatus(w, http.StatusInternalServerError, err.Error())
 	}
-	writeErrorStatus(w, http.StatusInternalServerError, err.Error())
+}
+
+func writeTooLarge(w http.ResponseWriter, err *http.MaxBytesError) {
+	writeErrorStatus(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body larger than %d bytes: refused, nothing changed", err.Limit))
 }
 
 func writeErrorStatus(w http.ResponseWriter, status int, msg string) {

@@ -308,9 +308,9 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 			return ImportResponse{}, &UserError{Err: err}
 		}
 	}
-	reason := req.Reason
-	if reason == "" {
-		reason = "import " + name
+	reason, err := importReason(req.Reason, name)
+	if err != nil {
+		return ImportResponse{}, err
 	}
 	var resp ImportResponse
 	recs, errs, bad, expired, err := readImport(body, cfg, allow, ttl, now)

@@ -116,7 +116,7 @@ func parsePrefix(in string) (p netip.Prefix, single bool, err error) {
 		return netip.Prefix{}, false, fmt.Errorf("%q: empty address", in)
 	}
 	if len(s) > maxTargetLen {
-		return netip.Prefix{}, false, fmt.Errorf("%s is %d bytes long: not an IP address or CIDR", quoteStart(in, maxTargetLen), len(s))
+		return netip.Prefix{}, false, fmt.Errorf("%s is %d bytes long: not an IP address or CIDR", QuoteInput(in), len(s))
 	}
 	addrPart, bitsPart, isCIDR := strings.Cut(s, "/")
 	addr, err := netip.ParseAddr(addrPart)
@@ -150,9 +150,10 @@ func parsePrefix(in string) (p netip.Prefix, single bool, err error) {
 // "0000:0000:0000:0000:0000:ffff:255.255.255.255/128", has 49 bytes.
 const maxTargetLen = 100
 
-// quoteStart quotes s for a message, cut after n bytes ("...": the rest of it left out), so
-// that an error about a huge input stays short.
-func quoteStart(s string, n int) string {
+// QuoteInput quotes user input for a message, cut after its first 40 bytes ("..." marks the
+// cut), so that an error about a huge input stays short; control characters come out escaped.
+func QuoteInput(s string) string {
+	const n = 40
 	if len(s) <= n {
 		return strconv.Quote(s)
 	}

@@ -1,0 +1,70 @@
+package control
+
+import (
+	"fmt"
+	"unicode"
+	"unicode/utf8"
+)
+
+// MaxReasonLen is the longest reason a block may carry, in bytes. A reason is kept with every
+// entry it applies to (an import's with each of its lines) and shown in one column of a table.
+const MaxReasonLen = 256
+
+// maxImportNameLen bounds an import's name (the file name snarectl sends): a path, at most
+// PATH_MAX bytes.
+const maxImportNameLen = 4096
+
+// CheckReason refuses a reason that is longer than MaxReasonLen bytes, is not UTF-8, or holds a
+// control character (a newline would forge a row in a table, an escape sequence would reach the
+// operator's terminal) or a bidirectional override (which reorders the text around it).
+func CheckReason(s string) error {
+	return checkText("reason", s, MaxReasonLen)
+}
+
+// checkText refuses free text that is longer than limit bytes or that a terminal would not show
+// as the text it is; what names it in the message.
+func checkText(what, s string, limit int) error {
+	if len(s) > limit {
+		return fmt.Errorf("%s is %d bytes long: at most %d allowed", what, len(s), limit)
+	}
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !isRuneError(s[i:]):
+			return fmt.Errorf("%s %s is not valid UTF-8 (byte %d)", what, QuoteInput(s), i)
+		case unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r):
+			return fmt.Errorf("%s %s holds the control character %U at byte %d: not allowed", what, QuoteInput(s), r, i)
+		}
+	}
+	return nil
+}
+
+// isRuneError tells whether s starts with an encoded U+FFFD (valid UTF-8) rather than a bad byte.
+func isRuneError(s string) bool {
+	_, size := utf8.DecodeRuneInString(s)
+	return size == 3
+}
+
+// importReason returns the reason an import's entries get: the one asked for, or "import NAME".
+// The reason is checked as CheckReason does, the name (shown in messages and events) alike but
+// up to maxImportNameLen; a default reason longer than MaxReasonLen keeps the end of the name
+// (a path's file name).
+func importReason(reason, name string) (string, error) {
+	if err := checkText("import name", name, maxImportNameLen); err != nil {
+		return "", &UserError{Err: err}
+	}
+	if reason != "" {
+		if err := CheckReason(reason); err != nil {
+			return "", &UserError{Err: err}
+		}
+		return reason, nil
+	}
+	const head, cut = "import ", "import ..."
+	if len(head)+len(name) <= MaxReasonLen {
+		return head + name, nil
+	}
+	tail := name[len(name)-(MaxReasonLen-len(cut)):]
+	for len(tail) > 0 && !utf8.RuneStart(tail[0]) {
+		tail = tail[1:]
+	}
+	return cut + tail, nil
+}
