@@ -95,7 +95,7 @@ func (c *cli) allowOutput(resp control.AllowResponse, format string) error {
 	tw := newTable(c.stdout)
 	fmt.Fprintln(tw, "PREFIX\tSOURCE")
 	for _, e := range resp.Entries {
-		fmt.Fprintf(tw, "%s\t%s\n", e.Prefix, e.Source)
+		fmt.Fprintf(tw, "%s\t%s\n", printable(e.Prefix), printable(e.Source))
 	}
 	return tw.Flush()
 }
@@ -112,7 +112,7 @@ func (c *cli) completeAllowed(cmd *cobra.Command, args []string, _ string) ([]st
 	var out []string
 	for _, e := range resp.Entries {
 		if e.Source == control.AllowManual && !slices.Contains(args, e.Prefix) {
-			out = append(out, e.Prefix)
+			out = append(out, printable(e.Prefix))
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp

@@ -25,7 +25,12 @@ A single IPv6 address is blocked as its /64 (block.ipv6_prefix); an IPv4-mapped 
 the IPv4 address. Blocking a source again extends its expiry and counts a repeat offence, which
 may lengthen the TTL (block.escalation.*). Allowlisted addresses (loopback, the host's own
 addresses, its gateways and resolvers, the configured allowlist) are refused, as are 0.0.0.0/0,
-::/0 and prefixes wider than block.min_prefix_v4/v6.
+::/0, prefixes wider than block.min_prefix_v4/v6, and link-local (169.254.0.0/16, fe80::/10) and
+multicast (224.0.0.0/4, ff00::/8) addresses and CIDRs that overlap them: a single IPv6 address
+is blocked as its /64, and fe80::/64 holds the host's own link-local addresses.
+
+--reason is at most 256 bytes of text without control characters (newlines, tabs, terminal
+escapes, bidirectional overrides); list, top and events show it.
 
 Every target is checked before anything is sent: if one is bad, nothing is blocked.
 -o json prints the entries as stored after the change ({"entries": [...]}).`,
@@ -39,6 +44,9 @@ Every target is checked before anything is sent: if one is bad, nothing is block
 					return err
 				}
 			}
+			if err := control.CheckReason(reason); err != nil {
+				return inputf("bad --reason: %v", err)
+			}
 			if err := checkBlockTargets(args); err != nil {
 				return err
 			}
@@ -51,13 +59,13 @@ Every target is checked before anything is sent: if one is bad, nothing is block
 			}
 			now := c.now()
 			for _, e := range resp.Entries {
-				fmt.Fprintf(c.stdout, "blocked %s %s\n", shortPrefix(e.Prefix), blockedUntil(e, now, c.loc))
+				fmt.Fprintf(c.stdout, "blocked %s %s\n", printable(shortPrefix(e.Prefix)), blockedUntil(e, now, c.loc))
 			}
 			return nil
 		}),
 	}
 	cmd.Flags().StringVar(&ttl, "ttl", "", "how long the block lasts: `DURATION` such as 5d, 12h, 90m, or permanent (default: the daemon's block.ttl)")
-	cmd.Flags().StringVar(&reason, "reason", "", "why, kept with the block and shown by list and events")
+	cmd.Flags().StringVar(&reason, "reason", "", "why, kept with the block and shown by list and events (at most 256 bytes, no control characters)")
 	output = outputFlag(cmd)
 	return cmd
 }
@@ -90,11 +98,11 @@ still unblocked. -o json prints {"removed": [...], "not_found": [...]}.`,
 				}
 			} else {
 				for _, r := range resp.Removed {
-					fmt.Fprintf(c.stdout, "unblocked %s\n", shortPrefix(r))
+					fmt.Fprintf(c.stdout, "unblocked %s\n", printable(shortPrefix(r)))
 				}
 			}
 			if len(resp.NotFound) > 0 {
-				return fmt.Errorf("not blocked: %s", strings.Join(resp.NotFound, ", "))
+				return fmt.Errorf("not blocked: %s", printable(strings.Join(resp.NotFound, ", ")))
 			}
 			return nil
 		}),
@@ -116,7 +124,7 @@ func (c *cli) completeBlocked(cmd *cobra.Command, args []string, _ string) ([]st
 	var out []string
 	for _, e := range resp.Entries {
 		if t := shortPrefix(e.Prefix); !slices.Contains(args, t) {
-			out = append(out, t+"\t"+orDash(e.Reason))
+			out = append(out, printable(t)+"\t"+printable(orDash(e.Reason)))
 		}
 	}
 	return out, cobra.ShellCompDirectiveNoFileComp

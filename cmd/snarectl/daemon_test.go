@@ -21,6 +21,7 @@ import (
 type memEnforcer struct {
 	mu    sync.Mutex
 	rules map[netip.Prefix]backend.Rule
+	hits  uint64 // reported as every rule's hits
 }
 
 func (m *memEnforcer) Name() string { return "xdp" }
@@ -55,7 +56,7 @@ func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
 	defer m.mu.Unlock()
 	var out []backend.RuleState
 	for _, r := range m.rules {
-		out = append(out, backend.RuleState{Rule: r})
+		out = append(out, backend.RuleState{Rule: r, Hits: m.hits})
 	}
 	return out, nil
 }
@@ -79,11 +80,25 @@ func (m *memEnforcer) Close() error { return nil }
 // over an in-memory enforcer, with 198.18.0.1 as its "gateway", and returns its socket.
 func startDaemon(t *testing.T) string {
 	t.Helper()
+	return startDaemonIn(t, stateDir(t), &memEnforcer{rules: map[netip.Prefix]backend.Rule{}})
+}
+
+// stateDir is a fresh state directory, removed when the test ends. It is short (not t.TempDir,
+// whose path grows with the test name): the socket in it must fit in 108 bytes.
+func stateDir(t *testing.T) string {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "snarectl")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// startDaemonIn is startDaemon on the state in dir (a store and event log written before, as
+// an older snared left them) and the given enforcer.
+func startDaemonIn(t *testing.T, dir string, enf *memEnforcer) string {
+	t.Helper()
 	socket := filepath.Join(dir, "snare.sock")
 	cfg, err := control.LoadConfig(control.LoadOptions{Env: []string{"SNARE_STATE_DIR=" + dir, "SNARE_SOCKET=" + socket}})
 	if err != nil {
@@ -94,7 +109,7 @@ func startDaemon(t *testing.T) string {
 	d, err := control.Open(ctx, control.Options{
 		Config:   cfg,
 		Version:  "test",
-		Enforcer: &memEnforcer{rules: map[netip.Prefix]backend.Rule{}},
+		Enforcer: enf,
 		ImplicitAllow: func() (control.Allowlist, error) {
 			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: control.AllowGateway}}, nil
 		},

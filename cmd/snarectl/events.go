@@ -40,8 +40,8 @@ events as they happen until interrupted.
 					fmt.Fprintf(c.stdout, "%-23s  %-8s  %-20s  %-7s  %s\n", "TIME", "EVENT", "ADDRESS", "SOURCE", "DETAILS")
 					header = true
 				}
-				_, err := fmt.Fprintf(c.stdout, "%-23s  %-8s  %-20s  %-7s  %s\n", timeText(ev.Time, c.loc), ev.Event,
-					orDash(shortPrefix(ev.Address)), orDash(ev.Source), eventDetails(ev))
+				_, err := fmt.Fprintf(c.stdout, "%-23s  %-8s  %-20s  %-7s  %s\n", timeText(ev.Time, c.loc), printable(ev.Event),
+					printable(orDash(shortPrefix(ev.Address))), printable(orDash(ev.Source)), printable(eventDetails(ev)))
 				return err
 			})
 			if err != nil && !(follow && errors.Is(err, context.Canceled)) {

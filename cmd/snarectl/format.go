@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -128,6 +131,45 @@ func portsText(ports []uint16) string {
 		i = j + 1
 	}
 	return b.String()
+}
+
+// printable returns s with what a terminal would not show as text escaped: control characters
+// (a newline would forge a table row, ESC starts an escape sequence), bidirectional overrides
+// (they reorder the text around them) and bytes that are not UTF-8, written as Go escapes
+// (\n, \x1b, \u202e, \xff). Every string the daemon sends goes through it on its way to a
+// table: an old store may hold reasons from before the daemon refused such text.
+func printable(s string) string {
+	clean := true
+	for i, r := range s {
+		if unprintable(s[i:], r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case unprintable(s[i:], r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// unprintable tells whether r, the rune at the start of rest, is one printable escapes.
+func unprintable(rest string, r rune) bool {
+	if r < utf8.RuneSelf {
+		return r < 0x20 || r == 0x7f
+	}
+	return (r == utf8.RuneError && !strings.HasPrefix(rest, "\uFFFD")) || unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
 }
 
 func orDash(s string) string {

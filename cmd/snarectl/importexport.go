@@ -30,9 +30,10 @@ Two line formats are understood, mixed freely:
 '#' and ';' start comments; blank lines are ignored.
 
 The file is checked while it is sent, and its last byte goes out only once the whole file
-passed. A bad line (malformed address, prefix out of range, 0.0.0.0/0 or ::/0, a bad date) is
-reported with its line number and nothing is imported, unless --skip-bad is given: then the good
-lines are imported and the bad ones listed.`,
+passed. A bad line (malformed address, prefix out of range, 0.0.0.0/0 or ::/0, a link-local,
+multicast or loopback address, a bad date) is reported with its line number and nothing is
+imported, unless --skip-bad is given: then the good lines are imported and the bad ones listed.
+--reason follows the rules of 'snarectl block --reason' (at most 256 bytes, no control characters).`,
 		Example: `  snarectl import /var/lib/portsentry/blocked.list
   snarectl import bad-hosts.txt --ttl permanent --reason "abuse feed"
   curl -s https://example.org/feed.txt | snarectl import - --skip-bad`,
@@ -43,10 +44,16 @@ lines are imported and the bad ones listed.`,
 					return err
 				}
 			}
+			if err := control.CheckReason(reason); err != nil {
+				return inputf("bad --reason: %v", err)
+			}
 			name, content, err := c.readInput(args[0])
 			if err != nil {
 				return err
 			}
+			// The name goes into messages, events and the default reason: a file name may hold
+			// anything but '/' and NUL, which the daemon would refuse.
+			name = printable(name)
 			// The list is checked while it is sent, not before: the daemon parses it as it
 			// arrives, and waiting for the check first cost a million-line import a fifth of a
 			// second. The last byte is held back until the whole file passed: without it the
@@ -103,7 +110,7 @@ lines are imported and the bad ones listed.`,
 		}),
 	}
 	cmd.Flags().StringVar(&ttl, "ttl", "", "block `DURATION` for every entry (5d, 12h, permanent; default: the daemon's block.ttl)")
-	cmd.Flags().StringVar(&reason, "reason", "", "reason recorded with every entry (default: the daemon's, naming the file)")
+	cmd.Flags().StringVar(&reason, "reason", "", "reason recorded with every entry, at most 256 bytes, no control characters (default: the daemon's, naming the file)")
 	cmd.Flags().BoolVar(&skipBad, "skip-bad", false, "import the good lines even if some are bad (the bad ones are listed)")
 	return cmd
 }

@@ -123,7 +123,9 @@ func checkBlockList(r io.Reader, now time.Time) ([]control.LineError, error) {
 		if nf == 0 {
 			continue
 		}
-		fail := func(msg string) { bad = append(bad, control.LineError{Line: n, Text: string(raw), Error: msg}) }
+		fail := func(msg string) {
+			bad = append(bad, control.LineError{Line: n, Text: string(raw[:min(len(raw), control.MaxLineErrorText)]), Error: msg})
+		}
 		if nf > 2 {
 			fail(fmt.Sprintf("%d fields: want \"ADDRESS\" or \"ADDRESS YYYYMMDD\"", nf))
 			continue
@@ -156,7 +158,7 @@ func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\
 // checkDate checks a blocked.list date: YYYYMMDD, a real day, not after today.
 func checkDate(s, today string, loc *time.Location) string {
 	if _, err := time.ParseInLocation("20060102", s, loc); err != nil || len(s) != 8 {
-		return fmt.Sprintf("%q is not a date in YYYYMMDD form", s)
+		return fmt.Sprintf("%s is not a date in YYYYMMDD form", control.QuoteInput(s))
 	}
 	if s > today { // YYYYMMDD strings sort as the days they name
 		return fmt.Sprintf("date %s is in the future", s)
@@ -174,6 +176,6 @@ func printLineErrors(w io.Writer, name string, errs []control.LineError) {
 			fmt.Fprintf(w, "%s: ... and %d more bad lines\n", name, len(errs)-i)
 			return
 		}
-		fmt.Fprintf(w, "%s:%d: %s (line: %q)\n", name, e.Line, e.Error, strings.TrimSpace(e.Text))
+		fmt.Fprintf(w, "%s:%d: %s (line: %q)\n", printable(name), e.Line, printable(e.Error), strings.TrimSpace(e.Text))
 	}
 }

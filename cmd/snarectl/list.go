@@ -117,7 +117,7 @@ func (c *cli) entryTable(entries []control.Entry) error {
 	header := []string{"ADDRESS", "REASON", "ORIGIN", "CREATED", "EXPIRES", "HITS", "LAST HIT"}
 	var cells [7]string
 	row := func(e *control.Entry) []string {
-		cells = [7]string{shortPrefix(e.Prefix), orDash(e.Reason), orDash(e.Origin), relative(now, e.Created),
+		cells = [7]string{printable(shortPrefix(e.Prefix)), printable(orDash(e.Reason)), printable(orDash(e.Origin)), relative(now, e.Created),
 			expiresText(*e, now), strconv.FormatUint(e.Hits, 10), relative(now, e.LastHit)}
 		return cells[:]
 	}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -94,7 +95,12 @@ func run(e env) int {
 	if code == exitUsage && cmd != nil && !errors.As(err, &ie) {
 		msg += fmt.Sprintf(" (see '%s --help')", cmd.CommandPath())
 	}
-	fmt.Fprintln(e.stderr, "Error:", msg)
+	// The message may quote the daemon or a file name: escaped, but its own lines kept.
+	lines := strings.Split(msg, "\n")
+	for i, l := range lines {
+		lines[i] = printable(l)
+	}
+	fmt.Fprintln(e.stderr, "Error:", strings.Join(lines, "\n"))
 	return code
 }
 
@@ -160,8 +166,9 @@ Exit codes:
     1  the daemon refused the request (e.g. an allowlisted target) or failed
     2  bad command line or input, refused before anything changes: unknown command or
        flag, missing or extra arguments, a malformed address or CIDR, a prefix out of
-       range, 0.0.0.0/0 or ::/0, a bad or negative TTL, an unreadable import file or one
-       with bad lines (its upload is cut off before its last byte)
+       range, 0.0.0.0/0 or ::/0, a link-local, multicast or loopback address, a bad or
+       negative TTL, a --reason over 256 bytes or with control characters, an unreadable
+       import file or one with bad lines (its upload is cut off before its last byte)
     3  snared cannot be reached (socket missing, nothing listening, permission denied)`
 
 func (c *cli) rootCommand() *cobra.Command {

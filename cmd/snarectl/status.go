@@ -43,7 +43,10 @@ scan-state entries and trap events suppressed by the rate limit.
 func (c *cli) statusTable(st control.StatusResponse) error {
 	now := c.now()
 	tw := newTable(c.stdout)
-	row := func(k, format string, a ...any) { fmt.Fprintf(tw, "%s:\t"+format+"\n", append([]any{k}, a...)...) }
+	// Values hold what the daemon sent (interface names, versions, reasons): escaped.
+	row := func(k, format string, a ...any) {
+		fmt.Fprintf(tw, "%s:\t%s\n", k, printable(fmt.Sprintf(format, a...)))
+	}
 
 	backend := st.Backend
 	if st.Fallback != "" {
