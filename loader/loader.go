@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -432,29 +433,35 @@ func (x *XDP) detachStale(keep []string) error {
 		if want[name] {
 			continue
 		}
-		if err := unpinLink(p); err != nil {
+		detached, err := unpinLink(p)
+		switch {
+		case err != nil:
 			errs = append(errs, err)
-			continue
+		case detached:
+			x.log.Info("detached xdp from interface no longer configured", "iface", name)
+		default:
+			x.log.Info("removed the pin of a link that is gone", "iface", name)
 		}
-		x.log.Info("detached xdp from interface no longer configured", "iface", name)
 	}
 	return errors.Join(errs...)
 }
 
-func unpinLink(pin string) error {
+// unpinLink removes a link pin; detached reports whether it held a live link, which goes with
+// the pin (nothing else holds it once the daemon is gone).
+func unpinLink(pin string) (detached bool, err error) {
 	l, err := link.LoadPinnedLink(pin, nil)
 	if err != nil {
 		// A link whose interface is gone can't be opened as a link any more; drop the pin.
 		if rmErr := os.Remove(pin); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
-			return fmt.Errorf("remove %s: %w", pin, rmErr)
+			return false, fmt.Errorf("remove %s: %w", pin, rmErr)
 		}
-		return nil
+		return false, nil
 	}
 	defer l.Close()
 	if err := l.Unpin(); err != nil {
-		return fmt.Errorf("unpin %s: %w", pin, err)
+		return false, fmt.Errorf("unpin %s: %w", pin, err)
 	}
-	return nil
+	return true, nil
 }
 
 // Name implements backend.Enforcer.
@@ -472,14 +479,35 @@ func (x *XDP) Close() error {
 	return err
 }
 
-// Remove detaches snare's XDP program from every interface it is pinned on (and from ifaces, if
-// attached there without a pin) and deletes all pins: the uninstall path.
+// Remove is Uninstall for callers that need no report.
 func Remove(pinDir string, ifaces []string) error {
+	_, err := Uninstall(pinDir, ifaces)
+	return err
+}
+
+// Removed is what Uninstall took away.
+type Removed struct {
+	Detached []string // interfaces the XDP program was detached from
+	Pins     int      // pins deleted (links, maps, program)
+}
+
+// Uninstall detaches snare's XDP program from every interface it is pinned on (and from ifaces,
+// if attached there without a pin) and deletes all pins: the uninstall path. It reports what
+// it removed, which may be nothing.
+func Uninstall(pinDir string, ifaces []string) (Removed, error) {
+	var out Removed
 	var errs []error
 	pins, _ := filepath.Glob(filepath.Join(pinDir, "link_*"))
 	for _, p := range pins {
-		if err := unpinLink(p); err != nil {
+		detached, err := unpinLink(p)
+		if err != nil {
 			errs = append(errs, err)
+		}
+		if detached {
+			out.Detached = append(out.Detached, strings.TrimPrefix(filepath.Base(p), "link_"))
+		}
+		if err == nil {
+			out.Pins++
 		}
 	}
 	for _, name := range ifaces {
@@ -496,6 +524,8 @@ func Remove(pinDir string, ifaces []string) error {
 		if err == nil && info.Name == bpf.SnareProgSnareXdp {
 			if err := netlink.LinkSetXdpFd(nl, -1); err != nil {
 				errs = append(errs, fmt.Errorf("detach xdp from %s: %w", name, err))
+			} else if !slices.Contains(out.Detached, name) {
+				out.Detached = append(out.Detached, name)
 			}
 		}
 	}
@@ -506,10 +536,12 @@ func Remove(pinDir string, ifaces []string) error {
 	for _, e := range entries {
 		if err := os.Remove(filepath.Join(pinDir, e.Name())); err != nil {
 			errs = append(errs, err)
+		} else {
+			out.Pins++
 		}
 	}
 	if err := os.Remove(pinDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		errs = append(errs, err)
 	}
-	return errors.Join(errs...)
+	return out, errors.Join(errs...)
 }

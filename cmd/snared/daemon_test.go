@@ -223,7 +223,8 @@ func TestSnaredProcess(t *testing.T) {
 	if err := p.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...); err != nil {
+	out, err = lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...)
+	if err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
 	if !reaches() {
@@ -231,6 +232,30 @@ func TestSnaredProcess(t *testing.T) {
 	}
 	if _, err := os.Stat(pins); !os.IsNotExist(err) {
 		t.Errorf("pin directory still there after uninstall: %v", err)
+	}
+	// It says what it removed: the program from the lab's interfaces, and the pins.
+	detachedLine := ""
+	for _, l := range strings.Split(out, "\n") {
+		if strings.Contains(l, "detached the XDP program") {
+			detachedLine = l
+		}
+	}
+	for _, name := range lab.HostIfaceNames() {
+		if !strings.Contains(detachedLine, name) {
+			t.Errorf("uninstall does not say it detached the program from %s:\n%s", name, out)
+		}
+	}
+	if !strings.Contains(out, "removed pins") || strings.Contains(out, "nothing attached") {
+		t.Errorf("uninstall output does not say what it removed:\n%s", out)
+	}
+	// A second uninstall finds nothing, and says so instead of claiming a removal.
+	out, err = lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...)
+	if err != nil {
+		t.Fatalf("second uninstall: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "XDP program: nothing attached") || !strings.Contains(out, "no pins to remove") ||
+		strings.Contains(out, "detached") || strings.Contains(out, "removed pins") {
+		t.Errorf("uninstall with nothing installed claims a removal:\n%s", out)
 	}
 }
 

@@ -26,10 +26,22 @@ func uninstall(cfg *control.Config, log *slog.Logger) error {
 		ifaces, _ = control.DefaultRouteInterfaces()
 	}
 	var errs []error
-	if err := loader.Remove(cfg.BPFFS, ifaces); err != nil {
+	// Say what was there: an operator checking that snare is gone reads this.
+	removed, err := loader.Uninstall(cfg.BPFFS, ifaces)
+	if err != nil {
 		errs = append(errs, fmt.Errorf("remove xdp program and pins: %w", err))
-	} else {
-		log.Info("removed XDP program and pins", "bpffs", cfg.BPFFS, "interfaces", ifaces)
+	}
+	switch {
+	case len(removed.Detached) > 0:
+		log.Info("detached the XDP program", "interfaces", removed.Detached)
+	case err == nil:
+		log.Info("XDP program: nothing attached", "checked", ifaces, "bpffs", cfg.BPFFS)
+	}
+	switch {
+	case removed.Pins > 0:
+		log.Info("removed pins", "bpffs", cfg.BPFFS, "pins", removed.Pins)
+	case err == nil:
+		log.Info("no pins to remove", "bpffs", cfg.BPFFS)
 	}
 	if err := removeFallback(); err != nil {
 		errs = append(errs, fmt.Errorf("remove iptables fallback: %w", err))
