@@ -11,7 +11,7 @@ DEB_PKGS := clang llvm libbpf-dev libc6-dev make git ca-certificates iproute2 ip
 # A command each package provides, to tell whether it is installed.
 DEB_CMDS := clang llc ip iptables ipset nft ethtool ping nmap hping3 tcpdump wrk xdp-filter bpftool systemd-analyze
 
-.PHONY: all deps generate check-generate build test test-short run lint bench bench-quick demo clean
+.PHONY: all deps generate check-generate build test test-short fuzz run lint bench bench-quick demo clean
 
 all: lint build
 
@@ -48,6 +48,17 @@ test: deps
 ## test-short: unprivileged unit tests only
 test-short:
 	$(GO) test -short ./...
+
+## fuzz: each fuzz target for FUZZTIME beyond its seeds (testdata/fuzz/, which every go test runs);
+## one target at a time, since -fuzz takes one. CI runs it after test (about a minute).
+FUZZTIME ?= 10s
+FUZZ_TARGETS := ./control:FuzzParseTarget ./control:FuzzParseTTL ./control:FuzzParseBlockList \
+	./control:FuzzAPIRequest ./cmd/snarectl:FuzzBlockListLine
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 ## run: build and run snared in the foreground with the embedded defaults
 run: build

@@ -18,7 +18,7 @@ import (
 )
 
 // apiCall sends one request to h and returns the status and the body.
-func apiCall(t *testing.T, h http.Handler, method, path, contentType, body string) (int, string) {
+func apiCall(t testing.TB, h http.Handler, method, path, contentType, body string) (int, string) {
 	t.Helper()
 	req := httptest.NewRequest(method, path, strings.NewReader(body))
 	if contentType != "" {
@@ -36,7 +36,7 @@ type daemonState struct {
 	events  int
 }
 
-func stateOf(t *testing.T, d *Daemon) daemonState {
+func stateOf(t testing.TB, d *Daemon) daemonState {
 	t.Helper()
 	return daemonState{entriesByPrefix(t, d), d.Allowlist(), len(d.events.Recent())}
 }

@@ -187,15 +187,15 @@ func ParseDuration(s string) (time.Duration, error) {
 	}
 	d, err := time.ParseDuration(expandDays(in))
 	if err != nil {
-		return 0, fmt.Errorf("invalid duration %q (use e.g. 90s, 90m, 12h, 5d)", s)
+		return 0, fmt.Errorf("invalid duration %s (use e.g. 90s, 90m, 12h, 5d)", QuoteInput(s))
 	}
 	switch {
 	case d < 0:
-		return 0, fmt.Errorf("invalid duration %q: negative", s)
+		return 0, fmt.Errorf("invalid duration %s: negative", QuoteInput(s))
 	case d == 0:
-		return 0, fmt.Errorf("invalid duration %q: zero", s)
+		return 0, fmt.Errorf("invalid duration %s: zero", QuoteInput(s))
 	case d > maxDuration:
-		return 0, fmt.Errorf("invalid duration %q: longer than 100 years", s)
+		return 0, fmt.Errorf("invalid duration %s: longer than 100 years", QuoteInput(s))
 	}
 	return d, nil
 }
@@ -222,7 +222,7 @@ func ParseTTL(s string) (time.Duration, error) {
 	}
 	d, err := ParseDuration(s)
 	if err != nil {
-		return 0, fmt.Errorf("bad TTL %q: want a duration such as 5d, 12h, 90m, or permanent", s)
+		return 0, fmt.Errorf("bad TTL %s: want a duration such as 5d, 12h, 90m, or permanent", QuoteInput(s))
 	}
 	return d, nil
 }

@@ -119,7 +119,7 @@ func (f *fakeEnforcer) Status(context.Context) (backend.Status, error) {
 }
 func (f *fakeEnforcer) Close() error { return nil }
 
-func fakeDaemon(t *testing.T) (*Daemon, *fakeEnforcer) {
+func fakeDaemon(t testing.TB) (*Daemon, *fakeEnforcer) {
 	t.Helper()
 	cfg, err := LoadConfig(LoadOptions{})
 	if err != nil {
@@ -585,7 +585,7 @@ func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
 }
 
 // entriesByPrefix is what the daemon lists, by prefix.
-func entriesByPrefix(t *testing.T, d *Daemon) map[string]Entry {
+func entriesByPrefix(t testing.TB, d *Daemon) map[string]Entry {
 	t.Helper()
 	es, err := d.Entries(context.Background())
 	if err != nil {

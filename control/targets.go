@@ -50,6 +50,8 @@ func parseTarget(s string, r TargetRules) (netip.Prefix, netip.Addr, error) {
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is the unspecified address, not a source", s)
 	case single && given.IsLoopback():
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is a loopback address, never a source on the network", s)
+	case p.Addr().IsLoopback():
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is inside the loopback range, never a source on the network", s)
 	case single && p.Addr().IsUnspecified():
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would be blocked as %s, which holds the unspecified and loopback addresses: refused", s, p)
 	}
@@ -111,12 +113,12 @@ func ParseAllowPrefix(s string) (netip.Prefix, error) {
 // parsePrefix parses an address or CIDR, unmapping IPv4-mapped IPv6 and masking host bits.
 // single reports whether the input was a plain address.
 func parsePrefix(in string) (p netip.Prefix, single bool, err error) {
+	if len(in) > maxTargetLen {
+		return netip.Prefix{}, false, fmt.Errorf("%s is %d bytes long: not an IP address or CIDR", QuoteInput(in), len(in))
+	}
 	s := strings.TrimSpace(in)
 	if s == "" {
 		return netip.Prefix{}, false, fmt.Errorf("%q: empty address", in)
-	}
-	if len(s) > maxTargetLen {
-		return netip.Prefix{}, false, fmt.Errorf("%s is %d bytes long: not an IP address or CIDR", QuoteInput(in), len(s))
 	}
 	addrPart, bitsPart, isCIDR := strings.Cut(s, "/")
 	addr, err := netip.ParseAddr(addrPart)
@@ -147,13 +149,14 @@ func parsePrefix(in string) (p netip.Prefix, single bool, err error) {
 }
 
 // maxTargetLen bounds an address or CIDR as given; the longest real one,
-// "0000:0000:0000:0000:0000:ffff:255.255.255.255/128", has 49 bytes.
+// "0000:0000:0000:0000:0000:ffff:255.255.255.255/128", has 49 bytes. Messages quote a target
+// whole (QuoteInput cuts after as many bytes).
 const maxTargetLen = 100
 
-// QuoteInput quotes user input for a message, cut after its first 40 bytes ("..." marks the
+// QuoteInput quotes user input for a message, cut after its first 100 bytes ("..." marks the
 // cut), so that an error about a huge input stays short; control characters come out escaped.
 func QuoteInput(s string) string {
-	const n = 40
+	const n = maxTargetLen
 	if len(s) <= n {
 		return strconv.Quote(s)
 	}

@@ -55,6 +55,9 @@ func TestParseTarget(t *testing.T) {
 		{"::1", `"::1" is a loopback address`},
 		{"127.0.0.1", `"127.0.0.1" is a loopback address`},
 		{"::ffff:127.0.0.1", "loopback address"},
+		{"127.0.0.1/32", `"127.0.0.1/32" is inside the loopback range`},
+		{"127.0.0.0/8", "inside the loopback range"},
+		{"::1/128", "inside the loopback range"},
 		{"::5", "would be blocked as ::/64, which holds the unspecified and loopback addresses"},
 		// Link-local and multicast: as addresses, and as CIDRs inside or around them.
 		{"fe80::5", `"fe80::5" is a link-local address (fe80::/10)`},
@@ -68,7 +71,7 @@ func TestParseTarget(t *testing.T) {
 		{"ff02::1", `"ff02::1" is a multicast address (ff00::/8)`},
 		{"ff02::/16", "overlaps the multicast range ff00::/8"},
 		// Too long to be an address: named by its start, not echoed whole.
-		{strings.Repeat("1", 5000), `"` + strings.Repeat("1", 40) + `"... is 5000 bytes long`},
+		{strings.Repeat("1", 5000), `"` + strings.Repeat("1", 100) + `"... is 5000 bytes long`},
 	}
 	for _, tc := range bad {
 		p, err := ParseTarget(tc.in, DefaultTargetRules)
