@@ -6,7 +6,8 @@ import (
 
 // The API is HTTP+JSON on the daemon's Unix socket. These types are the wire contract between
 // snared and snarectl (and anyone scripting against the socket). Errors come back as a non-2xx
-// status with an ErrorResponse body.
+// status with an ErrorResponse body: 400 for bad input (a body must be exactly one JSON
+// document), 413 for a body over its limit (8 MB; 512 MB for an import).
 //
 //	POST /v1/block        BlockRequest      -> BlockResponse
 //	POST /v1/unblock      UnblockRequest    -> UnblockResponse
@@ -28,7 +29,8 @@ type ErrorResponse struct {
 }
 
 // BlockRequest asks to block addresses or CIDRs. TTL is "5d", "12h", "90m", "permanent" or
-// empty for the configured default.
+// empty for the configured default. Reason is at most MaxReasonLen bytes of UTF-8 without
+// control characters (CheckReason).
 type BlockRequest struct {
 	Targets []string `json:"targets"`
 	TTL     string   `json:"ttl,omitempty"`
