@@ -1,6 +1,10 @@
 package e2e
 
 import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -8,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/control"
 )
 
 // Every bad input a user can give gets a clear message naming the problem, a non-zero exit, and
@@ -62,6 +68,14 @@ func TestBadInput(t *testing.T) {
 			{"own v6", []string{"block", own6}, []string{own6}},
 			{"own v4-mapped", []string{"block", "::ffff:" + own4}, []string{own4}},
 			{"loopback", []string{"block", "127.0.0.1"}, []string{"127.0.0.1"}},
+			{"loopback v6", []string{"block", "::1"}, []string{`"::1" is a loopback address`}},
+			{"link-local v6", []string{"block", "fe80::5"}, []string{"fe80::5", "link-local", "fe80::/10"}},
+			{"link-local v4 CIDR", []string{"block", "169.254.0.0/16"}, []string{"169.254.0.0/16", "link-local"}},
+			{"multicast v6", []string{"block", "ff02::1"}, []string{"ff02::1", "multicast"}},
+			{"multicast v4 among good", []string{"block", "198.18.98.1", "239.1.2.3"}, []string{"239.1.2.3", "multicast"}},
+			{"reason too long", []string{"block", "198.18.98.1", "--reason", strings.Repeat("r", 257)}, []string{"reason is 257 bytes long", "at most 256"}},
+			{"reason with newline", []string{"block", "198.18.98.1", "--reason", "ssh\n198.18.98.2 forged"}, []string{"reason", "control character"}},
+			{"reason with escape", []string{"block", "198.18.98.1", "--reason", "\x1b[2J"}, []string{`\x1b[2J`, "control character"}},
 			{"gateway", []string{"block", gatewayV4.String()}, []string{gatewayV4.String()}},
 			{"gateway v6", []string{"block", gatewayV6.String()}, []string{gatewayV6.String()}},
 			{"resolver (config allow)", []string{"block", resolverV4.String()}, []string{resolverV4.String()}},
@@ -126,6 +140,39 @@ func TestBadInput(t *testing.T) {
 					d.mustCtl(t, "unblock", "198.18.97.2")
 					unchanged(t)
 				})
+			}
+		})
+
+		// The daemon's own checks, for clients other than snarectl (which checks first).
+		t.Run("raw API bodies", func(t *testing.T) {
+			hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				var dl net.Dialer
+				return dl.DialContext(ctx, "unix", d.socket)
+			}}}
+			for _, rc := range []struct {
+				path, body string
+				status     int
+				want       string
+			}{
+				{"/v1/block", `{"targets":["198.18.98.1"]}{"targets":["198.18.98.2"]}`, 400, "data after the JSON document"},
+				{"/v1/unblock", `{"targets":["198.18.99.9"]} trailing`, 400, "data after the JSON document"},
+				{"/v1/block", `{"targets":["198.18.98.1"],"reason":"ssh\n198.18.98.2 forged"}`, 400, "control character U+000A"},
+				{"/v1/block", `{"targets":["198.18.98.1"],"reason":"` + strings.Repeat("r", 300) + `"}`, 400, "reason is 300 bytes long"},
+				{"/v1/import", `{"content":"198.18.98.1\n","reason":"\u001b[2J"}`, 400, "control character U+001B"},
+				{"/v1/block", `{"targets":["fe80::5"]}`, 400, "link-local"},
+				{"/v1/block", `{"targets":["198.18.98.1"],"reason":"` + strings.Repeat("r", 9<<20) + `"}`, 413, "request body larger than"},
+			} {
+				resp, err := hc.Post("http://snared"+rc.path, "application/json", strings.NewReader(rc.body))
+				if err != nil {
+					t.Fatalf("POST %s: %v", rc.path, err)
+				}
+				var e control.ErrorResponse
+				err = json.NewDecoder(resp.Body).Decode(&e)
+				resp.Body.Close()
+				if resp.StatusCode != rc.status || err != nil || !strings.Contains(e.Error, rc.want) {
+					t.Errorf("POST %s %.80q: %d %q (%v), want %d with %q", rc.path, rc.body, resp.StatusCode, e.Error, err, rc.status, rc.want)
+				}
+				unchanged(t)
 			}
 		})
 
