@@ -44,7 +44,8 @@ func parseTarget(s string, r TargetRules) (netip.Prefix, netip.Addr, error) {
 	if p.Bits() == 0 {
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would block every %s address: refused", s, family(p.Addr()))
 	}
-	// The address given, not its /64: "::1" becomes ::/64, which starts with the unspecified address.
+	// Judged by the address given where there is one: "::1" is blocked as ::/64, which starts
+	// with the unspecified address.
 	switch {
 	case single && given.IsUnspecified():
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is the unspecified address, not a source", s)
