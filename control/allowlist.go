@@ -17,6 +17,7 @@ const (
 	AllowConfig     = "config"
 	AllowManual     = "manual"
 	AllowLoopback   = "loopback"
+	AllowLinkLocal  = "link-local"
 	AllowOwnAddress = "own-address"
 	AllowGateway    = "gateway"
 	AllowResolver   = "resolver"
@@ -87,13 +88,16 @@ func (a Allowlist) Contains(addr netip.Addr) (AllowItem, bool) {
 	return AllowItem{}, false
 }
 
-// ImplicitAllowlist discovers what must never be blocked on this host: loopback, every address
-// of every interface, the default gateways (IPv4 and IPv6) and the resolvers in resolvConf
+// ImplicitAllowlist discovers what must never be blocked on this host: loopback, link-local
+// sources (a trap block of one spoofed fe80:: source would cover a whole link's /64, its
+// neighbour discovery included), every address of every interface, the default gateways (IPv4 and IPv6) and the resolvers in resolvConf
 // (usually /etc/resolv.conf). It reads the network namespace of the calling thread.
 func ImplicitAllowlist(resolvConf string) (Allowlist, error) {
 	list := Allowlist{
 		{netip.MustParsePrefix("127.0.0.0/8"), AllowLoopback},
 		{netip.MustParsePrefix("::1/128"), AllowLoopback},
+		{netip.MustParsePrefix("169.254.0.0/16"), AllowLinkLocal},
+		{netip.MustParsePrefix("fe80::/10"), AllowLinkLocal},
 	}
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {

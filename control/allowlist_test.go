@@ -84,3 +84,20 @@ func TestAllowlistCovers(t *testing.T) {
 		}
 	}
 }
+
+// Link-local sources are never blocked: one spoofed fe80:: probe of a trap port would otherwise
+// block its whole /64, every neighbour's discovery on the link with it.
+func TestImplicitAllowlistHasLinkLocal(t *testing.T) {
+	list, err := ImplicitAllowlist("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"fe80::5", "febf::1", "169.254.1.1"} {
+		if item, ok := list.Contains(netip.MustParseAddr(a)); !ok || item.Source != AllowLinkLocal {
+			t.Errorf("%s: %+v (%v), want allowlisted as link-local", a, item, ok)
+		}
+	}
+	if item, ok := list.Contains(netip.MustParseAddr("fec0::1")); ok && item.Source == AllowLinkLocal {
+		t.Errorf("fec0::1 (outside fe80::/10) taken for link-local")
+	}
+}
