@@ -9,18 +9,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/vishvananda/netlink"
-)
+	"github.com/snare-dev/snare/control/api"
 
-// Allow sources, as AllowEntry.Source reports them.
-const (
-	AllowConfig     = "config"
-	AllowManual     = "manual"
-	AllowLoopback   = "loopback"
-	AllowLinkLocal  = "link-local"
-	AllowOwnAddress = "own-address"
-	AllowGateway    = "gateway"
-	AllowResolver   = "resolver"
+	"github.com/vishvananda/netlink"
 )
 
 // AllowItem is one allowlist prefix and where it comes from.
@@ -94,10 +85,10 @@ func (a Allowlist) Contains(addr netip.Addr) (AllowItem, bool) {
 // (usually /etc/resolv.conf). It reads the network namespace of the calling thread.
 func ImplicitAllowlist(resolvConf string) (Allowlist, error) {
 	list := Allowlist{
-		{netip.MustParsePrefix("127.0.0.0/8"), AllowLoopback},
-		{netip.MustParsePrefix("::1/128"), AllowLoopback},
-		{netip.MustParsePrefix("169.254.0.0/16"), AllowLinkLocal},
-		{netip.MustParsePrefix("fe80::/10"), AllowLinkLocal},
+		{netip.MustParsePrefix("127.0.0.0/8"), api.AllowLoopback},
+		{netip.MustParsePrefix("::1/128"), api.AllowLoopback},
+		{netip.MustParsePrefix("169.254.0.0/16"), api.AllowLinkLocal},
+		{netip.MustParsePrefix("fe80::/10"), api.AllowLinkLocal},
 	}
 	addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 	if err != nil {
@@ -106,7 +97,7 @@ func ImplicitAllowlist(resolvConf string) (Allowlist, error) {
 	for _, a := range addrs {
 		if ip, ok := netip.AddrFromSlice(a.IP); ok {
 			ip = ip.Unmap()
-			list = append(list, AllowItem{netip.PrefixFrom(ip, ip.BitLen()), AllowOwnAddress})
+			list = append(list, AllowItem{netip.PrefixFrom(ip, ip.BitLen()), api.AllowOwnAddress})
 		}
 	}
 	gws, err := DefaultGateways()
@@ -114,7 +105,7 @@ func ImplicitAllowlist(resolvConf string) (Allowlist, error) {
 		return nil, err
 	}
 	for _, g := range gws {
-		list = append(list, AllowItem{netip.PrefixFrom(g, g.BitLen()), AllowGateway})
+		list = append(list, AllowItem{netip.PrefixFrom(g, g.BitLen()), api.AllowGateway})
 	}
 	if resolvConf != "" {
 		f, err := os.Open(resolvConf)
@@ -123,7 +114,7 @@ func ImplicitAllowlist(resolvConf string) (Allowlist, error) {
 			rs := parseResolvConf(f)
 			f.Close()
 			for _, r := range rs {
-				list = append(list, AllowItem{netip.PrefixFrom(r, r.BitLen()), AllowResolver})
+				list = append(list, AllowItem{netip.PrefixFrom(r, r.BitLen()), api.AllowResolver})
 			}
 		case !os.IsNotExist(err):
 			return nil, fmt.Errorf("read resolvers: %w", err)

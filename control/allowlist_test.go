@@ -4,15 +4,17 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 func TestAllowlistRefuse(t *testing.T) {
 	list := Allowlist{
-		{netip.MustParsePrefix("127.0.0.0/8"), AllowLoopback},
-		{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
-		{netip.MustParsePrefix("198.18.1.254/32"), AllowGateway},
-		{netip.MustParsePrefix("2001:db8:1::1/128"), AllowOwnAddress},
-		{netip.MustParsePrefix("198.18.200.0/24"), AllowConfig},
+		{netip.MustParsePrefix("127.0.0.0/8"), api.AllowLoopback},
+		{netip.MustParsePrefix("198.18.1.1/32"), api.AllowOwnAddress},
+		{netip.MustParsePrefix("198.18.1.254/32"), api.AllowGateway},
+		{netip.MustParsePrefix("2001:db8:1::1/128"), api.AllowOwnAddress},
+		{netip.MustParsePrefix("198.18.200.0/24"), api.AllowConfig},
 	}
 	for _, tc := range []struct {
 		target  string
@@ -68,9 +70,9 @@ func TestParseResolvConf(t *testing.T) {
 // Covers is "all of p is allowlisted": a /64 that merely holds an allowlisted address is not.
 func TestAllowlistCovers(t *testing.T) {
 	a := Allowlist{
-		{netip.MustParsePrefix("2001:db8:1::/48"), AllowConfig},
-		{netip.MustParsePrefix("2001:db8:2::1/128"), AllowOwnAddress},
-		{netip.MustParsePrefix("198.18.0.1/32"), AllowGateway},
+		{netip.MustParsePrefix("2001:db8:1::/48"), api.AllowConfig},
+		{netip.MustParsePrefix("2001:db8:2::1/128"), api.AllowOwnAddress},
+		{netip.MustParsePrefix("198.18.0.1/32"), api.AllowGateway},
 	}
 	for p, want := range map[string]bool{
 		"2001:db8:1:5::/64": true,
@@ -93,11 +95,11 @@ func TestImplicitAllowlistHasLinkLocal(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, a := range []string{"fe80::5", "febf::1", "169.254.1.1"} {
-		if item, ok := list.Contains(netip.MustParseAddr(a)); !ok || item.Source != AllowLinkLocal {
+		if item, ok := list.Contains(netip.MustParseAddr(a)); !ok || item.Source != api.AllowLinkLocal {
 			t.Errorf("%s: %+v (%v), want allowlisted as link-local", a, item, ok)
 		}
 	}
-	if item, ok := list.Contains(netip.MustParseAddr("fec0::1")); ok && item.Source == AllowLinkLocal {
+	if item, ok := list.Contains(netip.MustParseAddr("fec0::1")); ok && item.Source == api.AllowLinkLocal {
 		t.Errorf("fec0::1 (outside fe80::/10) taken for link-local")
 	}
 }

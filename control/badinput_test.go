@@ -1,7 +1,6 @@
 package control
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"net"
@@ -15,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 // apiCall sends one request to h and returns the status and the body.
@@ -31,8 +32,8 @@ func apiCall(t testing.TB, h http.Handler, method, path, contentType, body strin
 
 // daemonState is what a refused request must leave as it was.
 type daemonState struct {
-	entries map[string]Entry
-	allow   []AllowEntry
+	entries map[string]api.Entry
+	allow   []api.AllowEntry
 	events  int
 }
 
@@ -67,7 +68,7 @@ func TestAPIRefusesBadInput(t *testing.T) {
 		return string(b)
 	}
 	block := func(reason string, targets ...string) string {
-		return jsonBody(BlockRequest{Targets: targets, TTL: "1h", Reason: reason})
+		return jsonBody(api.BlockRequest{Targets: targets, TTL: "1h", Reason: reason})
 	}
 	const plain = "text/plain"
 	for _, tc := range []struct {
@@ -82,9 +83,9 @@ func TestAPIRefusesBadInput(t *testing.T) {
 		{"reason with tab", "POST", "/v1/block", "", block("a\tb", "198.18.0.8"), 400, "U+0009"},
 		{"reason with C1 control", "POST", "/v1/block", "", block("a\u009bb", "198.18.0.8"), 400, "U+009B"},
 		{"reason with bidi override", "POST", "/v1/block", "", block("abc\u202edef", "198.18.0.8"), 400, "U+202E"},
-		{"import reason with newline", "POST", "/v1/import", "", jsonBody(ImportRequest{Content: "198.18.0.8\n", Reason: "a\nb"}), 400, "U+000A"},
-		{"import reason too long", "POST", "/v1/import", "", jsonBody(ImportRequest{Content: "198.18.0.8\n", Reason: strings.Repeat("r", 300)}), 400, "reason is 300 bytes long"},
-		{"import name with escape", "POST", "/v1/import", "", jsonBody(ImportRequest{Content: "198.18.0.8\n", Name: "x\x1b]0;title\x07"}), 400, "import name"},
+		{"import reason with newline", "POST", "/v1/import", "", jsonBody(api.ImportRequest{Content: "198.18.0.8\n", Reason: "a\nb"}), 400, "U+000A"},
+		{"import reason too long", "POST", "/v1/import", "", jsonBody(api.ImportRequest{Content: "198.18.0.8\n", Reason: strings.Repeat("r", 300)}), 400, "reason is 300 bytes long"},
+		{"import name with escape", "POST", "/v1/import", "", jsonBody(api.ImportRequest{Content: "198.18.0.8\n", Name: "x\x1b]0;title\x07"}), 400, "import name"},
 		{"plain import reason with newline", "POST", "/v1/import?reason=" + url.QueryEscape("a\nb"), plain, "198.18.0.8\n", 400, "U+000A"},
 		{"plain import reason not UTF-8", "POST", "/v1/import?reason=%FFab", plain, "198.18.0.8\n", 400, "not valid UTF-8 (byte 0)"},
 		{"plain import name with newline", "POST", "/v1/import?name=" + url.QueryEscape("a\nb"), plain, "198.18.0.8\n", 400, "import name"},
@@ -103,12 +104,12 @@ func TestAPIRefusesBadInput(t *testing.T) {
 		{"multicast", "POST", "/v1/block", "", block("", "ff02::1"), 400, "multicast address (ff00::/8)"},
 		{"multicast v4", "POST", "/v1/block", "", block("", "239.1.2.3"), 400, "multicast address (224.0.0.0/4)"},
 		{"v6 loopback", "POST", "/v1/block", "", block("", "::1"), 400, `"::1" is a loopback address`},
-		{"import of link-local", "POST", "/v1/import", "", jsonBody(ImportRequest{Content: "198.18.0.8\nfe80::1\n"}), 400, "link-local"},
+		{"import of link-local", "POST", "/v1/import", "", jsonBody(api.ImportRequest{Content: "198.18.0.8\nfe80::1\n"}), 400, "link-local"},
 		{"good target beside a multicast one", "POST", "/v1/block", "", block("", "198.18.0.8", "224.0.0.0/24"), 400, "overlaps the multicast range 224.0.0.0/4"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, body := apiCall(t, h, tc.method, tc.path, tc.contentType, tc.body)
-			var e ErrorResponse
+			var e api.ErrorResponse
 			if err := json.Unmarshal([]byte(body), &e); err != nil || status != tc.status || !strings.Contains(e.Error, tc.want) {
 				t.Errorf("%d %.300s; want %d with %q", status, body, tc.status, tc.want)
 			}
@@ -151,7 +152,7 @@ func TestClientReadsHugeStoredReason(t *testing.T) {
 	now := time.Now()
 	err := d.store.Update(func(tx *Tx) error {
 		for _, p := range []string{"198.18.0.7/32", "198.18.0.8/32", "198.18.0.9/32"} {
-			r := Rule{Prefix: netip.MustParsePrefix(p), Reason: "short", Origin: OriginManual, Created: now, Deadline: now.Add(time.Hour)}
+			r := Rule{Prefix: netip.MustParsePrefix(p), Reason: "short", Origin: api.OriginManual, Created: now, Deadline: now.Add(time.Hour)}
 			if p == "198.18.0.8/32" {
 				r.Reason = huge
 			}
@@ -164,8 +165,8 @@ func TestClientReadsHugeStoredReason(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.logEvents(Event{Time: now, Event: EventBlock, Address: "198.18.0.8/32", Reason: huge, Source: OriginManual},
-		Event{Time: now, Event: EventBlock, Address: "198.18.0.9/32", Reason: "after", Source: OriginManual})
+	d.logEvents(api.Event{Time: now, Event: api.EventBlock, Address: "198.18.0.8/32", Reason: huge, Source: api.OriginManual},
+		api.Event{Time: now, Event: api.EventBlock, Address: "198.18.0.9/32", Reason: "after", Source: api.OriginManual})
 
 	dir, err := os.MkdirTemp("", "snare-client")
 	if err != nil {
@@ -181,7 +182,7 @@ func TestClientReadsHugeStoredReason(t *testing.T) {
 	go func() { defer close(done); d.ServeListener(ctx, l, nil) }()
 	defer func() { cancel(); <-done }()
 
-	c := NewClient(socket)
+	c := api.NewClient(socket)
 	list, err := c.List(ctx)
 	if err != nil {
 		t.Fatalf("list: %v", err)
@@ -189,25 +190,11 @@ func TestClientReadsHugeStoredReason(t *testing.T) {
 	if len(list.Entries) != 3 || list.Entries[1].Reason != huge || list.Entries[2].Prefix != "198.18.0.9/32" {
 		t.Errorf("list: %d entries, want 3 with the huge reason whole in the second", len(list.Entries))
 	}
-	var evs []Event
-	if err := c.Events(ctx, false, func(ev Event) error { evs = append(evs, ev); return nil }); err != nil {
+	var evs []api.Event
+	if err := c.Events(ctx, false, func(ev api.Event) error { evs = append(evs, ev); return nil }); err != nil {
 		t.Fatalf("events: %v", err)
 	}
 	if n := len(evs); n < 2 || evs[n-2].Reason != huge || evs[n-1].Reason != "after" {
 		t.Errorf("events: %d, want the huge one whole and the one after it", n)
-	}
-}
-
-// readLines hands over lines of any length, short ones from the buffer, and a last line
-// without its newline.
-func TestReadLines(t *testing.T) {
-	long := strings.Repeat("y", 100)
-	var got []string
-	err := readLines(bytes.NewBufferString("a\n\n"+long+"\nb\n"+long), 16, func(l []byte) error {
-		got = append(got, string(l))
-		return nil
-	})
-	if want := []string{"a", long, "b", long}; err != nil || !reflect.DeepEqual(got, want) {
-		t.Errorf("readLines: %q %v", got, err)
 	}
 }

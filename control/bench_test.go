@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 // benchList is n distinct block-list lines: IPv4 addresses from 198.18.0.0/15, then IPv6
@@ -41,7 +43,7 @@ func BenchmarkStoreImport1M(b *testing.B) {
 	now := time.Now()
 	rules := make([]Rule, len(good))
 	for i, l := range good {
-		rules[i] = Rule{Prefix: l.Prefix, Reason: "import", Origin: OriginImport, Created: now, Deadline: now.Add(5 * 24 * time.Hour)}
+		rules[i] = Rule{Prefix: l.Prefix, Reason: "import", Origin: api.OriginImport, Created: now, Deadline: now.Add(5 * 24 * time.Hour)}
 	}
 	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
 	b.ResetTimer()
@@ -71,7 +73,7 @@ func BenchmarkStoreExpire1M(b *testing.B) {
 	past := time.Now().Add(-time.Hour)
 	rules := make([]Rule, len(good))
 	for i, l := range good {
-		rules[i] = Rule{Prefix: l.Prefix, Origin: OriginImport, Created: past, Deadline: past.Add(time.Minute)}
+		rules[i] = Rule{Prefix: l.Prefix, Origin: api.OriginImport, Created: past, Deadline: past.Add(time.Minute)}
 	}
 	b.ResetTimer()
 	for range b.N {

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/loader"
 )
@@ -339,8 +341,8 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error 
 	}
 	d.log.Info("restored blocks", "rules", restored, "reinserted", n, "adopted", len(adopted), "expired", len(expired), "backend", d.enf.Name())
 
-	var evs []Event
-	evs = append(evs, Event{Time: now, Event: EventStart, Source: "daemon",
+	var evs []api.Event
+	evs = append(evs, api.Event{Time: now, Event: api.EventStart, Source: "daemon",
 		Detail: fmt.Sprintf("snared %s, %s back-end, %d blocks restored (%d reinserted), %d adopted, %d expired", d.version, d.enf.Name(), restored, n, len(adopted), len(expired))})
 	evs = append(evs, adoptEvents(adopted, now)...)
 	evs = append(evs, expireEvents(expired, now)...)
@@ -447,7 +449,7 @@ func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error 
 		if err != nil {
 			return fmt.Errorf("allow: %w", err)
 		}
-		list = append(list, AllowItem{p, AllowConfig})
+		list = append(list, AllowItem{p, api.AllowConfig})
 	}
 	var manual []AllowRecord
 	if err := d.store.View(func(tx *Tx) error {
@@ -458,7 +460,7 @@ func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error 
 		return fmt.Errorf("read allowlist: %w", err)
 	}
 	for _, m := range manual {
-		list = append(list, AllowItem{m.Prefix, AllowManual})
+		list = append(list, AllowItem{m.Prefix, api.AllowManual})
 	}
 	list = dedupeAllow(list)
 	if err := d.enf.SetAllow(ctx, list.Prefixes()); err != nil {
@@ -520,9 +522,9 @@ func (d *Daemon) dropAllowlistedLocked(ctx context.Context, allow Allowlist) err
 		return fmt.Errorf("remove allowlisted blocks: %w", err)
 	}
 	now := time.Now()
-	var evs []Event
+	var evs []api.Event
 	for _, r := range gone {
-		evs = append(evs, Event{Time: now, Event: EventUnblock, Address: r.Prefix.String(), Reason: r.Reason,
+		evs = append(evs, api.Event{Time: now, Event: api.EventUnblock, Address: r.Prefix.String(), Reason: r.Reason,
 			Source: "daemon", Detail: "the address is allowlisted now"})
 	}
 	d.logEvents(evs...)
@@ -620,7 +622,7 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 			if err := was.note(tx, t.prefix, now); err != nil {
 				return err
 			}
-			r, err := d.offendLocked(tx, cfg, t.prefix, OriginManual, reason, base, explicit, now)
+			r, err := d.offendLocked(tx, cfg, t.prefix, api.OriginManual, reason, base, explicit, now)
 			if err != nil {
 				return err
 			}
@@ -633,12 +635,12 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 		d.undoKernel("block", undo)
 		return nil, fmt.Errorf("block: %w", err)
 	}
-	evs := make([]Event, 0, len(out))
+	evs := make([]api.Event, 0, len(out))
 	for _, r := range out {
-		evs = append(evs, blockEvent(r, OriginManual, now))
+		evs = append(evs, blockEvent(r, api.OriginManual, now))
 	}
 	d.logEvents(evs...)
-	d.rec.Blocked(OriginManual, len(out))
+	d.rec.Blocked(api.OriginManual, len(out))
 	return out, nil
 }
 
@@ -741,29 +743,29 @@ func ttlText(r Rule, now time.Time) string {
 	return FormatDuration(r.Deadline.Sub(now).Round(time.Second))
 }
 
-func blockEvent(r Rule, source string, now time.Time) Event {
-	return Event{Time: now, Event: EventBlock, Address: r.Prefix.String(), Reason: r.Reason, TTL: ttlText(r, now),
+func blockEvent(r Rule, source string, now time.Time) api.Event {
+	return api.Event{Time: now, Event: api.EventBlock, Address: r.Prefix.String(), Reason: r.Reason, TTL: ttlText(r, now),
 		Expires: r.Deadline, Source: source, Offences: r.Offences}
 }
 
 // maxExpireEvents bounds the per-entry expire events of one sweep; the rest are summarised.
 const maxExpireEvents = 10000
 
-func expireEvents(rules []Rule, now time.Time) []Event {
-	var evs []Event
+func expireEvents(rules []Rule, now time.Time) []api.Event {
+	var evs []api.Event
 	for i, r := range rules {
 		if i == maxExpireEvents {
-			evs = append(evs, Event{Time: now, Event: EventExpire, Source: "sweep",
+			evs = append(evs, api.Event{Time: now, Event: api.EventExpire, Source: "sweep",
 				Detail: fmt.Sprintf("and %d more entries expired", len(rules)-maxExpireEvents)})
 			break
 		}
-		evs = append(evs, Event{Time: now, Event: EventExpire, Address: r.Prefix.String(), Reason: r.Reason,
+		evs = append(evs, api.Event{Time: now, Event: api.EventExpire, Address: r.Prefix.String(), Reason: r.Reason,
 			Expires: r.Deadline, Source: "sweep"})
 	}
 	return evs
 }
 
-func (d *Daemon) logEvents(evs ...Event) {
+func (d *Daemon) logEvents(evs ...api.Event) {
 	if len(evs) == 0 {
 		return
 	}
@@ -817,9 +819,9 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 		d.undoKernel("unblock", undo)
 		return nil, nil, fmt.Errorf("unblock: %w", err)
 	}
-	var evs []Event
+	var evs []api.Event
 	for _, r := range gone {
-		evs = append(evs, Event{Time: now, Event: EventUnblock, Address: r.Prefix.String(), Reason: r.Reason, Source: OriginManual})
+		evs = append(evs, api.Event{Time: now, Event: api.EventUnblock, Address: r.Prefix.String(), Reason: r.Reason, Source: api.OriginManual})
 	}
 	d.logEvents(evs...)
 	if len(gone) > 0 {
@@ -829,9 +831,9 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 }
 
 // Entries returns every active block with its live counters, in prefix order.
-func (d *Daemon) Entries(ctx context.Context) ([]Entry, error) {
-	out := make([]Entry, 0, d.store.Count())
-	err := d.EachEntry(ctx, func(e *Entry) error {
+func (d *Daemon) Entries(ctx context.Context) ([]api.Entry, error) {
+	out := make([]api.Entry, 0, d.store.Count())
+	err := d.EachEntry(ctx, func(e *api.Entry) error {
 		out = append(out, *e)
 		return nil
 	})
@@ -840,7 +842,7 @@ func (d *Daemon) Entries(ctx context.Context) ([]Entry, error) {
 
 // EachEntry calls fn with every active block and its live counters, in prefix order, without
 // holding them all: the list of a million entries is streamed. The entry passed to fn is reused.
-func (d *Daemon) EachEntry(ctx context.Context, fn func(*Entry) error) error {
+func (d *Daemon) EachEntry(ctx context.Context, fn func(*api.Entry) error) error {
 	states, err := d.enf.Rules(ctx)
 	if err != nil {
 		return fmt.Errorf("read enforced rules: %w", err)
@@ -849,7 +851,7 @@ func (d *Daemon) EachEntry(ctx context.Context, fn func(*Entry) error) error {
 	sortStates(states)
 	now := time.Now()
 	i := 0
-	var e Entry
+	var e api.Entry
 	return d.store.View(func(tx *Tx) error {
 		return tx.ForEachRule(func(r Rule) error {
 			if r.Expired(now) {
@@ -867,28 +869,28 @@ func (d *Daemon) EachEntry(ctx context.Context, fn func(*Entry) error) error {
 	})
 }
 
-func entryOf(r Rule) Entry {
-	return Entry{Prefix: r.Prefix.String(), Reason: r.Reason, Origin: r.Origin, Created: r.Created,
+func entryOf(r Rule) api.Entry {
+	return api.Entry{Prefix: r.Prefix.String(), Reason: r.Reason, Origin: r.Origin, Created: r.Created,
 		Expires: r.Deadline, Permanent: r.Permanent(), Offences: r.Offences}
 }
 
 // Status reports the back-end, its counters and the trap ports in force.
-func (d *Daemon) Status(ctx context.Context) (StatusResponse, error) {
+func (d *Daemon) Status(ctx context.Context) (api.StatusResponse, error) {
 	// Entries come from the store: counting the kernel's (a walk of every map) is for metrics.
 	st, err := d.enf.Status(backend.WithoutEntryCount(ctx))
 	if err != nil {
-		return StatusResponse{}, fmt.Errorf("enforcer status: %w", err)
+		return api.StatusResponse{}, fmt.Errorf("enforcer status: %w", err)
 	}
 	d.mu.Lock()
 	cfg, allow, tcp, udp := d.cfg, len(d.allow), d.trapTCP, d.trapUDP
 	d.mu.Unlock()
 	n := d.store.Count()
 	c := st.Counters
-	out := StatusResponse{
+	out := api.StatusResponse{
 		Version: d.version, Backend: st.Backend, Fallback: d.fallback, DryRun: cfg.DryRun,
 		Entries: n, Capacity: c.Capacity, Passed: c.Passed, Dropped: c.Dropped, ByReason: c.ByReason,
 		Evictions: c.Evictions + d.evictions.Load(), Allowlist: allow, StartedAt: d.started,
-		Trap: TrapStatus{
+		Trap: api.TrapStatus{
 			TCPPorts: FormatPorts(tcp), UDPPorts: FormatPorts(udp), Threshold: cfg.Trap.Threshold,
 			Window: FormatDuration(time.Duration(cfg.Trap.Window)), TCPMode: cfg.Trap.TCPMode, UDPMode: cfg.Trap.UDPMode,
 			ScanEntries: c.ScanEntries, Hits: c.TrapHits, Blocks: c.TrapBlocks, Suppressed: c.Suppressed,
@@ -898,7 +900,7 @@ func (d *Daemon) Status(ctx context.Context) (StatusResponse, error) {
 		out.Capacity = cfg.Block.Capacity
 	}
 	for _, i := range st.Interfaces {
-		out.Interfaces = append(out.Interfaces, InterfaceStatus{Name: i.Name, Mode: i.Mode})
+		out.Interfaces = append(out.Interfaces, api.InterfaceStatus{Name: i.Name, Mode: i.Mode})
 	}
 	return out, nil
 }
@@ -907,12 +909,12 @@ func (d *Daemon) Status(ctx context.Context) (StatusResponse, error) {
 func (d *Daemon) Evictions() uint64 { return d.evictions.Load() }
 
 // Allowlist returns the whole allowlist, implicit entries included.
-func (d *Daemon) Allowlist() []AllowEntry {
+func (d *Daemon) Allowlist() []api.AllowEntry {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	out := make([]AllowEntry, 0, len(d.allow))
+	out := make([]api.AllowEntry, 0, len(d.allow))
 	for _, it := range d.allow {
-		out = append(out, AllowEntry{Prefix: it.Prefix.String(), Source: it.Source})
+		out = append(out, api.AllowEntry{Prefix: it.Prefix.String(), Source: it.Source})
 	}
 	return out
 }
@@ -954,7 +956,7 @@ func (d *Daemon) changeAllow(ctx context.Context, targets []string, add bool) er
 			manual := false
 			for _, it := range d.allow {
 				if it.Prefix == p {
-					if it.Source == AllowManual {
+					if it.Source == api.AllowManual {
 						manual = true
 					} else {
 						from = append(from, it.Source)
@@ -1000,13 +1002,13 @@ func (d *Daemon) changeAllow(ctx context.Context, targets []string, add bool) er
 		d.allow = old
 		return err
 	}
-	kind := EventAllow
+	kind := api.EventAllow
 	if !add {
-		kind = EventDisallow
+		kind = api.EventDisallow
 	}
-	var evs []Event
+	var evs []api.Event
 	for _, p := range ps {
-		evs = append(evs, Event{Time: now, Event: kind, Address: p.String(), Source: OriginManual})
+		evs = append(evs, api.Event{Time: now, Event: kind, Address: p.String(), Source: api.OriginManual})
 	}
 	d.logEvents(evs...)
 	return nil
@@ -1059,14 +1061,14 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 	defer d.mu.Unlock()
 	cfg := d.cfg
 	now := time.Now()
-	var evs []Event
+	var evs []api.Event
 	var blocked []Rule
 	var release []netip.Prefix
 	full := 0
 	err := d.store.Update(func(tx *Tx) error {
 		for _, ev := range batch {
-			scan := Event{Time: ev.Time, Event: EventScan, Address: ev.Source.String(), Proto: ev.Proto,
-				Ports: ev.Ports, TCPFlags: ev.TCPFlags, Source: OriginTrap}
+			scan := api.Event{Time: ev.Time, Event: api.EventScan, Address: ev.Source.String(), Proto: ev.Proto,
+				Ports: ev.Ports, TCPFlags: ev.TCPFlags, Source: api.OriginTrap}
 			if scan.Time.IsZero() {
 				scan.Time = now
 			}
@@ -1102,7 +1104,7 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 				continue
 			}
 			scan.Action = "blocked"
-			if old, ok, err := tx.Rule(p); err == nil && ok && !old.Expired(now) && old.Origin == OriginTrap &&
+			if old, ok, err := tx.Rule(p); err == nil && ok && !old.Expired(now) && old.Origin == api.OriginTrap &&
 				!old.LastOffence.Before(scan.Time.Add(-time.Second)) {
 				// Already recorded since this event happened: adopted from the kernel by a sweep or
 				// at start before its event was read. The same offence, not a repeat; it only
@@ -1114,12 +1116,12 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 				evs = append(evs, scan)
 				continue
 			}
-			r, err := d.offendLocked(tx, cfg, p, OriginTrap, trapReason(ev), time.Duration(cfg.Block.TTL), false, now)
+			r, err := d.offendLocked(tx, cfg, p, api.OriginTrap, trapReason(ev), time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err
 			}
 			blocked = append(blocked, r)
-			evs = append(evs, scan, blockEvent(r, OriginTrap, now))
+			evs = append(evs, scan, blockEvent(r, api.OriginTrap, now))
 		}
 		if len(blocked) > 0 {
 			// The kernel inserted the base TTL; write the escalated deadline back.
@@ -1139,7 +1141,7 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 	}
 	d.logEvents(evs...)
 	if len(blocked) > 0 {
-		d.rec.Blocked(OriginTrap, len(blocked))
+		d.rec.Blocked(api.OriginTrap, len(blocked))
 	}
 	if full > 0 {
 		d.log.Warn("trap blocks refused: the block map is full; raise block.capacity or unblock",

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
@@ -25,7 +27,7 @@ type daemonLab struct {
 	backend string // "xdp" (default) or "iptables"
 	lab     *testutil.Lab
 	cfg     *control.Config
-	client  *control.Client
+	client  *api.Client
 	d       *control.Daemon
 	stop    func()
 	// importIdle is the daemon's ImportIdleTimeout (0: its default).
@@ -45,7 +47,7 @@ func newDaemonLab(t *testing.T) *daemonLab {
 	cfg.Socket = filepath.Join(state, "run", "snare.sock")
 	cfg.Sweep.Interval = control.Duration(time.Hour) // sweeps run by hand: expiry must not need them
 	cfg.Metrics.Listen = ""
-	dl := &daemonLab{t: t, lab: lab, cfg: cfg, client: control.NewClient(cfg.Socket)}
+	dl := &daemonLab{t: t, lab: lab, cfg: cfg, client: api.NewClient(cfg.Socket)}
 	t.Cleanup(func() {
 		if dl.d != nil {
 			dl.shutdown()
@@ -129,13 +131,13 @@ func (dl *daemonLab) reaches(peer *testutil.Node, v6 bool) bool {
 	return dl.lab.Ping(peer.NS, dst, 300*time.Millisecond) == nil
 }
 
-func (dl *daemonLab) entries() map[string]control.Entry {
+func (dl *daemonLab) entries() map[string]api.Entry {
 	dl.t.Helper()
 	l, err := dl.client.List(context.Background())
 	if err != nil {
 		dl.t.Fatal(err)
 	}
-	out := map[string]control.Entry{}
+	out := map[string]api.Entry{}
 	for _, e := range l.Entries {
 		out[e.Prefix] = e
 	}
@@ -143,7 +145,7 @@ func (dl *daemonLab) entries() map[string]control.Entry {
 }
 
 func apiStatus(err error) int {
-	var ae *control.APIError
+	var ae *api.APIError
 	if errors.As(err, &ae) {
 		return ae.Status
 	}
@@ -162,7 +164,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 
 	// Block the attacker (v4 and v6) by hand.
-	resp, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{att4, att6}, TTL: "1h", Reason: "test"})
+	resp, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{att4, att6}, TTL: "1h", Reason: "test"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -178,7 +180,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 
 	// Bad input: clear 4xx errors, nothing changed.
 	before := dl.entries()
-	for _, bad := range []control.BlockRequest{
+	for _, bad := range []api.BlockRequest{
 		{Targets: []string{dl.lab.HostIface("attacker").Addr4.Addr().String()}},           // own address
 		{Targets: []string{"198.18.0.0/15"}},                                              // covers own addresses
 		{Targets: []string{"127.0.0.1"}},                                                  // loopback
@@ -200,7 +202,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 
 	// A short block expires at its deadline, with no sweep (the data path checks the deadline).
-	short, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{cli.Addr4().String()}, TTL: "3s"})
+	short, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{cli.Addr4().String()}, TTL: "3s"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +256,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	dl.start()
 	after := dl.entries()
 	e, ok := after[att4+"/32"]
-	if !ok || e.Reason != "test" || e.Origin != control.OriginManual || e.Hits == 0 {
+	if !ok || e.Reason != "test" || e.Origin != api.OriginManual || e.Hits == 0 {
 		t.Fatalf("after restart the attacker's block is %+v (present %v), want reason test, hits > 0", e, ok)
 	}
 	if !e.Expires.Equal(resp.Entries[0].Expires.Truncate(time.Millisecond)) {
@@ -265,7 +267,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 
 	// Unblock lets it through again; the event log tells the story.
-	un, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: []string{att4, att6, "198.18.99.99"}})
+	un, err := dl.client.Unblock(ctx, api.UnblockRequest{Targets: []string{att4, att6, "198.18.99.99"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -279,14 +281,14 @@ func TestDaemonEndToEnd(t *testing.T) {
 	// Trap: one SYN to a trap port blocks the attacker in the kernel; the daemon records it as
 	// a repeat offence (it was blocked by hand before), with an escalated TTL.
 	trapDial(t, dl, att, 31337)
-	var trap control.Entry
+	var trap api.Entry
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if e, ok := dl.entries()[att4+"/32"]; ok {
 			trap = e
 			break
 		}
 	}
-	if trap.Origin != control.OriginTrap || !strings.Contains(trap.Reason, "tcp/31337") {
+	if trap.Origin != api.OriginTrap || !strings.Contains(trap.Reason, "tcp/31337") {
 		t.Fatalf("trap block not recorded: %+v", trap)
 	}
 	if trap.Offences != 2 {
@@ -300,7 +302,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 
 	var kinds []string
-	if err := dl.client.Events(ctx, false, func(ev control.Event) error {
+	if err := dl.client.Events(ctx, false, func(ev api.Event) error {
 		kinds = append(kinds, ev.Event)
 		return nil
 	}); err != nil {
@@ -356,7 +358,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 
 	// A bad line rejects the whole import, naming the line.
 	bad := "198.18.50.1 " + today + "\n198.18.50.2\nnot-an-address\n198.18.1.1\n"
-	_, err := dl.client.Import(ctx, control.ImportRequest{Content: bad, Name: "blocked.list"})
+	_, err := dl.client.Import(ctx, api.ImportRequest{Content: bad, Name: "blocked.list"})
 	if apiStatus(err) != 400 || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "line 4") ||
 		!strings.Contains(err.Error(), "nothing imported") {
 		t.Fatalf("import with bad lines: %v", err)
@@ -367,7 +369,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 
 	// With SkipBad the good lines go in; a dated line past date+TTL is skipped as expired.
 	list := "# seed\n198.18.50.1 " + today + "\n198.18.50.2 " + old + "\n198.18.60.0/24\n" + att.Addr4().String() + "\nbogus\n"
-	resp, err := dl.client.Import(ctx, control.ImportRequest{Content: list, Name: "blocked.list", SkipBad: true})
+	resp, err := dl.client.Import(ctx, api.ImportRequest{Content: list, Name: "blocked.list", SkipBad: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -376,7 +378,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	}
 	es := dl.entries()
 	e := es["198.18.50.1/32"]
-	if e.Origin != control.OriginImport || e.Created.Format("20060102") != today {
+	if e.Origin != api.OriginImport || e.Created.Format("20060102") != today {
 		t.Errorf("dated entry %+v: want origin import, created %s", e, today)
 	}
 	wantExp := e.Created.Add(5 * 24 * time.Hour)
@@ -410,10 +412,10 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	for p := range es {
 		all = append(all, p)
 	}
-	if _, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: all}); err != nil {
+	if _, err := dl.client.Unblock(ctx, api.UnblockRequest{Targets: all}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dl.client.Import(ctx, control.ImportRequest{Content: exported}); err != nil {
+	if _, err := dl.client.Import(ctx, api.ImportRequest{Content: exported}); err != nil {
 		t.Fatal(err)
 	}
 	again := dl.entries()
@@ -427,16 +429,16 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	}
 
 	// Allowlist by hand: durable, refuses blocks, and cannot remove implicit entries.
-	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
+	if _, err := dl.client.AllowAdd(ctx, api.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
+	if _, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
 		t.Errorf("block inside a manual allow entry: %v", err)
 	}
-	if _, err := dl.client.AllowDel(ctx, control.AllowRequest{Targets: []string{"127.0.0.0/8"}}); apiStatus(err) != 400 {
+	if _, err := dl.client.AllowDel(ctx, api.AllowRequest{Targets: []string{"127.0.0.0/8"}}); apiStatus(err) != 400 {
 		t.Errorf("removing the implicit loopback entry: %v", err)
 	}
-	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{"0.0.0.0/0"}}); apiStatus(err) != 400 {
+	if _, err := dl.client.AllowAdd(ctx, api.AllowRequest{Targets: []string{"0.0.0.0/0"}}); apiStatus(err) != 400 {
 		t.Errorf("allowing everything: %v", err)
 	}
 	al, err := dl.client.AllowList(ctx)
@@ -466,7 +468,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	if st.Trap.TCPPorts != "7777,8000-8002" {
 		t.Errorf("trap ports after reload: %q", st.Trap.TCPPorts)
 	}
-	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.80.9"}}); apiStatus(err) != 400 {
+	if _, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{"198.18.80.9"}}); apiStatus(err) != 400 {
 		t.Errorf("block inside the reloaded config allow entry: %v", err)
 	}
 	if dl.reaches(att, false) {
@@ -479,13 +481,13 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	// The manual allow entry survives a restart.
 	dl.shutdown()
 	dl.start()
-	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
+	if _, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{"198.18.70.5"}}); apiStatus(err) != 400 {
 		t.Errorf("manual allow entry lost across restart: %v", err)
 	}
-	if _, err := dl.client.AllowDel(ctx, control.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
+	if _, err := dl.client.AllowDel(ctx, api.AllowRequest{Targets: []string{"198.18.70.0/24"}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{"198.18.70.5"}}); err != nil {
+	if _, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{"198.18.70.5"}}); err != nil {
 		t.Errorf("block after removing the allow entry: %v", err)
 	}
 }
@@ -525,14 +527,14 @@ func TestDaemonTrapAllowlistAndAdoption(t *testing.T) {
 	cli, att := dl.lab.Client(), dl.lab.Attacker()
 	cli4, att4 := cli.Addr4().String(), att.Addr4().String()
 
-	if _, err := dl.client.AllowAdd(ctx, control.AllowRequest{Targets: []string{cli4}}); err != nil {
+	if _, err := dl.client.AllowAdd(ctx, api.AllowRequest{Targets: []string{cli4}}); err != nil {
 		t.Fatal(err)
 	}
 	trapDial(t, dl, cli, 31337)
-	var scan *control.Event
+	var scan *api.Event
 	for end := time.Now().Add(5 * time.Second); scan == nil && time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		for _, ev := range dl.d.Events().Recent() {
-			if ev.Event == control.EventScan && ev.Address == cli4 {
+			if ev.Event == api.EventScan && ev.Address == cli4 {
 				scan = &ev
 			}
 		}
@@ -552,14 +554,14 @@ func TestDaemonTrapAllowlistAndAdoption(t *testing.T) {
 		t.Fatal("kernel did not block the scanner while the daemon was down")
 	}
 	dl.start()
-	var e control.Entry
+	var e api.Entry
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		e = dl.entries()[att4+"/32"]
 		if strings.HasPrefix(e.Reason, "trap: tcp/1524") {
 			break
 		}
 	}
-	if e.Origin != control.OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/1524") || e.Offences != 1 {
+	if e.Origin != api.OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/1524") || e.Offences != 1 {
 		t.Fatalf("adopted trap block: %+v; want origin trap, reason from its event, one offence", e)
 	}
 	if dl.reaches(att, false) {
@@ -576,13 +578,13 @@ func TestDaemonTrapAllowlistAndAdoption(t *testing.T) {
 		return nil
 	})
 	want6 := netip.PrefixFrom(cli.Addr6(), 64).Masked().String()
-	var e6 control.Entry
+	var e6 api.Entry
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if e6 = dl.entries()[want6]; e6.Origin != "" {
 			break
 		}
 	}
-	if e6.Origin != control.OriginTrap || !strings.HasPrefix(e6.Reason, "trap: tcp/31337") {
+	if e6.Origin != api.OriginTrap || !strings.HasPrefix(e6.Reason, "trap: tcp/31337") {
 		t.Fatalf("IPv6 trap block of %s: %+v", want6, e6)
 	}
 	if dl.reaches(cli, true) || !dl.reaches(cli, false) {
@@ -599,16 +601,16 @@ func TestDaemonFallback(t *testing.T) {
 	ctx := context.Background()
 	att, cli := dl.lab.Attacker(), dl.lab.Client()
 	att4 := att.Addr4().String()
-	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{att4}, Reason: "fb"}); err != nil {
+	if _, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{att4}, Reason: "fb"}); err != nil {
 		t.Fatal(err)
 	}
 	if dl.reaches(att, false) || !dl.reaches(cli, false) {
 		t.Fatal("fallback block: attacker passes or client blocked")
 	}
-	if _, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{dl.lab.HostIface("client").Addr4.Addr().String()}}); apiStatus(err) != 400 {
+	if _, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{dl.lab.HostIface("client").Addr4.Addr().String()}}); apiStatus(err) != 400 {
 		t.Errorf("own address on the fallback: %v", err)
 	}
-	short, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{cli.Addr4().String()}, TTL: "2s"})
+	short, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{cli.Addr4().String()}, TTL: "2s"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -638,20 +640,20 @@ func TestDaemonFallback(t *testing.T) {
 	if dl.reaches(att, false) {
 		t.Fatal("attacker passes after restart")
 	}
-	if _, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: []string{att4}}); err != nil {
+	if _, err := dl.client.Unblock(ctx, api.UnblockRequest{Targets: []string{att4}}); err != nil {
 		t.Fatal(err)
 	}
 	if !dl.reaches(att, false) {
 		t.Fatal("unblocked attacker still dropped")
 	}
 	trapDial(t, dl, att, 31337)
-	var e control.Entry
+	var e api.Entry
 	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
-		if e = dl.entries()[att4+"/32"]; e.Origin == control.OriginTrap {
+		if e = dl.entries()[att4+"/32"]; e.Origin == api.OriginTrap {
 			break
 		}
 	}
-	if e.Origin != control.OriginTrap || !strings.Contains(e.Reason, "tcp/31337") {
+	if e.Origin != api.OriginTrap || !strings.Contains(e.Reason, "tcp/31337") {
 		t.Fatalf("fallback trap block: %+v", e)
 	}
 	if dl.reaches(att, false) {

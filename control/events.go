@@ -9,19 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-)
 
-// Event kinds of the event log.
-const (
-	EventScan     = "scan"
-	EventBlock    = "block"
-	EventUnblock  = "unblock"
-	EventExpire   = "expire"
-	EventEvict    = "evict"
-	EventAllow    = "allow"
-	EventDisallow = "disallow"
-	EventStart    = "start"
-	EventStop     = "stop"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // recentEvents is how many events the API returns without follow.
@@ -34,17 +23,17 @@ type EventLog struct {
 	path    string
 	f       *os.File
 	w       *bufio.Writer
-	recent  []Event // ring of the last recentEvents, oldest at next
+	recent  []api.Event // ring of the last recentEvents, oldest at next
 	next    int
 	full    bool
-	subs    map[chan Event]struct{}
+	subs    map[chan api.Event]struct{}
 	dropped uint64 // events a slow follower missed
 }
 
 // OpenEventLog opens (appending) or creates the log at path and loads its tail as the recent
 // events.
 func OpenEventLog(path string) (*EventLog, error) {
-	l := &EventLog{path: path, recent: make([]Event, recentEvents), subs: map[chan Event]struct{}{}}
+	l := &EventLog{path: path, recent: make([]api.Event, recentEvents), subs: map[chan api.Event]struct{}{}}
 	l.loadTail()
 	if err := l.open(); err != nil {
 		return nil, err
@@ -83,14 +72,14 @@ func (l *EventLog) loadTail() {
 		return
 	}
 	for _, line := range bytes.Split(b, []byte("\n")) {
-		var ev Event
+		var ev api.Event
 		if json.Unmarshal(line, &ev) == nil && ev.Event != "" {
 			l.remember(ev)
 		}
 	}
 }
 
-func (l *EventLog) remember(ev Event) {
+func (l *EventLog) remember(ev api.Event) {
 	l.recent[l.next] = ev
 	l.next = (l.next + 1) % len(l.recent)
 	if l.next == 0 {
@@ -99,7 +88,7 @@ func (l *EventLog) remember(ev Event) {
 }
 
 // Log appends events to the file (flushed before Log returns) and hands them to followers.
-func (l *EventLog) Log(evs ...Event) error {
+func (l *EventLog) Log(evs ...api.Event) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	enc := json.NewEncoder(l.w)
@@ -132,14 +121,14 @@ func (l *EventLog) Log(evs ...Event) error {
 }
 
 // Recent returns the events kept in memory, oldest first.
-func (l *EventLog) Recent() []Event {
+func (l *EventLog) Recent() []api.Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.recentLocked()
 }
 
-func (l *EventLog) recentLocked() []Event {
-	var out []Event
+func (l *EventLog) recentLocked() []api.Event {
+	var out []api.Event
 	if l.full {
 		out = append(out, l.recent[l.next:]...)
 	}
@@ -149,8 +138,8 @@ func (l *EventLog) recentLocked() []Event {
 // Follow returns the recent events and a channel of every later one; cancel stops it. Taking
 // both under one lock means no event falls between them. A follower that does not keep up
 // misses events rather than slowing the daemon down.
-func (l *EventLog) Follow() (recent []Event, ch <-chan Event, cancel func()) {
-	c := make(chan Event, 1024)
+func (l *EventLog) Follow() (recent []api.Event, ch <-chan api.Event, cancel func()) {
+	c := make(chan api.Event, 1024)
 	l.mu.Lock()
 	recent = l.recentLocked()
 	l.subs[c] = struct{}{}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 func TestEventLogFileFollowReopen(t *testing.T) {
@@ -19,7 +21,7 @@ func TestEventLogFileFollowReopen(t *testing.T) {
 	if len(recent) != 0 {
 		t.Fatalf("new log has %d recent events", len(recent))
 	}
-	ev := Event{Time: time.Now(), Event: EventScan, Address: "198.18.0.7", Proto: "tcp", Ports: []uint16{31337}, TCPFlags: "SYN", Action: "blocked"}
+	ev := api.Event{Time: time.Now(), Event: api.EventScan, Address: "198.18.0.7", Proto: "tcp", Ports: []uint16{31337}, TCPFlags: "SYN", Action: "blocked"}
 	if err := l.Log(ev); err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +45,7 @@ func TestEventLogFileFollowReopen(t *testing.T) {
 	if err := l.Reopen(); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Log(Event{Time: time.Now(), Event: EventExpire, Address: "198.18.0.8/32"}); err != nil {
+	if err := l.Log(api.Event{Time: time.Now(), Event: api.EventExpire, Address: "198.18.0.8/32"}); err != nil {
 		t.Fatal(err)
 	}
 	b, _ = os.ReadFile(path)
@@ -70,7 +72,7 @@ func TestEventLogRing(t *testing.T) {
 	}
 	defer l.Close()
 	for i := 0; i < recentEvents+10; i++ {
-		l.Log(Event{Event: EventBlock, Offences: i})
+		l.Log(api.Event{Event: api.EventBlock, Offences: i})
 	}
 	r := l.Recent()
 	if len(r) != recentEvents || r[0].Offences != 10 || r[len(r)-1].Offences != recentEvents+9 {

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 )
@@ -23,18 +25,18 @@ func TestEventLogFullDisk(t *testing.T) {
 	defer l.Close()
 	// A first line leaves room in the file's last page: the write on the full disk fills it,
 	// cutting a line short.
-	if err := l.Log(control.Event{Time: time.Now(), Event: control.EventBlock, Address: "198.19.0.3/32"}); err != nil {
+	if err := l.Log(api.Event{Time: time.Now(), Event: api.EventBlock, Address: "198.19.0.3/32"}); err != nil {
 		t.Fatal(err)
 	}
 	filler := fillDisk(t, dir)
-	ev := control.Event{Time: time.Now(), Event: control.EventBlock, Address: "198.19.0.1/32", Reason: strings.Repeat("x", 5000)}
+	ev := api.Event{Time: time.Now(), Event: api.EventBlock, Address: "198.19.0.1/32", Reason: strings.Repeat("x", 5000)}
 	if err := l.Log(ev, ev); err == nil || !strings.Contains(err.Error(), "no space left on device") {
 		t.Fatalf("log on a full disk: %v", err)
 	}
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.Log(control.Event{Time: time.Now(), Event: control.EventUnblock, Address: "198.19.0.2/32"}); err != nil {
+	if err := l.Log(api.Event{Time: time.Now(), Event: api.EventUnblock, Address: "198.19.0.2/32"}); err != nil {
 		t.Fatalf("log with room again: %v", err)
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "events.jsonl"))
@@ -43,7 +45,7 @@ func TestEventLogFullDisk(t *testing.T) {
 	}
 	// The last line is the event logged with room again, whole, on a line of its own.
 	lines := strings.Split(strings.TrimSuffix(string(b), "\n"), "\n")
-	var last control.Event
+	var last api.Event
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil || last.Address != "198.19.0.2/32" {
 		t.Fatalf("event log with room again ends with %.200q: %v", lines[len(lines)-1], err)
 	}

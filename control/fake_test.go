@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/backend"
 )
 
@@ -130,7 +132,7 @@ func fakeDaemon(t testing.TB) (*Daemon, *fakeEnforcer) {
 	d, err := Open(context.Background(), Options{
 		Config: cfg, Enforcer: f,
 		ImplicitAllow: func() (Allowlist, error) {
-			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress}}, nil
+			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), api.AllowOwnAddress}}, nil
 		},
 		Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) {
 			return map[uint16]bool{31337: true}, nil, nil
@@ -278,7 +280,7 @@ func TestAPIErrors(t *testing.T) {
 			t.Errorf("%s %s %s: %d %s; want %d containing %q", tc.method, tc.path, tc.body, resp.StatusCode, buf.String(), tc.status, tc.want)
 		}
 		if tc.status >= 400 {
-			var e ErrorResponse
+			var e api.ErrorResponse
 			if json.Unmarshal(buf.Bytes(), &e) != nil || e.Error == "" {
 				t.Errorf("%s %s: error body %q is not an ErrorResponse", tc.method, tc.path, buf.String())
 			}
@@ -333,13 +335,13 @@ func TestServeEventsFollow(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- d.ServeListener(ctx, l, func() { close(ready) }) }()
 	<-ready
-	c := NewClient(sock)
+	c := api.NewClient(sock)
 
-	got := make(chan Event, 16)
+	got := make(chan api.Event, 16)
 	fctx, fcancel := context.WithCancel(context.Background())
 	followDone := make(chan error, 1)
 	go func() {
-		followDone <- c.Events(fctx, true, func(ev Event) error { got <- ev; return nil })
+		followDone <- c.Events(fctx, true, func(ev api.Event) error { got <- ev; return nil })
 	}()
 	waitFor := func(kind, addr string) {
 		t.Helper()
@@ -355,11 +357,11 @@ func TestServeEventsFollow(t *testing.T) {
 			}
 		}
 	}
-	waitFor(EventStart, "") // the recent history comes first
-	if _, err := c.Block(context.Background(), BlockRequest{Targets: []string{"198.18.0.7"}}); err != nil {
+	waitFor(api.EventStart, "") // the recent history comes first
+	if _, err := c.Block(context.Background(), api.BlockRequest{Targets: []string{"198.18.0.7"}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(EventBlock, "198.18.0.7/32")
+	waitFor(api.EventBlock, "198.18.0.7/32")
 	fcancel()
 	if err := <-followDone; err != nil {
 		t.Errorf("follow ended with %v", err)
@@ -378,7 +380,7 @@ func TestImplicitAllowFollowsTheHost(t *testing.T) {
 	ctx := context.Background()
 	gw := netip.MustParsePrefix("198.18.9.1/32")
 	d.opts.ImplicitAllow = func() (Allowlist, error) {
-		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress}, {gw, AllowGateway}}, nil
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), api.AllowOwnAddress}, {gw, api.AllowGateway}}, nil
 	}
 	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err != nil {
 		t.Fatalf("block before the gateway appeared: %v", err)
@@ -424,7 +426,7 @@ func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
 	}
 	var unblocked bool
 	for _, ev := range d.Events().Recent() {
-		if ev.Event == EventUnblock && ev.Address == "198.18.5.5/32" && strings.Contains(ev.Detail, "allowlisted") {
+		if ev.Event == api.EventUnblock && ev.Address == "198.18.5.5/32" && strings.Contains(ev.Detail, "allowlisted") {
 			unblocked = true
 		}
 	}
@@ -434,8 +436,8 @@ func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
 
 	// The implicit allowlist growing (a new gateway) has the same effect.
 	d.opts.ImplicitAllow = func() (Allowlist, error) {
-		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
-			{netip.MustParsePrefix("198.18.9.1/32"), AllowGateway}}, nil
+		return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), api.AllowOwnAddress},
+			{netip.MustParsePrefix("198.18.9.1/32"), api.AllowGateway}}, nil
 	}
 	if err := d.RefreshImplicitAllow(ctx); err != nil {
 		t.Fatal(err)
@@ -461,8 +463,8 @@ func TestRestoreAfterAllowlistChange(t *testing.T) {
 	d2, err := Open(ctx, Options{
 		Config: cfg, Enforcer: f,
 		ImplicitAllow: func() (Allowlist, error) {
-			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), AllowOwnAddress},
-				{netip.MustParsePrefix("198.18.9.1/32"), AllowGateway}}, nil
+			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), api.AllowOwnAddress},
+				{netip.MustParsePrefix("198.18.9.1/32"), api.AllowGateway}}, nil
 		},
 		Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
 	})
@@ -510,7 +512,7 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 	open := func() *Daemon {
 		d, err := Open(context.Background(), Options{Config: cfg, Enforcer: f,
 			ImplicitAllow: func() (Allowlist, error) {
-				return Allowlist{{netip.MustParsePrefix("198.19.0.5/32"), AllowOwnAddress}}, nil
+				return Allowlist{{netip.MustParsePrefix("198.19.0.5/32"), api.AllowOwnAddress}}, nil
 			},
 			Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
 		})
@@ -541,7 +543,7 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 		t.Fatalf("store after start: %+v, want the manual block and the adopted trap block", stored)
 	}
 	adopted := stored["198.19.0.9/32"]
-	if adopted.Origin != OriginTrap || adopted.Reason != adoptReason || adopted.Expires.IsZero() {
+	if adopted.Origin != api.OriginTrap || adopted.Reason != adoptReason || adopted.Expires.IsZero() {
 		t.Fatalf("adopted trap block %+v: want origin trap, reason %q, a deadline", adopted, adoptReason)
 	}
 	f.mu.Lock()
@@ -575,7 +577,7 @@ func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
 	defer f.mu.Unlock()
 	for _, src := range srcs {
 		p := netip.PrefixFrom(src, 32)
-		if e, ok := stored[p.String()]; !ok || e.Origin != OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/31337") {
+		if e, ok := stored[p.String()]; !ok || e.Origin != api.OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/31337") {
 			t.Errorf("%s: stored %v %+v, want a trap block", p, ok, e)
 		}
 		if _, ok := f.rules[p]; !ok {
@@ -585,13 +587,13 @@ func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
 }
 
 // entriesByPrefix is what the daemon lists, by prefix.
-func entriesByPrefix(t testing.TB, d *Daemon) map[string]Entry {
+func entriesByPrefix(t testing.TB, d *Daemon) map[string]api.Entry {
 	t.Helper()
 	es, err := d.Entries(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]Entry{}
+	out := map[string]api.Entry{}
 	for _, e := range es {
 		out[e.Prefix] = e
 	}

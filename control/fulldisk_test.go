@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/snare-dev/snare/control/api"
 
-	"github.com/snare-dev/snare/control"
+	"golang.org/x/sys/unix"
 )
 
 // smallDisk mounts a tmpfs of size bytes on a directory of its own, unmounted when the test ends.
@@ -85,7 +85,7 @@ func TestFullDisk(t *testing.T) {
 			for i := range 2000 {
 				held = append(held, fmt.Sprintf("198.19.%d.%d", 50+i/250, 1+i%250))
 			}
-			if _, err := dl.client.Import(ctx, control.ImportRequest{Content: strings.Join(held, "\n"), TTL: "1h"}); err != nil {
+			if _, err := dl.client.Import(ctx, api.ImportRequest{Content: strings.Join(held, "\n"), TTL: "1h"}); err != nil {
 				t.Fatal(err)
 			}
 			stored := dl.entries()
@@ -134,22 +134,22 @@ func TestFullDisk(t *testing.T) {
 				lines = append(lines, fmt.Sprintf("198.19.%d.%d", 100+i/250, 1+i%250))
 			}
 			list := strings.Join(lines, "\n") + "\n"
-			_, err := dl.client.Import(ctx, control.ImportRequest{Content: list, Name: "big.list"})
+			_, err := dl.client.Import(ctx, api.ImportRequest{Content: list, Name: "big.list"})
 			full("an import", err)
-			_, err = dl.client.Block(ctx, control.BlockRequest{Targets: lines[:500], TTL: "2h"})
+			_, err = dl.client.Block(ctx, api.BlockRequest{Targets: lines[:500], TTL: "2h"})
 			full("a block", err)
 			// Every other one, for the transaction to rewrite every page that holds them.
 			var unblock []string
 			for i := 0; i < len(held); i += 2 {
 				unblock = append(unblock, held[i])
 			}
-			_, err = dl.client.Unblock(ctx, control.UnblockRequest{Targets: unblock})
+			_, err = dl.client.Unblock(ctx, api.UnblockRequest{Targets: unblock})
 			full("an unblock", err)
 
 			if err := os.Remove(filler); err != nil {
 				t.Fatal(err)
 			}
-			if resp, err := dl.client.Import(ctx, control.ImportRequest{Content: list, Name: "big.list"}); err != nil || resp.Imported != len(lines) {
+			if resp, err := dl.client.Import(ctx, api.ImportRequest{Content: list, Name: "big.list"}); err != nil || resp.Imported != len(lines) {
 				t.Fatalf("import with room again: %+v, %v", resp, err)
 			}
 			if dl.reaches(attacker, false) {

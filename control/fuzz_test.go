@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 // The fuzz targets run their seeds (testdata/fuzz/<name>) with every `go test`; `make fuzz`
@@ -156,12 +158,12 @@ var fuzzEndpoints = []struct {
 	path, contentType string
 	resp              func() any
 }{
-	{"/v1/block", "application/json", func() any { return &BlockResponse{} }},
-	{"/v1/unblock", "application/json", func() any { return &UnblockResponse{} }},
-	{"/v1/allow/add", "application/json", func() any { return &AllowResponse{} }},
-	{"/v1/allow/del", "application/json", func() any { return &AllowResponse{} }},
-	{"/v1/import", "application/json", func() any { return &ImportResponse{} }},
-	{"/v1/import", "text/plain", func() any { return &ImportResponse{} }},
+	{"/v1/block", "application/json", func() any { return &api.BlockResponse{} }},
+	{"/v1/unblock", "application/json", func() any { return &api.UnblockResponse{} }},
+	{"/v1/allow/add", "application/json", func() any { return &api.AllowResponse{} }},
+	{"/v1/allow/del", "application/json", func() any { return &api.AllowResponse{} }},
+	{"/v1/import", "application/json", func() any { return &api.ImportResponse{} }},
+	{"/v1/import", "text/plain", func() any { return &api.ImportResponse{} }},
 }
 
 // FuzzAPIRequest sends a body to one endpoint of the real Handler, over a daemon with a fake
@@ -189,7 +191,7 @@ func FuzzAPIRequest(f *testing.F) {
 		switch status {
 		case 200:
 		case 400, 413:
-			var e ErrorResponse
+			var e api.ErrorResponse
 			if err := json.Unmarshal([]byte(answer), &e); err != nil || e.Error == "" {
 				t.Fatalf("%s %q: %d with %q, not an ErrorResponse", path, body, status, answer)
 			}

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 	"unsafe"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 // ImportLine is one good line of a block list.
@@ -32,7 +34,7 @@ const maxImportLineErrors = 1000
 // ignored. It returns the good lines and one LineError per bad line (line numbers from 1),
 // plus the total count of bad lines. Dates in the future are bad (a block cannot have been made
 // tomorrow); so are prefixes ParseTarget refuses.
-func ParseBlockList(content string, rules TargetRules, now time.Time) (good []ImportLine, errs []LineError, bad int) {
+func ParseBlockList(content string, rules TargetRules, now time.Time) (good []ImportLine, errs []api.LineError, bad int) {
 	good = make([]ImportLine, 0, strings.Count(content, "\n")+1)
 	p := newListParser(rules, now)
 	p.chunk(content, func(l ImportLine) { good = append(good, l) })
@@ -142,7 +144,7 @@ type listParser struct {
 	rules TargetRules
 	today time.Time
 	n     int
-	errs  []LineError
+	errs  []api.LineError
 	bad   int
 	dates map[string]dateParse // blocked.list files hold few distinct dates
 }
@@ -160,7 +162,7 @@ func (p *listParser) fail(line int, text, msg string) {
 	p.bad++
 	if len(p.errs) < maxImportLineErrors {
 		// A line may be a megabyte long; its start is enough to find it.
-		p.errs = append(p.errs, LineError{Line: line, Text: strings.Clone(text[:min(len(text), MaxLineErrorText)]), Error: msg})
+		p.errs = append(p.errs, api.LineError{Line: line, Text: strings.Clone(text[:min(len(text), MaxLineErrorText)]), Error: msg})
 	}
 }
 

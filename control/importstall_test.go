@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // upload is an import sent by hand on the daemon's socket, a piece at a time, as a slow or
@@ -100,11 +100,11 @@ func TestImportSlowUpload(t *testing.T) {
 		}
 	}
 	block := func(ctx context.Context) error {
-		_, err := dl.client.Block(ctx, control.BlockRequest{Targets: []string{target}, TTL: "1h"})
+		_, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{target}, TTL: "1h"})
 		return err
 	}
 	unblock := func(ctx context.Context) error {
-		_, err := dl.client.Unblock(ctx, control.UnblockRequest{Targets: []string{target}})
+		_, err := dl.client.Unblock(ctx, api.UnblockRequest{Targets: []string{target}})
 		return err
 	}
 	allow := func(add bool, prefix string) func(ctx context.Context) error {
@@ -113,7 +113,7 @@ func TestImportSlowUpload(t *testing.T) {
 			if add {
 				change = dl.client.AllowAdd
 			}
-			_, err := change(ctx, control.AllowRequest{Targets: []string{prefix}})
+			_, err := change(ctx, api.AllowRequest{Targets: []string{prefix}})
 			return err
 		}
 	}
@@ -158,7 +158,7 @@ func TestImportSlowUpload(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	status, body := u.answer()
-	var resp control.ImportResponse
+	var resp api.ImportResponse
 	if err := json.Unmarshal([]byte(body), &resp); err != nil || status != http.StatusOK || resp.Imported != len(lines) {
 		t.Fatalf("slow import: %d %s", status, body)
 	}

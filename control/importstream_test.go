@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 // v4List is n distinct addresses of 198.19.0.0/16, one per line.
@@ -40,7 +42,7 @@ func TestImportStreamBulk(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var out ImportResponse
+	var out api.ImportResponse
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 || out.Imported != n {
 		t.Fatalf("status %d, %+v, %v", resp.StatusCode, out, err)
 	}
@@ -67,7 +69,7 @@ func TestImportStreamBulk(t *testing.T) {
 	for i := range n {
 		fmt.Fprintf(&b, "2001:db8:%x:%x::1\n", 0x100+i>>16, i&0xffff)
 	}
-	if _, err := d.Import(ctx, ImportRequest{Content: b.String()}); err == nil || !strings.Contains(err.Error(), "map full") {
+	if _, err := d.Import(ctx, api.ImportRequest{Content: b.String()}); err == nil || !strings.Contains(err.Error(), "map full") {
 		t.Fatalf("import with a failing kernel: %v", err)
 	}
 	f.fail = nil
@@ -94,7 +96,7 @@ func (c cutReader) Read(p []byte) (int, error) {
 // lines that arrived.
 func TestImportStreamCutOff(t *testing.T) {
 	d, f := fakeDaemon(t)
-	_, err := d.ImportStream(context.Background(), cutReader{strings.NewReader(v4List(1000))}, ImportRequest{})
+	_, err := d.ImportStream(context.Background(), cutReader{strings.NewReader(v4List(1000))}, api.ImportRequest{})
 	if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("cut-off import: %v", err)
 	}
@@ -103,7 +105,7 @@ func TestImportStreamCutOff(t *testing.T) {
 	}
 	// A line that does not end within 1 MB: refused as the user's mistake, nothing imported.
 	var ue *UserError
-	_, err = d.Import(context.Background(), ImportRequest{Content: "198.19.0.1\n" + strings.Repeat("x", maxListLine+1)})
+	_, err = d.Import(context.Background(), api.ImportRequest{Content: "198.19.0.1\n" + strings.Repeat("x", maxListLine+1)})
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "line 2 is longer than") || d.store.Count() != 0 || len(f.rules) != 0 {
 		t.Fatalf("endless line: %v; store %d, kernel %d", err, d.store.Count(), len(f.rules))
 	}
@@ -153,7 +155,7 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 			first[prefix] = day
 		}
 	}
-	resp, err := d.Import(ctx, ImportRequest{Content: b.String(), TTL: "5d"})
+	resp, err := d.Import(ctx, api.ImportRequest{Content: b.String(), TTL: "5d"})
 	if err != nil {
 		t.Fatalf("%v %+v", err, resp.Errors[:min(3, len(resp.Errors))])
 	}
@@ -176,7 +178,7 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 
 	// Imported as permanent blocks, a prefix keeps the date of its first line.
 	d, f = fakeDaemon(t)
-	if resp, err := d.Import(ctx, ImportRequest{Content: b.String(), TTL: "permanent"}); err != nil || resp.Imported != len(first) {
+	if resp, err := d.Import(ctx, api.ImportRequest{Content: b.String(), TTL: "permanent"}); err != nil || resp.Imported != len(first) {
 		t.Fatalf("permanent import: %+v, %v", resp, err)
 	}
 	if es, err = d.Entries(ctx); err != nil || len(es) != len(first) || len(f.rules) != len(first) {
@@ -200,7 +202,7 @@ func TestImportIntoEmptyKernelFull(t *testing.T) {
 		lines[i] = fmt.Sprintf("2001:db8:%x:%x::1", 0x100+i>>16, i&0xffff)
 	}
 	rand.New(rand.NewPCG(3, 4)).Shuffle(n, func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
-	_, err := d.Import(context.Background(), ImportRequest{Content: strings.Join(lines, "\n")})
+	_, err := d.Import(context.Background(), api.ImportRequest{Content: strings.Join(lines, "\n")})
 	if !errors.Is(err, errFakeFull) {
 		t.Fatalf("import into a kernel that fills up: %v", err)
 	}
@@ -209,7 +211,7 @@ func TestImportIntoEmptyKernelFull(t *testing.T) {
 	}
 	// Once there is room, the same list imports whole.
 	f.full = false
-	if resp, err := d.Import(context.Background(), ImportRequest{Content: strings.Join(lines, "\n")}); err != nil || resp.Imported != n {
+	if resp, err := d.Import(context.Background(), api.ImportRequest{Content: strings.Join(lines, "\n")}); err != nil || resp.Imported != n {
 		t.Fatalf("import: %+v, %v", resp, err)
 	}
 	if d.store.Count() != n || len(f.rules) != n {

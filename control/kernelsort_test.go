@@ -3,8 +3,11 @@ package control
 import (
 	"math/rand/v2"
 	"net/netip"
+	"reflect"
 	"slices"
 	"testing"
+
+	"github.com/snare-dev/snare/backend"
 )
 
 // prefixOrder sorts with 32-bit keys when every part fits (IPv4 lists, IPv6 /32s) and with
@@ -61,6 +64,43 @@ func TestPrefixOrderKeyWidths(t *testing.T) {
 					t.Fatalf("%s: position %d holds %s (line %d), want %s (line %d)", tc.name, j, ps[order[j]], order[j], ps[want[j]], want[j])
 				}
 			}
+		}
+	}
+}
+
+func TestSortStates(t *testing.T) {
+	var states []backend.RuleState
+	for _, s := range []string{"2001:db8::/64", "198.18.0.7/32", "198.18.0.0/24", "2001:db8::/32", "198.18.0.0/16", "10.0.0.1/32", "198.18.0.6/32"} {
+		states = append(states, backend.RuleState{Rule: backend.Rule{Prefix: netip.MustParsePrefix(s)}, Hits: uint64(len(s))})
+	}
+	want := slices.Clone(states)
+	slices.SortFunc(want, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(states)
+	if !reflect.DeepEqual(states, want) {
+		t.Errorf("got %v\nwant %v", states, want)
+	}
+
+	// Many states in random order, addresses differing in every part of the key.
+	r := rand.New(rand.NewPCG(1, 2))
+	states = states[:0]
+	for i := range 5000 {
+		var b [16]byte
+		for j := range b {
+			b[j] = byte(r.IntN(4)) << (2 * (j % 4))
+		}
+		p := netip.PrefixFrom(netip.AddrFrom16(b), 32+r.IntN(97)).Masked()
+		if i%2 == 0 {
+			p = netip.PrefixFrom(netip.AddrFrom4([4]byte(b[:4])), 8+r.IntN(25)).Masked()
+		}
+		states = append(states, backend.RuleState{Rule: backend.Rule{Prefix: p}, Hits: uint64(i)})
+	}
+	want = slices.Clone(states)
+	slices.SortStableFunc(want, func(a, b backend.RuleState) int { return a.Prefix.Compare(b.Prefix) })
+	sortStates(states)
+	for i := range states {
+		// Hits tell equal prefixes apart: they keep the order they came in.
+		if states[i].Prefix != want[i].Prefix || states[i].Hits != want[i].Hits {
+			t.Fatalf("random states: position %d holds %s (%d), want %s (%d)", i, states[i].Prefix, states[i].Hits, want[i].Prefix, want[i].Hits)
 		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/control"
@@ -105,7 +107,7 @@ func BenchmarkRestoreMillion(b *testing.B) {
 	lab := testutil.NewLab(b, "attacker")
 	cfg := millionConfig(b, lab)
 	d := openMillion(b, lab, cfg)
-	resp, err := d.Import(context.Background(), control.ImportRequest{Content: millionLines()})
+	resp, err := d.Import(context.Background(), api.ImportRequest{Content: millionLines()})
 	if err != nil || resp.Imported != 1_000_000 {
 		b.Fatalf("import: %+v %v", resp, err)
 	}
@@ -189,7 +191,7 @@ func BenchmarkSweepMillionUnsorted(b *testing.B) {
 
 func benchSweep(b *testing.B, list string) {
 	onFreshMillion(b, func(d *control.Daemon) {
-		resp, err := d.Import(context.Background(), control.ImportRequest{Content: list, TTL: "2s"})
+		resp, err := d.Import(context.Background(), api.ImportRequest{Content: list, TTL: "2s"})
 		if err != nil || resp.Imported != 1_000_000 {
 			b.Fatalf("import: %+v %v", resp, err)
 		}
@@ -228,7 +230,7 @@ func shuffledMillion() string {
 
 func benchImport(b *testing.B, list string) {
 	onFreshMillion(b, func(*control.Daemon) {}, func(d *control.Daemon) error {
-		resp, err := d.ImportStream(context.Background(), strings.NewReader(list), control.ImportRequest{Name: "bench.list"})
+		resp, err := d.ImportStream(context.Background(), strings.NewReader(list), api.ImportRequest{Name: "bench.list"})
 		if err == nil && resp.Imported != 1_000_000 {
 			err = fmt.Errorf("imported %d, want 1,000,000", resp.Imported)
 		}

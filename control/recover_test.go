@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/internal/testutil"
 )
@@ -41,10 +43,10 @@ func writeStoreForDamage(t *testing.T) (string, map[netip.Prefix]Rule) {
 	rules := map[netip.Prefix]Rule{}
 	err = s.Update(func(tx *Tx) error {
 		for i := range damagedRules {
-			r := Rule{Prefix: ruleAddr(i), Origin: OriginImport, Reason: "list", Created: created,
+			r := Rule{Prefix: ruleAddr(i), Origin: api.OriginImport, Reason: "list", Created: created,
 				Deadline: time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC), Offences: 1, LastOffence: created}
 			if i%100 == 0 {
-				r.Origin, r.Reason = OriginManual, "by hand"
+				r.Origin, r.Reason = api.OriginManual, "by hand"
 				if err := tx.PutOffence(r.Prefix, Offence{Count: 1, Last: created}); err != nil {
 					return err
 				}

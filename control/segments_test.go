@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -19,9 +21,9 @@ func segRules(n int, now time.Time) []Rule {
 	rules := make([]Rule, n)
 	for i := range rules {
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18 + byte(i>>16), byte(i >> 8), byte(i)}), 32)
-		r := Rule{Prefix: p, Reason: "import list", Origin: OriginImport, Created: now, Deadline: now.Add(time.Hour)}
+		r := Rule{Prefix: p, Reason: "import list", Origin: api.OriginImport, Created: now, Deadline: now.Add(time.Hour)}
 		if i%3 == 0 {
-			r.Reason, r.Origin = fmt.Sprintf("manual %d", i), OriginManual
+			r.Reason, r.Origin = fmt.Sprintf("manual %d", i), api.OriginManual
 		}
 		rules[i] = r
 	}
@@ -144,7 +146,7 @@ func TestSegmentsRepeatValuesAreSmall(t *testing.T) {
 	now := ms(time.Now())
 	rules := segRules(3000, now)
 	for i := range rules {
-		rules[i].Reason, rules[i].Origin = "import list", OriginImport
+		rules[i].Reason, rules[i].Origin = "import list", api.OriginImport
 	}
 	var recs []record
 	for _, r := range rules {

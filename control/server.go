@@ -15,6 +15,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/snare-dev/snare/control/api"
 )
 
 // Request bodies are bounded: an import of 1,000,000 addresses is about 20 MB of JSON; every
@@ -28,7 +30,7 @@ const (
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {
-		var req BlockRequest
+		var req api.BlockRequest
 		if !decode(w, r, &req, maxRequestBody) {
 			return
 		}
@@ -37,14 +39,14 @@ func (d *Daemon) Handler() http.Handler {
 			writeError(w, err)
 			return
 		}
-		out := BlockResponse{Entries: make([]Entry, 0, len(rules))}
+		out := api.BlockResponse{Entries: make([]api.Entry, 0, len(rules))}
 		for _, r := range rules {
 			out.Entries = append(out.Entries, entryOf(r))
 		}
 		writeJSON(w, out)
 	})
 	mux.HandleFunc("POST /v1/unblock", func(w http.ResponseWriter, r *http.Request) {
-		var req UnblockRequest
+		var req api.UnblockRequest
 		if !decode(w, r, &req, maxRequestBody) {
 			return
 		}
@@ -53,7 +55,7 @@ func (d *Daemon) Handler() http.Handler {
 			writeError(w, err)
 			return
 		}
-		writeJSON(w, UnblockResponse{Removed: orEmpty(removed), NotFound: notFound})
+		writeJSON(w, api.UnblockResponse{Removed: orEmpty(removed), NotFound: notFound})
 	})
 	mux.HandleFunc("GET /v1/list", d.serveList)
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -66,7 +68,7 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	allow := func(add bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			var req AllowRequest
+			var req api.AllowRequest
 			if !decode(w, r, &req, maxRequestBody) {
 				return
 			}
@@ -78,23 +80,23 @@ func (d *Daemon) Handler() http.Handler {
 				writeError(w, err)
 				return
 			}
-			writeJSON(w, AllowResponse{Entries: d.Allowlist()})
+			writeJSON(w, api.AllowResponse{Entries: d.Allowlist()})
 		}
 	}
 	mux.HandleFunc("POST /v1/allow/add", allow(true))
 	mux.HandleFunc("POST /v1/allow/del", allow(false))
 	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, AllowResponse{Entries: d.Allowlist()})
+		writeJSON(w, api.AllowResponse{Entries: d.Allowlist()})
 	})
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
-		var req ImportRequest
-		var resp ImportResponse
+		var req api.ImportRequest
+		var resp api.ImportResponse
 		var err error
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "text/plain" {
 			// The list itself as the body, options in the query: parsed while it arrives,
 			// with no JSON string of many megabytes to build and unescape on either side.
 			q := r.URL.Query()
-			req = ImportRequest{TTL: q.Get("ttl"), Reason: q.Get("reason"), Name: q.Get("name")}
+			req = api.ImportRequest{TTL: q.Get("ttl"), Reason: q.Get("reason"), Name: q.Get("name")}
 			if sb := q.Get("skip_bad"); sb != "" {
 				if req.SkipBad, err = strconv.ParseBool(sb); err != nil {
 					writeErrorStatus(w, http.StatusBadRequest, fmt.Sprintf("bad skip_bad %q: want true or false", sb))
@@ -158,14 +160,14 @@ func (d *Daemon) serveList(w http.ResponseWriter, r *http.Request) {
 	}
 	var buf []byte
 	n := 0
-	err := d.EachEntry(r.Context(), func(e *Entry) error {
+	err := d.EachEntry(r.Context(), func(e *api.Entry) error {
 		start()
 		buf = buf[:0]
 		if !lines && n > 0 {
 			buf = append(buf, ',')
 		}
 		n++
-		buf = AppendEntryJSON(buf, e, "", "")
+		buf = api.AppendEntryJSON(buf, e, "", "")
 		if lines {
 			buf = append(buf, '\n')
 		}
@@ -179,7 +181,7 @@ func (d *Daemon) serveList(w http.ResponseWriter, r *http.Request) {
 		}
 		d.log.Error("list", "err", err)
 		if lines { // the client stops at this line with the error
-			b, _ := json.Marshal(ErrorResponse{Error: err.Error()})
+			b, _ := json.Marshal(api.ErrorResponse{Error: err.Error()})
 			bw.Write(append(b, '\n'))
 			bw.Flush()
 		}
@@ -327,7 +329,7 @@ func writeTooLarge(w http.ResponseWriter, err *http.MaxBytesError) {
 func writeErrorStatus(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(ErrorResponse{Error: msg})
+	_ = json.NewEncoder(w).Encode(api.ErrorResponse{Error: msg})
 }
 
 // Listen opens the API socket: its directory is created (0755), a stale socket left by a dead
@@ -421,7 +423,7 @@ func (d *Daemon) ServeListener(ctx context.Context, l net.Listener, ready func()
 	for _, wait := range bg {
 		wait()
 	}
-	d.logEvents(Event{Time: time.Now(), Event: EventStop, Source: "daemon", Detail: "snared stopped; enforcement stays in place"})
+	d.logEvents(api.Event{Time: time.Now(), Event: api.EventStop, Source: "daemon", Detail: "snared stopped; enforcement stays in place"})
 	return err
 }
 
@@ -554,7 +556,7 @@ func (d *Daemon) Reload(ctx context.Context, next *Config) error {
 		return fmt.Errorf("reload: %w", err)
 	}
 	d.startTrapWatcher()
-	d.logEvents(Event{Time: time.Now(), Event: EventStart, Source: "daemon", Detail: "configuration reloaded"})
+	d.logEvents(api.Event{Time: time.Now(), Event: api.EventStart, Source: "daemon", Detail: "configuration reloaded"})
 	return nil
 }
 

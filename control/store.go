@@ -14,15 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
-)
-
-// Origins of a block.
-const (
-	OriginManual = "manual"
-	OriginTrap   = "trap"
-	OriginImport = "import"
 )
 
 // Rule is one block as the store keeps it. Deadlines are wall-clock times so they hold across
@@ -418,7 +413,7 @@ func fromMs(ms int64) time.Time {
 	return time.UnixMilli(ms)
 }
 
-var origins = []string{OriginManual, OriginTrap, OriginImport}
+var origins = []string{api.OriginManual, api.OriginTrap, api.OriginImport}
 
 // encodeRule writes a rule compactly: origin byte, then varints created, deadline, offences,
 // last offence, then the reason's bytes.

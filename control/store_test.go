@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -32,10 +34,10 @@ func openTestStore(t *testing.T, path string) *Store {
 func TestRuleEncodingRoundTrip(t *testing.T) {
 	now := ms(time.Now())
 	for _, r := range []Rule{
-		{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Reason: "manual", Origin: OriginManual, Created: now, Deadline: now.Add(5 * 24 * time.Hour), Offences: 1, LastOffence: now},
-		{Prefix: netip.MustParsePrefix("2001:db8:1::/64"), Reason: "trap: tcp/31337 SYN", Origin: OriginTrap, Created: now, Offences: 7, LastOffence: now},
-		{Prefix: netip.MustParsePrefix("198.18.0.0/15"), Origin: OriginImport, Created: now.Add(-48 * time.Hour), Deadline: now.Add(time.Millisecond)},
-		{Prefix: netip.MustParsePrefix("2001:db8::/32"), Reason: "ünïcode ; # reason", Origin: OriginManual},
+		{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Reason: "manual", Origin: api.OriginManual, Created: now, Deadline: now.Add(5 * 24 * time.Hour), Offences: 1, LastOffence: now},
+		{Prefix: netip.MustParsePrefix("2001:db8:1::/64"), Reason: "trap: tcp/31337 SYN", Origin: api.OriginTrap, Created: now, Offences: 7, LastOffence: now},
+		{Prefix: netip.MustParsePrefix("198.18.0.0/15"), Origin: api.OriginImport, Created: now.Add(-48 * time.Hour), Deadline: now.Add(time.Millisecond)},
+		{Prefix: netip.MustParsePrefix("2001:db8::/32"), Reason: "ünïcode ; # reason", Origin: api.OriginManual},
 	} {
 		k := prefixKey(r.Prefix)
 		p, err := parsePrefixKey(k)
@@ -65,7 +67,7 @@ func TestPrefixKeyOrder(t *testing.T) {
 	s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
 	var rules []Rule
 	for _, p := range ps {
-		rules = append(rules, Rule{Prefix: netip.MustParsePrefix(p), Origin: OriginManual})
+		rules = append(rules, Rule{Prefix: netip.MustParsePrefix(p), Origin: api.OriginManual})
 	}
 	if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
 		t.Fatal(err)
@@ -93,9 +95,9 @@ func TestStoreRoundTripAcrossReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := Rule{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Reason: "r1", Origin: OriginManual, Created: now, Deadline: now.Add(time.Hour), Offences: 2, LastOffence: now}
-	b := Rule{Prefix: netip.MustParsePrefix("2001:db8:7::/64"), Reason: "r2", Origin: OriginTrap, Created: now}
-	c := Rule{Prefix: netip.MustParsePrefix("198.18.9.0/24"), Reason: "r3", Origin: OriginImport, Created: now, Deadline: now.Add(time.Minute)}
+	a := Rule{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Reason: "r1", Origin: api.OriginManual, Created: now, Deadline: now.Add(time.Hour), Offences: 2, LastOffence: now}
+	b := Rule{Prefix: netip.MustParsePrefix("2001:db8:7::/64"), Reason: "r2", Origin: api.OriginTrap, Created: now}
+	c := Rule{Prefix: netip.MustParsePrefix("198.18.9.0/24"), Reason: "r3", Origin: api.OriginImport, Created: now, Deadline: now.Add(time.Minute)}
 	err = s.Update(func(tx *Tx) error {
 		for _, r := range []Rule{a, b, c} {
 			if err := tx.PutRule(r); err != nil {
@@ -127,7 +129,7 @@ func TestStoreRoundTripAcrossReopen(t *testing.T) {
 	}
 	// A failing transaction changes nothing.
 	if err := s.Update(func(tx *Tx) error {
-		if err := tx.PutRule(Rule{Prefix: netip.MustParsePrefix("198.18.5.5/32"), Origin: OriginManual}); err != nil {
+		if err := tx.PutRule(Rule{Prefix: netip.MustParsePrefix("198.18.5.5/32"), Origin: api.OriginManual}); err != nil {
 			return err
 		}
 		return fmt.Errorf("enforcer refused")
@@ -209,7 +211,7 @@ func TestStoreChild(t *testing.T) {
 	for i := 0; i < 100000; i++ {
 		err := s.Update(func(tx *Tx) error {
 			return tx.PutRule(Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32),
-				Origin: OriginManual, Reason: "child", Created: time.Now()})
+				Origin: api.OriginManual, Reason: "child", Created: time.Now()})
 		})
 		if err != nil {
 			fmt.Println("update:", err)
@@ -300,7 +302,7 @@ func TestDeleteExpired(t *testing.T) {
 			var rules []Rule
 			var firstLive time.Time
 			for i := 0; i < tc.expired+tc.live; i++ {
-				r := Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), Origin: OriginImport, Created: now}
+				r := Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), Origin: api.OriginImport, Created: now}
 				expired := i < tc.expired
 				if tc.every > 0 {
 					expired = i%tc.every != 0
@@ -368,7 +370,7 @@ func TestBulkPutRulesMerges(t *testing.T) {
 	// Stored: every third address, reason "old".
 	err = s.Update(func(tx *Tx) error {
 		for i := 0; i < 3*bulkTestN; i += 3 {
-			if err := tx.PutRule(Rule{Prefix: addr(i), Reason: "old", Origin: OriginManual, Created: now}); err != nil {
+			if err := tx.PutRule(Rule{Prefix: addr(i), Reason: "old", Origin: api.OriginManual, Created: now}); err != nil {
 				return err
 			}
 		}
@@ -379,7 +381,9 @@ func TestBulkPutRulesMerges(t *testing.T) {
 	}
 	// New: every even address.
 	n := 3 * bulkTestN / 2
-	at := func(i int) Rule { return Rule{Prefix: addr(2 * i), Reason: "new", Origin: OriginImport, Created: now} }
+	at := func(i int) Rule {
+		return Rule{Prefix: addr(2 * i), Reason: "new", Origin: api.OriginImport, Created: now}
+	}
 	if err := s.BulkPutRules(n, at, func() error { return errors.New("kernel said no") }); err == nil || s.Count() != bulkTestN {
 		t.Fatalf("failed bulk put: %v, count %d", err, s.Count())
 	}
@@ -429,7 +433,7 @@ func TestStoreMigratesFormat1(t *testing.T) {
 		for i := range 500 {
 			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32)
 			want = append(want, p)
-			r := Rule{Prefix: p, Reason: "old", Origin: OriginManual, Created: now, Deadline: now.Add(time.Hour)}
+			r := Rule{Prefix: p, Reason: "old", Origin: api.OriginManual, Created: now, Deadline: now.Add(time.Hour)}
 			if err := tx.Bucket(bucketRules).Put(prefixKey(p), encodeRule(nil, r)); err != nil {
 				return err
 			}
@@ -468,10 +472,10 @@ func TestRulesWithin(t *testing.T) {
 	s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
 	var rules []Rule
 	for i := 0; i < 1000; i++ { // 198.18.0.0 - 198.18.3.231: many segments
-		rules = append(rules, Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), Origin: OriginManual})
+		rules = append(rules, Rule{Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}), 32), Origin: api.OriginManual})
 	}
 	for _, p := range []string{"198.16.0.0/15", "198.18.2.0/24", "198.18.2.0/23", "198.19.0.0/16", "2001:db8::/64", "2001:db8:0:1::/64", "2001:db8:1::/64"} {
-		rules = append(rules, Rule{Prefix: netip.MustParsePrefix(p), Origin: OriginManual})
+		rules = append(rules, Rule{Prefix: netip.MustParsePrefix(p), Origin: api.OriginManual})
 	}
 	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
 	if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/backend"
 )
 
@@ -95,7 +97,7 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		res.Expired = len(expired)
 		evs := expireEvents(shown, now)
 		if more := len(expired) - len(shown); more > 0 {
-			evs = append(evs, Event{Time: now, Event: EventExpire, Source: "sweep",
+			evs = append(evs, api.Event{Time: now, Event: api.EventExpire, Source: "sweep",
 				Detail: fmt.Sprintf("and %d more entries expired", more)})
 		}
 		d.logEvents(evs...)
@@ -182,14 +184,14 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 		d.evictions.Add(uint64(len(missing)))
 		d.rec.Evicted(len(missing))
 		d.log.Warn("blocks were missing from the kernel (evicted or flushed); re-inserted", "count", len(missing))
-		var evs []Event
+		var evs []api.Event
 		for j, r := range missing {
 			if j == maxExpireEvents {
-				evs = append(evs, Event{Time: now, Event: EventEvict, Source: "sweep",
+				evs = append(evs, api.Event{Time: now, Event: api.EventEvict, Source: "sweep",
 					Detail: fmt.Sprintf("and %d more re-inserted", len(missing)-j)})
 				break
 			}
-			evs = append(evs, Event{Time: now, Event: EventEvict, Address: r.Prefix.String(), Reason: r.Reason,
+			evs = append(evs, api.Event{Time: now, Event: api.EventEvict, Address: r.Prefix.String(), Reason: r.Reason,
 				Expires: r.Deadline, Source: "sweep", Detail: "missing from the kernel, re-inserted"})
 		}
 		d.logEvents(evs...)
@@ -210,11 +212,11 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend.RuleState, now time.Time) ([]Rule, error) {
 	var adopt []backend.RuleState
 	var allowed []netip.Prefix
-	var evs []Event
+	var evs []api.Event
 	for _, k := range trapped {
 		if it, ok := d.allow.Covers(k.Prefix); ok {
 			allowed = append(allowed, k.Prefix)
-			evs = append(evs, Event{Time: now, Event: EventUnblock, Address: k.Prefix.String(), Source: "daemon",
+			evs = append(evs, api.Event{Time: now, Event: api.EventUnblock, Address: k.Prefix.String(), Source: "daemon",
 				Detail: fmt.Sprintf("trap block found in the kernel, but %s is allowlisted now (%s)", it.Prefix, it.Source)})
 			continue
 		}
@@ -233,7 +235,7 @@ func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend
 	var rules []Rule
 	err := d.store.Update(func(tx *Tx) error {
 		for _, k := range adopt {
-			r, err := d.offendLocked(tx, cfg, k.Prefix, OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
+			r, err := d.offendLocked(tx, cfg, k.Prefix, api.OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
 				return err
 			}
@@ -245,20 +247,20 @@ func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend
 	if err != nil {
 		return nil, fmt.Errorf("adopt %d trap blocks: %w", len(adopt), err)
 	}
-	d.rec.Blocked(OriginTrap, len(rules))
+	d.rec.Blocked(api.OriginTrap, len(rules))
 	return rules, nil
 }
 
 // adoptEvents are the event log's lines for adopted trap blocks (the first maxExpireEvents).
-func adoptEvents(rules []Rule, now time.Time) []Event {
-	var evs []Event
+func adoptEvents(rules []Rule, now time.Time) []api.Event {
+	var evs []api.Event
 	for j, r := range rules {
 		if j == maxExpireEvents {
-			evs = append(evs, Event{Time: now, Event: EventBlock, Source: OriginTrap,
+			evs = append(evs, api.Event{Time: now, Event: api.EventBlock, Source: api.OriginTrap,
 				Detail: fmt.Sprintf("and %d more trap blocks adopted from the kernel", len(rules)-j)})
 			break
 		}
-		evs = append(evs, blockEvent(r, OriginTrap, now))
+		evs = append(evs, blockEvent(r, api.OriginTrap, now))
 	}
 	return evs
 }
@@ -270,7 +272,7 @@ const adoptReason = "trap (blocked by the kernel, event not received)"
 // dated D expires at D + TTL, and lines already past that are skipped and counted as Expired.
 // Any bad line rejects the whole import unless SkipBad. Everything is written in one store
 // transaction and one enforcer batch (for big lists: see ImportStream).
-func (d *Daemon) Import(ctx context.Context, req ImportRequest) (ImportResponse, error) {
+func (d *Daemon) Import(ctx context.Context, req api.ImportRequest) (api.ImportResponse, error) {
 	return d.ImportStream(ctx, strings.NewReader(req.Content), req)
 }
 
@@ -286,7 +288,7 @@ const bulkImport = 50_000
 // The body is read and parsed without the daemon's lock, so a slow or stalled upload holds up no
 // block, unblock, trap event or sweep; the lock is taken once the list is complete. One import
 // runs at a time.
-func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportRequest) (ImportResponse, error) {
+func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.ImportRequest) (api.ImportResponse, error) {
 	name := req.Name
 	if name == "" {
 		name = "import"
@@ -294,7 +296,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	select {
 	case d.importing <- struct{}{}:
 	case <-ctx.Done():
-		return ImportResponse{}, fmt.Errorf("import %s: waiting for another import: %w", name, ctx.Err())
+		return api.ImportResponse{}, fmt.Errorf("import %s: waiting for another import: %w", name, ctx.Err())
 	}
 	defer func() { <-d.importing }()
 	d.mu.Lock()
@@ -305,21 +307,21 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	if strings.TrimSpace(req.TTL) != "" {
 		var err error
 		if ttl, err = ParseTTL(req.TTL); err != nil {
-			return ImportResponse{}, &UserError{Err: err}
+			return api.ImportResponse{}, &UserError{Err: err}
 		}
 	}
 	reason, err := importReason(req.Reason, name)
 	if err != nil {
-		return ImportResponse{}, err
+		return api.ImportResponse{}, err
 	}
-	var resp ImportResponse
+	var resp api.ImportResponse
 	recs, errs, bad, expired, err := readImport(body, cfg, allow, ttl, now)
 	if err != nil {
-		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+		return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
 	resp.Expired = expired
 	if bad > 0 && !req.SkipBad {
-		return ImportResponse{Errors: errs, Skipped: bad}, &UserError{Err: importError(name, errs, bad)}
+		return api.ImportResponse{Errors: errs, Skipped: bad}, &UserError{Err: importError(name, errs, bad)}
 	}
 	resp.Skipped, resp.Errors = bad, errs
 
@@ -327,7 +329,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	defer d.mu.Unlock()
 	// The list checked against the daemon as it is now: nothing is written before this.
 	if err := d.recheckAllowLocked(name, recs, allow); err != nil {
-		return ImportResponse{}, err
+		return api.ImportResponse{}, err
 	}
 
 	// A big list into an empty daemon (the first import of an old blocked.list) goes to the
@@ -365,7 +367,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	uniq := recs.unique(order, ttl != 0)
 	n := uniq.len()
 	rule := func(rec importRec) Rule {
-		r := Rule{Prefix: rec.prefix(), Reason: reason, Origin: OriginImport}
+		r := Rule{Prefix: rec.prefix(), Reason: reason, Origin: api.OriginImport}
 		if ttl != 0 {
 			r.Deadline = rec.time()
 			r.Created = r.Deadline.Add(-ttl)
@@ -386,7 +388,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 	var merged map[int]mergedRule
 	if early == nil {
 		if merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.prefix() }, at, now); err != nil {
-			return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+			return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 		}
 	}
 	if !fits {
@@ -398,7 +400,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 			}
 		}
 		if err := d.checkCapacity(cfg, fresh); err != nil {
-			return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+			return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 		}
 	}
 	switch {
@@ -446,15 +448,15 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 		}
 	}
 	if err != nil {
-		return ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
+		return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
 	resp.Imported = n
 	if n >= bigBatch {
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
-	d.logEvents(Event{Time: now, Event: EventBlock, Source: OriginImport, Reason: reason, TTL: FormatTTL(ttl),
+	d.logEvents(api.Event{Time: now, Event: api.EventBlock, Source: api.OriginImport, Reason: reason, TTL: FormatTTL(ttl),
 		Detail: fmt.Sprintf("imported %d entries from %s (%d already expired, %d bad lines skipped)", resp.Imported, name, resp.Expired, resp.Skipped)})
-	d.rec.Blocked(OriginImport, resp.Imported)
+	d.rec.Blocked(api.OriginImport, resp.Imported)
 	return resp, nil
 }
 
@@ -463,7 +465,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req ImportReq
 // fifth of an import on one. It returns the records (deadlines for TTL imports, creation times
 // for permanent ones), the first bad lines by line number, and the counts of bad lines
 // (targets allow refuses included) and of lines already expired.
-func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration, now time.Time) (recs *importBatch, errs []LineError, bad, expired int, err error) {
+func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration, now time.Time) (recs *importBatch, errs []api.LineError, bad, expired int, err error) {
 	recs = newImportBatch(cfg.Block.Capacity)
 	rules := cfg.TargetRules()
 	var mu sync.Mutex        // guards what the pieces report
@@ -474,13 +476,13 @@ func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration,
 	}, func(text string, first int) {
 		p := newListParser(rules, now)
 		p.n = first - 1
-		var refused []LineError
+		var refused []api.LineError
 		gone := 0
 		p.chunk(text, func(l ImportLine) {
 			// Allowlisted targets are bad lines too.
 			if err := allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
 				if len(refused) < maxImportLineErrors {
-					refused = append(refused, LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
+					refused = append(refused, api.LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
 				}
 				p.bad++
 				return
@@ -509,7 +511,7 @@ func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration,
 	}
 	recs.compact()
 	// Each piece reported its first bad lines: together they hold the list's first ones.
-	slices.SortFunc(errs, func(a, b LineError) int { return a.Line - b.Line })
+	slices.SortFunc(errs, func(a, b api.LineError) int { return a.Line - b.Line })
 	return recs, errs[:min(len(errs), maxImportLineErrors)], bad, expired, nil
 }
 
@@ -681,7 +683,7 @@ func laterDeadline(a, b time.Time) bool {
 	return a.IsZero() || a.After(b)
 }
 
-func importError(name string, errs []LineError, bad int) error {
+func importError(name string, errs []api.LineError, bad int) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: %d bad line", name, bad)
 	if bad != 1 {

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // Every bad input a user can give gets a clear message naming the problem, a non-zero exit, and
@@ -166,7 +166,7 @@ func TestBadInput(t *testing.T) {
 				if err != nil {
 					t.Fatalf("POST %s: %v", rc.path, err)
 				}
-				var e control.ErrorResponse
+				var e api.ErrorResponse
 				err = json.NewDecoder(resp.Body).Decode(&e)
 				resp.Body.Close()
 				if resp.StatusCode != rc.status || err != nil || !strings.Contains(e.Error, rc.want) {

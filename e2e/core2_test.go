@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // The allowlist always wins over a block: allowlisting a blocked source lifts the block (the
@@ -59,7 +59,7 @@ func TestAllowlistWins(t *testing.T) {
 // allowHas reports whether the allowlist has prefix (from source, unless source is empty).
 func allowHas(t *testing.T, d *daemon, prefix, source string) bool {
 	t.Helper()
-	allow, err := control.NewClient(d.socket).AllowList(context.Background())
+	allow, err := api.NewClient(d.socket).AllowList(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

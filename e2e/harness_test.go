@@ -19,10 +19,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -390,7 +391,7 @@ func (d *daemon) start() {
 func (d *daemon) waitReady(p *testutil.Proc) {
 	d.e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
-	c := control.NewClient(d.socket)
+	c := api.NewClient(d.socket)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := c.Status(ctx)
@@ -520,7 +521,7 @@ func (d *daemon) mustCtl(t *testing.T, args ...string) string {
 }
 
 // list is `snarectl list -o json`, decoded.
-func (d *daemon) list(t *testing.T) []control.Entry {
+func (d *daemon) list(t *testing.T) []api.Entry {
 	t.Helper()
 	out := d.mustCtl(t, "list", "-o", "json")
 	entries, err := decodeEntries(out)
@@ -531,14 +532,14 @@ func (d *daemon) list(t *testing.T) []control.Entry {
 }
 
 // decodeEntries accepts the list as a ListResponse object or a bare array of entries.
-func decodeEntries(out string) ([]control.Entry, error) {
+func decodeEntries(out string) ([]api.Entry, error) {
 	s := strings.TrimSpace(out)
 	if strings.HasPrefix(s, "[") {
-		var entries []control.Entry
+		var entries []api.Entry
 		err := json.Unmarshal([]byte(s), &entries)
 		return entries, err
 	}
-	var lr control.ListResponse
+	var lr api.ListResponse
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
 	err := dec.Decode(&lr)
@@ -546,10 +547,10 @@ func decodeEntries(out string) ([]control.Entry, error) {
 }
 
 // status is `snarectl status -o json`, decoded.
-func (d *daemon) status(t *testing.T) control.StatusResponse {
+func (d *daemon) status(t *testing.T) api.StatusResponse {
 	t.Helper()
 	out := d.mustCtl(t, "status", "-o", "json")
-	var st control.StatusResponse
+	var st api.StatusResponse
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("snarectl status -o json: %v\n%s", err, out)
 	}
@@ -557,12 +558,12 @@ func (d *daemon) status(t *testing.T) control.StatusResponse {
 }
 
 // events reads the event log through the API (the structured view of `snarectl events`).
-func (d *daemon) events(t *testing.T) []control.Event {
+func (d *daemon) events(t *testing.T) []api.Event {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var evs []control.Event
-	err := control.NewClient(d.socket).Events(ctx, false, func(ev control.Event) error {
+	var evs []api.Event
+	err := api.NewClient(d.socket).Events(ctx, false, func(ev api.Event) error {
 		evs = append(evs, ev)
 		return nil
 	})
@@ -573,7 +574,7 @@ func (d *daemon) events(t *testing.T) []control.Event {
 }
 
 // find returns the entry for prefix (or nil).
-func find(entries []control.Entry, prefix string) *control.Entry {
+func find(entries []api.Entry, prefix string) *api.Entry {
 	for i := range entries {
 		if entries[i].Prefix == prefix {
 			return &entries[i]
@@ -583,7 +584,7 @@ func find(entries []control.Entry, prefix string) *control.Entry {
 }
 
 // prefixes are the entries' prefixes, sorted.
-func prefixes(entries []control.Entry) []string {
+func prefixes(entries []api.Entry) []string {
 	var out []string
 	for _, e := range entries {
 		out = append(out, e.Prefix)
@@ -593,7 +594,7 @@ func prefixes(entries []control.Entry) []string {
 }
 
 // snapshot is what "nothing changed" compares: every entry's prefix, expiry and reason.
-func snapshot(entries []control.Entry) string {
+func snapshot(entries []api.Entry) string {
 	var lines []string
 	for _, e := range entries {
 		lines = append(lines, fmt.Sprintf("%s exp=%s perm=%v reason=%q offences=%d",

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
-
-	"github.com/snare-dev/snare/control"
 )
 
 // A reload with a broken config file (SIGHUP, as `systemctl reload` sends it) changes nothing:
@@ -139,14 +139,14 @@ func blockEventsIn(t *testing.T, file string) map[string]bool {
 	return got
 }
 
-func decodeEventLines(t *testing.T, file string, b []byte) []control.Event {
+func decodeEventLines(t *testing.T, file string, b []byte) []api.Event {
 	t.Helper()
-	var evs []control.Event
+	var evs []api.Event
 	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		if line == "" {
 			continue
 		}
-		var ev control.Event
+		var ev api.Event
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
 			t.Errorf("%s line %d is not a JSON event: %v: %q", file, i+1, err, line)
 			continue

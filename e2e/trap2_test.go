@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/control"
 )
 
@@ -90,7 +92,7 @@ func TestTrapLogMode(t *testing.T) {
 			t.Errorf("status trap modes tcp %q udp %q, want log and block", st.Trap.TCPMode, st.Trap.UDPMode)
 		}
 		e.nmapScan(t, false, "-sS", "-p", "T:"+trapTCPPorts+","+strconv.Itoa(webPort))
-		var ev *control.Event
+		var ev *api.Event
 		if err := eventually(5*time.Second, func() error {
 			if ev = findScan(d.events(t), e.attacker4()); ev == nil {
 				return fmt.Errorf("no scan event for %s", e.attacker4())

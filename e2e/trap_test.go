@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // scan is one nmap scan type and what its trap event must say.
@@ -78,7 +78,7 @@ func TestTrapScans(t *testing.T) {
 				}
 
 				// Listed (the event reaches user space asynchronously to the block itself).
-				var en *control.Entry
+				var en *api.Entry
 				if err := eventually(5*time.Second, func() error {
 					en = covering(d.list(t), src)
 					if en == nil {
@@ -150,7 +150,7 @@ func TestTrapFloodSpoofed(t *testing.T) {
 		if first == nil {
 			t.Fatalf("manual block not listed: %v", prefixes(d.list(t)))
 		}
-		manual := snapshot([]control.Entry{*first})
+		manual := snapshot([]api.Entry{*first})
 
 		// 300 distinct random sources in 198.19.0.0/16 (inside 198.18.0.0/15, outside the lab's
 		// subnets), 3 SYNs each at a trap port, 24 hping3 processes at a time.
@@ -174,7 +174,7 @@ func TestTrapFloodSpoofed(t *testing.T) {
 		// Responsive during the flood: every status call answers within its bound.
 		for i := 0; i < 5; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			_, err := control.NewClient(d.socket).Status(ctx)
+			_, err := api.NewClient(d.socket).Status(ctx)
 			cancel()
 			if err != nil {
 				t.Errorf("status during the flood: %v", err)
@@ -202,7 +202,7 @@ func TestTrapFloodSpoofed(t *testing.T) {
 		if en == nil {
 			t.Fatalf("manual block of %s gone after the flood", e.attacker4())
 		}
-		if got := snapshot([]control.Entry{*en}); got != manual {
+		if got := snapshot([]api.Entry{*en}); got != manual {
 			t.Errorf("manual block changed by the flood:\n%s\nwant:\n%s", got, manual)
 		}
 		e.dropped(t, e.attackerV4Peer())
@@ -236,7 +236,7 @@ func TestTrapSpoofedGatewayResolver(t *testing.T) {
 		e := newEnv(t, backend, options{})
 		d := e.d
 
-		allow, err := control.NewClient(d.socket).AllowList(context.Background())
+		allow, err := api.NewClient(d.socket).AllowList(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -261,7 +261,7 @@ func TestTrapSpoofedGatewayResolver(t *testing.T) {
 			}
 		}
 		// Give the events time to arrive, then check that nothing was blocked.
-		var evs []control.Event
+		var evs []api.Event
 		if err := eventually(5*time.Second, func() error {
 			evs = d.events(t)
 			for _, spoof := range []netip.Addr{gatewayV4, resolverV4} {
@@ -292,7 +292,7 @@ func TestTrapSpoofedGatewayResolver(t *testing.T) {
 }
 
 // covering returns the entry whose prefix contains a.
-func covering(entries []control.Entry, a netip.Addr) *control.Entry {
+func covering(entries []api.Entry, a netip.Addr) *api.Entry {
 	for i := range entries {
 		if p, err := netip.ParsePrefix(entries[i].Prefix); err == nil && p.Contains(a) {
 			return &entries[i]
@@ -302,7 +302,7 @@ func covering(entries []control.Entry, a netip.Addr) *control.Entry {
 }
 
 // findScan returns the latest scan event from a.
-func findScan(evs []control.Event, a netip.Addr) *control.Event {
+func findScan(evs []api.Event, a netip.Addr) *api.Event {
 	for i := len(evs) - 1; i >= 0; i-- {
 		if evs[i].Event == "scan" && sameAddr(evs[i].Address, host32(a)) {
 			return &evs[i]
@@ -332,7 +332,7 @@ func eventsFileHasScan(t *testing.T, d *daemon, a netip.Addr) bool {
 	}
 	found := false
 	for i, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		var ev control.Event
+		var ev api.Event
 		if err := json.Unmarshal([]byte(line), &ev); err != nil {
 			t.Errorf("%s line %d is not a JSON event: %v: %q", d.eventsFile(), i+1, err, line)
 			continue

@@ -6,9 +6,9 @@ import (
 	"slices"
 	"time"
 
-	"github.com/spf13/cobra"
+	"github.com/snare-dev/snare/control/api"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/spf13/cobra"
 )
 
 func (c *cli) allowCommand() *cobra.Command {
@@ -46,8 +46,8 @@ func (c *cli) allowChangeCommand(verb string) *cobra.Command {
 			if err := checkAllowTargets(args); err != nil {
 				return err
 			}
-			req := control.AllowRequest{Targets: args}
-			var resp control.AllowResponse
+			req := api.AllowRequest{Targets: args}
+			var resp api.AllowResponse
 			var err error
 			if verb == "add" {
 				resp, err = c.client().AllowAdd(cmd.Context(), req)
@@ -88,7 +88,7 @@ func (c *cli) allowListCommand() *cobra.Command {
 	return cmd
 }
 
-func (c *cli) allowOutput(resp control.AllowResponse, format string) error {
+func (c *cli) allowOutput(resp api.AllowResponse, format string) error {
 	if format == "json" {
 		return writeJSON(c.stdout, resp)
 	}
@@ -111,7 +111,7 @@ func (c *cli) completeAllowed(cmd *cobra.Command, args []string, _ string) ([]st
 	}
 	var out []string
 	for _, e := range resp.Entries {
-		if e.Source == control.AllowManual && !slices.Contains(args, e.Prefix) {
+		if e.Source == api.AllowManual && !slices.Contains(args, e.Prefix) {
 			out = append(out, printable(e.Prefix))
 		}
 	}

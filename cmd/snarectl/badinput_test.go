@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control"
 )
@@ -89,7 +91,7 @@ func TestTablesEscapeOldStoredText(t *testing.T) {
 	}
 	err = store.Update(func(tx *control.Tx) error {
 		for p, reason := range reasons {
-			r := control.Rule{Prefix: netip.MustParsePrefix(p), Reason: reason, Origin: control.OriginManual,
+			r := control.Rule{Prefix: netip.MustParsePrefix(p), Reason: reason, Origin: api.OriginManual,
 				Created: now.Add(-time.Minute), Deadline: now.Add(time.Hour), Offences: 1}
 			if err := tx.PutRule(r); err != nil {
 				return err
@@ -101,7 +103,7 @@ func TestTablesEscapeOldStoredText(t *testing.T) {
 		t.Fatal(err, cerr)
 	}
 	var events []byte
-	for _, ev := range []control.Event{
+	for _, ev := range []api.Event{
 		{Time: now, Event: "block", Address: "198.18.0.7/32", Reason: forged, Source: "manual"},
 		{Time: now, Event: "block\x1b[2J", Address: "198.18.0.8/32\nforged", Source: "man\x1bual"},
 	} {
@@ -138,7 +140,7 @@ func TestTablesEscapeOldStoredText(t *testing.T) {
 		}
 	}
 	r := runCLI(t, socket, "", "list", "-o", "json")
-	var resp control.ListResponse
+	var resp api.ListResponse
 	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || len(resp.Entries) != 3 {
 		t.Fatalf("list -o json: %v, %d entries", err, len(resp.Entries))
 	}
@@ -171,8 +173,8 @@ func TestStatusAndAllowEscape(t *testing.T) {
 		f.status.Backend = "xdp\x1b[2J"
 		f.status.Fallback = "why\nforged: row"
 		f.status.Version = "v1\x07"
-		f.status.Interfaces = []control.InterfaceStatus{{Name: "eth0\tx", Mode: "native\u202e"}}
-		f.allow.Entries = []control.AllowEntry{{Prefix: "198.18.0.0/24\nforged", Source: "manual\x1b[0m"}}
+		f.status.Interfaces = []api.InterfaceStatus{{Name: "eth0\tx", Mode: "native\u202e"}}
+		f.allow.Entries = []api.AllowEntry{{Prefix: "198.18.0.0/24\nforged", Source: "manual\x1b[0m"}}
 	})
 	r = runCLI(t, f.socket, "", "status")
 	if r.code != exitOK || strings.ContainsAny(r.stdout, "\x1b\x07\t\u202e") || strings.Count(r.stdout, "\n") != rows {

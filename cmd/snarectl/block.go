@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/spf13/cobra"
 
 	"github.com/snare-dev/snare/control"
@@ -50,7 +52,7 @@ Every target is checked before anything is sent: if one is bad, nothing is block
 			if err := checkBlockTargets(args); err != nil {
 				return err
 			}
-			resp, err := c.client().Block(cmd.Context(), control.BlockRequest{Targets: args, TTL: ttl, Reason: reason})
+			resp, err := c.client().Block(cmd.Context(), api.BlockRequest{Targets: args, TTL: ttl, Reason: reason})
 			if err != nil {
 				return fmt.Errorf("block: %w", err)
 			}
@@ -88,7 +90,7 @@ still unblocked. -o json prints {"removed": [...], "not_found": [...]}.`,
 			if err := checkUnblockTargets(args); err != nil {
 				return err
 			}
-			resp, err := c.client().Unblock(cmd.Context(), control.UnblockRequest{Targets: args})
+			resp, err := c.client().Unblock(cmd.Context(), api.UnblockRequest{Targets: args})
 			if err != nil {
 				return fmt.Errorf("unblock: %w", err)
 			}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control"
 )
@@ -111,7 +113,7 @@ func startDaemonIn(t *testing.T, dir string, enf *memEnforcer) string {
 		Version:  "test",
 		Enforcer: enf,
 		ImplicitAllow: func() (control.Allowlist, error) {
-			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: control.AllowGateway}}, nil
+			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: api.AllowGateway}}, nil
 		},
 		Listening: func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
 	})
@@ -136,7 +138,7 @@ func TestAgainstRealDaemon(t *testing.T) {
 	run := func(stdin string, args ...string) result { return runCLI(t, socket, stdin, args...) }
 	list := func() []string {
 		r := run("", "list", "-o", "json")
-		var resp control.ListResponse
+		var resp api.ListResponse
 		if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil {
 			t.Fatalf("list -o json: %v %q %q", err, r.stdout, r.stderr)
 		}
@@ -218,7 +220,7 @@ func TestAgainstRealDaemon(t *testing.T) {
 	r := run("", "events", "-o", "json")
 	var kinds []string
 	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
-		var ev control.Event
+		var ev api.Event
 		if err := json.Unmarshal([]byte(l), &ev); err != nil {
 			t.Fatalf("events line %q: %v", l, err)
 		}

@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/spf13/cobra"
+	"github.com/snare-dev/snare/control/api"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/spf13/cobra"
 )
 
 func (c *cli) eventsCommand() *cobra.Command {
@@ -30,7 +30,7 @@ events as they happen until interrupted.
 		RunE: c.verb(func(cmd *cobra.Command, _ []string) error {
 			enc := json.NewEncoder(c.stdout)
 			header := false
-			err := c.client().Events(cmd.Context(), follow, func(ev control.Event) error {
+			err := c.client().Events(cmd.Context(), follow, func(ev api.Event) error {
 				if output.value == "json" {
 					return enc.Encode(ev)
 				}
@@ -56,7 +56,7 @@ events as they happen until interrupted.
 }
 
 // eventDetails joins what an event carries besides its time, kind, address and source.
-func eventDetails(ev control.Event) string {
+func eventDetails(ev api.Event) string {
 	var parts []string
 	add := func(k, v string) {
 		if v != "" {

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/control"
 )
 
@@ -30,14 +32,14 @@ type fakeDaemon struct {
 
 // canned are the fake's answers; tests change them with set.
 type canned struct {
-	list     control.ListResponse
-	status   control.StatusResponse
-	allow    control.AllowResponse
-	events   []control.Event
+	list     api.ListResponse
+	status   api.StatusResponse
+	allow    api.AllowResponse
+	events   []api.Event
 	export   string
-	refuse   string                  // when set, POSTs answer 400 with this message
-	notFound map[string]bool         // unblock targets reported as not blocked
-	imported *control.ImportResponse // answer to import; default: one entry per line
+	refuse   string              // when set, POSTs answer 400 with this message
+	notFound map[string]bool     // unblock targets reported as not blocked
+	imported *api.ImportResponse // answer to import; default: one entry per line
 	// holdFollow keeps an events stream with follow=1 open until the client leaves.
 	holdFollow bool
 }
@@ -71,19 +73,19 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 func (f *fakeDaemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {
-		var req control.BlockRequest
+		var req api.BlockRequest
 		if _, ok := f.decode(w, r, &req); !ok {
 			return
 		}
 		now := time.Now()
-		var resp control.BlockResponse
+		var resp api.BlockResponse
 		for _, t := range req.Targets {
 			p, err := control.ParseTarget(t, control.DefaultTargetRules)
 			if err != nil {
 				fail(w, http.StatusBadRequest, err.Error())
 				return
 			}
-			e := control.Entry{Prefix: p.String(), Reason: req.Reason, Origin: "manual", Created: now, Offences: 1}
+			e := api.Entry{Prefix: p.String(), Reason: req.Reason, Origin: "manual", Created: now, Offences: 1}
 			if req.TTL == "permanent" {
 				e.Permanent = true
 			} else {
@@ -94,12 +96,12 @@ func (f *fakeDaemon) handler() http.Handler {
 		answer(w, resp)
 	})
 	mux.HandleFunc("POST /v1/unblock", func(w http.ResponseWriter, r *http.Request) {
-		var req control.UnblockRequest
+		var req api.UnblockRequest
 		c, ok := f.decode(w, r, &req)
 		if !ok {
 			return
 		}
-		var resp control.UnblockResponse
+		var resp api.UnblockResponse
 		for _, t := range req.Targets {
 			if c.notFound[t] {
 				resp.NotFound = append(resp.NotFound, t)
@@ -124,7 +126,7 @@ func (f *fakeDaemon) handler() http.Handler {
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).status) })
 	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).allow) })
 	allowChange := func(w http.ResponseWriter, r *http.Request) {
-		var req control.AllowRequest
+		var req api.AllowRequest
 		if c, ok := f.decode(w, r, &req); ok {
 			answer(w, c.allow)
 		}
@@ -132,7 +134,7 @@ func (f *fakeDaemon) handler() http.Handler {
 	mux.HandleFunc("POST /v1/allow/add", allowChange)
 	mux.HandleFunc("POST /v1/allow/del", allowChange)
 	mux.HandleFunc("POST /v1/import", func(w http.ResponseWriter, r *http.Request) {
-		var req control.ImportRequest
+		var req api.ImportRequest
 		var c canned
 		if strings.HasPrefix(r.Header.Get("Content-Type"), "text/plain") {
 			// The streamed form: the list is the body, options in the query. Recorded as the
@@ -142,7 +144,7 @@ func (f *fakeDaemon) handler() http.Handler {
 				return // the upload was cut off: nothing happens
 			}
 			q := r.URL.Query()
-			req = control.ImportRequest{Content: string(body), TTL: q.Get("ttl"), Reason: q.Get("reason"),
+			req = api.ImportRequest{Content: string(body), TTL: q.Get("ttl"), Reason: q.Get("reason"),
 				Name: q.Get("name"), SkipBad: q.Get("skip_bad") == "true"}
 			js, _ := json.Marshal(req)
 			if c = f.record(r, js); c.refuse != "" {
@@ -159,7 +161,7 @@ func (f *fakeDaemon) handler() http.Handler {
 			answer(w, *c.imported)
 			return
 		}
-		answer(w, control.ImportResponse{Imported: len(strings.Fields(req.Content))})
+		answer(w, api.ImportResponse{Imported: len(strings.Fields(req.Content))})
 	})
 	mux.HandleFunc("GET /v1/export", func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, f.record(r, nil).export)
@@ -251,5 +253,5 @@ func answer(w http.ResponseWriter, v any) {
 func fail(w http.ResponseWriter, status int, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(control.ErrorResponse{Error: msg})
+	json.NewEncoder(w).Encode(api.ErrorResponse{Error: msg})
 }

@@ -12,10 +12,10 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-
-	"github.com/snare-dev/snare/control"
 )
 
 // choice is a flag whose value must be one of a fixed set; pflag reports anything else while
@@ -199,7 +199,7 @@ func timeText(t time.Time, loc *time.Location) string {
 
 // blockedUntil describes an entry's expiry for humans:
 // "until 2026-11-30 09:30:00 UTC (in 5d), offence 2".
-func blockedUntil(e control.Entry, now time.Time, loc *time.Location) string {
+func blockedUntil(e api.Entry, now time.Time, loc *time.Location) string {
 	s := "permanently"
 	if !e.Permanent {
 		s = fmt.Sprintf("until %s (%s)", timeText(e.Expires, loc), relative(now, e.Expires))
@@ -211,7 +211,7 @@ func blockedUntil(e control.Entry, now time.Time, loc *time.Location) string {
 }
 
 // expiresText is an entry's expiry relative to now: "in 4d23h", "never".
-func expiresText(e control.Entry, now time.Time) string {
+func expiresText(e api.Entry, now time.Time) string {
 	if e.Permanent {
 		return "never"
 	}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/spf13/cobra"
 
 	"github.com/snare-dev/snare/control"
@@ -59,7 +61,7 @@ imported, unless --skip-bad is given: then the good lines are imported and the b
 			// second. The last byte is held back until the whole file passed: without it the
 			// daemon never sees a complete body, so a bad line still means nothing is imported.
 			type checked struct {
-				bad []control.LineError
+				bad []api.LineError
 				err error
 			}
 			done := make(chan checked, 1)
@@ -78,7 +80,7 @@ imported, unless --skip-bad is given: then the good lines are imported and the b
 			}()
 			held := max(len(content)-1, 0)
 			body := io.MultiReader(bytes.NewReader(content[:held]), &gatedReader{verdict: verdict, rest: content[held:]})
-			resp, err := c.client().ImportStream(cmd.Context(), body, int64(len(content)), control.ImportRequest{
+			resp, err := c.client().ImportStream(cmd.Context(), body, int64(len(content)), api.ImportRequest{
 				TTL: ttl, Reason: reason, SkipBad: skipBad, Name: name,
 			})
 			chk := <-done

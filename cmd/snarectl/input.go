@@ -10,6 +10,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/snare-dev/snare/control"
 )
 
@@ -87,10 +89,10 @@ func checkTTL(s string) error {
 // IP/CIDR lines, '#' and ';' comments, blank lines) and returns its bad lines, numbered from 1.
 // It runs on every import while the file is sent, so it avoids allocating per line (a
 // million-line list takes under a tenth of a second; see BenchmarkCheckBlockList).
-func checkBlockList(r io.Reader, now time.Time) ([]control.LineError, error) {
+func checkBlockList(r io.Reader, now time.Time) ([]api.LineError, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	var bad []control.LineError
+	var bad []api.LineError
 	dates := map[string]string{} // date field → problem ("" if fine); lists hold few distinct dates
 	today := now.Format("20060102")
 	n := 0
@@ -124,7 +126,7 @@ func checkBlockList(r io.Reader, now time.Time) ([]control.LineError, error) {
 			continue
 		}
 		fail := func(msg string) {
-			bad = append(bad, control.LineError{Line: n, Text: string(raw[:min(len(raw), control.MaxLineErrorText)]), Error: msg})
+			bad = append(bad, api.LineError{Line: n, Text: string(raw[:min(len(raw), control.MaxLineErrorText)]), Error: msg})
 		}
 		if nf > 2 {
 			fail(fmt.Sprintf("%d fields: want \"ADDRESS\" or \"ADDRESS YYYYMMDD\"", nf))
@@ -170,7 +172,7 @@ func checkDate(s, today string, loc *time.Location) string {
 const maxShownLineErrors = 20
 
 // printLineErrors writes bad lines compiler-style: "blocked.list:4: <problem> (line text)".
-func printLineErrors(w io.Writer, name string, errs []control.LineError) {
+func printLineErrors(w io.Writer, name string, errs []api.LineError) {
 	for i, e := range errs {
 		if i == maxShownLineErrors {
 			fmt.Fprintf(w, "%s: ... and %d more bad lines\n", name, len(errs)-i)

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/spf13/cobra"
 
 	"github.com/snare-dev/snare/control"
@@ -52,7 +54,7 @@ permanent last) or created (newest first). -o json prints the daemon's answer
 				return fmt.Errorf("list: %w", err)
 			}
 			if len(only) > 0 {
-				resp.Entries = slices.DeleteFunc(resp.Entries, func(e control.Entry) bool {
+				resp.Entries = slices.DeleteFunc(resp.Entries, func(e api.Entry) bool {
 					p, err := netip.ParsePrefix(e.Prefix)
 					return err != nil || !slices.ContainsFunc(only, p.Overlaps)
 				})
@@ -88,7 +90,7 @@ most hits first (ties: most recent hit first), at most --limit rows (0: all).`,
 			if err != nil {
 				return fmt.Errorf("top: %w", err)
 			}
-			hit := slices.DeleteFunc(resp.Entries, func(e control.Entry) bool { return e.Hits == 0 })
+			hit := slices.DeleteFunc(resp.Entries, func(e api.Entry) bool { return e.Hits == 0 })
 			sortEntries(hit, "hits")
 			if limit > 0 && len(hit) > limit {
 				hit = hit[:limit]
@@ -112,11 +114,11 @@ most hits first (ties: most recent hit first), at most --limit rows (0: all).`,
 // entryTable prints entries as the list table: the layout of newTable, but with the column
 // widths measured in a first pass instead of tabwriter buffering every cell of a
 // million-row list.
-func (c *cli) entryTable(entries []control.Entry) error {
+func (c *cli) entryTable(entries []api.Entry) error {
 	now := c.now()
 	header := []string{"ADDRESS", "REASON", "ORIGIN", "CREATED", "EXPIRES", "HITS", "LAST HIT"}
 	var cells [7]string
-	row := func(e *control.Entry) []string {
+	row := func(e *api.Entry) []string {
 		cells = [7]string{printable(shortPrefix(e.Prefix)), printable(orDash(e.Reason)), printable(orDash(e.Origin)), relative(now, e.Created),
 			expiresText(*e, now), strconv.FormatUint(e.Hits, 10), relative(now, e.LastHit)}
 		return cells[:]
@@ -151,7 +153,7 @@ func (c *cli) entryTable(entries []control.Entry) error {
 }
 
 // writeListJSON writes {"entries": [...]} exactly as writeJSON would, entry by entry.
-func writeListJSON(w io.Writer, entries []control.Entry) error {
+func writeListJSON(w io.Writer, entries []api.Entry) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	if len(entries) == 0 {
 		bw.WriteString("{\n  \"entries\": []\n}\n")
@@ -165,7 +167,7 @@ func writeListJSON(w io.Writer, entries []control.Entry) error {
 			buf = append(buf, ',')
 		}
 		buf = append(buf, "\n    "...)
-		buf = control.AppendEntryJSON(buf, &entries[i], "    ", "  ")
+		buf = api.AppendEntryJSON(buf, &entries[i], "    ", "  ")
 		if _, err := bw.Write(buf); err != nil {
 			return err
 		}
@@ -177,9 +179,9 @@ func writeListJSON(w io.Writer, entries []control.Entry) error {
 // sortEntries orders entries for list and top; every order falls back to the address so the
 // output is stable. Addresses are parsed once, not per comparison: lists can hold a million
 // entries.
-func sortEntries(entries []control.Entry, by string) {
+func sortEntries(entries []api.Entry, by string) {
 	type keyed struct {
-		control.Entry
+		api.Entry
 		prefix netip.Prefix // invalid if the daemon sent something unparsable: sorts last
 	}
 	keys := make([]keyed, len(entries))

@@ -6,17 +6,17 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // The list's own table and JSON writers print what tabwriter and encoding/json print.
 func TestListWritersMatchLibraries(t *testing.T) {
-	entries := []control.Entry{
+	entries := []api.Entry{
 		{Prefix: "198.18.0.7/32", Reason: "trap tcp/31337 ü", Origin: "trap", Created: testNow.Add(-time.Hour),
 			Expires: testNow.Add(5 * 24 * time.Hour), Offences: 2, Hits: 12345, LastHit: testNow.Add(-time.Minute)},
 		{Prefix: "2001:db8::/64", Origin: "import", Created: testNow.Add(-48 * time.Hour), Permanent: true},
 	}
-	for _, es := range [][]control.Entry{entries, nil} {
+	for _, es := range [][]api.Entry{entries, nil} {
 		var got, want bytes.Buffer
 		c := &cli{env: env{stdout: &got, now: func() time.Time { return testNow }, loc: time.UTC}}
 		if err := c.entryTable(es); err != nil {
@@ -37,16 +37,16 @@ func TestListWritersMatchLibraries(t *testing.T) {
 		if err := writeListJSON(&got, es); err != nil {
 			t.Fatal(err)
 		}
-		writeJSON(&want, control.ListResponse{Entries: orEmptyEntries(es)})
+		writeJSON(&want, api.ListResponse{Entries: orEmptyEntries(es)})
 		if got.String() != want.String() {
 			t.Errorf("json:\n%s\nwant:\n%s", got.String(), want.String())
 		}
 	}
 }
 
-func orEmptyEntries(es []control.Entry) []control.Entry {
+func orEmptyEntries(es []api.Entry) []api.Entry {
 	if es == nil {
-		return []control.Entry{}
+		return []api.Entry{}
 	}
 	return es
 }

@@ -14,9 +14,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spf13/cobra"
+	"github.com/snare-dev/snare/control/api"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/spf13/cobra"
 )
 
 // Exit codes, documented in the root command's help.
@@ -112,7 +112,7 @@ func exitCode(err error, verbStarted bool) int {
 	switch {
 	case errors.As(err, &ue) || errors.As(err, &ie) || !verbStarted:
 		return exitUsage
-	case errors.Is(err, control.ErrUnreachable):
+	case errors.Is(err, api.ErrUnreachable):
 		return exitUnreachable
 	}
 	return exitError
@@ -139,7 +139,7 @@ func (c *cli) socketPath() string {
 	return c.socket
 }
 
-func (c *cli) client() *control.Client { return control.NewClient(c.socketPath()) }
+func (c *cli) client() *api.Client { return api.NewClient(c.socketPath()) }
 
 // verb wraps a RunE so that exitCode knows argument parsing is over.
 func (c *cli) verb(fn func(cmd *cobra.Command, args []string) error) func(*cobra.Command, []string) error {

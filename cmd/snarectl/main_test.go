@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"github.com/spf13/cobra"
 
 	"github.com/snare-dev/snare/control"
@@ -254,9 +256,9 @@ func TestBlock(t *testing.T) {
 	if r.code != exitOK {
 		t.Fatalf("code %d stderr %q", r.code, r.stderr)
 	}
-	var req control.BlockRequest
+	var req api.BlockRequest
 	f.lastBody(t, "/v1/block", &req)
-	want := control.BlockRequest{Targets: []string{"198.18.0.7", "2001:db8::1"}, TTL: "12h", Reason: "ssh brute force"}
+	want := api.BlockRequest{Targets: []string{"198.18.0.7", "2001:db8::1"}, TTL: "12h", Reason: "ssh brute force"}
 	if !reflect.DeepEqual(req, want) {
 		t.Errorf("request %+v, want %+v", req, want)
 	}
@@ -267,7 +269,7 @@ func TestBlock(t *testing.T) {
 
 	// Without --ttl the daemon's default applies: no TTL is sent. "permanent" is passed on.
 	runCLI(t, f.socket, "", "block", "198.18.0.8")
-	req = control.BlockRequest{}
+	req = api.BlockRequest{}
 	f.lastBody(t, "/v1/block", &req)
 	if req.TTL != "" {
 		t.Errorf("TTL %q sent without --ttl", req.TTL)
@@ -279,7 +281,7 @@ func TestBlock(t *testing.T) {
 	}
 
 	r = runCLI(t, f.socket, "", "block", "198.18.0.10", "-o", "json")
-	var resp control.BlockResponse
+	var resp api.BlockResponse
 	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || len(resp.Entries) != 1 || resp.Entries[0].Prefix != "198.18.0.10/32" {
 		t.Errorf("-o json: %v, stdout %q", err, r.stdout)
 	}
@@ -306,7 +308,7 @@ func TestUnblock(t *testing.T) {
 	if r.code != exitError || r.stdout != "unblocked 198.18.0.7\n" || !strings.Contains(r.stderr, "not blocked: 198.18.0.9") {
 		t.Errorf("code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}
-	var req control.UnblockRequest
+	var req api.UnblockRequest
 	f.lastBody(t, "/v1/unblock", &req)
 	if !reflect.DeepEqual(req.Targets, []string{"198.18.0.7", "198.18.0.9"}) {
 		t.Errorf("targets %q", req.Targets)
@@ -315,16 +317,16 @@ func TestUnblock(t *testing.T) {
 		t.Errorf("code %d stderr %q", r.code, r.stderr)
 	}
 	r = runCLI(t, f.socket, "", "unblock", "198.18.0.7", "198.18.0.9", "-o", "json")
-	var resp control.UnblockResponse
+	var resp api.UnblockResponse
 	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || r.code != exitError ||
-		!reflect.DeepEqual(resp, control.UnblockResponse{Removed: []string{"198.18.0.7"}, NotFound: []string{"198.18.0.9"}}) {
+		!reflect.DeepEqual(resp, api.UnblockResponse{Removed: []string{"198.18.0.7"}, NotFound: []string{"198.18.0.9"}}) {
 		t.Errorf("-o json: code %d, %v, stdout %q", r.code, err, r.stdout)
 	}
 }
 
 // sampleEntries are three blocks with distinct hits, expiries and creation times.
-func sampleEntries() []control.Entry {
-	return []control.Entry{
+func sampleEntries() []api.Entry {
+	return []api.Entry{
 		{Prefix: "2001:db8::/64", Reason: "trap tcp/1", Origin: "trap", Created: testNow.Add(-2 * time.Hour),
 			Expires: testNow.Add(5*24*time.Hour - 2*time.Hour), Offences: 1, Hits: 5, LastHit: testNow.Add(-30 * time.Second)},
 		{Prefix: "198.18.0.7/32", Reason: "ssh brute force", Origin: "manual", Created: testNow.Add(-3 * 24 * time.Hour),
@@ -420,7 +422,7 @@ func TestListJSON(t *testing.T) {
 	if _, ok := first["expires"]; ok {
 		t.Errorf("permanent entry has expires: %v", first)
 	}
-	var back control.ListResponse
+	var back api.ListResponse
 	json.Unmarshal([]byte(r.stdout), &back)
 	want := sampleEntries()
 	sortEntries(want, "hits")
@@ -438,7 +440,7 @@ func TestTop(t *testing.T) {
 		t.Errorf("code %d stdout:\n%s", r.code, r.stdout)
 	}
 	r = runCLI(t, f.socket, "", "top", "-n", "1", "-o", "json")
-	var resp control.ListResponse
+	var resp api.ListResponse
 	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || len(resp.Entries) != 1 || resp.Entries[0].Prefix != "198.18.0.7/32" {
 		t.Errorf("top -n 1 -o json: %v %s", err, r.stdout)
 	}
@@ -448,15 +450,15 @@ func TestTop(t *testing.T) {
 	}
 }
 
-func sampleStatus() control.StatusResponse {
-	return control.StatusResponse{
+func sampleStatus() api.StatusResponse {
+	return api.StatusResponse{
 		Version: "v0.1.0", Backend: "xdp",
-		Interfaces: []control.InterfaceStatus{{Name: "eth0", Mode: "native"}, {Name: "veth1", Mode: "generic"}},
+		Interfaces: []api.InterfaceStatus{{Name: "eth0", Mode: "native"}, {Name: "veth1", Mode: "generic"}},
 		Entries:    2500, Capacity: 1000000, Passed: 123456789, Dropped: 4321,
 		ByReason: map[string]uint64{"drop_exact": 4000, "drop_cidr": 321, "drop_trap": 0, "pass": 123456000,
 			"pass_allow": 789, "dry_run": 5},
 		Evictions: 0, Allowlist: 6,
-		Trap: control.TrapStatus{TCPPorts: "1,11,15", UDPPorts: "1,7,9", Threshold: 1, Window: "1m", TCPMode: "block", UDPMode: "log",
+		Trap: api.TrapStatus{TCPPorts: "1,11,15", UDPPorts: "1,7,9", Threshold: 1, Window: "1m", TCPMode: "block", UDPMode: "log",
 			ScanEntries: 17, Hits: 40, Blocks: 12, Suppressed: 3},
 		StartedAt: testNow.Add(-26 * time.Hour),
 	}
@@ -505,7 +507,7 @@ version:            v0.1.0
 			t.Errorf("status JSON lacks %q", k)
 		}
 	}
-	var back control.StatusResponse
+	var back api.StatusResponse
 	json.Unmarshal([]byte(r.stdout), &back)
 	if !reflect.DeepEqual(back, f.status) {
 		t.Errorf("round trip:\n%+v\nwant\n%+v", back, f.status)
@@ -515,14 +517,14 @@ version:            v0.1.0
 func TestAllow(t *testing.T) {
 	f := newFakeDaemon(t)
 	f.set(func() {
-		f.allow.Entries = []control.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
+		f.allow.Entries = []api.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
 	})
 	r := runCLI(t, f.socket, "", "allow", "add", "198.18.10.0/24", "2001:db8:1::/48")
 	want := "PREFIX          SOURCE\n127.0.0.0/8     loopback\n198.18.10.0/24  manual\n"
 	if r.code != exitOK || r.stdout != want {
 		t.Errorf("code %d stderr %q stdout:\n%s", r.code, r.stderr, r.stdout)
 	}
-	var req control.AllowRequest
+	var req api.AllowRequest
 	f.lastBody(t, "/v1/allow/add", &req)
 	if !reflect.DeepEqual(req.Targets, []string{"198.18.10.0/24", "2001:db8:1::/48"}) {
 		t.Errorf("add targets %q", req.Targets)
@@ -533,7 +535,7 @@ func TestAllow(t *testing.T) {
 		t.Errorf("del targets %q", req.Targets)
 	}
 	r = runCLI(t, f.socket, "", "allow", "list", "-o", "json")
-	var resp control.AllowResponse
+	var resp api.AllowResponse
 	if err := json.Unmarshal([]byte(r.stdout), &resp); err != nil || !reflect.DeepEqual(resp, f.allow) {
 		t.Errorf("allow list -o json: %v %s", err, r.stdout)
 	}
@@ -543,20 +545,20 @@ func TestImport(t *testing.T) {
 	f := newFakeDaemon(t)
 	content := "# seed list\n198.18.0.7 20261120\n198.18.1.0/24 ; a net\n\n2001:db8::5\n"
 	file := writeFile(t, "blocked.list", content)
-	f.set(func() { f.imported = &control.ImportResponse{Imported: 2, Expired: 1} })
+	f.set(func() { f.imported = &api.ImportResponse{Imported: 2, Expired: 1} })
 	r := runCLI(t, f.socket, "", "import", file, "--ttl", "5d", "--reason", "seed")
 	if r.code != exitOK || r.stdout != "imported 2 entries from "+file+", 1 already expired\n" {
 		t.Errorf("code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}
-	var req control.ImportRequest
+	var req api.ImportRequest
 	f.lastBody(t, "/v1/import", &req)
-	want := control.ImportRequest{Content: content, TTL: "5d", Reason: "seed", Name: file}
+	want := api.ImportRequest{Content: content, TTL: "5d", Reason: "seed", Name: file}
 	if !reflect.DeepEqual(req, want) {
 		t.Errorf("request %+v, want %+v", req, want)
 	}
 
 	// '-' reads standard input.
-	f.set(func() { f.imported = &control.ImportResponse{Imported: 1} })
+	f.set(func() { f.imported = &api.ImportResponse{Imported: 1} })
 	r = runCLI(t, f.socket, "198.18.0.9\n", "import", "-")
 	f.lastBody(t, "/v1/import", &req)
 	if r.code != exitOK || req.Content != "198.18.0.9\n" || req.Name != "<stdin>" {
@@ -566,8 +568,8 @@ func TestImport(t *testing.T) {
 	// --skip-bad sends the whole file and lists the lines the daemon skipped.
 	bad := writeFile(t, "bad.list", "198.18.0.7\nnot-an-ip\n")
 	f.set(func() {
-		f.imported = &control.ImportResponse{Imported: 1, Skipped: 1,
-			Errors: []control.LineError{{Line: 2, Text: "not-an-ip", Error: `"not-an-ip" is not an IP address or CIDR`}}}
+		f.imported = &api.ImportResponse{Imported: 1, Skipped: 1,
+			Errors: []api.LineError{{Line: 2, Text: "not-an-ip", Error: `"not-an-ip" is not an IP address or CIDR`}}}
 	})
 	r = runCLI(t, f.socket, "", "import", bad, "--skip-bad")
 	f.lastBody(t, "/v1/import", &req)
@@ -580,7 +582,7 @@ func TestImport(t *testing.T) {
 	// Lines only the daemon's configuration refuses: reported, exit 1.
 	wide := writeFile(t, "wide.list", "198.0.0.0/7\n")
 	f.set(func() {
-		f.imported = &control.ImportResponse{Errors: []control.LineError{{Line: 1, Text: "198.0.0.0/7", Error: `"198.0.0.0/7": prefix /7 is wider than the configured minimum /8 (block.min_prefix_v4)`}}}
+		f.imported = &api.ImportResponse{Errors: []api.LineError{{Line: 1, Text: "198.0.0.0/7", Error: `"198.0.0.0/7": prefix /7 is wider than the configured minimum /8 (block.min_prefix_v4)`}}}
 	})
 	r = runCLI(t, f.socket, "", "import", wide)
 	if r.code != exitError || !strings.Contains(r.stderr, wide+`:1: "198.0.0.0/7": prefix /7 is wider`) ||
@@ -618,7 +620,7 @@ func TestExport(t *testing.T) {
 func TestEvents(t *testing.T) {
 	f := newFakeDaemon(t)
 	f.set(func() {
-		f.events = []control.Event{
+		f.events = []api.Event{
 			{Time: testNow.Add(-time.Minute), Event: "scan", Address: "198.18.0.7", Source: "trap", Proto: "tcp", Ports: []uint16{1, 11, 12, 13}, TCPFlags: "SYN", Action: "blocked"},
 			{Time: testNow, Event: "block", Address: "198.18.0.7/32", Source: "trap", TTL: "5d", Offences: 2, Reason: "scan tcp/1"},
 		}
@@ -645,7 +647,7 @@ func TestEvents(t *testing.T) {
 		t.Fatalf("JSON lines: %q", r.stdout)
 	}
 	for i, l := range lines {
-		var ev control.Event
+		var ev api.Event
 		if err := json.Unmarshal([]byte(l), &ev); err != nil || !reflect.DeepEqual(ev, f.events[i]) {
 			t.Errorf("line %d %q: %v", i, l, err)
 		}
@@ -657,7 +659,7 @@ func TestEventsFollowInterrupted(t *testing.T) {
 	f := newFakeDaemon(t)
 	f.set(func() { f.holdFollow = true })
 	f.set(func() {
-		f.events = []control.Event{
+		f.events = []api.Event{
 			{Time: testNow, Event: "block", Address: "198.18.0.7/32", Source: "manual"},
 			{Time: testNow, Event: "unblock", Address: "198.18.0.7/32", Source: "manual"},
 		}
@@ -746,7 +748,7 @@ func TestCompletionFromDaemon(t *testing.T) {
 	f := newFakeDaemon(t)
 	f.set(func() { f.list.Entries = sampleEntries() })
 	f.set(func() {
-		f.allow.Entries = []control.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
+		f.allow.Entries = []api.AllowEntry{{Prefix: "127.0.0.0/8", Source: "loopback"}, {Prefix: "198.18.10.0/24", Source: "manual"}}
 	})
 	r := runCLI(t, f.socket, "", "__complete", "unblock", "198.18.1.0/24", "")
 	want := "198.18.0.7\tssh brute force\n2001:db8::/64\ttrap tcp/1\n:4\n"

@@ -6,9 +6,9 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/spf13/cobra"
+	"github.com/snare-dev/snare/control/api"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/spf13/cobra"
 )
 
 func (c *cli) statusCommand() *cobra.Command {
@@ -40,7 +40,7 @@ scan-state entries and trap events suppressed by the rate limit.
 	return cmd
 }
 
-func (c *cli) statusTable(st control.StatusResponse) error {
+func (c *cli) statusTable(st api.StatusResponse) error {
 	now := c.now()
 	tw := newTable(c.stdout)
 	// Values hold what the daemon sent (interface names, versions, reasons): escaped.

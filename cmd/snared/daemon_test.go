@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"golang.org/x/sys/unix"
 
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -29,7 +30,7 @@ func buildSnared(t *testing.T) string {
 	return bin
 }
 
-func waitSocket(t *testing.T, c *control.Client, p *testutil.Proc) {
+func waitSocket(t *testing.T, c *api.Client, p *testutil.Proc) {
 	t.Helper()
 	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if _, err := c.Status(context.Background()); err == nil {
@@ -62,7 +63,7 @@ func TestSnaredProcess(t *testing.T) {
 	att := lab.Attacker()
 	dst := lab.HostIface("attacker").Addr4.Addr()
 	reaches := func() bool { return lab.Ping(att.NS, dst, 300*time.Millisecond) == nil }
-	c := control.NewClient(sock)
+	c := api.NewClient(sock)
 	ctx := context.Background()
 
 	// systemd's notify socket: READY=1 must come once the daemon answers.
@@ -91,7 +92,7 @@ func TestSnaredProcess(t *testing.T) {
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("socket mode %v (%v), want 0600", fi.Mode().Perm(), err)
 	}
-	if _, err := c.Block(ctx, control.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
+	if _, err := c.Block(ctx, api.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
 		t.Fatal(err)
 	}
 	if reaches() {
@@ -189,7 +190,7 @@ func TestSnaredProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSocket(t, c, p)
-	if _, err := c.Block(ctx, control.BlockRequest{Targets: []string{"198.18.77.7"}, Reason: "before kill"}); err != nil {
+	if _, err := c.Block(ctx, api.BlockRequest{Targets: []string{"198.18.77.7"}, Reason: "before kill"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Signal(unix.SIGKILL); err != nil {
@@ -277,7 +278,7 @@ func TestSnaredDamagedStore(t *testing.T) {
 	att := lab.Attacker()
 	dst := lab.HostIface("attacker").Addr4.Addr()
 	reaches := func() bool { return lab.Ping(att.NS, dst, 300*time.Millisecond) == nil }
-	c := control.NewClient(sock)
+	c := api.NewClient(sock)
 	ctx := context.Background()
 
 	p, err := lab.StartShared(lab.Host.NS, bin, args...)
@@ -285,7 +286,7 @@ func TestSnaredDamagedStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitSocket(t, c, p)
-	if _, err := c.Block(ctx, control.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
+	if _, err := c.Block(ctx, api.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
 		t.Fatal(err)
 	}
 	// Enough rules for a store of many pages: 198.19.0.0 - 198.19.78.31.
@@ -294,7 +295,7 @@ func TestSnaredDamagedStore(t *testing.T) {
 	for i := range n {
 		fmt.Fprintf(&list, "198.19.%d.%d\n", i>>8, i&255)
 	}
-	if r, err := c.Import(ctx, control.ImportRequest{Content: list.String()}); err != nil || r.Imported != n {
+	if r, err := c.Import(ctx, api.ImportRequest{Content: list.String()}); err != nil || r.Imported != n {
 		t.Fatalf("import: %+v %v", r, err)
 	}
 	if err := p.Stop(); err != nil {

@@ -12,9 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"golang.org/x/sys/unix"
 
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -61,7 +62,7 @@ func BenchmarkSnaredMillion(b *testing.B) {
 		for _, i := range lab.HostIfaceNames() {
 			args = append(args, "--iface", i)
 		}
-		c := control.NewClient(sock)
+		c := api.NewClient(sock)
 		start := func() (*testutil.Proc, time.Duration) {
 			t0 := time.Now()
 			p, err := lab.StartShared(lab.Host.NS, bin, args...)
@@ -79,7 +80,7 @@ func BenchmarkSnaredMillion(b *testing.B) {
 		}
 		p, _ := start()
 		t0 := time.Now()
-		resp, err := c.ImportStream(context.Background(), bytes.NewReader(list.Bytes()), int64(list.Len()), control.ImportRequest{Name: "bench"})
+		resp, err := c.ImportStream(context.Background(), bytes.NewReader(list.Bytes()), int64(list.Len()), api.ImportRequest{Name: "bench"})
 		if err != nil || resp.Imported != 1_000_000 {
 			b.Fatalf("import: %+v %v", resp, err)
 		}

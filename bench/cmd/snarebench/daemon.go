@@ -12,9 +12,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
+
 	"golang.org/x/sys/unix"
 
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 	"github.com/snare-dev/snare/loader"
 )
@@ -29,7 +30,7 @@ type daemon struct {
 	iface   string
 	proc    *testutil.Proc
 	socket  string
-	client  *control.Client
+	client  *api.Client
 	started time.Time
 }
 
@@ -66,7 +67,7 @@ func (d *daemon) start(extra ...string) error {
 		return err
 	}
 	d.proc, d.started = p, time.Now()
-	d.client = control.NewClient(d.socket)
+	d.client = api.NewClient(d.socket)
 	return nil
 }
 
@@ -190,7 +191,7 @@ func (e *env) daemonBench() (*table, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	t0 := time.Now()
 	body := sb.String()
-	_, err = d.client.ImportStream(ctx, strings.NewReader(body), int64(len(body)), control.ImportRequest{Name: "bench.list", Reason: "bench"})
+	_, err = d.client.ImportStream(ctx, strings.NewReader(body), int64(len(body)), api.ImportRequest{Name: "bench.list", Reason: "bench"})
 	took := time.Since(t0)
 	cancel()
 	if err != nil {
@@ -221,7 +222,7 @@ func (e *env) daemonBench() (*table, error) {
 	for i := 0; i < calls; i++ {
 		a := fmt.Sprintf("198.18.%d.%d", 100+i/250, 1+i%250)
 		t0 := time.Now()
-		_, err := d.client.Block(context.Background(), control.BlockRequest{Targets: []string{a}, TTL: "5d", Reason: "bench"})
+		_, err := d.client.Block(context.Background(), api.BlockRequest{Targets: []string{a}, TTL: "5d", Reason: "bench"})
 		if err != nil {
 			return t, fmt.Errorf("block %s: %w", a, err)
 		}

@@ -1,4 +1,4 @@
-package control
+package api
 
 import (
 	"bytes"
@@ -202,7 +202,7 @@ func decodeEntryFast(b []byte, e *Entry) bool {
 
 // internOrigin returns the origin as one shared string (a million entries, three origins).
 func internOrigin(v []byte) string {
-	for _, o := range origins {
+	for _, o := range [...]string{OriginManual, OriginTrap, OriginImport} {
 		if string(v) == o {
 			return o
 		}

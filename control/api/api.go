@@ -1,4 +1,4 @@
-package control
+package api
 
 import (
 	"time"
@@ -169,3 +169,34 @@ type Event struct {
 	Offences int       `json:"offences,omitempty"`
 	Detail   string    `json:"detail,omitempty"`
 }
+
+// Event kinds of the event log.
+const (
+	EventScan     = "scan"
+	EventBlock    = "block"
+	EventUnblock  = "unblock"
+	EventExpire   = "expire"
+	EventEvict    = "evict"
+	EventAllow    = "allow"
+	EventDisallow = "disallow"
+	EventStart    = "start"
+	EventStop     = "stop"
+)
+
+// Allow sources, as AllowEntry.Source reports them.
+const (
+	AllowConfig     = "config"
+	AllowManual     = "manual"
+	AllowLoopback   = "loopback"
+	AllowLinkLocal  = "link-local"
+	AllowOwnAddress = "own-address"
+	AllowGateway    = "gateway"
+	AllowResolver   = "resolver"
+)
+
+// Origins of a block.
+const (
+	OriginManual = "manual"
+	OriginTrap   = "trap"
+	OriginImport = "import"
+)
