@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 )
 
@@ -33,8 +35,8 @@ func TestAllowlistRefuse(t *testing.T) {
 		{"198.18.1.2", ""},
 		{"198.18.2.0/24", ""},
 	} {
-		rules := DefaultTargetRules
-		p, err := ParseTarget(tc.target, rules)
+		rules := input.DefaultTargetRules
+		p, err := input.ParseTarget(tc.target, rules)
 		if err != nil {
 			t.Fatal(err)
 		}

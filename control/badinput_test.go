@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 )
 
@@ -123,7 +125,7 @@ func TestAPIRefusesBadInput(t *testing.T) {
 	}
 
 	// What is allowed: a reason of exactly the limit, and text in any script.
-	for _, reason := range []string{strings.Repeat("r", MaxReasonLen), "Überprüfung ✓ 検査 «ssh»"} {
+	for _, reason := range []string{strings.Repeat("r", input.MaxReasonLen), "Überprüfung ✓ 検査 «ssh»"} {
 		if status, body := apiCall(t, h, "POST", "/v1/block", "", block(reason, "198.18.0.8")); status != 200 {
 			t.Fatalf("reason %q: %d %s", reason, status, body)
 		}
@@ -137,7 +139,7 @@ func TestAPIRefusesBadInput(t *testing.T) {
 		t.Fatalf("import with a long name: %d %s", status, body)
 	}
 	got := entriesByPrefix(t, d)["198.18.0.9/32"].Reason
-	if len(got) > MaxReasonLen || !strings.HasPrefix(got, "import ...") || !strings.HasSuffix(got, "/dir/blocked.list") {
+	if len(got) > input.MaxReasonLen || !strings.HasPrefix(got, "import ...") || !strings.HasSuffix(got, "/dir/blocked.list") {
 		t.Errorf("default reason of a long name: %q (%d bytes)", got, len(got))
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 )
 
@@ -29,7 +31,7 @@ func BenchmarkParseBlockList1M(b *testing.B) {
 	list := benchList(1_000_000)
 	b.ResetTimer()
 	for range b.N {
-		good, _, bad := ParseBlockList(list, DefaultTargetRules, time.Now())
+		good, _, bad := ParseBlockList(list, input.DefaultTargetRules, time.Now())
 		if bad != 0 || len(good) != 1_000_000 {
 			b.Fatalf("%d good, %d bad", len(good), bad)
 		}
@@ -39,7 +41,7 @@ func BenchmarkParseBlockList1M(b *testing.B) {
 // BenchmarkStoreImport1M writes 1,000,000 rules in one transaction into an empty store, the
 // store's share of `snarectl import` of a million addresses.
 func BenchmarkStoreImport1M(b *testing.B) {
-	good, _, _ := ParseBlockList(benchList(1_000_000), DefaultTargetRules, time.Now())
+	good, _, _ := ParseBlockList(benchList(1_000_000), input.DefaultTargetRules, time.Now())
 	now := time.Now()
 	rules := make([]Rule, len(good))
 	for i, l := range good {
@@ -69,7 +71,7 @@ func BenchmarkStoreImport1M(b *testing.B) {
 // BenchmarkStoreExpire1M finds and deletes 1,000,000 expired rules: the store's share of a sweep
 // of a million expired entries.
 func BenchmarkStoreExpire1M(b *testing.B) {
-	good, _, _ := ParseBlockList(benchList(1_000_000), DefaultTargetRules, time.Now())
+	good, _, _ := ParseBlockList(benchList(1_000_000), input.DefaultTargetRules, time.Now())
 	past := time.Now().Add(-time.Hour)
 	rules := make([]Rule, len(good))
 	for i, l := range good {

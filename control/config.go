@@ -9,12 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
-	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/snare-dev/snare/control/input"
 
 	"github.com/go-viper/mapstructure/v2"
 	"github.com/knadh/koanf/parsers/yaml"
@@ -109,15 +109,15 @@ func (c *Config) EventsPath() string {
 func (c *Config) DBPath() string { return filepath.Join(c.StateDir, "snare.db") }
 
 // TargetRules are the limits block targets are checked against.
-func (c *Config) TargetRules() TargetRules {
-	return TargetRules{IPv6Prefix: c.Block.IPv6Prefix, MinPrefixV4: c.Block.MinPrefixV4, MinPrefixV6: c.Block.MinPrefixV6}
+func (c *Config) TargetRules() input.TargetRules {
+	return input.TargetRules{IPv6Prefix: c.Block.IPv6Prefix, MinPrefixV4: c.Block.MinPrefixV4, MinPrefixV6: c.Block.MinPrefixV6}
 }
 
 // EnforcerTrap is the trap configuration for the enforcer. The config must have been validated.
 func (c *Config) EnforcerTrap() backend.TrapConfig {
-	tcp, _ := ParsePorts(c.Trap.TCPPorts)
-	udp, _ := ParsePorts(c.Trap.UDPPorts)
-	exclude, _ := ParsePorts(c.Trap.Exclude)
+	tcp, _ := input.ParsePorts(c.Trap.TCPPorts)
+	udp, _ := input.ParsePorts(c.Trap.UDPPorts)
+	exclude, _ := input.ParsePorts(c.Trap.Exclude)
 	drop := func(ports []uint16) []uint16 {
 		return slices.DeleteFunc(ports, func(p uint16) bool { return slices.Contains(exclude, p) })
 	}
@@ -149,7 +149,7 @@ type Duration time.Duration
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := ParseDuration(string(b))
+	v, err := input.ParseDuration(string(b))
 	if err != nil {
 		return err
 	}
@@ -158,14 +158,16 @@ func (d *Duration) UnmarshalText(b []byte) error {
 }
 
 // MarshalText implements encoding.TextMarshaler.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(FormatDuration(time.Duration(d))), nil }
+func (d Duration) MarshalText() ([]byte, error) {
+	return []byte(input.FormatDuration(time.Duration(d))), nil
+}
 
 // TTL is a block lifetime: a positive Duration, or 0 for "permanent".
 type TTL time.Duration
 
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (t *TTL) UnmarshalText(b []byte) error {
-	v, err := ParseTTL(string(b))
+	v, err := input.ParseTTL(string(b))
 	if err != nil {
 		return err
 	}
@@ -174,84 +176,7 @@ func (t *TTL) UnmarshalText(b []byte) error {
 }
 
 // MarshalText implements encoding.TextMarshaler.
-func (t TTL) MarshalText() ([]byte, error) { return []byte(FormatTTL(time.Duration(t))), nil }
-
-// maxDuration bounds durations and TTLs so deadlines stay far from overflow; longer is "permanent".
-const maxDuration = 100 * 365 * 24 * time.Hour
-
-// ParseDuration parses a positive duration: Go syntax ("90m", "1h30m") plus days ("5d", "1.5d").
-func ParseDuration(s string) (time.Duration, error) {
-	in := strings.TrimSpace(s)
-	if in == "" {
-		return 0, fmt.Errorf("empty duration")
-	}
-	d, err := time.ParseDuration(expandDays(in))
-	if err != nil {
-		return 0, fmt.Errorf("invalid duration %s (use e.g. 90s, 90m, 12h, 5d)", QuoteInput(s))
-	}
-	switch {
-	case d < 0:
-		return 0, fmt.Errorf("invalid duration %s: negative", QuoteInput(s))
-	case d == 0:
-		return 0, fmt.Errorf("invalid duration %s: zero", QuoteInput(s))
-	case d > maxDuration:
-		return 0, fmt.Errorf("invalid duration %s: longer than 100 years", QuoteInput(s))
-	}
-	return d, nil
-}
-
-// dayNumber matches "<number>d" inside a duration; Go's time.ParseDuration has no day unit.
-var dayNumber = regexp.MustCompile(`(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)d`)
-
-// expandDays rewrites each "<number>d" as hours for time.ParseDuration.
-func expandDays(s string) string {
-	return dayNumber.ReplaceAllStringFunc(s, func(m string) string {
-		days, err := strconv.ParseFloat(m[:len(m)-1], 64)
-		if err != nil {
-			return m // leave it to ParseDuration to reject
-		}
-		return strconv.FormatFloat(days*24, 'f', -1, 64) + "h"
-	})
-}
-
-// ParseTTL parses a block TTL: "permanent" (returned as 0) or a positive duration such as "5d",
-// "12h", "90m". Negative, zero and malformed TTLs are errors.
-func ParseTTL(s string) (time.Duration, error) {
-	if strings.EqualFold(strings.TrimSpace(s), "permanent") {
-		return 0, nil
-	}
-	d, err := ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("bad TTL %s: want a duration such as 5d, 12h, 90m, or permanent", QuoteInput(s))
-	}
-	return d, nil
-}
-
-// FormatTTL is the inverse of ParseTTL: 0 is "permanent".
-func FormatTTL(d time.Duration) string {
-	if d == 0 {
-		return "permanent"
-	}
-	return FormatDuration(d)
-}
-
-// FormatDuration writes d compactly with days: "5d", "1d12h", "90m" → "1h30m", "45s".
-func FormatDuration(d time.Duration) string {
-	if d <= 0 || d%time.Second != 0 {
-		return d.String()
-	}
-	var b strings.Builder
-	for _, u := range []struct {
-		unit time.Duration
-		name string
-	}{{24 * time.Hour, "d"}, {time.Hour, "h"}, {time.Minute, "m"}, {time.Second, "s"}} {
-		if n := d / u.unit; n > 0 {
-			fmt.Fprintf(&b, "%d%s", n, u.name)
-			d -= n * u.unit
-		}
-	}
-	return b.String()
-}
+func (t TTL) MarshalText() ([]byte, error) { return []byte(input.FormatTTL(time.Duration(t))), nil }
 
 // flagKeys maps snared's config flags to their keys.
 var flagKeys = map[string]string{
@@ -516,7 +441,7 @@ func (c *Config) Validate() error {
 		return nil
 	}
 	ports := func(key, v string, empty bool) error {
-		ps, err := ParsePorts(v)
+		ps, err := input.ParsePorts(v)
 		if err != nil {
 			return bad(key, "%v", err)
 		}
@@ -564,7 +489,7 @@ func (c *Config) Validate() error {
 	}
 	if c.Block.TTL != 0 && c.Block.Escalation.MaxTTL != 0 && c.Block.Escalation.MaxTTL < c.Block.TTL {
 		return bad("block.escalation.max_ttl", "%s is shorter than block.ttl %s",
-			FormatTTL(time.Duration(c.Block.Escalation.MaxTTL)), FormatTTL(time.Duration(c.Block.TTL)))
+			input.FormatTTL(time.Duration(c.Block.Escalation.MaxTTL)), input.FormatTTL(time.Duration(c.Block.TTL)))
 	}
 	return nil
 }
@@ -587,7 +512,7 @@ func checkFactor(f float64) error {
 
 func checkAllow(entries []string) error {
 	for _, e := range entries {
-		if _, err := ParseAllowPrefix(e); err != nil {
+		if _, err := input.ParseAllowPrefix(e); err != nil {
 			return bad("allow", "%v", err)
 		}
 	}
@@ -607,7 +532,7 @@ func checkListen(addr string) error {
 			return bad("metrics.listen", "%q: host %q is not an IP address", addr, host)
 		}
 	}
-	if _, err := parsePort(port); err != nil {
+	if _, err := input.ParsePort(port); err != nil {
 		return bad("metrics.listen", "%q: %v", addr, err)
 	}
 	return nil

@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
@@ -361,7 +363,7 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error 
 // trapSpec is the trap-port policy of cfg.
 func trapSpec(cfg *Config) TrapPortSpec {
 	t := cfg.EnforcerTrap()
-	ex, _ := ParsePorts(cfg.Trap.Exclude)
+	ex, _ := input.ParsePorts(cfg.Trap.Exclude)
 	return TrapPortSpec{TCP: t.TCPPorts, UDP: t.UDPPorts, AdvancedBelow: cfg.Trap.AdvancedBelow, Exclude: ex}
 }
 
@@ -379,7 +381,7 @@ func (d *Daemon) trapPorts(ctx context.Context, cfg *Config) (tcp, udp []uint16,
 		}{{"trap.tcp_ports", spec.TCP}, {"trap.udp_ports", spec.UDP}} {
 			if in := e.Ephemeral(l.ports); len(in) > 0 {
 				d.log.Warn("trap ports inside the ephemeral port range are not trapped: replies to the host's own connections arrive there; narrow net.ipv4.ip_local_port_range or list them in net.ipv4.ip_local_reserved_ports to trap them",
-					"key", l.key, "ports", FormatPorts(in), "range", e.String())
+					"key", l.key, "ports", input.FormatPorts(in), "range", e.String())
 			}
 		}
 	}
@@ -445,7 +447,7 @@ func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error 
 	}
 	list := slices.Clone(d.implicit)
 	for _, s := range cfg.Allow {
-		p, err := ParseAllowPrefix(s)
+		p, err := input.ParseAllowPrefix(s)
 		if err != nil {
 			return fmt.Errorf("allow: %w", err)
 		}
@@ -549,7 +551,7 @@ func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]t
 	var out []target
 	var errs []string
 	for _, s := range texts {
-		p, err := ParseTarget(s, cfg.TargetRules())
+		p, err := input.ParseTarget(s, cfg.TargetRules())
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue
@@ -577,7 +579,7 @@ func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]t
 // when no TTL is given; an explicit TTL is taken as it is. Blocking an already blocked entry
 // extends it (never shortens it: unblock first for that) and counts a repeat offence.
 func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]Rule, error) {
-	if err := CheckReason(reason); err != nil {
+	if err := input.CheckReason(reason); err != nil {
 		return nil, &UserError{Err: fmt.Errorf("%w; nothing changed", err)}
 	}
 	d.mu.Lock()
@@ -589,7 +591,7 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 	}
 	base, explicit := time.Duration(cfg.Block.TTL), false
 	if strings.TrimSpace(ttl) != "" {
-		if base, err = ParseTTL(ttl); err != nil {
+		if base, err = input.ParseTTL(ttl); err != nil {
 			return nil, &UserError{Err: err}
 		}
 		explicit = true
@@ -740,7 +742,7 @@ func ttlText(r Rule, now time.Time) string {
 	if r.Permanent() {
 		return "permanent"
 	}
-	return FormatDuration(r.Deadline.Sub(now).Round(time.Second))
+	return input.FormatDuration(r.Deadline.Sub(now).Round(time.Second))
 }
 
 func blockEvent(r Rule, source string, now time.Time) api.Event {
@@ -891,8 +893,8 @@ func (d *Daemon) Status(ctx context.Context) (api.StatusResponse, error) {
 		Entries: n, Capacity: c.Capacity, Passed: c.Passed, Dropped: c.Dropped, ByReason: c.ByReason,
 		Evictions: c.Evictions + d.evictions.Load(), Allowlist: allow, StartedAt: d.started,
 		Trap: api.TrapStatus{
-			TCPPorts: FormatPorts(tcp), UDPPorts: FormatPorts(udp), Threshold: cfg.Trap.Threshold,
-			Window: FormatDuration(time.Duration(cfg.Trap.Window)), TCPMode: cfg.Trap.TCPMode, UDPMode: cfg.Trap.UDPMode,
+			TCPPorts: input.FormatPorts(tcp), UDPPorts: input.FormatPorts(udp), Threshold: cfg.Trap.Threshold,
+			Window: input.FormatDuration(time.Duration(cfg.Trap.Window)), TCPMode: cfg.Trap.TCPMode, UDPMode: cfg.Trap.UDPMode,
 			ScanEntries: c.ScanEntries, Hits: c.TrapHits, Blocks: c.TrapBlocks, Suppressed: c.Suppressed,
 		},
 	}
@@ -939,7 +941,7 @@ func (d *Daemon) changeAllow(ctx context.Context, targets []string, add bool) er
 	var ps []netip.Prefix
 	var errs []string
 	for _, s := range targets {
-		p, err := ParseAllowPrefix(s)
+		p, err := input.ParseAllowPrefix(s)
 		if err != nil {
 			errs = append(errs, err.Error())
 			continue
@@ -1072,7 +1074,7 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 			if scan.Time.IsZero() {
 				scan.Time = now
 			}
-			p, perr := ParseTarget(ev.Source.String(), cfg.TargetRules())
+			p, perr := input.ParseTarget(ev.Source.String(), cfg.TargetRules())
 			item, allowed := d.allow.Contains(ev.Source)
 			switch {
 			case ev.Allowlisted || allowed:

@@ -3,6 +3,8 @@ package control
 import (
 	"math"
 	"time"
+
+	"github.com/snare-dev/snare/control/input"
 )
 
 // priorOffences is how many earlier offences count towards escalation at now: the history's
@@ -23,7 +25,7 @@ func EscalatedTTL(base time.Duration, prior int, esc EscalationConfig) time.Dura
 	if base == 0 || !esc.Enabled || prior <= 0 || esc.Factor <= 1 {
 		return base
 	}
-	limit := maxDuration
+	limit := input.MaxDuration
 	if esc.MaxTTL != 0 {
 		limit = time.Duration(esc.MaxTTL)
 	}

@@ -3,6 +3,8 @@ package control
 import (
 	"testing"
 	"time"
+
+	"github.com/snare-dev/snare/control/input"
 )
 
 func TestEscalatedTTL(t *testing.T) {
@@ -26,7 +28,7 @@ func TestEscalatedTTL(t *testing.T) {
 		{"factor 1", 5 * day, 3, EscalationConfig{Enabled: true, Factor: 1, MaxTTL: TTL(90 * day)}, 5 * day},
 		{"factor 1.5", 4 * time.Hour, 2, EscalationConfig{Enabled: true, Factor: 1.5, MaxTTL: TTL(90 * day)}, 9 * time.Hour},
 		{"no cap (max_ttl permanent)", 5 * day, 3, EscalationConfig{Enabled: true, Factor: 2}, 40 * day},
-		{"no cap overflows to 100 years", 5 * day, 1000, EscalationConfig{Enabled: true, Factor: 2}, maxDuration},
+		{"no cap overflows to 100 years", 5 * day, 1000, EscalationConfig{Enabled: true, Factor: 2}, input.MaxDuration},
 	} {
 		if got := EscalatedTTL(tc.base, tc.prior, tc.esc); got != tc.want {
 			t.Errorf("%s: EscalatedTTL(%s, %d) = %s, want %s", tc.name, tc.base, tc.prior, got, tc.want)

@@ -13,107 +13,19 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // The fuzz targets run their seeds (testdata/fuzz/<name>) with every `go test`; `make fuzz`
 // explores beyond them for a few seconds each.
 
-// checkPrefix fails unless p is what a parser may hand on: valid, masked, IPv4 unmapped, and
-// the same prefix again when its text is parsed.
-func checkPrefix(t *testing.T, in string, p netip.Prefix) {
-	t.Helper()
-	switch back, err := netip.ParsePrefix(p.String()); {
-	case !p.IsValid():
-		t.Fatalf("%q: invalid prefix %v", in, p)
-	case p != p.Masked():
-		t.Fatalf("%q: %v is not masked", in, p)
-	case p.Addr().Is4In6():
-		t.Fatalf("%q: %v is IPv4-mapped", in, p)
-	case p.Addr().Zone() != "":
-		t.Fatalf("%q: %v has a zone", in, p)
-	case err != nil || back != p:
-		t.Fatalf("%q: %v does not round-trip through its text: %v %v", in, p, back, err)
-	}
-}
-
-// namesInput fails unless err names the input, quoted (cut short if it is long).
-func namesInput(t *testing.T, in string, err error) {
-	t.Helper()
-	if !strings.Contains(err.Error(), QuoteInput(in)) {
-		t.Fatalf("error %q does not name the input %s", err, QuoteInput(in))
-	}
-	if len(err.Error()) > 1000 { // the input quoted cut after 100 bytes, escaped, and a sentence
-		t.Fatalf("error for %s is %d bytes long", QuoteInput(in), len(err.Error()))
-	}
-}
-
-func FuzzParseTarget(f *testing.F) {
-	rules := []TargetRules{DefaultTargetRules, {}, {IPv6Prefix: 48, MinPrefixV4: 16, MinPrefixV6: 40}}
-	f.Fuzz(func(t *testing.T, in string) {
-		for _, r := range rules {
-			p, err := ParseTarget(in, r)
-			if err != nil {
-				namesInput(t, in, err)
-				continue
-			}
-			checkPrefix(t, in, p)
-			minBits := r.MinPrefixV4
-			if p.Addr().Is6() {
-				minBits = r.MinPrefixV6
-			}
-			if p.Bits() == 0 || p.Bits() < minBits {
-				t.Fatalf("%q under %+v: %v is wider than allowed", in, r, p)
-			}
-			for _, nb := range neverBlocked {
-				if nb.prefix.Overlaps(p) {
-					t.Fatalf("%q: %v overlaps %s %v", in, p, nb.kind, nb.prefix)
-				}
-			}
-			if p.Addr().IsLoopback() || p.Addr().IsUnspecified() && p.IsSingleIP() {
-				t.Fatalf("%q: %v is loopback or unspecified", in, p)
-			}
-			// The prefix's own text is a target that parses to itself.
-			if again, err := ParseTarget(p.String(), r); err != nil || again != p {
-				t.Fatalf("%q: %v parsed again gives %v, %v", in, p, again, err)
-			}
-		}
-		p, err := ParseAllowPrefix(in)
-		if err != nil {
-			namesInput(t, in, err)
-			return
-		}
-		checkPrefix(t, in, p)
-		if p.Bits() == 0 {
-			t.Fatalf("%q: allowlist entry %v covers everything", in, p)
-		}
-	})
-}
-
-func FuzzParseTTL(f *testing.F) {
-	f.Fuzz(func(t *testing.T, in string) {
-		d, err := ParseTTL(in)
-		if err != nil {
-			namesInput(t, in, err)
-			return
-		}
-		permanent := strings.EqualFold(strings.TrimSpace(in), "permanent")
-		switch {
-		case d < 0 || d > maxDuration:
-			t.Fatalf("%q: TTL %v out of range", in, d)
-		case (d == 0) != permanent:
-			t.Fatalf("%q: TTL %v, permanent %v", in, d, permanent)
-		}
-		if back, err := ParseTTL(FormatTTL(d)); err != nil || back != d {
-			t.Fatalf("%q: %v formats as %q, which parses as %v, %v", in, d, FormatTTL(d), back, err)
-		}
-	})
-}
-
 func FuzzParseBlockList(f *testing.F) {
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.Local)
 	f.Fuzz(func(t *testing.T, content string) {
-		good, errs, bad := ParseBlockList(content, DefaultTargetRules, now)
+		good, errs, bad := ParseBlockList(content, input.DefaultTargetRules, now)
 		lines := strings.Split(content, "\n")
 		if strings.HasSuffix(content, "\n") {
 			lines = lines[:len(lines)-1]
@@ -137,11 +49,11 @@ func FuzzParseBlockList(f *testing.F) {
 				t.Fatalf("good line %d out of order or range (%d lines)", g.Line, len(lines))
 			}
 			last = g.Line
-			checkPrefix(t, g.Target, g.Prefix)
+			testutil.CheckPrefix(t, g.Target, g.Prefix)
 			if g.Single != g.Addr.IsValid() || !g.Date.IsZero() && g.Date.After(now) {
 				t.Fatalf("line %d: %+v", g.Line, g)
 			}
-			if p, err := ParseTarget(g.Target, DefaultTargetRules); err != nil || p != g.Prefix {
+			if p, err := input.ParseTarget(g.Target, input.DefaultTargetRules); err != nil || p != g.Prefix {
 				t.Fatalf("line %d: %q is %v, but ParseTarget says %v, %v", g.Line, g.Target, g.Prefix, p, err)
 			}
 		}
@@ -207,7 +119,7 @@ func FuzzAPIRequest(f *testing.F) {
 		}
 		if ep.contentType == "text/plain" {
 			q, _ := url.ParseQuery(query)
-			if r := q.Get("reason"); r != "" && CheckReason(r) != nil {
+			if r := q.Get("reason"); r != "" && input.CheckReason(r) != nil {
 				t.Fatalf("%s: reason %q accepted", path, r)
 			}
 			return
@@ -221,7 +133,7 @@ func FuzzAPIRequest(f *testing.F) {
 			t.Fatalf("%s %q: accepted with data after the document", path, body)
 		}
 		var reason struct{ Reason string }
-		if json.Unmarshal(first, &reason) == nil && reason.Reason != "" && CheckReason(reason.Reason) != nil {
+		if json.Unmarshal(first, &reason) == nil && reason.Reason != "" && input.CheckReason(reason.Reason) != nil {
 			t.Fatalf("%s: reason %q accepted", path, reason.Reason)
 		}
 		for prefix, e := range entriesByPrefix(t, d) {
@@ -229,10 +141,20 @@ func FuzzAPIRequest(f *testing.F) {
 			if err != nil {
 				t.Fatalf("stored %q: %v", prefix, err)
 			}
-			checkPrefix(t, prefix, p)
-			if err := CheckReason(e.Reason); err != nil {
+			testutil.CheckPrefix(t, prefix, p)
+			if err := input.CheckReason(e.Reason); err != nil {
 				t.Fatalf("stored reason of %s: %v", prefix, err)
 			}
 		}
 	})
+}
+
+func namesInput(t *testing.T, in string, err error) {
+	t.Helper()
+	if !strings.Contains(err.Error(), input.QuoteInput(in)) {
+		t.Fatalf("error %q does not name the input %s", err, input.QuoteInput(in))
+	}
+	if len(err.Error()) > 1000 { // the input quoted cut after 100 bytes, escaped, and a sentence
+		t.Fatalf("error for %s is %d bytes long", input.QuoteInput(in), len(err.Error()))
+	}
 }

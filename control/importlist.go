@@ -11,6 +11,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 )
 
@@ -34,7 +36,7 @@ const maxImportLineErrors = 1000
 // ignored. It returns the good lines and one LineError per bad line (line numbers from 1),
 // plus the total count of bad lines. Dates in the future are bad (a block cannot have been made
 // tomorrow); so are prefixes ParseTarget refuses.
-func ParseBlockList(content string, rules TargetRules, now time.Time) (good []ImportLine, errs []api.LineError, bad int) {
+func ParseBlockList(content string, rules input.TargetRules, now time.Time) (good []ImportLine, errs []api.LineError, bad int) {
 	good = make([]ImportLine, 0, strings.Count(content, "\n")+1)
 	p := newListParser(rules, now)
 	p.chunk(content, func(l ImportLine) { good = append(good, l) })
@@ -141,7 +143,7 @@ func readPieces(r io.Reader, workers int, room func(first, lines int) error, par
 
 // listParser parses block-list lines, numbering them across chunks.
 type listParser struct {
-	rules TargetRules
+	rules input.TargetRules
 	today time.Time
 	n     int
 	errs  []api.LineError
@@ -154,7 +156,7 @@ type dateParse struct {
 	msg string
 }
 
-func newListParser(rules TargetRules, now time.Time) *listParser {
+func newListParser(rules input.TargetRules, now time.Time) *listParser {
 	return &listParser{rules: rules, today: now.Local(), dates: map[string]dateParse{}}
 }
 
@@ -217,7 +219,7 @@ func (p *listParser) line(raw string, fn func(ImportLine)) {
 		return
 	}
 	target := fields[0]
-	pfx, addr, perr := parseTarget(target, p.rules)
+	pfx, addr, perr := input.ParseTargetAddr(target, p.rules)
 	if perr != nil {
 		p.fail(n, raw, perr.Error())
 		return
@@ -229,7 +231,7 @@ func (p *listParser) line(raw string, fn func(ImportLine)) {
 			d, derr := time.ParseInLocation("20060102", fields[1], time.Local)
 			switch {
 			case derr != nil || len(fields[1]) != 8:
-				dp.msg = fmt.Sprintf("%s is not a date in YYYYMMDD form", QuoteInput(fields[1]))
+				dp.msg = fmt.Sprintf("%s is not a date in YYYYMMDD form", input.QuoteInput(fields[1]))
 			case d.After(p.today):
 				dp.msg = fmt.Sprintf("date %s is in the future", fields[1])
 			default:

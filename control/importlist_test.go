@@ -12,6 +12,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/snare-dev/snare/control/input"
 )
 
 func TestParseBlockListGood(t *testing.T) {
@@ -29,7 +31,7 @@ func TestParseBlockListGood(t *testing.T) {
 		"; only a comment",
 		"198.18.3.3", // no trailing newline
 	}, "\n")
-	good, errs, bad := ParseBlockList(in, DefaultTargetRules, now)
+	good, errs, bad := ParseBlockList(in, input.DefaultTargetRules, now)
 	if bad != 0 || len(errs) != 0 {
 		t.Fatalf("bad lines in a good list: %d %v", bad, errs)
 	}
@@ -90,7 +92,7 @@ func TestParseBlockListBadLines(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := "198.18.0.1\n# comment\n" + tc.line + "\n198.18.0.2\n"
-			good, errs, bad := ParseBlockList(in, DefaultTargetRules, now)
+			good, errs, bad := ParseBlockList(in, input.DefaultTargetRules, now)
 			if bad != 1 || len(errs) != 1 {
 				t.Fatalf("bad=%d errs=%v, want exactly one bad line", bad, errs)
 			}
@@ -110,7 +112,7 @@ func TestParseBlockListCapsErrors(t *testing.T) {
 	for i := 0; i < maxImportLineErrors+50; i++ {
 		b.WriteString("nonsense\n")
 	}
-	_, errs, bad := ParseBlockList(b.String(), DefaultTargetRules, time.Now())
+	_, errs, bad := ParseBlockList(b.String(), input.DefaultTargetRules, time.Now())
 	if bad != maxImportLineErrors+50 || len(errs) != maxImportLineErrors {
 		t.Errorf("bad=%d errors=%d, want the exact count and %d reported", bad, len(errs), maxImportLineErrors)
 	}
@@ -134,7 +136,7 @@ func TestExportLines(t *testing.T) {
 		t.Errorf("export:\n%s\nwant:\n%s", buf.String(), want)
 	}
 	// What export writes, import reads back to the same prefixes and dates.
-	good, errs, _ := ParseBlockList(buf.String(), DefaultTargetRules, created.Add(time.Hour))
+	good, errs, _ := ParseBlockList(buf.String(), input.DefaultTargetRules, created.Add(time.Hour))
 	if len(errs) != 0 || len(good) != 6 {
 		t.Fatalf("re-import: %d good, errors %v", len(good), errs)
 	}

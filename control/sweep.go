@@ -13,6 +13,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
+
+	"github.com/snare-dev/snare/control/input"
 
 	"github.com/snare-dev/snare/control/api"
 
@@ -306,7 +309,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	ttl := time.Duration(cfg.Block.TTL)
 	if strings.TrimSpace(req.TTL) != "" {
 		var err error
-		if ttl, err = ParseTTL(req.TTL); err != nil {
+		if ttl, err = input.ParseTTL(req.TTL); err != nil {
 			return api.ImportResponse{}, &UserError{Err: err}
 		}
 	}
@@ -454,7 +457,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	if n >= bigBatch {
 		go debug.FreeOSMemory() // an import's buffers are garbage now: give the memory back
 	}
-	d.logEvents(api.Event{Time: now, Event: api.EventBlock, Source: api.OriginImport, Reason: reason, TTL: FormatTTL(ttl),
+	d.logEvents(api.Event{Time: now, Event: api.EventBlock, Source: api.OriginImport, Reason: reason, TTL: input.FormatTTL(ttl),
 		Detail: fmt.Sprintf("imported %d entries from %s (%d already expired, %d bad lines skipped)", resp.Imported, name, resp.Expired, resp.Skipped)})
 	d.rec.Blocked(api.OriginImport, resp.Imported)
 	return resp, nil
@@ -723,4 +726,29 @@ func (d *Daemon) Export(w io.Writer, format string) error {
 		return err
 	}
 	return bw.Flush()
+}
+
+// importReason returns the reason an import's entries get: the one asked for, or "import NAME".
+// The reason is checked as CheckReason does, the name (shown in messages and events) alike but
+// up to MaxImportNameLen; a default reason longer than MaxReasonLen keeps the end of the name
+// (a path's file name).
+func importReason(reason, name string) (string, error) {
+	if err := input.CheckText("import name", name, input.MaxImportNameLen); err != nil {
+		return "", &UserError{Err: err}
+	}
+	if reason != "" {
+		if err := input.CheckReason(reason); err != nil {
+			return "", &UserError{Err: err}
+		}
+		return reason, nil
+	}
+	const head, cut = "import ", "import ..."
+	if len(head)+len(name) <= input.MaxReasonLen {
+		return head + name, nil
+	}
+	tail := name[len(name)-(input.MaxReasonLen-len(cut)):]
+	for len(tail) > 0 && !utf8.RuneStart(tail[0]) {
+		tail = tail[1:]
+	}
+	return cut + tail, nil
 }

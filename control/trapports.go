@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/snare-dev/snare/control/input"
 )
 
 // TrapPortSpec is the configured trap-port policy (config keys trap.tcp_ports, trap.udp_ports,
@@ -115,7 +117,7 @@ func ReadEphemeralPorts() (EphemeralPorts, error) {
 		return EphemeralPorts{}, fmt.Errorf("read reserved ports: %w", err)
 	}
 	if text := strings.TrimSpace(string(b)); text != "" {
-		if e.Reserved, err = ParsePorts(text); err != nil {
+		if e.Reserved, err = input.ParsePorts(text); err != nil {
 			return EphemeralPorts{}, fmt.Errorf("parse %s: %w", reservedPath, err)
 		}
 	}

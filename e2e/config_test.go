@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/input"
 )
 
 // Every config key can come from SNARE_* environment variables, for snared and snarectl alike.
@@ -78,7 +78,7 @@ func TestTrapNeverAListeningPort(t *testing.T) {
 			}
 		}()
 		e.d.start()
-		ports, err := control.ParsePorts(e.d.status(t).Trap.TCPPorts)
+		ports, err := input.ParsePorts(e.d.status(t).Trap.TCPPorts)
 		if err != nil {
 			t.Fatal(err)
 		}

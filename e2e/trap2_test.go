@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/input"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // nmapScan runs a short nmap scan from the attacker namespace and logs its output.
@@ -135,7 +135,7 @@ func TestTrapPortsFollowListeners(t *testing.T) {
 		const service, unused = 443, 444
 
 		trapPorts := func() []uint16 {
-			ports, err := control.ParsePorts(d.status(t).Trap.TCPPorts)
+			ports, err := input.ParsePorts(d.status(t).Trap.TCPPorts)
 			if err != nil {
 				t.Fatalf("status trap tcp_ports: %v", err)
 			}
@@ -166,7 +166,7 @@ func TestTrapPortsFollowListeners(t *testing.T) {
 			if slices.Contains(ports, service) || !slices.Contains(ports, unused) || slices.Contains(ports, 22) ||
 				!slices.Contains(ports, 1) || slices.Contains(ports, webPort) {
 				return fmt.Errorf("trap tcp ports %s: want 1-1023 without %d (listening) and 22 (excluded)",
-					control.FormatPorts(ports), service)
+					input.FormatPorts(ports), service)
 			}
 			return nil
 		}); err != nil {

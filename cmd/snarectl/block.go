@@ -7,11 +7,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/spf13/cobra"
-
-	"github.com/snare-dev/snare/control"
 )
 
 func (c *cli) blockCommand() *cobra.Command {
@@ -46,7 +46,7 @@ Every target is checked before anything is sent: if one is bad, nothing is block
 					return err
 				}
 			}
-			if err := control.CheckReason(reason); err != nil {
+			if err := input.CheckReason(reason); err != nil {
 				return inputf("bad --reason: %v", err)
 			}
 			if err := checkBlockTargets(args); err != nil {

@@ -14,9 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/input"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/api"
 )
 
 // fakeDaemon is a minimal stand-in for snared's API (control/api.go) on a Unix socket: it records
@@ -80,7 +80,7 @@ func (f *fakeDaemon) handler() http.Handler {
 		now := time.Now()
 		var resp api.BlockResponse
 		for _, t := range req.Targets {
-			p, err := control.ParseTarget(t, control.DefaultTargetRules)
+			p, err := input.ParseTarget(t, input.DefaultTargetRules)
 			if err != nil {
 				fail(w, http.StatusBadRequest, err.Error())
 				return

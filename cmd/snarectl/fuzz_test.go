@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control"
 )
 
@@ -19,7 +21,7 @@ func FuzzBlockListLine(f *testing.F) {
 		if strings.Contains(line, "\n") {
 			return // one line; lists of them are FuzzParseBlockList's (control)
 		}
-		good, want, bad := control.ParseBlockList(line, control.TargetRules{}, now)
+		good, want, bad := control.ParseBlockList(line, input.TargetRules{}, now)
 		got, err := checkBlockList(strings.NewReader(line), now)
 		if err != nil {
 			t.Fatalf("%q: %v", line, err)

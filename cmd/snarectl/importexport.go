@@ -7,11 +7,11 @@ import (
 	"io"
 	"os"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/spf13/cobra"
-
-	"github.com/snare-dev/snare/control"
 )
 
 func (c *cli) importCommand() *cobra.Command {
@@ -46,7 +46,7 @@ imported, unless --skip-bad is given: then the good lines are imported and the b
 					return err
 				}
 			}
-			if err := control.CheckReason(reason); err != nil {
+			if err := input.CheckReason(reason); err != nil {
 				return inputf("bad --reason: %v", err)
 			}
 			name, content, err := c.readInput(args[0])

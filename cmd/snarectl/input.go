@@ -10,6 +10,8 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/control"
@@ -22,12 +24,12 @@ import (
 
 // anyPrefix checks syntax and the whole-address-space rule only; the daemon applies the
 // configured bounds (block.min_prefix_v4/v6, block.ipv6_prefix).
-var anyPrefix = control.TargetRules{}
+var anyPrefix = input.TargetRules{}
 
 // checkBlockTargets validates block targets and names every bad one.
 func checkBlockTargets(targets []string) error {
 	return checkEach(targets, func(t string) error {
-		_, err := control.ParseTarget(t, anyPrefix)
+		_, err := input.ParseTarget(t, anyPrefix)
 		return err
 	})
 }
@@ -39,7 +41,7 @@ func checkUnblockTargets(targets []string) error {
 		if p, err := netip.ParsePrefix(strings.TrimSpace(t)); err == nil && p.Bits() == 0 {
 			return fmt.Errorf("%q is the whole address space, which is never blocked: nothing to unblock", t)
 		}
-		_, err := control.ParseAllowPrefix(t)
+		_, err := input.ParseAllowPrefix(t)
 		return err
 	})
 }
@@ -47,7 +49,7 @@ func checkUnblockTargets(targets []string) error {
 // checkAllowTargets validates allowlist entries.
 func checkAllowTargets(targets []string) error {
 	return checkEach(targets, func(t string) error {
-		_, err := control.ParseAllowPrefix(t)
+		_, err := input.ParseAllowPrefix(t)
 		return err
 	})
 }
@@ -67,11 +69,11 @@ func checkEach(targets []string, check func(string) error) error {
 
 // checkTTL validates a --ttl value with the daemon's own parser, and says what is wrong with it.
 func checkTTL(s string) error {
-	if _, err := control.ParseTTL(s); err == nil {
+	if _, err := input.ParseTTL(s); err == nil {
 		return nil
 	}
 	why := "not a duration"
-	_, derr := control.ParseDuration(s)
+	_, derr := input.ParseDuration(s)
 	switch t := strings.TrimSpace(s); {
 	case t == "":
 		why = "empty"
@@ -134,7 +136,7 @@ func checkBlockList(r io.Reader, now time.Time) ([]api.LineError, error) {
 		}
 		// The address is parsed in place, without a string of its own per line: nothing
 		// keeps it past this line (the message is formatted here, before the next Scan).
-		if _, err := control.ParseTarget(unsafe.String(&fields[0][0], len(fields[0])), anyPrefix); err != nil {
+		if _, err := input.ParseTarget(unsafe.String(&fields[0][0], len(fields[0])), anyPrefix); err != nil {
 			fail(err.Error())
 			continue
 		}
@@ -160,7 +162,7 @@ func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\
 // checkDate checks a blocked.list date: YYYYMMDD, a real day, not after today.
 func checkDate(s, today string, loc *time.Location) string {
 	if _, err := time.ParseInLocation("20060102", s, loc); err != nil || len(s) != 8 {
-		return fmt.Sprintf("%s is not a date in YYYYMMDD form", control.QuoteInput(s))
+		return fmt.Sprintf("%s is not a date in YYYYMMDD form", input.QuoteInput(s))
 	}
 	if s > today { // YYYYMMDD strings sort as the days they name
 		return fmt.Sprintf("date %s is in the future", s)

@@ -10,11 +10,11 @@ import (
 	"strconv"
 	"unicode/utf8"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/spf13/cobra"
-
-	"github.com/snare-dev/snare/control"
 )
 
 func (c *cli) listCommand() *cobra.Command {
@@ -43,7 +43,7 @@ permanent last) or created (newest first). -o json prints the daemon's answer
 		RunE: c.verb(func(cmd *cobra.Command, args []string) error {
 			var only []netip.Prefix
 			for _, a := range args {
-				p, err := control.ParseAllowPrefix(a)
+				p, err := input.ParseAllowPrefix(a)
 				if err != nil {
 					return inputf("bad address to look for: %v", err)
 				}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/spf13/cobra"
@@ -849,7 +851,7 @@ func TestImportCheckMatchesDaemonParser(t *testing.T) {
 	}
 	now := time.Now()
 	content := strings.Join(lines, "\n") + "\n"
-	_, want, _ := control.ParseBlockList(content, control.TargetRules{}, now)
+	_, want, _ := control.ParseBlockList(content, input.TargetRules{}, now)
 	got, err := checkBlockList(strings.NewReader(content), now.In(time.Local))
 	if err != nil {
 		t.Fatal(err)

@@ -14,13 +14,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -150,8 +151,8 @@ func (e *env) sectionDetect() ([]*table, error) {
 		scans = scans[:1]
 		ports = "1-200"
 	}
-	tcpTraps, _ := control.ParsePorts(defaultTCPTraps)
-	udpTraps, _ := control.ParsePorts(defaultUDPTraps)
+	tcpTraps, _ := input.ParsePorts(defaultTCPTraps)
+	udpTraps, _ := input.ParsePorts(defaultUDPTraps)
 	isTrap := func(k pktKey) bool {
 		list := tcpTraps
 		if k.proto == layers.IPProtocolUDP {

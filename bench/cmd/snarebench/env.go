@@ -13,12 +13,13 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 	"github.com/snare-dev/snare/loader"
 )
@@ -129,10 +130,10 @@ func (e *env) setTrap(on bool) error {
 		BlockTCP: true, BlockUDP: true, EventsPerSecond: 200, EventBurst: 500}
 	if on {
 		var err error
-		if cfg.TCPPorts, err = control.ParsePorts(defaultTCPTraps); err != nil {
+		if cfg.TCPPorts, err = input.ParsePorts(defaultTCPTraps); err != nil {
 			return err
 		}
-		if cfg.UDPPorts, err = control.ParsePorts(defaultUDPTraps); err != nil {
+		if cfg.UDPPorts, err = input.ParsePorts(defaultUDPTraps); err != nil {
 			return err
 		}
 	}

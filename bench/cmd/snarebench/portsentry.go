@@ -11,9 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snare-dev/snare/control/input"
+
 	"github.com/gopacket/gopacket/layers"
 
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -52,7 +53,7 @@ func fetchPortsentry(dir string) (string, error) {
 // are under /etc/portsentry, which is the run's own directory (see startPortsentry).
 func portsentryConf() (string, error) {
 	list := func(s string) (string, error) {
-		ports, err := control.ParsePorts(s)
+		ports, err := input.ParsePorts(s)
 		if err != nil {
 			return "", err
 		}

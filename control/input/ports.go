@@ -1,4 +1,4 @@
-package control
+package input
 
 import (
 	"fmt"
@@ -15,13 +15,13 @@ func ParsePorts(s string) ([]uint16, error) {
 	var ports []uint16
 	for _, f := range fields {
 		lo, hi, isRange := strings.Cut(f, "-")
-		first, err := parsePort(lo)
+		first, err := ParsePort(lo)
 		if err != nil {
 			return nil, fmt.Errorf("port list %q: %q: %w", s, f, err)
 		}
 		last := first
 		if isRange {
-			if last, err = parsePort(hi); err != nil {
+			if last, err = ParsePort(hi); err != nil {
 				return nil, fmt.Errorf("port list %q: %q: %w", s, f, err)
 			}
 			if last < first {
@@ -36,7 +36,7 @@ func ParsePorts(s string) ([]uint16, error) {
 	return slices.Compact(ports), nil
 }
 
-func parsePort(s string) (uint16, error) {
+func ParsePort(s string) (uint16, error) {
 	n, err := strconv.ParseUint(s, 10, 32)
 	if err != nil {
 		return 0, fmt.Errorf("not a port number")

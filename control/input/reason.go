@@ -1,4 +1,4 @@
-package control
+package input
 
 import (
 	"fmt"
@@ -10,20 +10,20 @@ import (
 // entry it applies to (an import's with each of its lines) and shown in one column of a table.
 const MaxReasonLen = 256
 
-// maxImportNameLen bounds an import's name (the file name snarectl sends): a path, at most
+// MaxImportNameLen bounds an import's name (the file name snarectl sends): a path, at most
 // PATH_MAX bytes.
-const maxImportNameLen = 4096
+const MaxImportNameLen = 4096
 
 // CheckReason refuses a reason that is longer than MaxReasonLen bytes, is not UTF-8, or holds a
 // control character (a newline would forge a row in a table, an escape sequence would reach the
 // operator's terminal) or a bidirectional override (which reorders the text around it).
 func CheckReason(s string) error {
-	return checkText("reason", s, MaxReasonLen)
+	return CheckText("reason", s, MaxReasonLen)
 }
 
-// checkText refuses free text that is longer than limit bytes or that a terminal would not show
+// CheckText refuses free text that is longer than limit bytes or that a terminal would not show
 // as the text it is; what names it in the message.
-func checkText(what, s string, limit int) error {
+func CheckText(what, s string, limit int) error {
 	if len(s) > limit {
 		return fmt.Errorf("%s is %d bytes long: at most %d allowed", what, len(s), limit)
 	}
@@ -42,29 +42,4 @@ func checkText(what, s string, limit int) error {
 func isRuneError(s string) bool {
 	_, size := utf8.DecodeRuneInString(s)
 	return size == 3
-}
-
-// importReason returns the reason an import's entries get: the one asked for, or "import NAME".
-// The reason is checked as CheckReason does, the name (shown in messages and events) alike but
-// up to maxImportNameLen; a default reason longer than MaxReasonLen keeps the end of the name
-// (a path's file name).
-func importReason(reason, name string) (string, error) {
-	if err := checkText("import name", name, maxImportNameLen); err != nil {
-		return "", &UserError{Err: err}
-	}
-	if reason != "" {
-		if err := CheckReason(reason); err != nil {
-			return "", &UserError{Err: err}
-		}
-		return reason, nil
-	}
-	const head, cut = "import ", "import ..."
-	if len(head)+len(name) <= MaxReasonLen {
-		return head + name, nil
-	}
-	tail := name[len(name)-(MaxReasonLen-len(cut)):]
-	for len(tail) > 0 && !utf8.RuneStart(tail[0]) {
-		tail = tail[1:]
-	}
-	return cut + tail, nil
 }

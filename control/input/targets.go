@@ -1,4 +1,4 @@
-package control
+package input
 
 import (
 	"fmt"
@@ -22,14 +22,14 @@ var DefaultTargetRules = TargetRules{IPv6Prefix: 64, MinPrefixV4: 8, MinPrefixV6
 // becomes its /IPv6Prefix; a CIDR with host bits set is masked. The whole address space and
 // prefixes shorter than the configured minimum are refused. Errors name the input and the problem.
 func ParseTarget(s string, r TargetRules) (netip.Prefix, error) {
-	p, _, err := parseTarget(s, r)
+	p, _, err := ParseTargetAddr(s, r)
 	return p, err
 }
 
-// parseTarget is ParseTarget that also returns the address given when s is a single address
+// ParseTargetAddr is ParseTarget that also returns the address given when s is a single address
 // (unmapped), and the zero Addr for a CIDR: an import needs both, and parsing each of a
 // million lines once is what it can afford.
-func parseTarget(s string, r TargetRules) (netip.Prefix, netip.Addr, error) {
+func ParseTargetAddr(s string, r TargetRules) (netip.Prefix, netip.Addr, error) {
 	p, single, err := parsePrefix(s)
 	if err != nil {
 		return netip.Prefix{}, netip.Addr{}, err
