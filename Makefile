@@ -52,8 +52,8 @@ test-short:
 ## fuzz: each fuzz target for FUZZTIME beyond its seeds (testdata/fuzz/, which every go test runs);
 ## one target at a time, since -fuzz takes one. CI runs it after test (about a minute).
 FUZZTIME ?= 10s
-FUZZ_TARGETS := ./control/input:FuzzParseTarget ./control/input:FuzzParseTTL ./control:FuzzParseBlockList \
-	./control:FuzzAPIRequest ./cmd/snarectl:FuzzBlockListLine
+FUZZ_TARGETS := ./control/input:FuzzParseTarget ./control/input:FuzzParseTTL \
+	./control/blocklist:FuzzParseBlockList ./control:FuzzAPIRequest
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do pkg=$${t%%:*}; name=$${t##*:}; \
 		echo "fuzz $$name in $$pkg for $(FUZZTIME)"; \

@@ -11,7 +11,6 @@ import (
 	"reflect"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/snare-dev/snare/control/input"
 
@@ -21,49 +20,6 @@ import (
 
 // The fuzz targets run their seeds (testdata/fuzz/<name>) with every `go test`; `make fuzz`
 // explores beyond them for a few seconds each.
-
-func FuzzParseBlockList(f *testing.F) {
-	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.Local)
-	f.Fuzz(func(t *testing.T, content string) {
-		good, errs, bad := ParseBlockList(content, input.DefaultTargetRules, now)
-		lines := strings.Split(content, "\n")
-		if strings.HasSuffix(content, "\n") {
-			lines = lines[:len(lines)-1]
-		}
-		// Every line with something before its comment is good or bad, once.
-		want := 0
-		for _, l := range lines {
-			if i := strings.IndexAny(l, "#;"); i >= 0 {
-				l = l[:i]
-			}
-			if strings.Trim(l, " \t\r\v\f") != "" {
-				want++
-			}
-		}
-		if len(good)+bad != want || len(errs) != min(bad, maxImportLineErrors) {
-			t.Fatalf("%d good + %d bad lines (%d errors), want %d lines with content", len(good), bad, len(errs), want)
-		}
-		last := 0
-		for _, g := range good {
-			if g.Line <= last || g.Line > len(lines) {
-				t.Fatalf("good line %d out of order or range (%d lines)", g.Line, len(lines))
-			}
-			last = g.Line
-			testutil.CheckPrefix(t, g.Target, g.Prefix)
-			if g.Single != g.Addr.IsValid() || !g.Date.IsZero() && g.Date.After(now) {
-				t.Fatalf("line %d: %+v", g.Line, g)
-			}
-			if p, err := input.ParseTarget(g.Target, input.DefaultTargetRules); err != nil || p != g.Prefix {
-				t.Fatalf("line %d: %q is %v, but ParseTarget says %v, %v", g.Line, g.Target, g.Prefix, p, err)
-			}
-		}
-		for _, e := range errs {
-			if e.Line < 1 || e.Line > len(lines) || e.Error == "" || len(e.Text) > MaxLineErrorText {
-				t.Fatalf("bad line error %+v", e)
-			}
-		}
-	})
-}
 
 // The API endpoints that take a body, by the first byte of a fuzz input.
 var fuzzEndpoints = []struct {

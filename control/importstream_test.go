@@ -105,7 +105,7 @@ func TestImportStreamCutOff(t *testing.T) {
 	}
 	// A line that does not end within 1 MB: refused as the user's mistake, nothing imported.
 	var ue *UserError
-	_, err = d.Import(context.Background(), api.ImportRequest{Content: "198.19.0.1\n" + strings.Repeat("x", maxListLine+1)})
+	_, err = d.Import(context.Background(), api.ImportRequest{Content: "198.19.0.1\n" + strings.Repeat("x", 1<<20+1)})
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "line 2 is longer than") || d.store.Count() != 0 || len(f.rules) != 0 {
 		t.Fatalf("endless line: %v; store %d, kernel %d", err, d.store.Count(), len(f.rules))
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/blocklist"
 )
 
 // Request bodies are bounded: an import of 1,000,000 addresses is about 20 MB of JSON; every
@@ -119,8 +120,8 @@ func (d *Daemon) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /v1/export", func(w http.ResponseWriter, r *http.Request) {
 		format := r.URL.Query().Get("format")
-		if format != "" && format != FormatBlockedList && format != FormatPlain {
-			writeError(w, userErrorf("unknown export format %q (want %s or %s)", format, FormatBlockedList, FormatPlain))
+		if format != "" && format != blocklist.FormatBlockedList && format != blocklist.FormatPlain {
+			writeError(w, userErrorf("unknown export format %q (want %s or %s)", format, blocklist.FormatBlockedList, blocklist.FormatPlain))
 			return
 		}
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

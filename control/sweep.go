@@ -3,6 +3,7 @@ package control
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -15,6 +16,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/snare-dev/snare/control/blocklist"
 	"github.com/snare-dev/snare/control/input"
 
 	"github.com/snare-dev/snare/control/api"
@@ -474,20 +476,15 @@ func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration,
 	var mu sync.Mutex        // guards what the pieces report
 	nowMs := now.UnixMilli() // lines are stamped to the millisecond, as the store keeps times
 	ttlMs := ttl.Milliseconds()
-	_, err = readPieces(body, runtime.GOMAXPROCS(0), func(first, lines int) error {
+	_, err = blocklist.Read(body, runtime.GOMAXPROCS(0), func(first, lines int) error {
 		return recs.room(first + lines - 1)
 	}, func(text string, first int) {
-		p := newListParser(rules, now)
-		p.n = first - 1
-		var refused []api.LineError
+		p := blocklist.NewParser(rules, now, first)
 		gone := 0
-		p.chunk(text, func(l ImportLine) {
+		p.Parse(text, func(l blocklist.Line) {
 			// Allowlisted targets are bad lines too.
 			if err := allow.Refuse(l.Target, l.Prefix, l.Addr, l.Single); err != nil {
-				if len(refused) < maxImportLineErrors {
-					refused = append(refused, api.LineError{Line: l.Line, Text: strings.Clone(l.Target), Error: err.Error()})
-				}
-				p.bad++
+				p.Fail(l.Number, l.Target, err.Error())
 				return
 			}
 			c := nowMs
@@ -501,21 +498,24 @@ func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration,
 			if ttl != 0 {
 				c += ttlMs // the record holds the deadline; permanent ones when they were made
 			}
-			*recs.at(l.Line - 1) = recOf(l.Prefix, c)
+			*recs.at(l.Number - 1) = recOf(l.Prefix, c)
 		})
 		mu.Lock()
 		defer mu.Unlock()
-		errs = append(append(errs, p.errs...), refused...)
-		bad += p.bad
+		errs = append(errs, p.Errors()...)
+		bad += p.Bad()
 		expired += gone
 	})
+	if errors.Is(err, blocklist.ErrNotList) {
+		return nil, nil, 0, 0, &UserError{Err: err}
+	}
 	if err != nil {
 		return nil, nil, 0, 0, err
 	}
 	recs.compact()
 	// Each piece reported its first bad lines: together they hold the list's first ones.
 	slices.SortFunc(errs, func(a, b api.LineError) int { return a.Line - b.Line })
-	return recs, errs[:min(len(errs), maxImportLineErrors)], bad, expired, nil
+	return recs, errs[:min(len(errs), blocklist.MaxErrors)], bad, expired, nil
 }
 
 // recheckAllowLocked checks a parsed import list against the allowlist in force. The list was
@@ -703,14 +703,14 @@ func importError(name string, errs []api.LineError, bad int) error {
 	return fmt.Errorf("%s", b.String())
 }
 
-// Export writes every active block in format (FormatBlockedList or FormatPlain).
+// Export writes every active block in format (blocklist.FormatBlockedList or FormatPlain).
 func (d *Daemon) Export(w io.Writer, format string) error {
 	switch format {
-	case "", FormatBlockedList:
-		format = FormatBlockedList
-	case FormatPlain:
+	case "", blocklist.FormatBlockedList:
+		format = blocklist.FormatBlockedList
+	case blocklist.FormatPlain:
 	default:
-		return userErrorf("unknown export format %q (want %s or %s)", format, FormatBlockedList, FormatPlain)
+		return userErrorf("unknown export format %q (want %s or %s)", format, blocklist.FormatBlockedList, blocklist.FormatPlain)
 	}
 	bw := bufio.NewWriterSize(w, 256<<10)
 	now := time.Now()
@@ -719,7 +719,7 @@ func (d *Daemon) Export(w io.Writer, format string) error {
 			if r.Expired(now) {
 				return nil
 			}
-			return exportLine(bw, format, r)
+			return blocklist.WriteLine(bw, format, r.Prefix, r.Created)
 		})
 	})
 	if err != nil {

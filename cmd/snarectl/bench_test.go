@@ -15,8 +15,8 @@ func BenchmarkCheckBlockList(b *testing.B) {
 	}
 	data := buf.Bytes()
 	for b.Loop() {
-		if bad, err := checkBlockList(bytes.NewReader(data), testNow); err != nil || len(bad) != 0 {
-			b.Fatalf("bad lines %v, err %v", bad[:min(len(bad), 3)], err)
+		if errs, bad, err := checkBlockList(bytes.NewReader(data), testNow); err != nil || bad != 0 {
+			b.Fatalf("%d bad lines (%v), err %v", bad, errs[:min(len(errs), 3)], err)
 		}
 	}
 }

@@ -61,22 +61,23 @@ imported, unless --skip-bad is given: then the good lines are imported and the b
 			// second. The last byte is held back until the whole file passed: without it the
 			// daemon never sees a complete body, so a bad line still means nothing is imported.
 			type checked struct {
-				bad []api.LineError
-				err error
+				errs []api.LineError
+				bad  int
+				err  error
 			}
 			done := make(chan checked, 1)
 			verdict := make(chan error, 1)
 			go func() {
-				bad, err := checkBlockList(bytes.NewReader(content), c.now().In(c.loc))
+				errs, bad, err := checkBlockList(bytes.NewReader(content), c.now().In(c.loc))
 				switch {
 				case err != nil:
 					verdict <- err
-				case len(bad) > 0 && !skipBad:
+				case bad > 0 && !skipBad:
 					verdict <- errBadLines
 				default:
 					verdict <- nil
 				}
-				done <- checked{bad, err}
+				done <- checked{errs, bad, err}
 			}()
 			held := max(len(content)-1, 0)
 			body := io.MultiReader(bytes.NewReader(content[:held]), &gatedReader{verdict: verdict, rest: content[held:]})
@@ -87,14 +88,14 @@ imported, unless --skip-bad is given: then the good lines are imported and the b
 			if chk.err != nil {
 				return inputf("%s: %v", name, chk.err)
 			}
-			if len(chk.bad) > 0 && !skipBad {
-				printLineErrors(c.stderr, name, chk.bad)
-				return inputf("%s: %d bad %s, nothing imported (fix %s, or use --skip-bad to import the rest)", name, len(chk.bad), plural(len(chk.bad), "line", "lines"), plural(len(chk.bad), "it", "them"))
+			if chk.bad > 0 && !skipBad {
+				printLineErrors(c.stderr, name, chk.errs, chk.bad)
+				return inputf("%s: %d bad %s, nothing imported (fix %s, or use --skip-bad to import the rest)", name, chk.bad, plural(chk.bad, "line", "lines"), plural(chk.bad, "it", "them"))
 			}
 			if err != nil {
 				return fmt.Errorf("import: %w", err) // snared's messages name the file
 			}
-			printLineErrors(c.stderr, name, resp.Errors)
+			printLineErrors(c.stderr, name, resp.Errors, resp.Skipped)
 			if len(resp.Errors) > 0 && !skipBad {
 				// The daemon found lines its configuration refuses (e.g. a prefix wider than
 				// block.min_prefix_v4): it imported nothing.

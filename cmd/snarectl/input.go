@@ -1,20 +1,16 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"io"
 	"net/netip"
 	"strings"
 	"time"
-	"unsafe"
 
+	"github.com/snare-dev/snare/control/blocklist"
 	"github.com/snare-dev/snare/control/input"
 
 	"github.com/snare-dev/snare/control/api"
-
-	"github.com/snare-dev/snare/control"
 )
 
 // Client-side checks of user input. They catch what is wrong whatever the daemon's
@@ -87,97 +83,26 @@ func checkTTL(s string) error {
 	return inputf("bad --ttl %q: %s; want a positive duration such as 5d, 12h, 90m or 1d12h, or permanent", s, why)
 }
 
-// checkBlockList reads a block list as the daemon will (blocked.list "IP YYYYMMDD" lines or plain
-// IP/CIDR lines, '#' and ';' comments, blank lines) and returns its bad lines, numbered from 1.
-// It runs on every import while the file is sent, so it avoids allocating per line (a
-// million-line list takes under a tenth of a second; see BenchmarkCheckBlockList).
-func checkBlockList(r io.Reader, now time.Time) ([]api.LineError, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	var bad []api.LineError
-	dates := map[string]string{} // date field → problem ("" if fine); lists hold few distinct dates
-	today := now.Format("20060102")
-	n := 0
-	for sc.Scan() {
-		n++
-		raw := sc.Bytes()
-		text := raw
-		for _, c := range []byte{'#', ';'} { // two byte scans cost less than one IndexAny
-			if i := bytes.IndexByte(text, c); i >= 0 {
-				text = text[:i]
-			}
-		}
-		var fields [3][]byte
-		nf := 0
-		for i := 0; i < len(text); {
-			if isSpace(text[i]) {
-				i++
-				continue
-			}
-			j := i
-			for j < len(text) && !isSpace(text[j]) {
-				j++
-			}
-			if nf < len(fields) {
-				fields[nf] = text[i:j]
-			}
-			nf++
-			i = j
-		}
-		if nf == 0 {
-			continue
-		}
-		fail := func(msg string) {
-			bad = append(bad, api.LineError{Line: n, Text: string(raw[:min(len(raw), control.MaxLineErrorText)]), Error: msg})
-		}
-		if nf > 2 {
-			fail(fmt.Sprintf("%d fields: want \"ADDRESS\" or \"ADDRESS YYYYMMDD\"", nf))
-			continue
-		}
-		// The address is parsed in place, without a string of its own per line: nothing
-		// keeps it past this line (the message is formatted here, before the next Scan).
-		if _, err := input.ParseTarget(unsafe.String(&fields[0][0], len(fields[0])), anyPrefix); err != nil {
-			fail(err.Error())
-			continue
-		}
-		if nf == 2 {
-			problem, seen := dates[string(fields[1])]
-			if !seen {
-				problem = checkDate(string(fields[1]), today, now.Location())
-				dates[string(fields[1])] = problem
-			}
-			if problem != "" {
-				fail(problem)
-			}
-		}
+// checkBlockList reads a block list with the daemon's own parser and returns its first bad lines
+// (numbered from 1) and how many there are. The whole-address-space rule applies; the daemon
+// applies its configured bounds and the allowlist again.
+func checkBlockList(r io.Reader, now time.Time) (errs []api.LineError, bad int, err error) {
+	p := blocklist.NewParser(anyPrefix, now, 1)
+	if _, err := blocklist.Read(r, 1, nil, func(text string, _ int) { p.Parse(text, func(blocklist.Line) {}) }); err != nil {
+		return nil, 0, err
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read line %d: %w", n+1, err)
-	}
-	return bad, nil
-}
-
-func isSpace(b byte) bool { return b == ' ' || b == '\t' || b == '\r' || b == '\v' || b == '\f' }
-
-// checkDate checks a blocked.list date: YYYYMMDD, a real day, not after today.
-func checkDate(s, today string, loc *time.Location) string {
-	if _, err := time.ParseInLocation("20060102", s, loc); err != nil || len(s) != 8 {
-		return fmt.Sprintf("%s is not a date in YYYYMMDD form", input.QuoteInput(s))
-	}
-	if s > today { // YYYYMMDD strings sort as the days they name
-		return fmt.Sprintf("date %s is in the future", s)
-	}
-	return ""
+	return p.Errors(), p.Bad(), nil
 }
 
 // maxShownLineErrors bounds how many bad lines are printed; the count stays exact.
 const maxShownLineErrors = 20
 
-// printLineErrors writes bad lines compiler-style: "blocked.list:4: <problem> (line text)".
-func printLineErrors(w io.Writer, name string, errs []api.LineError) {
+// printLineErrors writes bad lines compiler-style: "blocked.list:4: <problem> (line text)", the
+// first few of bad.
+func printLineErrors(w io.Writer, name string, errs []api.LineError, bad int) {
 	for i, e := range errs {
 		if i == maxShownLineErrors {
-			fmt.Fprintf(w, "%s: ... and %d more bad lines\n", name, len(errs)-i)
+			fmt.Fprintf(w, "%s: ... and %d more bad lines\n", name, bad-i)
 			return
 		}
 		fmt.Fprintf(w, "%s:%d: %s (line: %q)\n", printable(name), e.Line, printable(e.Error), strings.TrimSpace(e.Text))

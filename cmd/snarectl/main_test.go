@@ -15,13 +15,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control/input"
-
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/spf13/cobra"
-
-	"github.com/snare-dev/snare/control"
 )
 
 // TestMain lets a test run the real main (with its real os.Exit) by re-executing the test
@@ -835,31 +831,5 @@ func TestExitCodesOfTheBinary(t *testing.T) {
 	}
 	if m := f.Mutations(); len(m) != 1 {
 		t.Errorf("want exactly the one refused block to reach the daemon, got %+v", m)
-	}
-}
-
-// snarectl's fast pre-check of import files agrees line by line with the daemon's parser
-// (control.ParseBlockList) on everything that does not depend on the daemon's configuration.
-func TestImportCheckMatchesDaemonParser(t *testing.T) {
-	lines := []string{
-		"198.18.0.7", "198.18.0.7 20261101", "  198.18.0.7\t20261101  # note", "198.18.1.0/24 ; net",
-		"2001:db8::1", "2001:db8::/48 20250101", "::ffff:198.18.0.9", "# only a comment", "", "   ",
-		"198.18.0.300", "198.18.0.0/33", "2001:db8::/129", "0.0.0.0/0", "::/0", "0.0.0.0", "::",
-		"198.18.0.7 2026-11-01", "198.18.0.7 20261301", "198.18.0.7 2026110", "198.18.0.7 20991231",
-		"198.18.0.7 20261101 extra", "fe80::1%eth0", "198.18.0.0/x", "host.example", "198.18.0.7\r",
-		"198.18.0.7;20261101", "198.18.0.7 20261101#c",
-	}
-	now := time.Now()
-	content := strings.Join(lines, "\n") + "\n"
-	_, want, _ := control.ParseBlockList(content, input.TargetRules{}, now)
-	got, err := checkBlockList(strings.NewReader(content), now.In(time.Local))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(want) < 10 {
-		t.Fatalf("the corpus should hold many bad lines; the daemon's parser found %d", len(want))
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("snarectl's check and control.ParseBlockList disagree:\n got  %+v\n want %+v", got, want)
 	}
 }

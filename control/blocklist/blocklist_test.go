@@ -1,4 +1,4 @@
-package control
+package blocklist
 
 import (
 	"bufio"
@@ -13,6 +13,7 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/snare-dev/snare/control/api"
 	"github.com/snare-dev/snare/control/input"
 )
 
@@ -31,7 +32,7 @@ func TestParseBlockListGood(t *testing.T) {
 		"; only a comment",
 		"198.18.3.3", // no trailing newline
 	}, "\n")
-	good, errs, bad := ParseBlockList(in, input.DefaultTargetRules, now)
+	good, errs, bad := parseAll(in, input.DefaultTargetRules, now)
 	if bad != 0 || len(errs) != 0 {
 		t.Fatalf("bad lines in a good list: %d %v", bad, errs)
 	}
@@ -54,7 +55,7 @@ func TestParseBlockListGood(t *testing.T) {
 	}
 	for i, w := range want {
 		g := good[i]
-		if g.Line != w.line || g.Prefix != netip.MustParsePrefix(w.prefix) || g.Single != w.single {
+		if g.Number != w.line || g.Prefix != netip.MustParsePrefix(w.prefix) || g.Single != w.single {
 			t.Errorf("line %d: got %+v, want %+v", w.line, g, w)
 		}
 		date := ""
@@ -92,7 +93,7 @@ func TestParseBlockListBadLines(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := "198.18.0.1\n# comment\n" + tc.line + "\n198.18.0.2\n"
-			good, errs, bad := ParseBlockList(in, input.DefaultTargetRules, now)
+			good, errs, bad := parseAll(in, input.DefaultTargetRules, now)
 			if bad != 1 || len(errs) != 1 {
 				t.Fatalf("bad=%d errs=%v, want exactly one bad line", bad, errs)
 			}
@@ -109,26 +110,22 @@ func TestParseBlockListBadLines(t *testing.T) {
 
 func TestParseBlockListCapsErrors(t *testing.T) {
 	var b strings.Builder
-	for i := 0; i < maxImportLineErrors+50; i++ {
+	for i := 0; i < MaxErrors+50; i++ {
 		b.WriteString("nonsense\n")
 	}
-	_, errs, bad := ParseBlockList(b.String(), input.DefaultTargetRules, time.Now())
-	if bad != maxImportLineErrors+50 || len(errs) != maxImportLineErrors {
-		t.Errorf("bad=%d errors=%d, want the exact count and %d reported", bad, len(errs), maxImportLineErrors)
+	_, errs, bad := parseAll(b.String(), input.DefaultTargetRules, time.Now())
+	if bad != MaxErrors+50 || len(errs) != MaxErrors {
+		t.Errorf("bad=%d errors=%d, want the exact count and %d reported", bad, len(errs), MaxErrors)
 	}
 }
 
-func TestExportLines(t *testing.T) {
+func TestWriteLines(t *testing.T) {
 	created := time.Date(2026, 11, 20, 15, 4, 0, 0, time.Local)
 	var buf bytes.Buffer
 	w := bufio.NewWriter(&buf)
-	for _, r := range []Rule{
-		{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Created: created},
-		{Prefix: netip.MustParsePrefix("198.18.1.0/24"), Created: created},
-		{Prefix: netip.MustParsePrefix("2001:db8:1::/64"), Created: created},
-	} {
-		exportLine(w, FormatBlockedList, r)
-		exportLine(w, FormatPlain, r)
+	for _, p := range []string{"198.18.0.7/32", "198.18.1.0/24", "2001:db8:1::/64"} {
+		WriteLine(w, FormatBlockedList, netip.MustParsePrefix(p), created)
+		WriteLine(w, FormatPlain, netip.MustParsePrefix(p), created)
 	}
 	w.Flush()
 	want := "198.18.0.7 20261120\n198.18.0.7\n198.18.1.0/24 20261120\n198.18.1.0/24\n2001:db8:1::/64 20261120\n2001:db8:1::/64\n"
@@ -136,7 +133,7 @@ func TestExportLines(t *testing.T) {
 		t.Errorf("export:\n%s\nwant:\n%s", buf.String(), want)
 	}
 	// What export writes, import reads back to the same prefixes and dates.
-	good, errs, _ := ParseBlockList(buf.String(), input.DefaultTargetRules, created.Add(time.Hour))
+	good, errs, _ := parseAll(buf.String(), input.DefaultTargetRules, created.Add(time.Hour))
 	if len(errs) != 0 || len(good) != 6 {
 		t.Fatalf("re-import: %d good, errors %v", len(good), errs)
 	}
@@ -145,7 +142,7 @@ func TestExportLines(t *testing.T) {
 	}
 }
 
-// readPieces on two workers: every line reaches parse exactly once, whole, with its number,
+// Read on two workers: every line reaches parse exactly once, whole, with its number,
 // across pieces, reads of any size, a line longer than a piece and a last line without its
 // newline; room is called in order over all the lines before their piece is parsed.
 func TestReadPieces(t *testing.T) {
@@ -167,7 +164,7 @@ func TestReadPieces(t *testing.T) {
 		var mu sync.Mutex
 		got := make([]string, n+1) // by line number
 		roomed := 0
-		lines, err := readPieces(iotest.HalfReader(strings.NewReader(list)), workers, func(first, k int) error {
+		lines, err := Read(iotest.HalfReader(strings.NewReader(list)), workers, func(first, k int) error {
 			if first != roomed+1 {
 				return fmt.Errorf("room from line %d after %d", first, roomed)
 			}
@@ -193,18 +190,24 @@ func TestReadPieces(t *testing.T) {
 		}
 	}
 	// A read that fails names the line it stopped at; a room that fails stops the read.
-	_, err := readPieces(io.MultiReader(strings.NewReader("198.18.0.1\n198.18.0.2\n"), iotest.ErrReader(io.ErrUnexpectedEOF)), 2, nil, func(string, int) {})
+	_, err := Read(io.MultiReader(strings.NewReader("198.18.0.1\n198.18.0.2\n"), iotest.ErrReader(io.ErrUnexpectedEOF)), 2, nil, func(string, int) {})
 	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "line 3") {
 		t.Fatalf("failed read: %v", err)
 	}
 	// A line longer than maxListLine is refused, by number, before the rest is read.
 	long := "198.18.0.1\n" + strings.Repeat("x", maxListLine+1) + "\n198.18.0.2\n"
-	var ue *UserError
-	if _, err := readPieces(strings.NewReader(long), 2, nil, func(string, int) {}); !errors.As(err, &ue) || !strings.Contains(err.Error(), "line 2 is longer than") {
+	if _, err := Read(strings.NewReader(long), 2, nil, func(string, int) {}); !errors.Is(err, ErrNotList) || !strings.Contains(err.Error(), "line 2 is longer than") {
 		t.Fatalf("endless line: %v", err)
 	}
 	full := errors.New("full")
-	if _, err := readPieces(strings.NewReader(list), 2, func(int, int) error { return full }, func(string, int) { t.Error("parsed after room failed") }); !errors.Is(err, full) {
+	if _, err := Read(strings.NewReader(list), 2, func(int, int) error { return full }, func(string, int) { t.Error("parsed after room failed") }); !errors.Is(err, full) {
 		t.Fatalf("failed room: %v", err)
 	}
+}
+
+// parseAll parses a whole list with one Parser.
+func parseAll(content string, rules input.TargetRules, now time.Time) (good []Line, errs []api.LineError, bad int) {
+	p := NewParser(rules, now, 1)
+	p.Parse(content, func(l Line) { good = append(good, l) })
+	return good, p.Errors(), p.Bad()
 }
