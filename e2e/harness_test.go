@@ -24,10 +24,11 @@ import (
 	"go.yaml.in/yaml/v3"
 	"golang.org/x/sys/unix"
 
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
-// The lab every test gets (see testutil.Lab for the veth star):
+// The lab every test gets (see netlab.Lab for the veth star):
 //
 //	attacker 198.18.1.2, 2001:db8:1::2 and 2001:db8:1:1::2  ->  host 198.18.1.1, 2001:db8:1::1
 //	client   198.18.2.2, 2001:db8:2::2                      ->  host 198.18.2.1, 2001:db8:2::1
@@ -98,7 +99,7 @@ func hasCode(glob, s string) bool {
 // labEnv is one test's world: the lab, a web server on the host, and one snared.
 type labEnv struct {
 	t       *testing.T
-	lab     *testutil.Lab
+	lab     *netlab.Lab
 	backend string
 	dir     string // scratch: config, state, socket
 	config  map[string]any
@@ -134,7 +135,7 @@ func newEnv(t *testing.T, backend string, opts options) *labEnv {
 	}
 	testutil.RequireRoot(t)
 	requireBinaries(t)
-	if err := testutil.EnsureBPFFS(); err != nil {
+	if err := netlab.EnsureBPFFS(); err != nil {
 		t.Fatal(err)
 	}
 	lab := testutil.NewLab(t, "attacker", "client")
@@ -301,7 +302,7 @@ type daemon struct {
 	bpffs    string
 	config   string
 	extra    []string // more snared flags
-	proc     *testutil.Proc
+	proc     *netlab.Proc
 }
 
 // newDaemon prepares paths and the config file of a daemon and registers its teardown.
@@ -313,7 +314,7 @@ func (e *labEnv) newDaemon(name string) *daemon {
 		stateDir: filepath.Join(e.dir, name+"-state"),
 		// Unix socket paths are limited to 107 bytes; t.TempDir paths can be long.
 		socket: filepath.Join(shortTempDir(e.t), "snare.sock"),
-		bpffs:  filepath.Join(testutil.BPFFSRoot, "snare-e2e-"+e.lab.Suffix+"-"+name),
+		bpffs:  filepath.Join(netlab.BPFFSRoot, "snare-e2e-"+e.lab.Suffix+"-"+name),
 		config: filepath.Join(e.dir, name+".yaml"),
 	}
 	d.writeConfig(e.config)
@@ -358,7 +359,7 @@ func (d *daemon) args(extra ...string) []string {
 // launch starts snared in the host namespace and returns the process without waiting. snared
 // runs with nsenter --net (testutil's StartShared), not `ip netns exec`: the latter gives the
 // process a private /sys without the bpffs mount, and pins made there would die with it.
-func (d *daemon) launch() *testutil.Proc {
+func (d *daemon) launch() *netlab.Proc {
 	d.e.t.Helper()
 	argv := append([]string{bins.snared}, d.args()...)
 	p, err := d.e.lab.StartShared(d.e.lab.Host.NS, "env", append(cleanEnv(), argv...)...)
@@ -388,7 +389,7 @@ func (d *daemon) start() {
 }
 
 // waitReady waits for the API, failing the test with the daemon's output if it exits first.
-func (d *daemon) waitReady(p *testutil.Proc) {
+func (d *daemon) waitReady(p *netlab.Proc) {
 	d.e.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	c := api.NewClient(d.socket)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -18,7 +19,7 @@ import (
 // in a lab namespace: the bulk load a restart or an import does. Run with -benchtime=1x.
 func BenchmarkReplace1M(b *testing.B) {
 	testutil.RequireRoot(b)
-	lab, err := testutil.New(testutil.Config{Peers: []string{"attacker"}})
+	lab, err := netlab.New(netlab.Config{Peers: []string{"attacker"}})
 	if err != nil {
 		b.Fatal(err)
 	}

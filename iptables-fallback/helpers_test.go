@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -29,7 +30,7 @@ func testPrefix(t *testing.T) string {
 }
 
 type fixture struct {
-	lab    *testutil.Lab
+	lab    *netlab.Lab
 	opts   Options
 	e      *Enforcer
 	ctx    context.Context
@@ -104,7 +105,7 @@ func (f *fixture) reachable(ns string, dst netip.Addr) bool {
 	return false
 }
 
-func (f *fixture) hostAddr(peer *testutil.Node, v6 bool) netip.Addr {
+func (f *fixture) hostAddr(peer *netlab.Node, v6 bool) netip.Addr {
 	for _, ifc := range f.lab.Host.Ifaces {
 		if ifc.Peer == peer.Role {
 			if v6 {

@@ -12,11 +12,12 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // openIn opens the loader inside the lab's host namespace, where the host-side veths live.
-func openIn(t *testing.T, lab *testutil.Lab, opts Options) (*XDP, error) {
+func openIn(t *testing.T, lab *netlab.Lab, opts Options) (*XDP, error) {
 	t.Helper()
 	var x *XDP
 	err := lab.Do(lab.Host.NS, func() error {
@@ -28,7 +29,7 @@ func openIn(t *testing.T, lab *testutil.Lab, opts Options) (*XDP, error) {
 }
 
 // reaches reports whether one ping from the peer's namespace to the host gets an answer.
-func reaches(lab *testutil.Lab, peer *testutil.Node, dst netip.Addr) bool {
+func reaches(lab *netlab.Lab, peer *netlab.Node, dst netip.Addr) bool {
 	_, err := lab.Run(peer.NS, "ping", "-n", "-q", "-c", "1", "-W", "1", dst.String())
 	return err == nil
 }
@@ -37,13 +38,13 @@ func reaches(lab *testutil.Lab, peer *testutil.Node, dst netip.Addr) bool {
 // 15 echoes). Right after a block is lifted the peer's neighbour entry for the host may still be
 // waiting on a solicitation the block dropped (IPv6 retransmits one a second), so a single echo
 // with a 1 s wait can be lost though nothing drops it any more.
-func reachesSoon(lab *testutil.Lab, peer *testutil.Node, dst netip.Addr) bool {
+func reachesSoon(lab *netlab.Lab, peer *netlab.Node, dst netip.Addr) bool {
 	_, err := lab.Run(peer.NS, "ping", "-n", "-q", "-c", "1", "-i", "0.2", "-w", "3", dst.String())
 	return err == nil
 }
 
 // xdpOn reads the XDP attachment of iface inside the host namespace.
-func xdpOn(t *testing.T, lab *testutil.Lab, iface string) (attached bool, mode uint32) {
+func xdpOn(t *testing.T, lab *netlab.Lab, iface string) (attached bool, mode uint32) {
 	t.Helper()
 	err := lab.Do(lab.Host.NS, func() error {
 		l, err := netlink.LinkByName(iface)
@@ -225,7 +226,7 @@ func TestOpenBadInput(t *testing.T) {
 // auto mode must fall back to generic and say so, native mode must fail with the reason.
 func TestAutoFallsBackToGeneric(t *testing.T) {
 	testutil.RequireRoot(t)
-	lab, err := testutil.New(testutil.Config{Peers: []string{"attacker"}, MTU: 9000})
+	lab, err := netlab.New(netlab.Config{Peers: []string{"attacker"}, MTU: 9000})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -142,7 +142,7 @@ func (r Result) NsPerFrame() float64 {
 
 // Run loads the generator and runs it for cfg.Duration on the calling goroutine's OS thread,
 // which it locks and pins to cfg.CPU for the run (both undone afterwards). Call it in the
-// generator's network namespace (testutil.Lab.Do), where cfg.Ifindex is resolved.
+// generator's network namespace (netlab.Lab.Do), where cfg.Ifindex is resolved.
 func Run(cfg Config) (Result, error) {
 	if cfg.Duration <= 0 || cfg.Duration > 5*time.Minute {
 		return Result{}, fmt.Errorf("generator duration %s out of range (0, 5m]", cfg.Duration)

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 	"github.com/snare-dev/snare/loader"
 )
@@ -43,7 +44,7 @@ func millionList(tb testing.TB) string {
 
 // xdpDaemon runs the real control.Daemon with the real XDP loader attached to the lab host's
 // interfaces, sized for a million entries, serving on a Unix socket. stop leaves nothing behind.
-func xdpDaemon(tb testing.TB, lab *testutil.Lab) (socket string, stop func()) {
+func xdpDaemon(tb testing.TB, lab *netlab.Lab) (socket string, stop func()) {
 	tb.Helper()
 	state, err := os.MkdirTemp("", "snarectl-bench")
 	if err != nil {

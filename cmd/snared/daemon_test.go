@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -30,7 +31,7 @@ func buildSnared(t *testing.T) string {
 	return bin
 }
 
-func waitSocket(t *testing.T, c *api.Client, p *testutil.Proc) {
+func waitSocket(t *testing.T, c *api.Client, p *netlab.Proc) {
 	t.Helper()
 	for end := time.Now().Add(15 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
 		if _, err := c.Status(context.Background()); err == nil {

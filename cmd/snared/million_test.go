@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -63,7 +64,7 @@ func BenchmarkSnaredMillion(b *testing.B) {
 			args = append(args, "--iface", i)
 		}
 		c := api.NewClient(sock)
-		start := func() (*testutil.Proc, time.Duration) {
+		start := func() (*netlab.Proc, time.Duration) {
 			t0 := time.Now()
 			p, err := lab.StartShared(lab.Host.NS, bin, args...)
 			if err != nil {

@@ -1,10 +1,7 @@
 // Package testutil holds the helpers snare's privileged tests share: a root check that never lets
-// CI skip silently, a scratch directory on bpffs, and a lab of network namespaces joined by veth
-// pairs in which real traffic, real scanners and the real daemon can run without touching the
-// machine's own network.
-//
-// The lab core (New, Lab.Close) does not depend on package testing so that the benchmark harness
-// in bench/ can build the same topology; tests use NewLab, which ties it to t.Cleanup.
+// CI skip silently, a scratch directory on bpffs, a netlab lab torn down when the test ends, and
+// ways to damage a store file. It imports package testing: only tests may import it (the bench
+// uses netlab directly).
 package testutil
 
 import (

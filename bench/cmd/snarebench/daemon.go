@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/internal/netlab"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/snare-dev/snare/internal/testutil"
 	"github.com/snare-dev/snare/loader"
 )
 
@@ -28,7 +28,7 @@ type daemon struct {
 	bin     string // directory with snared and snarectl
 	pin     string
 	iface   string
-	proc    *testutil.Proc
+	proc    *netlab.Proc
 	socket  string
 	client  *api.Client
 	started time.Time

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/input"
+	"github.com/snare-dev/snare/internal/netlab"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -22,7 +23,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // scan is one nmap run against the host.
@@ -224,7 +224,7 @@ func (e *env) sectionDetect() ([]*table, error) {
 			return []*table{t}, err
 		}
 		time.Sleep(1200 * time.Millisecond) // the scan window passes: fresh state
-		res, err := e.captureScan(s, src, dst, ports, dir, fmt.Sprint(i), func(path string) (*testutil.Proc, error) {
+		res, err := e.captureScan(s, src, dst, ports, dir, fmt.Sprint(i), func(path string) (*netlab.Proc, error) {
 			return e.startCapture(e.lab.Host.NS, hostIf.Name, path, "src host "+src.String())
 		})
 		if err != nil {
@@ -267,7 +267,7 @@ type scanResult struct {
 
 // captureScan runs one nmap scan from the attacker with a capture on the attacker's veth and
 // the host-side capture that hostCap starts, and reads both captures.
-func (e *env) captureScan(s scan, src, dst netip.Addr, ports, dir, tag string, hostCap func(path string) (*testutil.Proc, error)) (scanResult, error) {
+func (e *env) captureScan(s scan, src, dst netip.Addr, ports, dir, tag string, hostCap func(path string) (*netlab.Proc, error)) (scanResult, error) {
 	var res scanResult
 	aPcap, hPcap := filepath.Join(dir, "a"+tag+".pcap"), filepath.Join(dir, "h"+tag+".pcap")
 	capA, err := e.startCapture(e.lab.Attacker().NS, e.lab.Attacker().Ifaces[0].Name, aPcap, "src host "+src.String())
@@ -285,7 +285,7 @@ func (e *env) captureScan(s scan, src, dst netip.Addr, ports, dir, tag string, h
 	res.out, res.nerr = e.lab.Run(e.lab.Attacker().NS, "nmap", args...)
 	e.log.Info("nmap done", "scan", s.name, "took", time.Since(t0).Round(time.Millisecond))
 	time.Sleep(300 * time.Millisecond)
-	for _, c := range []*testutil.Proc{capA, capH} {
+	for _, c := range []*netlab.Proc{capA, capH} {
 		c.Signal(unix.SIGINT)
 		if err := c.Wait(10 * time.Second); err != nil {
 			c.Stop()
@@ -381,7 +381,7 @@ func openPorts(out string) string {
 }
 
 // startCapture starts tcpdump writing to path and waits until it is capturing.
-func (e *env) startCapture(ns, iface, path, filter string) (*testutil.Proc, error) {
+func (e *env) startCapture(ns, iface, path, filter string) (*netlab.Proc, error) {
 	args := []string{"-i", iface, "-n", "-U", "--immediate-mode", "-s", "256", "-w", path}
 	if strings.HasPrefix(iface, "nflog:") {
 		// NFLOG records carry metadata before the packet; a large socket buffer, so that a

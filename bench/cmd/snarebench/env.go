@@ -14,13 +14,13 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/input"
+	"github.com/snare-dev/snare/internal/netlab"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/internal/testutil"
 	"github.com/snare-dev/snare/loader"
 )
 
@@ -58,19 +58,19 @@ const (
 type env struct {
 	quick  bool
 	log    *slog.Logger
-	lab    *testutil.Lab
+	lab    *netlab.Lab
 	pinDir string
 	snare  *loader.XDP
 	prog   *ebpf.Program // snare's XDP program (the one the loader loaded)
-	dut    testutil.Iface
-	gen    testutil.Iface
+	dut    netlab.Iface
+	gen    netlab.Iface
 }
 
 func setup(quick bool, log *slog.Logger) (*env, error) {
-	if err := testutil.EnsureBPFFS(); err != nil {
+	if err := netlab.EnsureBPFFS(); err != nil {
 		return nil, err
 	}
-	lab, err := testutil.New(testutil.Config{Peers: []string{"gen", "attacker", "client"}})
+	lab, err := netlab.New(netlab.Config{Peers: []string{"gen", "attacker", "client"}})
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,7 @@ func (e *env) init() error {
 	if _, err := e.lab.Run(host, "ip", "link", "set", dummyIface, "up"); err != nil {
 		return err
 	}
-	e.pinDir = filepath.Join(testutil.BPFFSRoot, "snare-bench-"+e.lab.Suffix)
+	e.pinDir = filepath.Join(netlab.BPFFSRoot, "snare-bench-"+e.lab.Suffix)
 	if err := e.lab.Do(host, func() error {
 		x, err := loader.Open(loader.Options{Interfaces: []string{dummyIface}, Mode: "generic", PinDir: e.pinDir, Capacity: capacity})
 		if err != nil {
@@ -177,7 +177,7 @@ func (e *env) attach(prog *ebpf.Program, mode string) (func(), error) {
 }
 
 // attachTo attaches prog to one of the host namespace's interfaces.
-func (e *env) attachTo(prog *ebpf.Program, ifc testutil.Iface, mode string) (func(), error) {
+func (e *env) attachTo(prog *ebpf.Program, ifc netlab.Iface, mode string) (func(), error) {
 	flags := link.XDPDriverMode
 	if mode == "generic" {
 		flags = link.XDPGenericMode

@@ -12,10 +12,9 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/input"
+	"github.com/snare-dev/snare/internal/netlab"
 
 	"github.com/gopacket/gopacket/layers"
-
-	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // nflogGroup is the NFLOG group of the rule that logs, after portsentry's DROP rules, what
@@ -94,7 +93,7 @@ SCAN_TRIGGER="0"
 // always forks into the background, so it runs in a PID namespace of its own whose init is a
 // bounded sleep: stopping the returned process (unshare --kill-child) ends the daemon and
 // anything it started, and nothing else.
-func (e *env) startPortsentry(bin, mode, dir string) (*testutil.Proc, error) {
+func (e *env) startPortsentry(bin, mode, dir string) (*netlab.Proc, error) {
 	conf, err := portsentryConf()
 	if err != nil {
 		return nil, err
@@ -188,7 +187,7 @@ func (e *env) portsentryScan(bin string, s scan, ports, dir string, isTrap func(
 	if err != nil {
 		return nil, err
 	}
-	res, err := e.captureScan(s, src, dst, ports, dir, "ps", func(path string) (*testutil.Proc, error) {
+	res, err := e.captureScan(s, src, dst, ports, dir, "ps", func(path string) (*netlab.Proc, error) {
 		return e.startCapture(host, "nflog:"+nflogGroup, path, "")
 	})
 	rules, _ := e.lab.Run(host, "iptables", "-S", "INPUT")

@@ -1,4 +1,8 @@
-package testutil
+// Package netlab builds a lab of network namespaces joined by veth pairs, in which real traffic,
+// real scanners and the real daemon can run without touching the machine's own network. The
+// privileged tests use it through testutil.NewLab, the benchmark harness in bench/ directly: it
+// does not import package testing, so it is not linked into the bench with it.
+package netlab
 
 import (
 	"context"
@@ -14,7 +18,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -89,24 +92,6 @@ type Lab struct {
 
 	mu    sync.Mutex
 	procs []*Proc
-}
-
-// NewLab builds a lab for a test (peers as in Config.Peers) and tears it down when the test
-// ends, failed or not. It requires root (see RequireRoot).
-func NewLab(tb testing.TB, peers ...string) *Lab {
-	tb.Helper()
-	RequireRoot(tb)
-	lab, err := New(Config{Peers: peers})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := lab.Close(); err != nil {
-			tb.Errorf("tear down lab: %v", err)
-		}
-	})
-	tb.Logf("lab:\n%s", lab)
-	return lab
 }
 
 // New builds a lab. On error everything already created is removed again. The caller must call

@@ -1,4 +1,4 @@
-package testutil
+package netlab_test
 
 import (
 	"errors"
@@ -6,16 +6,19 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/internal/netlab"
+	"github.com/snare-dev/snare/internal/testutil"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
 func TestLabPing(t *testing.T) {
-	lab := NewLab(t)
+	lab := testutil.NewLab(t)
 	for _, peer := range lab.Peers {
 		host := lab.HostIface(peer.Role)
 		for _, dst := range []netip.Addr{host.Addr4.Addr(), host.Addr6.Addr()} {
@@ -31,7 +34,7 @@ func TestLabPing(t *testing.T) {
 }
 
 func TestPingFailsWhenUnreachable(t *testing.T) {
-	lab := NewLab(t)
+	lab := testutil.NewLab(t)
 	// An address in the attacker's subnet that nobody has: no reply, so Ping must fail.
 	if err := lab.Ping(lab.Attacker().NS, netip.MustParseAddr("198.18.1.99"), 500*time.Millisecond); err == nil {
 		t.Error("Ping to a missing address succeeded")
@@ -39,7 +42,7 @@ func TestPingFailsWhenUnreachable(t *testing.T) {
 }
 
 func TestLabNoWayOut(t *testing.T) {
-	lab := NewLab(t)
+	lab := testutil.NewLab(t)
 	for _, n := range lab.Nodes() {
 		for _, fam := range []string{"-4", "-6"} {
 			out, err := lab.Run(n.NS, "ip", fam, "route", "show", "default")
@@ -66,13 +69,13 @@ func TestLabNoWayOut(t *testing.T) {
 }
 
 func TestLabNamesUnique(t *testing.T) {
-	a := NewLab(t)
-	b := NewLab(t)
+	a := testutil.NewLab(t)
+	b := testutil.NewLab(t)
 	if a.Suffix == b.Suffix {
 		t.Fatalf("two labs share the suffix %s", a.Suffix)
 	}
 	seen := map[string]bool{}
-	for _, lab := range []*Lab{a, b} {
+	for _, lab := range []*netlab.Lab{a, b} {
 		for _, n := range lab.Nodes() {
 			if seen[n.NS] {
 				t.Errorf("namespace %s used twice", n.NS)
@@ -98,7 +101,7 @@ func TestLabNamesUnique(t *testing.T) {
 }
 
 func TestLabDo(t *testing.T) {
-	lab := NewLab(t)
+	lab := testutil.NewLab(t)
 	want := lab.HostIface("attacker")
 	var got netlink.Link
 	err := lab.Do(lab.Host.NS, func() error {
@@ -145,8 +148,8 @@ func TestLabDo(t *testing.T) {
 }
 
 func TestLabCleanup(t *testing.T) {
-	RequireRoot(t)
-	lab, err := New(Config{Peers: []string{"attacker"}})
+	testutil.RequireRoot(t)
+	lab, err := netlab.New(netlab.Config{Peers: []string{"attacker"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,13 +186,13 @@ func TestLabCleanup(t *testing.T) {
 }
 
 func TestLabCleanupAfterGoexit(t *testing.T) {
-	RequireRoot(t)
-	var lab *Lab
-	var proc *Proc
+	testutil.RequireRoot(t)
+	var lab *netlab.Lab
+	var proc *netlab.Proc
 	// A subtest that stops half-way (t.Skip and t.Fatal both end it with runtime.Goexit) still
 	// tears its lab down. A real failure cannot be staged without failing this test too.
 	t.Run("stops", func(t *testing.T) {
-		lab = NewLab(t, "attacker")
+		lab = testutil.NewLab(t, "attacker")
 		var err error
 		if proc, err = lab.Start(lab.Host.NS, "sleep", "600"); err != nil {
 			t.Fatal(err)
@@ -210,9 +213,9 @@ func TestLabCleanupAfterGoexit(t *testing.T) {
 }
 
 func TestLabBadConfig(t *testing.T) {
-	RequireRoot(t)
+	testutil.RequireRoot(t)
 	for _, peers := range [][]string{{"attacker", "attack2"}, {"host"}, {""}, {"a b"}} {
-		if lab, err := New(Config{Peers: peers}); err == nil {
+		if lab, err := netlab.New(netlab.Config{Peers: peers}); err == nil {
 			lab.Close()
 			t.Errorf("New(%q) succeeded", peers)
 		}
@@ -220,7 +223,7 @@ func TestLabBadConfig(t *testing.T) {
 }
 
 func TestLabStartStop(t *testing.T) {
-	lab := NewLab(t)
+	lab := testutil.NewLab(t)
 	p, err := lab.Start(lab.Host.NS, "sh", "-c", "echo started; ip -o link show; sleep 600")
 	if err != nil {
 		t.Fatal(err)
@@ -240,24 +243,5 @@ func TestLabStartStop(t *testing.T) {
 	}
 }
 
-func TestTempBPFFS(t *testing.T) {
-	RequireRoot(t)
-	var dir string
-	t.Run("use", func(t *testing.T) {
-		dir = TempBPFFS(t)
-		ok, err := IsBPFFS(dir)
-		if err != nil || !ok {
-			t.Fatalf("%s not on bpffs: %v", dir, err)
-		}
-		entries, err := os.ReadDir(dir)
-		if err != nil || len(entries) != 0 {
-			t.Fatalf("fresh dir has %d entries, %v", len(entries), err)
-		}
-	})
-	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("%s not removed: %v", dir, err)
-	}
-	if ok, _ := IsBPFFS(t.TempDir()); ok {
-		t.Error("IsBPFFS says a temp dir is bpffs")
-	}
-}
+// nsPath is where ip netns keeps the namespace named ns.
+func nsPath(ns string) string { return filepath.Join("/run/netns", ns) }
