@@ -16,6 +16,7 @@ import (
 
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 	fallback "github.com/snare-dev/snare/iptables-fallback"
 	"github.com/snare-dev/snare/loader"
@@ -25,7 +26,7 @@ import (
 type daemonLab struct {
 	t       *testing.T
 	backend string // "xdp" (default) or "iptables"
-	lab     *testutil.Lab
+	lab     *netlab.Lab
 	cfg     *control.Config
 	client  *api.Client
 	d       *control.Daemon
@@ -122,7 +123,7 @@ func (dl *daemonLab) shutdown() {
 }
 
 // reaches reports whether an echo from peer to the host gets an answer.
-func (dl *daemonLab) reaches(peer *testutil.Node, v6 bool) bool {
+func (dl *daemonLab) reaches(peer *netlab.Node, v6 bool) bool {
 	ifc := dl.lab.HostIface(peer.Role)
 	dst := ifc.Addr4.Addr()
 	if v6 {
@@ -325,7 +326,7 @@ func evictOne(t *testing.T, dl *daemonLab, p netip.Prefix) {
 }
 
 // trapDial sends SYNs from peer to a trap port of the host (the connection cannot succeed).
-func trapDial(t *testing.T, dl *daemonLab, peer *testutil.Node, port int) {
+func trapDial(t *testing.T, dl *daemonLab, peer *netlab.Node, port int) {
 	t.Helper()
 	dst := net.JoinHostPort(dl.lab.HostIface(peer.Role).Addr4.Addr().String(), strconv.Itoa(port))
 	_ = dl.lab.Do(peer.NS, func() error {
@@ -665,7 +666,7 @@ func TestDaemonFallback(t *testing.T) {
 // daemon runs on the iptables fallback and says why; backend xdp fails instead.
 func TestAutoFallback(t *testing.T) {
 	testutil.RequireRoot(t)
-	lab, err := testutil.New(testutil.Config{Peers: []string{"attacker"}, MTU: 9000})
+	lab, err := netlab.New(netlab.Config{Peers: []string{"attacker"}, MTU: 9000})
 	if err != nil {
 		t.Fatal(err)
 	}

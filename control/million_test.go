@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 	"github.com/snare-dev/snare/loader"
 )
@@ -39,7 +40,7 @@ func millionLines() string {
 }
 
 // millionConfig is a daemon configuration on the lab host sized for a million entries.
-func millionConfig(tb testing.TB, lab *testutil.Lab) *control.Config {
+func millionConfig(tb testing.TB, lab *netlab.Lab) *control.Config {
 	cfg, err := control.LoadConfig(control.LoadOptions{})
 	if err != nil {
 		tb.Fatal(err)
@@ -57,7 +58,7 @@ func millionConfig(tb testing.TB, lab *testutil.Lab) *control.Config {
 
 // openMillion opens the daemon on the lab host as snared does: control.Open loads and attaches
 // the XDP back-end itself, while it reads the store (restoring what the store and pins hold).
-func openMillion(tb testing.TB, lab *testutil.Lab, cfg *control.Config) *control.Daemon {
+func openMillion(tb testing.TB, lab *netlab.Lab, cfg *control.Config) *control.Daemon {
 	tb.Helper()
 	var d *control.Daemon
 	err := lab.Do(lab.Host.NS, func() error {

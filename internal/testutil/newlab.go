@@ -23,15 +23,3 @@ func NewLab(tb testing.TB, peers ...string) *netlab.Lab {
 	tb.Logf("lab:\n%s", lab)
 	return lab
 }
-
-// Lab, Node, Config and New are netlab's under the names control's tests use, so that splitting
-// control/ into packages (which rewrites those tests) and this package's split do not edit the
-// same lines. Once control's tests import netlab themselves, these go.
-type (
-	Lab    = netlab.Lab
-	Node   = netlab.Node
-	Config = netlab.Config
-)
-
-// New is netlab.New; see Lab.
-func New(cfg Config) (*Lab, error) { return netlab.New(cfg) }
