@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/input"
 
 	"github.com/snare-dev/snare/control/api"
@@ -152,9 +154,9 @@ func TestClientReadsHugeStoredReason(t *testing.T) {
 	defer cancel()
 	huge := strings.Repeat("x", 3<<20) + "\nforged 198.18.9.9\x1b[2J"
 	now := time.Now()
-	err := d.store.Update(func(tx *Tx) error {
+	err := d.store.Update(func(tx *store.Tx) error {
 		for _, p := range []string{"198.18.0.7/32", "198.18.0.8/32", "198.18.0.9/32"} {
-			r := Rule{Prefix: netip.MustParsePrefix(p), Reason: "short", Origin: api.OriginManual, Created: now, Deadline: now.Add(time.Hour)}
+			r := store.Rule{Prefix: netip.MustParsePrefix(p), Reason: "short", Origin: api.OriginManual, Created: now, Deadline: now.Add(time.Hour)}
 			if p == "198.18.0.8/32" {
 				r.Reason = huge
 			}

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/blocklist"
 	"github.com/snare-dev/snare/control/input"
 
@@ -34,20 +36,20 @@ func benchList(n int) string {
 func BenchmarkStoreImport1M(b *testing.B) {
 	good := benchPrefixes(1_000_000)
 	now := time.Now()
-	rules := make([]Rule, len(good))
+	rules := make([]store.Rule, len(good))
 	for i, p := range good {
-		rules[i] = Rule{Prefix: p, Reason: "import", Origin: api.OriginImport, Created: now, Deadline: now.Add(5 * 24 * time.Hour)}
+		rules[i] = store.Rule{Prefix: p, Reason: "import", Origin: api.OriginImport, Created: now, Deadline: now.Add(5 * 24 * time.Hour)}
 	}
-	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
+	slices.SortFunc(rules, func(a, b store.Rule) int { return a.Prefix.Compare(b.Prefix) })
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
-		s, err := OpenStore(filepath.Join(b.TempDir(), "snare.db"))
+		s, err := store.OpenStore(filepath.Join(b.TempDir(), "snare.db"))
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		if err := s.BulkPutRules(len(rules), func(i int) Rule { return rules[i] }, nil); err != nil {
+		if err := s.BulkPutRules(len(rules), func(i int) store.Rule { return rules[i] }, nil); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()
@@ -64,26 +66,29 @@ func BenchmarkStoreImport1M(b *testing.B) {
 func BenchmarkStoreExpire1M(b *testing.B) {
 	good := benchPrefixes(1_000_000)
 	past := time.Now().Add(-time.Hour)
-	rules := make([]Rule, len(good))
+	rules := make([]store.Rule, len(good))
 	for i, p := range good {
-		rules[i] = Rule{Prefix: p, Origin: api.OriginImport, Created: past, Deadline: past.Add(time.Minute)}
+		rules[i] = store.Rule{Prefix: p, Origin: api.OriginImport, Created: past, Deadline: past.Add(time.Minute)}
 	}
 	b.ResetTimer()
 	for range b.N {
 		b.StopTimer()
-		s, err := OpenStore(filepath.Join(b.TempDir(), "snare.db"))
+		s, err := store.OpenStore(filepath.Join(b.TempDir(), "snare.db"))
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
+		if err := s.Update(func(tx *store.Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
 		var n int
-		err = s.Update(func(tx *Tx) error {
-			expired, _, err := tx.DeleteExpired(time.Now())
+		err = s.Update(func(tx *store.Tx) error {
+			expired, _, err := tx.ExpiredPrefixes(time.Now(), 0)
+			if err != nil {
+				return err
+			}
 			n = len(expired)
-			return err
+			return tx.DeleteExpired(time.Now())
 		})
 		b.StopTimer()
 		if err != nil || n != len(rules) || s.Count() != 0 {

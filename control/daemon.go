@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/input"
 
 	"github.com/snare-dev/snare/control/api"
@@ -56,7 +58,7 @@ type Daemon struct {
 	version  string
 	started  time.Time
 	opts     Options
-	store    *Store
+	store    *store.Store
 	enf      backend.Enforcer
 	fallback string // why the fallback back-end runs, "" for the configured one
 	events   *EventLog
@@ -119,14 +121,14 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 	d := &Daemon{log: o.Logger, rec: o.Recorder, version: o.Version, started: time.Now(), opts: o, cfg: o.Config,
 		importing: make(chan struct{}, 1)}
 
-	store, err := OpenStore(o.Config.DBPath())
+	st, err := store.OpenStore(o.Config.DBPath())
 	if err != nil {
 		return nil, err
 	}
-	d.store = store
+	d.store = st
 	ev, err := OpenEventLog(o.Config.EventsPath())
 	if err != nil {
-		store.Close()
+		st.Close()
 		return nil, err
 	}
 	d.events = ev
@@ -134,8 +136,8 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 	// Read the store while the enforcer loads: creating the million-entry LRU maps alone takes
 	// the kernel ~0.4 s, and the store read about as long, on another core. Nothing else writes
 	// the store before restore, which uses the snapshot unless it has to adopt kernel entries.
-	snap := make(chan storeSnapshot, 1)
-	go func() { snap <- readSnapshot(store, time.Now()) }()
+	snap := make(chan store.Snapshot, 1)
+	go func() { snap <- st.Snapshot(time.Now()) }()
 
 	d.enf, d.fallback = o.Enforcer, o.FallbackReason
 	if d.enf == nil {
@@ -228,60 +230,11 @@ func (d *Daemon) Config() *Config {
 // Events is the event log.
 func (d *Daemon) Events() *EventLog { return d.events }
 
-// storeSnapshot is what restore needs of the store, read before the enforcer is ready: the
-// rules still in force (in store order) and the expired ones.
-type storeSnapshot struct {
-	commits int // the store's commits before the read
-	live    storedRules
-	gone    []Rule
-	err     error
-}
-
-// storedRules are rules as compact records (see importRec), a zero time permanent as in the
-// store: a restore's million rules in 24 MB without pointers. As a []backend.Rule they were 56
-// MB, and a start touches all of it for the first time, at several microseconds a page on a VM.
-type storedRules []importRec
-
-func (r storedRules) Len() int { return len(r) }
-
-func (r storedRules) At(i int) backend.Rule {
-	return backend.Rule{Prefix: r[i].prefix(), Deadline: fromMs(r[i].ms())}
-}
-
-func readSnapshot(store *Store, now time.Time) storeSnapshot {
-	var s storeSnapshot
-	err := store.View(func(tx *Tx) error {
-		s = snapshotTx(tx, now, store.Count())
-		return s.err
-	})
-	s.err = err
-	return s
-}
-
-// snapshotTx reads the snapshot in tx; size is the number of rules expected.
-func snapshotTx(tx *Tx, now time.Time, size int) storeSnapshot {
-	s := storeSnapshot{commits: tx.commitsBefore(), live: make(storedRules, 0, size)} // one allocation, not a million appends
-	// OpenStore checked every page and record, but the file may have been damaged since: a
-	// damaged page is an error here, not a crash.
-	s.err = guard(func() error {
-		return tx.forEachDeadline(func(p netip.Prefix, deadline time.Time, record []byte) error {
-			if deadline.IsZero() || now.Before(deadline) {
-				s.live = append(s.live, recOf(p, unixMs(deadline)))
-				return nil
-			}
-			r, err := decodeRule(p, record)
-			s.gone = append(s.gone, r)
-			return err
-		})
-	})
-	return s
-}
-
 // restore is Open's reconciliation of kernel and store; snapc delivers the store as read while
 // the enforcer loaded. It is received once the settings and the allowlist are in force, which
 // may overlap the end of the read.
-func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error {
-	var snap storeSnapshot
+func (d *Daemon) restore(ctx context.Context, snapc <-chan store.Snapshot) error {
+	var snap store.Snapshot
 	received := false
 	defer func() {
 		if !received {
@@ -301,26 +254,26 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error 
 	}
 
 	snap, received = <-snapc, true
-	var expired []Rule
-	var live storedRules
-	err := d.store.Update(func(tx *Tx) error {
-		if snap.err != nil || snap.commits != tx.commitsBefore() {
+	var expired []store.Rule
+	var live backend.Records
+	err := d.store.Update(func(tx *store.Tx) error {
+		if snap.Err != nil || snap.Commits != tx.CommitsBefore() {
 			// The store changed since the snapshot (the allowlist refresh above dropped blocks
 			// it now covers), or the read failed: read it again, here. An entry that expired
 			// between the snapshot and now is harmless either way: the kernel passes it at its
 			// deadline and the first sweep removes it.
-			snap = snapshotTx(tx, now, d.store.Count())
-			if snap.err != nil {
-				return snap.err
+			snap = tx.Snapshot(now, d.store.Count())
+			if snap.Err != nil {
+				return snap.Err
 			}
 		}
-		live = snap.live
-		for _, r := range snap.gone {
+		live = snap.Live
+		for _, r := range snap.Gone {
 			if _, err := tx.DeleteRule(r.Prefix); err != nil {
 				return err
 			}
 		}
-		expired = snap.gone
+		expired = snap.Gone
 		return nil
 	})
 	if err != nil {
@@ -332,7 +285,7 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan storeSnapshot) error 
 	// Nothing here holds the rules past this call: once the back-end has read them, the
 	// collector can take them (24 MB for a million) while it compares.
 	restored := len(live)
-	snap.live = nil
+	snap.Live = nil
 	n, trapped, err := d.enf.Replace(ctx, live)
 	if err != nil {
 		return fmt.Errorf("restore %d rules into the %s back-end: %w", restored, d.enf.Name(), err)
@@ -453,8 +406,8 @@ func (d *Daemon) refreshAllowLocked(ctx context.Context, rediscover bool) error 
 		}
 		list = append(list, AllowItem{p, api.AllowConfig})
 	}
-	var manual []AllowRecord
-	if err := d.store.View(func(tx *Tx) error {
+	var manual []store.AllowRecord
+	if err := d.store.View(func(tx *store.Tx) error {
 		var err error
 		manual, err = tx.Allow()
 		return err
@@ -487,11 +440,11 @@ func (d *Daemon) dropAllowlistedLocked(ctx context.Context, allow Allowlist) err
 	// Find them in a read transaction: at every start (and every allowlist change) this runs
 	// over a store that may hold a million rules and usually none inside the allowlist, and a
 	// write transaction would be committed and fsynced for nothing.
-	var gone []Rule
+	var gone []store.Rule
 	seen := map[netip.Prefix]bool{} // allow prefixes may overlap
-	err := d.store.View(func(tx *Tx) error {
+	err := d.store.View(func(tx *store.Tx) error {
 		for _, a := range allow {
-			err := tx.RulesWithin(a.Prefix, func(r Rule) error {
+			err := tx.RulesWithin(a.Prefix, func(r store.Rule) error {
 				if !seen[r.Prefix] {
 					seen[r.Prefix] = true
 					gone = append(gone, r)
@@ -510,7 +463,7 @@ func (d *Daemon) dropAllowlistedLocked(ctx context.Context, allow Allowlist) err
 	if len(gone) == 0 {
 		return nil
 	}
-	err = d.store.Update(func(tx *Tx) error {
+	err = d.store.Update(func(tx *store.Tx) error {
 		ps := make([]netip.Prefix, len(gone))
 		for i, r := range gone {
 			ps[i] = r.Prefix
@@ -578,7 +531,7 @@ func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]t
 // "permanent", ...). A source blocked before within the escalation lookback gets a longer TTL
 // when no TTL is given; an explicit TTL is taken as it is. Blocking an already blocked entry
 // extends it (never shortens it: unblock first for that) and counts a repeat offence.
-func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]Rule, error) {
+func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string) ([]store.Rule, error) {
 	if err := input.CheckReason(reason); err != nil {
 		return nil, &UserError{Err: fmt.Errorf("%w; nothing changed", err)}
 	}
@@ -600,15 +553,15 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 		reason = "manual"
 	}
 	now := time.Now()
-	var out []Rule
+	var out []store.Rule
 	var undo *kernelUndo
-	err = d.store.Update(func(tx *Tx) error {
+	err = d.store.Update(func(tx *store.Tx) error {
 		var fresh [2]int // prefixes not stored yet, per family
 		for _, t := range ts {
 			if _, ok, err := tx.Rule(t.prefix); err != nil {
 				return err
 			} else if !ok {
-				fresh[familyIndex(t.prefix.Addr().Is6())]++
+				fresh[store.FamilyIndex(t.prefix.Addr().Is6())]++
 			}
 		}
 		if err := d.checkCapacity(cfg, fresh); err != nil {
@@ -662,10 +615,10 @@ func (d *Daemon) checkCapacity(cfg *Config, fresh [2]int) error {
 
 // offendLocked records one offence of prefix and returns the rule as stored: escalated TTL
 // (unless explicit), deadline extended, offence counted.
-func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reason string, base time.Duration, explicit bool, now time.Time) (Rule, error) {
+func (d *Daemon) offendLocked(tx *store.Tx, cfg *Config, p netip.Prefix, origin, reason string, base time.Duration, explicit bool, now time.Time) (store.Rule, error) {
 	old, exists, err := tx.Rule(p)
 	if err != nil {
-		return Rule{}, err
+		return store.Rule{}, err
 	}
 	hist := tx.Offence(p)
 	prior := priorOffences(hist, now, cfg.Block.Escalation)
@@ -673,7 +626,7 @@ func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reaso
 	if !explicit {
 		ttl = EscalatedTTL(base, prior, cfg.Block.Escalation)
 	}
-	r := Rule{Prefix: p, Reason: reason, Origin: origin, Created: now, Offences: prior + 1, LastOffence: now}
+	r := store.Rule{Prefix: p, Reason: reason, Origin: origin, Created: now, Offences: prior + 1, LastOffence: now}
 	if ttl != 0 {
 		r.Deadline = now.Add(ttl)
 	}
@@ -683,11 +636,11 @@ func (d *Daemon) offendLocked(tx *Tx, cfg *Config, p netip.Prefix, origin, reaso
 			r.Deadline = old.Deadline // blocking again extends, never shortens (unblock first for that)
 		}
 	}
-	if err := tx.PutOffence(p, Offence{Count: prior + 1, Last: now}); err != nil {
-		return Rule{}, err
+	if err := tx.PutOffence(p, store.Offence{Count: prior + 1, Last: now}); err != nil {
+		return store.Rule{}, err
 	}
 	if err := tx.PutRule(r); err != nil {
-		return Rule{}, err
+		return store.Rule{}, err
 	}
 	return r, nil
 }
@@ -702,13 +655,13 @@ type kernelUndo struct {
 }
 
 // note records, in the transaction that is about to change p, what the kernel has to go back to.
-func (u *kernelUndo) note(tx *Tx, p netip.Prefix, now time.Time) error {
+func (u *kernelUndo) note(tx *store.Tx, p netip.Prefix, now time.Time) error {
 	old, ok, err := tx.Rule(p)
 	if err != nil {
 		return err
 	}
 	if ok && !old.Expired(now) {
-		u.back = append(u.back, old.enforced())
+		u.back = append(u.back, old.Enforced())
 	} else {
 		u.gone = append(u.gone, p)
 	}
@@ -727,25 +680,22 @@ func (d *Daemon) undoKernel(change string, u *kernelUndo) {
 	}
 }
 
-func toBackend(rules []Rule) []backend.Rule {
+func toBackend(rules []store.Rule) []backend.Rule {
 	out := make([]backend.Rule, len(rules))
 	for i, r := range rules {
-		out[i] = r.enforced()
+		out[i] = r.Enforced()
 	}
 	return out
 }
 
-// enforced is r as the enforcer takes it.
-func (r Rule) enforced() backend.Rule { return backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline} }
-
-func ttlText(r Rule, now time.Time) string {
+func ttlText(r store.Rule, now time.Time) string {
 	if r.Permanent() {
 		return "permanent"
 	}
 	return input.FormatDuration(r.Deadline.Sub(now).Round(time.Second))
 }
 
-func blockEvent(r Rule, source string, now time.Time) api.Event {
+func blockEvent(r store.Rule, source string, now time.Time) api.Event {
 	return api.Event{Time: now, Event: api.EventBlock, Address: r.Prefix.String(), Reason: r.Reason, TTL: ttlText(r, now),
 		Expires: r.Deadline, Source: source, Offences: r.Offences}
 }
@@ -753,7 +703,7 @@ func blockEvent(r Rule, source string, now time.Time) api.Event {
 // maxExpireEvents bounds the per-entry expire events of one sweep; the rest are summarised.
 const maxExpireEvents = 10000
 
-func expireEvents(rules []Rule, now time.Time) []api.Event {
+func expireEvents(rules []store.Rule, now time.Time) []api.Event {
 	var evs []api.Event
 	for i, r := range rules {
 		if i == maxExpireEvents {
@@ -786,9 +736,9 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 		return nil, nil, err
 	}
 	now := time.Now()
-	var gone []Rule
+	var gone []store.Rule
 	var undo *kernelUndo
-	err = d.store.Update(func(tx *Tx) error {
+	err = d.store.Update(func(tx *store.Tx) error {
 		var prefixes []netip.Prefix
 		for _, t := range ts {
 			prefixes = append(prefixes, t.prefix)
@@ -811,7 +761,7 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 		undo = &kernelUndo{}
 		for _, r := range gone {
 			if !r.Expired(now) {
-				undo.back = append(undo.back, r.enforced())
+				undo.back = append(undo.back, r.Enforced())
 			}
 		}
 		// Also prefixes the store does not know: a trap block not yet adopted must go too.
@@ -854,8 +804,8 @@ func (d *Daemon) EachEntry(ctx context.Context, fn func(*api.Entry) error) error
 	now := time.Now()
 	i := 0
 	var e api.Entry
-	return d.store.View(func(tx *Tx) error {
-		return tx.ForEachRule(func(r Rule) error {
+	return d.store.View(func(tx *store.Tx) error {
+		return tx.ForEachRule(func(r store.Rule) error {
 			if r.Expired(now) {
 				return nil
 			}
@@ -871,7 +821,7 @@ func (d *Daemon) EachEntry(ctx context.Context, fn func(*api.Entry) error) error
 	})
 }
 
-func entryOf(r Rule) api.Entry {
+func entryOf(r store.Rule) api.Entry {
 	return api.Entry{Prefix: r.Prefix.String(), Reason: r.Reason, Origin: r.Origin, Created: r.Created,
 		Expires: r.Deadline, Permanent: r.Permanent(), Offences: r.Offences}
 }
@@ -974,10 +924,10 @@ func (d *Daemon) changeAllow(ctx context.Context, targets []string, add bool) er
 		}
 	}
 	old := d.allow
-	err := d.store.Update(func(tx *Tx) error {
+	err := d.store.Update(func(tx *store.Tx) error {
 		for _, p := range ps {
 			if add {
-				if err := tx.PutAllow(AllowRecord{Prefix: p, Created: now}); err != nil {
+				if err := tx.PutAllow(store.AllowRecord{Prefix: p, Created: now}); err != nil {
 					return err
 				}
 			} else if _, err := tx.DeleteAllow(p); err != nil {
@@ -991,12 +941,12 @@ func (d *Daemon) changeAllow(ctx context.Context, targets []string, add bool) er
 	}
 	if err := d.refreshAllowLocked(ctx, false); err != nil {
 		// Put the store back so the durable state matches what is enforced.
-		_ = d.store.Update(func(tx *Tx) error {
+		_ = d.store.Update(func(tx *store.Tx) error {
 			for _, p := range ps {
 				if add {
 					_, _ = tx.DeleteAllow(p)
 				} else {
-					_ = tx.PutAllow(AllowRecord{Prefix: p, Created: now})
+					_ = tx.PutAllow(store.AllowRecord{Prefix: p, Created: now})
 				}
 			}
 			return nil
@@ -1064,10 +1014,10 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 	cfg := d.cfg
 	now := time.Now()
 	var evs []api.Event
-	var blocked []Rule
+	var blocked []store.Rule
 	var release []netip.Prefix
 	full := 0
-	err := d.store.Update(func(tx *Tx) error {
+	err := d.store.Update(func(tx *store.Tx) error {
 		for _, ev := range batch {
 			scan := api.Event{Time: ev.Time, Event: api.EventScan, Address: ev.Source.String(), Proto: ev.Proto,
 				Ports: ev.Ports, TCPFlags: ev.TCPFlags, Source: api.OriginTrap}

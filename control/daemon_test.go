@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
@@ -514,7 +516,7 @@ func TestSecondDaemonRefused(t *testing.T) {
 	}
 	// The same state directory is refused too, before anything is touched.
 	_, err = control.Open(context.Background(), control.Options{Config: dl.cfg})
-	if !errors.Is(err, control.ErrStoreLocked) {
+	if !errors.Is(err, store.ErrStoreLocked) {
 		t.Fatalf("second daemon on the same state dir: %v, want ErrStoreLocked", err)
 	}
 }

@@ -4,13 +4,15 @@ import (
 	"math"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/input"
 )
 
 // priorOffences is how many earlier offences count towards escalation at now: the history's
 // count if its last offence lies within the lookback, else none (the source has been quiet long
 // enough to start over).
-func priorOffences(o Offence, now time.Time, esc EscalationConfig) int {
+func priorOffences(o store.Offence, now time.Time, esc EscalationConfig) int {
 	if o.Count <= 0 || o.Last.IsZero() || now.Sub(o.Last) > time.Duration(esc.Lookback) {
 		return 0
 	}

@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/input"
 )
 
@@ -40,13 +42,13 @@ func TestPriorOffences(t *testing.T) {
 	now := time.Now()
 	esc := EscalationConfig{Enabled: true, Lookback: Duration(30 * 24 * time.Hour), Factor: 2}
 	for _, tc := range []struct {
-		o    Offence
+		o    store.Offence
 		want int
 	}{
-		{Offence{}, 0},
-		{Offence{Count: 3, Last: now.Add(-time.Hour)}, 3},
-		{Offence{Count: 3, Last: now.Add(-30 * 24 * time.Hour)}, 3},
-		{Offence{Count: 3, Last: now.Add(-30*24*time.Hour - time.Second)}, 0},
+		{store.Offence{}, 0},
+		{store.Offence{Count: 3, Last: now.Add(-time.Hour)}, 3},
+		{store.Offence{Count: 3, Last: now.Add(-30 * 24 * time.Hour)}, 3},
+		{store.Offence{Count: 3, Last: now.Add(-30*24*time.Hour - time.Second)}, 0},
 	} {
 		if got := priorOffences(tc.o, now, esc); got != tc.want {
 			t.Errorf("priorOffences(%+v) = %d, want %d", tc.o, got, tc.want)

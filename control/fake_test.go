@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
@@ -149,7 +151,7 @@ func TestEscalationThroughBlocks(t *testing.T) {
 	d, f := fakeDaemon(t)
 	ctx := context.Background()
 	day := 24 * time.Hour
-	block := func(ttl string) Rule {
+	block := func(ttl string) store.Rule {
 		t.Helper()
 		rs, err := d.Block(ctx, []string{"198.18.0.7"}, ttl, "")
 		if err != nil {

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/snare-dev/snare/backend"
 )
@@ -49,7 +48,7 @@ func TestImportBatchOrderUnique(t *testing.T) {
 				t.Fatal(err)
 			}
 			for i := n - 1; i >= 0; i-- {
-				*b.at(3*i + 1) = recOf(lines[i].p, lines[i].ns)
+				*b.at(3*i + 1) = backend.RecordOf(lines[i].p, lines[i].ns)
 			}
 			b.compact()
 			if b.n != n || b.chunks[(n-1)/recChunk] == nil || b.chunks[(n-1)/recChunk+1] != nil {
@@ -82,38 +81,12 @@ func TestImportBatchOrderUnique(t *testing.T) {
 				t.Fatalf("sorted=%v latest=%v: %d unique, want %d", sorted, latest, u.len(), len(uniq))
 			}
 			for i := range u.len() {
-				if r := u.at(i); r.prefix() != uniq[i].p || r.ms() != uniq[i].ns {
-					t.Fatalf("sorted=%v latest=%v: position %d is %s at %d, want %s at %d", sorted, latest, i, r.prefix(), r.ms(), uniq[i].p, uniq[i].ns)
+				if r := u.at(i); r.Prefix() != uniq[i].p || r.Ms() != uniq[i].ns {
+					t.Fatalf("sorted=%v latest=%v: position %d is %s at %d, want %s at %d", sorted, latest, i, r.Prefix(), r.Ms(), uniq[i].p, uniq[i].ns)
 				}
 			}
 			if !slices.Equal(u.repeated, rep) {
 				t.Fatalf("sorted=%v latest=%v: %d repeated, want %d", sorted, latest, len(u.repeated), len(rep))
-			}
-		}
-	}
-}
-
-// A record gives back the prefix it was made of, IPv4 and IPv6, and sorts as netip does.
-func TestImportRecPrefix(t *testing.T) {
-	ps := []netip.Prefix{
-		netip.MustParsePrefix("198.18.0.1/32"),
-		netip.MustParsePrefix("198.18.0.0/15"),
-		netip.MustParsePrefix("2001:db8::/32"),
-		netip.MustParsePrefix("2001:db8:1:2::/64"),
-		netip.MustParsePrefix("2001:db8::ff/128"),
-	}
-	for _, p := range ps {
-		for _, ms := range []int64{7, 0, -86_400_000, time.Date(2026, 11, 20, 0, 0, 0, 0, time.UTC).UnixMilli(), 1 << 46, -1 << 46} {
-			r := recOf(p, ms)
-			if got := r.prefix(); got != p || r.ms() != ms || !r.time().Equal(time.UnixMilli(ms)) || r.hole() {
-				t.Errorf("recOf(%s, %d): prefix %s, ms %d, time %s, hole %v", p, ms, got, r.ms(), r.time(), r.hole())
-			}
-		}
-		r := recOf(p, 7)
-		for _, q := range ps {
-			o := recOf(q, 0)
-			if r.before(&o) != (p.Compare(q) < 0) || r.samePrefix(&o) != (p == q) {
-				t.Errorf("%s before %s: %v, same %v; netip says %d", p, q, r.before(&o), r.samePrefix(&o), p.Compare(q))
 			}
 		}
 	}
@@ -130,30 +103,6 @@ func TestImportBatchTooLong(t *testing.T) {
 	for _, tc := range []struct{ capacity, want int }{{1000, 1 << 20}, {1_000_000, 4_000_000}, {100_000_000, maxImportLines}} {
 		if got := importLineLimit(tc.capacity); got != tc.want {
 			t.Errorf("importLineLimit(%d) = %d, want %d", tc.capacity, got, tc.want)
-		}
-	}
-}
-
-// A restore's compact rules give back each prefix with its deadline, a zero time staying
-// permanent, as the store keeps them (to the millisecond).
-func TestStoredRules(t *testing.T) {
-	soon := time.Date(2026, 12, 5, 10, 0, 0, 123_000_000, time.UTC)
-	want := []backend.Rule{
-		{Prefix: netip.MustParsePrefix("198.18.0.7/32"), Deadline: soon},
-		{Prefix: netip.MustParsePrefix("198.18.4.0/24")},
-		{Prefix: netip.MustParsePrefix("2001:db8:1:2::/64"), Deadline: soon.Add(time.Hour)},
-		{Prefix: netip.MustParsePrefix("2001:db8::ff/128")},
-	}
-	var rs storedRules
-	for _, r := range want {
-		rs = append(rs, recOf(r.Prefix, unixMs(r.Deadline)))
-	}
-	if rs.Len() != len(want) {
-		t.Fatalf("Len %d, want %d", rs.Len(), len(want))
-	}
-	for i, w := range want {
-		if got := rs.At(i); got.Prefix != w.Prefix || !got.Deadline.Equal(w.Deadline) || got.Permanent() != w.Permanent() {
-			t.Errorf("At(%d) = %s until %v, want %s until %v", i, got.Prefix, got.Deadline, w.Prefix, w.Deadline)
 		}
 	}
 }

@@ -1,9 +1,6 @@
 package control
 
 import (
-	"encoding/binary"
-	"net/netip"
-
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/internal/radix"
 )
@@ -72,16 +69,6 @@ func sortParts[K radix.Key](idx []int32, part func(i int) (hi, lo uint64, bits u
 	return idx
 }
 
-// addrHalves is an address as two big-endian integers; an IPv4 address is the top 32 bits of hi.
-func addrHalves(a netip.Addr) (hi, lo uint64) {
-	if a.Is4() {
-		b := a.As4()
-		return uint64(binary.BigEndian.Uint32(b[:])) << 32, 0
-	}
-	b := a.As16()
-	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
-}
-
 // permute reorders s so that position j holds what was at s[order[j]], moving each element
 // once (following the permutation's cycles) instead of copying s.
 func permute[T any](s []T, order []int32) {
@@ -111,7 +98,7 @@ func permute[T any](s []T, order []int32) {
 func sortStates(states []backend.RuleState) {
 	permute(states, prefixOrder(len(states), func(i int) (hi, lo uint64, bits uint8, v6 bool) {
 		p := states[i].Prefix
-		hi, lo = addrHalves(p.Addr())
+		hi, lo = backend.AddrHalves(p.Addr())
 		return hi, lo, uint8(p.Bits()), !p.Addr().Is4()
 	}))
 }

@@ -50,7 +50,7 @@ func TestPrefixOrderKeyWidths(t *testing.T) {
 			ps[i] = tc.gen()
 		}
 		order := prefixOrder(len(ps), func(i int) (hi, lo uint64, bits uint8, v6 bool) {
-			hi, lo = addrHalves(ps[i].Addr())
+			hi, lo = backend.AddrHalves(ps[i].Addr())
 			return hi, lo, uint8(ps[i].Bits()), !ps[i].Addr().Is4()
 		})
 		want := make([]int32, len(ps))

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/snare-dev/snare/backend"
@@ -33,9 +35,9 @@ const storeFixturePath = "testdata/store-v3.db.gz"
 
 // storeFixture is the content of the fixture store.
 type storeFixture struct {
-	rules    []control.Rule // in prefix order
-	allow    []control.AllowRecord
-	offences map[netip.Prefix]control.Offence
+	rules    []store.Rule // in prefix order
+	allow    []store.AllowRecord
+	offences map[netip.Prefix]store.Offence
 	expired  netip.Prefix // the one rule whose deadline has passed
 }
 
@@ -55,11 +57,11 @@ func fixtureContent() storeFixture {
 		return netip.PrefixFrom(netip.AddrFrom4([4]byte{a, b, c, d}), bits)
 	}
 	v6 := func(s string) netip.Prefix { return netip.MustParsePrefix(s) }
-	f := storeFixture{offences: map[netip.Prefix]control.Offence{}}
-	add := func(r control.Rule) {
+	f := storeFixture{offences: map[netip.Prefix]store.Offence{}}
+	add := func(r store.Rule) {
 		f.rules = append(f.rules, r)
 		if r.Offences > 0 {
-			f.offences[r.Prefix] = control.Offence{Count: r.Offences, Last: r.LastOffence}
+			f.offences[r.Prefix] = store.Offence{Count: r.Offences, Last: r.LastOffence}
 		}
 	}
 
@@ -67,7 +69,7 @@ func fixtureContent() storeFixture {
 	// them, permanent and timed lists alternating.
 	for i := range 2400 {
 		list := i / 300
-		r := control.Rule{Prefix: v4(198, 18, byte(i/200), byte(1+i%200), 32), Origin: api.OriginImport,
+		r := store.Rule{Prefix: v4(198, 18, byte(i/200), byte(1+i%200), 32), Origin: api.OriginImport,
 			Reason: fmt.Sprintf("import blocklist-%d.txt", list), Created: created.Add(time.Duration(list) * time.Hour)}
 		if list%2 == 1 {
 			r.Deadline = far.Add(time.Duration(list) * 24 * time.Hour)
@@ -75,11 +77,11 @@ func fixtureContent() storeFixture {
 		add(r)
 	}
 	for i := range 200 {
-		add(control.Rule{Prefix: v6(fmt.Sprintf("2001:db8:3::%x/128", i+1)), Origin: api.OriginImport,
+		add(store.Rule{Prefix: v6(fmt.Sprintf("2001:db8:3::%x/128", i+1)), Origin: api.OriginImport,
 			Reason: "import feed-v6 — Übersee", Created: created, Deadline: far.Add(90 * 24 * time.Hour)})
 	}
 	for i := range 20 {
-		add(control.Rule{Prefix: v4(198, 19, byte(200+i), 0, 24), Origin: api.OriginImport,
+		add(store.Rule{Prefix: v4(198, 19, byte(200+i), 0, 24), Origin: api.OriginImport,
 			Reason: "import cidrs.txt", Created: created.Add(time.Minute)})
 	}
 
@@ -89,7 +91,7 @@ func fixtureContent() storeFixture {
 		"🚫 spam source 🚫", "сканер портов", "manual", strings.Repeat("é", input.MaxReasonLen/2)}
 	for i := range 192 {
 		when := created.Add(time.Duration(i)*time.Minute + 123*time.Millisecond)
-		r := control.Rule{Prefix: v4(198, 18, byte(i/16), byte(201+i%16), 32), Origin: api.OriginManual,
+		r := store.Rule{Prefix: v4(198, 18, byte(i/16), byte(201+i%16), 32), Origin: api.OriginManual,
 			Reason: reasons[i%len(reasons)], Created: when, Offences: 1 + i%5, LastOffence: when.Add(time.Duration(i%5) * time.Hour)}
 		if i%2 == 1 {
 			r.Deadline = far.Add(time.Duration(i) * time.Hour)
@@ -97,53 +99,53 @@ func fixtureContent() storeFixture {
 		add(r)
 	}
 	for i := range 50 {
-		add(control.Rule{Prefix: v4(198, 19, byte(i), 0, 24), Origin: api.OriginManual, Reason: reasons[i%len(reasons)],
+		add(store.Rule{Prefix: v4(198, 19, byte(i), 0, 24), Origin: api.OriginManual, Reason: reasons[i%len(reasons)],
 			Created: created.Add(time.Duration(i) * time.Second), Offences: 1, LastOffence: created.Add(time.Duration(i) * time.Second)})
 	}
-	add(control.Rule{Prefix: v4(198, 19, 64, 0, 20), Origin: api.OriginManual, Reason: "a /20 by hand", Created: created,
+	add(store.Rule{Prefix: v4(198, 19, 64, 0, 20), Origin: api.OriginManual, Reason: "a /20 by hand", Created: created,
 		Deadline: far, Offences: 2, LastOffence: created.Add(time.Hour)})
-	add(control.Rule{Prefix: v4(198, 19, 128, 16, 28), Origin: api.OriginManual, Reason: "a /28", Created: created,
+	add(store.Rule{Prefix: v4(198, 19, 128, 16, 28), Origin: api.OriginManual, Reason: "a /28", Created: created,
 		Offences: 1, LastOffence: created})
-	add(control.Rule{Prefix: v6("2001:db8:f000::/48"), Origin: api.OriginManual, Reason: "a /48 — permanent",
+	add(store.Rule{Prefix: v6("2001:db8:f000::/48"), Origin: api.OriginManual, Reason: "a /48 — permanent",
 		Created: created, Offences: 1, LastOffence: created})
-	add(control.Rule{Prefix: v6("2001:db8:2::1/128"), Origin: api.OriginManual, Reason: "one IPv6 address",
+	add(store.Rule{Prefix: v6("2001:db8:2::1/128"), Origin: api.OriginManual, Reason: "one IPv6 address",
 		Created: created, Deadline: far.Add(time.Minute), Offences: 3, LastOffence: created.Add(2 * time.Hour)})
 
 	// Trap blocks, IPv4 single addresses and IPv6 /64s, escalated.
 	for i := range 100 {
 		when := created.Add(time.Duration(i) * time.Second)
-		add(control.Rule{Prefix: v4(198, 18, 100, byte(1+i), 32), Origin: api.OriginTrap,
+		add(store.Rule{Prefix: v4(198, 18, 100, byte(1+i), 32), Origin: api.OriginTrap,
 			Reason: "trap: tcp/1,111,31337 SYN", Created: when, Deadline: far.Add(time.Duration(i) * time.Second),
 			Offences: 1 + i%4, LastOffence: when})
 	}
 	for i := range 150 {
 		when := created.Add(time.Duration(i) * time.Second)
-		add(control.Rule{Prefix: v6(fmt.Sprintf("2001:db8:1:%x::/64", i)), Origin: api.OriginTrap,
+		add(store.Rule{Prefix: v6(fmt.Sprintf("2001:db8:1:%x::/64", i)), Origin: api.OriginTrap,
 			Reason: "trap: udp/161 (IPv6)", Created: when, Deadline: far.Add(time.Duration(i) * time.Minute),
 			Offences: 1 + i%3, LastOffence: when})
 	}
 
 	// The rule whose deadline passed before the fixture was written.
 	f.expired = v4(198, 18, 250, 250, 32)
-	add(control.Rule{Prefix: f.expired, Origin: api.OriginTrap, Reason: "trap: tcp/23 SYN — expired",
+	add(store.Rule{Prefix: f.expired, Origin: api.OriginTrap, Reason: "trap: tcp/23 SYN — expired",
 		Created: at("2024-12-01T00:00:00Z"), Deadline: at("2025-01-01T00:00:00Z"), Offences: 1,
 		LastOffence: at("2024-12-01T00:00:00Z")})
 
 	// Histories that outlived their blocks.
 	for i := range 20 {
-		f.offences[v4(198, 18, 240, byte(i), 32)] = control.Offence{Count: 1 + i, Last: created.Add(-time.Duration(i) * time.Hour)}
+		f.offences[v4(198, 18, 240, byte(i), 32)] = store.Offence{Count: 1 + i, Last: created.Add(-time.Duration(i) * time.Hour)}
 	}
-	f.offences[v6("2001:db8:9::/64")] = control.Offence{Count: 7, Last: created}
+	f.offences[v6("2001:db8:9::/64")] = store.Offence{Count: 7, Last: created}
 
-	f.allow = []control.AllowRecord{
+	f.allow = []store.AllowRecord{
 		{Prefix: v4(198, 18, 254, 0, 24), Created: created},
 		{Prefix: v4(198, 18, 253, 7, 32), Created: created.Add(time.Second)},
 		{Prefix: v4(198, 19, 255, 0, 28), Created: created.Add(2 * time.Second)},
 		{Prefix: v6("2001:db8:aaaa::/48"), Created: created.Add(3 * time.Second)},
 		{Prefix: v6("2001:db8:bbbb::1/128"), Created: created.Add(4 * time.Second)},
 	}
-	slices.SortFunc(f.rules, func(a, b control.Rule) int { return a.Prefix.Compare(b.Prefix) })
-	slices.SortFunc(f.allow, func(a, b control.AllowRecord) int { return a.Prefix.Compare(b.Prefix) })
+	slices.SortFunc(f.rules, func(a, b store.Rule) int { return a.Prefix.Compare(b.Prefix) })
+	slices.SortFunc(f.allow, func(a, b store.AllowRecord) int { return a.Prefix.Compare(b.Prefix) })
 	return f
 }
 
@@ -155,11 +157,11 @@ func TestWriteStoreFixture(t *testing.T) {
 	}
 	f := fixtureContent()
 	path := filepath.Join(t.TempDir(), "snare.db")
-	st, err := control.OpenStore(path)
+	st, err := store.OpenStore(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var imports, others []control.Rule
+	var imports, others []store.Rule
 	for _, r := range f.rules {
 		if r.Origin == api.OriginImport {
 			imports = append(imports, r)
@@ -167,10 +169,10 @@ func TestWriteStoreFixture(t *testing.T) {
 			others = append(others, r)
 		}
 	}
-	if err := st.BulkPutRules(len(imports), func(i int) control.Rule { return imports[i] }, nil); err != nil {
+	if err := st.BulkPutRules(len(imports), func(i int) store.Rule { return imports[i] }, nil); err != nil {
 		t.Fatal(err)
 	}
-	err = st.Update(func(tx *control.Tx) error {
+	err = st.Update(func(tx *store.Tx) error {
 		for _, r := range others {
 			if err := tx.PutRule(r); err != nil {
 				return err
@@ -255,7 +257,7 @@ func TestStoreFixtureOpens(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	st, err := control.OpenStore(filepath.Join(dir, "snare.db"))
+	st, err := store.OpenStore(filepath.Join(dir, "snare.db"))
 	if err != nil {
 		t.Fatalf("open the fixture store: %v", err)
 	}
@@ -270,9 +272,9 @@ func TestStoreFixtureOpens(t *testing.T) {
 	if got4, got6 := st.CountFamily(false), st.CountFamily(true); got4 != v4 || got6 != v6 {
 		t.Errorf("counts IPv4 %d, IPv6 %d; want %d, %d", got4, got6, v4, v6)
 	}
-	err = st.View(func(tx *control.Tx) error {
-		var got []control.Rule
-		if err := tx.ForEachRule(func(r control.Rule) error { got = append(got, r); return nil }); err != nil {
+	err = st.View(func(tx *store.Tx) error {
+		var got []store.Rule
+		if err := tx.ForEachRule(func(r store.Rule) error { got = append(got, r); return nil }); err != nil {
 			return err
 		}
 		if len(got) != len(f.rules) {
@@ -387,7 +389,7 @@ func TestStoreFixtureOpens(t *testing.T) {
 }
 
 // ruleDiff describes how got differs from want, field by field ("" if not at all).
-func ruleDiff(got, want control.Rule) string {
+func ruleDiff(got, want store.Rule) string {
 	var d []string
 	if got.Prefix != want.Prefix {
 		d = append(d, fmt.Sprintf("prefix %s, want %s", got.Prefix, want.Prefix))

@@ -16,6 +16,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/blocklist"
 	"github.com/snare-dev/snare/control/input"
 
@@ -58,21 +60,20 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 	var res SweepResult
 
 	var expired []netip.Prefix
-	var shown []Rule // the first maxExpireEvents of them, for the event log
+	var shown []store.Rule // the first maxExpireEvents of them, for the event log
 	// The kernel drops expired entries while the store deletes them: the data path already
 	// ignores an entry past its deadline, so neither order can open a gap.
 	var kernelDone chan error
 	if d.store.Due(now) || now.Sub(d.lastPrune) >= offencePruneInterval {
-		var next time.Time
-		err := d.store.Update(func(tx *Tx) error {
+		err := d.store.Update(func(tx *store.Tx) error {
 			var err error
-			if expired, shown, next, err = tx.expiredPrefixes(now, maxExpireEvents); err != nil {
+			if expired, shown, err = tx.ExpiredPrefixes(now, maxExpireEvents); err != nil {
 				return err
 			}
 			if len(expired) > 0 {
 				kernelDone = make(chan error, 1)
 				go func() { kernelDone <- d.enf.Unblock(ctx, expired) }()
-				if err := tx.deleteExpired(now); err != nil {
+				if err := tx.DeleteExpired(now); err != nil {
 					return err
 				}
 			}
@@ -93,7 +94,6 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		if kerr != nil {
 			return res, fmt.Errorf("sweep: remove %d expired entries from the kernel: %w", len(expired), kerr)
 		}
-		d.store.setEarliest(next)
 		if now.Sub(d.lastPrune) >= offencePruneInterval {
 			d.lastPrune = now
 		}
@@ -141,11 +141,11 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 		return fmt.Errorf("reconcile: read enforced rules: %w", err)
 	}
 	sortStates(kernel)
-	var missing []Rule
+	var missing []store.Rule
 	var unknown []backend.RuleState
 	i := 0
-	err = d.store.View(func(tx *Tx) error {
-		return tx.ForEachRule(func(r Rule) error {
+	err = d.store.View(func(tx *store.Tx) error {
+		return tx.ForEachRule(func(r store.Rule) error {
 			for i < len(kernel) && kernel[i].Prefix.Compare(r.Prefix) < 0 {
 				unknown = append(unknown, kernel[i])
 				i++
@@ -214,7 +214,7 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 // was down, or the event was suppressed) like any trap block, writes their escalated deadlines
 // back to the kernel and counts them. A trap block the allowlist now covers (it changed while
 // the daemon was down) is removed from the kernel instead: the allowlist always wins.
-func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend.RuleState, now time.Time) ([]Rule, error) {
+func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend.RuleState, now time.Time) ([]store.Rule, error) {
 	var adopt []backend.RuleState
 	var allowed []netip.Prefix
 	var evs []api.Event
@@ -237,8 +237,8 @@ func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend
 	if len(adopt) == 0 {
 		return nil, nil
 	}
-	var rules []Rule
-	err := d.store.Update(func(tx *Tx) error {
+	var rules []store.Rule
+	err := d.store.Update(func(tx *store.Tx) error {
 		for _, k := range adopt {
 			r, err := d.offendLocked(tx, cfg, k.Prefix, api.OriginTrap, adoptReason, time.Duration(cfg.Block.TTL), false, now)
 			if err != nil {
@@ -257,7 +257,7 @@ func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend
 }
 
 // adoptEvents are the event log's lines for adopted trap blocks (the first maxExpireEvents).
-func adoptEvents(rules []Rule, now time.Time) []api.Event {
+func adoptEvents(rules []store.Rule, now time.Time) []api.Event {
 	var evs []api.Event
 	for j, r := range rules {
 		if j == maxExpireEvents {
@@ -348,7 +348,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	// may not is counted exactly once its repeats and stored entries are known.
 	var lines [2]int
 	for i := range recs.n {
-		lines[familyIndex(recs.at(i).v6())]++
+		lines[store.FamilyIndex(recs.at(i).V6())]++
 	}
 	fits := d.checkCapacity(cfg, lines) == nil
 	order := recs.order()
@@ -359,9 +359,9 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 		go func() {
 			early <- d.blockChunks(ctx, recs.n, func(j int) backend.Rule {
 				rec := read(j)
-				r := backend.Rule{Prefix: rec.prefix()}
+				r := backend.Rule{Prefix: rec.Prefix()}
 				if ttl != 0 {
-					r.Deadline = rec.time()
+					r.Deadline = rec.Time()
 				}
 				return r
 			})
@@ -371,28 +371,28 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	// One rule per prefix, in store order: the latest deadline (the latest date) wins.
 	uniq := recs.unique(order, ttl != 0)
 	n := uniq.len()
-	rule := func(rec importRec) Rule {
-		r := Rule{Prefix: rec.prefix(), Reason: reason, Origin: api.OriginImport}
+	rule := func(rec backend.Record) store.Rule {
+		r := store.Rule{Prefix: rec.Prefix(), Reason: reason, Origin: api.OriginImport}
 		if ttl != 0 {
-			r.Deadline = rec.time()
+			r.Deadline = rec.Time()
 			r.Created = r.Deadline.Add(-ttl)
 		} else {
-			r.Created = rec.time()
+			r.Created = rec.Time()
 		}
 		return r
 	}
-	at := func(i int) Rule { return rule(uniq.at(i)) }
+	at := func(i int) store.Rule { return rule(uniq.at(i)) }
 	// inTurn is at for one goroutine that reads the rules in order (the store's writer, the
 	// kernel's).
-	inTurn := func() func(int) Rule {
+	inTurn := func() func(int) store.Rule {
 		read := uniq.inTurn()
-		return func(i int) Rule { return rule(read(i)) }
+		return func(i int) store.Rule { return rule(read(i)) }
 	}
 	// Entries already blocked keep what they are, extended to the later deadline; the kernel
 	// takes that deadline too.
 	var merged map[int]mergedRule
 	if early == nil {
-		if merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.prefix() }, at, now); err != nil {
+		if merged, err = d.mergeStored(n, func(i int) netip.Prefix { rec := uniq.at(i); return rec.Prefix() }, at, now); err != nil {
 			return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 		}
 	}
@@ -401,7 +401,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 		for i := range n {
 			if _, ok := merged[i]; !ok {
 				rec := uniq.at(i)
-				fresh[familyIndex(rec.v6())]++
+				fresh[store.FamilyIndex(rec.V6())]++
 			}
 		}
 		if err := d.checkCapacity(cfg, fresh); err != nil {
@@ -416,13 +416,13 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 			}
 			again := make([]backend.Rule, len(uniq.repeated))
 			for j, i := range uniq.repeated {
-				again[j] = at(int(i)).enforced()
+				again[j] = at(int(i)).Enforced()
 			}
 			return d.enf.Block(ctx, again)
 		})
 	default:
-		final := func(rule func(int) Rule) func(int) Rule {
-			return func(i int) Rule {
+		final := func(rule func(int) store.Rule) func(int) store.Rule {
+			return func(i int) store.Rule {
 				if m, ok := merged[i]; ok {
 					return m.now
 				}
@@ -432,16 +432,16 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 		if n >= bulkImport {
 			kernel := final(inTurn())
 			err = d.bulkBlock(n, final(inTurn()), merged, func() error {
-				return d.blockChunks(ctx, n, func(i int) backend.Rule { return kernel(i).enforced() })
+				return d.blockChunks(ctx, n, func(i int) backend.Rule { return kernel(i).Enforced() })
 			})
 			break
 		}
-		rules, get := make([]Rule, n), final(at)
+		rules, get := make([]store.Rule, n), final(at)
 		for i := range n {
 			rules[i] = get(i)
 		}
 		written := false
-		err = d.store.Update(func(tx *Tx) error {
+		err = d.store.Update(func(tx *store.Tx) error {
 			if err := tx.PutRulesSorted(rules); err != nil {
 				return err
 			}
@@ -498,7 +498,7 @@ func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration,
 			if ttl != 0 {
 				c += ttlMs // the record holds the deadline; permanent ones when they were made
 			}
-			*recs.at(l.Number - 1) = recOf(l.Prefix, c)
+			*recs.at(l.Number - 1) = backend.RecordOf(l.Prefix, c)
 		})
 		mu.Lock()
 		defer mu.Unlock()
@@ -537,7 +537,7 @@ func (d *Daemon) recheckAllowLocked(name string, recs *importBatch, parsedWith A
 		return nil
 	}
 	for i := range recs.n {
-		p := recs.at(i).prefix()
+		p := recs.at(i).Prefix()
 		for _, it := range added {
 			if it.Prefix.Overlaps(p) {
 				return userErrorf("import %s: %s overlaps %s, allowlisted (%s) while the list was being sent; nothing imported: import it again to check it against the allowlist in force",
@@ -549,16 +549,16 @@ func (d *Daemon) recheckAllowLocked(name string, recs *importBatch, parsedWith A
 }
 
 // mergedRule is an imported entry that was blocked already: what it was and what it becomes.
-type mergedRule struct{ old, now Rule }
+type mergedRule struct{ old, now store.Rule }
 
 // mergeStored finds the entries 0..n-1 (prefix(i), sorted) that are blocked already and not
 // expired; each keeps its stored rule, extended to the later deadline. Keyed by entry index.
-func (d *Daemon) mergeStored(n int, prefix func(int) netip.Prefix, rule func(int) Rule, now time.Time) (map[int]mergedRule, error) {
+func (d *Daemon) mergeStored(n int, prefix func(int) netip.Prefix, rule func(int) store.Rule, now time.Time) (map[int]mergedRule, error) {
 	merged := map[int]mergedRule{}
 	if d.store.Count() == 0 || n == 0 {
 		return merged, nil
 	}
-	check := func(i int, old Rule) {
+	check := func(i int, old store.Rule) {
 		if old.Expired(now) {
 			return
 		}
@@ -568,10 +568,10 @@ func (d *Daemon) mergeStored(n int, prefix func(int) netip.Prefix, rule func(int
 		}
 		merged[i] = mergedRule{old: old, now: r}
 	}
-	err := d.store.View(func(tx *Tx) error {
+	err := d.store.View(func(tx *store.Tx) error {
 		if d.store.Count() < n {
 			// Walk the (smaller) store and look each rule up among the entries.
-			return tx.ForEachRule(func(old Rule) error {
+			return tx.ForEachRule(func(old store.Rule) error {
 				i := sort.Search(n, func(i int) bool { return prefix(i).Compare(old.Prefix) >= 0 })
 				if i < n && prefix(i) == old.Prefix {
 					check(i, old)
@@ -597,7 +597,7 @@ func (d *Daemon) mergeStored(n int, prefix func(int) netip.Prefix, rule func(int
 // writes the same rules to the enforcer, concurrently, and swaps the store's new rules in only
 // when the kernel has them all. On any failure the kernel is put back: new entries removed,
 // merged ones given their old deadlines.
-func (d *Daemon) bulkBlock(n int, at func(int) Rule, merged map[int]mergedRule, kernel func() error) error {
+func (d *Daemon) bulkBlock(n int, at func(int) store.Rule, merged map[int]mergedRule, kernel func() error) error {
 	kerr := make(chan error, 1)
 	go func() { kerr <- kernel() }()
 	waited := false
@@ -616,11 +616,11 @@ func (d *Daemon) bulkBlock(n int, at func(int) Rule, merged map[int]mergedRule, 
 
 // importUndo puts the kernel back after a refused import of at(0..n-1): new entries removed,
 // merged ones given their old deadlines.
-func importUndo(n int, at func(int) Rule, merged map[int]mergedRule) *kernelUndo {
+func importUndo(n int, at func(int) store.Rule, merged map[int]mergedRule) *kernelUndo {
 	u := &kernelUndo{}
 	for i := range n {
 		if m, ok := merged[i]; ok {
-			u.back = append(u.back, m.old.enforced())
+			u.back = append(u.back, m.old.Enforced())
 		} else {
 			u.gone = append(u.gone, at(i).Prefix)
 		}
@@ -714,8 +714,8 @@ func (d *Daemon) Export(w io.Writer, format string) error {
 	}
 	bw := bufio.NewWriterSize(w, 256<<10)
 	now := time.Now()
-	err := d.store.View(func(tx *Tx) error {
-		return tx.ForEachRule(func(r Rule) error {
+	err := d.store.View(func(tx *store.Tx) error {
+		return tx.ForEachRule(func(r store.Rule) error {
 			if r.Expired(now) {
 				return nil
 			}

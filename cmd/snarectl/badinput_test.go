@@ -9,10 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/control"
 )
 
 // Reasons too long or holding control characters, and link-local, multicast or loopback
@@ -85,13 +86,13 @@ func TestTablesEscapeOldStoredText(t *testing.T) {
 	escape := "\x1b[31mred\x1b[0m\x07"
 	huge := strings.Repeat("h", 2<<20)
 	reasons := map[string]string{"198.18.0.7/32": forged, "198.18.0.8/32": escape, "198.18.0.9/32": huge}
-	store, err := control.OpenStore(filepath.Join(dir, "snare.db"))
+	st, err := store.OpenStore(filepath.Join(dir, "snare.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = store.Update(func(tx *control.Tx) error {
+	err = st.Update(func(tx *store.Tx) error {
 		for p, reason := range reasons {
-			r := control.Rule{Prefix: netip.MustParsePrefix(p), Reason: reason, Origin: api.OriginManual,
+			r := store.Rule{Prefix: netip.MustParsePrefix(p), Reason: reason, Origin: api.OriginManual,
 				Created: now.Add(-time.Minute), Deadline: now.Add(time.Hour), Offences: 1}
 			if err := tx.PutRule(r); err != nil {
 				return err
@@ -99,7 +100,7 @@ func TestTablesEscapeOldStoredText(t *testing.T) {
 		}
 		return nil
 	})
-	if cerr := store.Close(); err != nil || cerr != nil {
+	if cerr := st.Close(); err != nil || cerr != nil {
 		t.Fatal(err, cerr)
 	}
 	var events []byte

@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/snare-dev/snare/control/store"
+
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/spf13/pflag"
 
@@ -135,7 +137,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	if err := serve(cfg, load, log); err != nil {
-		if errors.Is(err, control.ErrStoreCorrupt) {
+		if errors.Is(err, store.ErrStoreCorrupt) {
 			path := cfg.DBPath()
 			fmt.Fprintf(stderr, "Error: %v. snared did not start; the blocks already in the kernel stay enforced. "+
 				"To recover, run \"snared --recover-store\" with the same flags (it salvages every readable entry into a fresh store "+
@@ -153,8 +155,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 // recoverStore replaces a damaged store with a fresh one holding what is readable of it
 // (control.RecoverStore) and says what was saved and what was lost. A sound store is left alone.
 func recoverStore(path string, stdout, stderr io.Writer) int {
-	rec, err := control.RecoverStore(path, time.Now())
-	if errors.Is(err, control.ErrNothingToRecover) {
+	rec, err := store.RecoverStore(path, time.Now())
+	if errors.Is(err, store.ErrNothingToRecover) {
 		fmt.Fprintf(stdout, "%v: nothing changed\n", err)
 		return exitOK
 	}

@@ -1,4 +1,4 @@
-package control
+package store
 
 import (
 	"bytes"
@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control/api"
 
 	bolt "go.etcd.io/bbolt"
@@ -38,6 +39,9 @@ func (r Rule) Permanent() bool { return r.Deadline.IsZero() }
 
 // Expired reports whether the rule's deadline has passed at now.
 func (r Rule) Expired(now time.Time) bool { return !r.Deadline.IsZero() && !now.Before(r.Deadline) }
+
+// Enforced is r as an enforcer takes it.
+func (r Rule) Enforced() backend.Rule { return backend.Rule{Prefix: r.Prefix, Deadline: r.Deadline} }
 
 // Offence is the escalation history of one source: how many times it was blocked within the
 // lookback, and when last. It outlives the block itself (that is the point).
@@ -204,7 +208,7 @@ func (s *Store) load() error {
 	return guard(func() error {
 		return s.db.View(func(tx *bolt.Tx) error {
 			return checkStore(tx, func(p netip.Prefix, deadline time.Time) {
-				s.count[familyIndex(p.Addr().Is6())]++
+				s.count[FamilyIndex(p.Addr().Is6())]++
 				s.noteDeadline(deadline)
 			})
 		})
@@ -327,11 +331,11 @@ func (s *Store) Count() int {
 func (s *Store) CountFamily(ipv6 bool) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.count[familyIndex(ipv6)]
+	return s.count[FamilyIndex(ipv6)]
 }
 
-// familyIndex indexes the per-family counts: 0 for IPv4, 1 for IPv6.
-func familyIndex(ipv6 bool) int {
+// FamilyIndex indexes the per-family counts: 0 for IPv4, 1 for IPv6.
+func FamilyIndex(ipv6 bool) int {
 	if ipv6 {
 		return 1
 	}
@@ -339,7 +343,7 @@ func familyIndex(ipv6 bool) int {
 }
 
 // keyFamily is the familyIndex of a prefix key.
-func keyFamily(k []byte) int { return familyIndex(len(k) > 0 && k[0] == 6) }
+func keyFamily(k []byte) int { return FamilyIndex(len(k) > 0 && k[0] == 6) }
 
 // Due reports whether some rule may have expired by now; false means none has, so the sweeper
 // can skip walking the store.
@@ -347,13 +351,6 @@ func (s *Store) Due(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return !s.earliest.IsZero() && !now.Before(s.earliest)
-}
-
-// setEarliest records the earliest deadline found by a full walk.
-func (s *Store) setEarliest(t time.Time) {
-	s.mu.Lock()
-	s.earliest = t
-	s.mu.Unlock()
 }
 
 // Close closes the database.
@@ -493,6 +490,8 @@ type Tx struct {
 	rules, offences, allow *bolt.Bucket
 	added                  [2]int    // rules added minus rules deleted, per family
 	earliest               time.Time // earliest deadline written
+	walked                 bool      // ExpiredPrefixes read every deadline: next is exact
+	next                   time.Time // the earliest deadline it found after its now
 }
 
 func (t *Tx) noteDeadline(d time.Time) {
@@ -501,9 +500,9 @@ func (t *Tx) noteDeadline(d time.Time) {
 	}
 }
 
-// commitsBefore is the number of read-write transactions committed before this one began:
+// CommitsBefore is the number of read-write transactions committed before this one began:
 // equal in two transactions means nothing was written between them.
-func (t *Tx) commitsBefore() int {
+func (t *Tx) CommitsBefore() int {
 	if t.tx.Writable() {
 		return t.tx.ID() - 1 // a writable transaction has the id it will commit with
 	}
@@ -526,6 +525,9 @@ func (s *Store) Update(fn func(*Tx) error) error {
 		s.mu.Lock()
 		s.count[0] += t.added[0]
 		s.count[1] += t.added[1]
+		if t.walked {
+			s.earliest = t.next
+		}
 		if !t.earliest.IsZero() {
 			s.noteDeadline(t.earliest)
 		}
@@ -557,7 +559,7 @@ func (t *Tx) PutRule(r Rule) error {
 		return fmt.Errorf("store rule %s: %w", r.Prefix, err)
 	}
 	if added {
-		t.added[familyIndex(r.Prefix.Addr().Is6())]++
+		t.added[FamilyIndex(r.Prefix.Addr().Is6())]++
 	}
 	return nil
 }
@@ -566,7 +568,7 @@ func (t *Tx) PutRule(r Rule) error {
 func (t *Tx) DeleteRule(p netip.Prefix) (bool, error) {
 	ok, err := t.deleteRaw(prefixKey(p))
 	if ok {
-		t.added[familyIndex(p.Addr().Is6())]--
+		t.added[FamilyIndex(p.Addr().Is6())]--
 	}
 	return ok, err
 }
@@ -666,78 +668,14 @@ func rawDeadline(v []byte) time.Time {
 	return time.Time{}
 }
 
-// DeleteExpired deletes the rules whose deadline is at or before now and returns them, with
-// the earliest deadline among the rest (zero if none). When most rules have expired (a big
-// import running out), the bucket is rebuilt from the survivors instead: deleting a million
-// keys one by one costs seconds, dropping a bucket almost nothing.
-func (t *Tx) DeleteExpired(now time.Time) (expired []Rule, next time.Time, err error) {
-	expired, next, err = t.ExpiredRules(now)
-	if err != nil || len(expired) == 0 {
-		return expired, next, err
-	}
-	return expired, next, t.deleteExpired(now)
-}
-
-// deleteExpired deletes the rules expired at now: only the segments that hold some are
-// rewritten.
-func (t *Tx) deleteExpired(now time.Time) error {
-	n, err := t.filterRecords(func(_, v []byte) bool {
-		d := rawDeadline(v)
-		return d.IsZero() || now.Before(d)
-	})
-	if err != nil {
-		return err
-	}
-	t.added[0] -= n[0]
-	t.added[1] -= n[1]
-	return nil
-}
-
-// ExpiredRules returns the rules whose deadline is at or before now, decoding only those, and
-// the earliest deadline among the rest (zero if none).
-func (t *Tx) ExpiredRules(now time.Time) (expired []Rule, next time.Time, err error) {
-	// Count first (reading only deadlines is cheap) so that the result is allocated once: a
-	// million rules grown by append cost seconds of copying.
-	n := 0
-	_ = forEachRecord(t.rules, func(k, v []byte) error {
-		if d := rawDeadline(v); !d.IsZero() && !now.Before(d) {
-			n++
-		}
-		return nil
-	})
-	if n == 0 {
-		return nil, t.nextDeadline(now), nil
-	}
-	expired = make([]Rule, 0, n)
-	err = forEachRecord(t.rules, func(k, v []byte) error {
-		d := rawDeadline(v)
-		if d.IsZero() {
-			return nil
-		}
-		if now.Before(d) {
-			if next.IsZero() || d.Before(next) {
-				next = d
-			}
-			return nil
-		}
-		p, err := parsePrefixKey(k)
-		if err != nil {
-			return err
-		}
-		r, err := decodeRule(p, v)
-		if err != nil {
-			return err
-		}
-		expired = append(expired, r)
-		return nil
-	})
-	return expired, next, err
-}
-
-// expiredPrefixes is ExpiredRules for the sweeper: the prefixes of every expired rule, but whole
+// ExpiredPrefixes returns the prefixes of the rules whose deadline is at or before now, whole
 // rules only for the first show of them (a million expired Rules with their reasons cost more
-// than the rest of a sweep), and the earliest deadline among the rest.
-func (t *Tx) expiredPrefixes(now time.Time, show int) (prefixes []netip.Prefix, shown []Rule, next time.Time, err error) {
+// than the rest of a sweep). The earliest deadline among the rest becomes the store's (Due) once
+// the transaction commits. DeleteExpired deletes them; a sweep runs the kernel's removal in
+// between.
+func (t *Tx) ExpiredPrefixes(now time.Time, show int) (prefixes []netip.Prefix, shown []Rule, err error) {
+	// Count first (reading only deadlines is cheap) so that the result is allocated once: a
+	// million prefixes grown by append cost seconds of copying.
 	n := 0
 	_ = forEachRecord(t.rules, func(k, v []byte) error {
 		if d := rawDeadline(v); !d.IsZero() && !now.Before(d) {
@@ -745,10 +683,10 @@ func (t *Tx) expiredPrefixes(now time.Time, show int) (prefixes []netip.Prefix, 
 		}
 		return nil
 	})
-	if n == 0 {
-		return nil, nil, t.nextDeadline(now), nil
+	var next time.Time
+	if n > 0 {
+		prefixes = make([]netip.Prefix, 0, n)
 	}
-	prefixes = make([]netip.Prefix, 0, n)
 	err = forEachRecord(t.rules, func(k, v []byte) error {
 		d := rawDeadline(v)
 		if d.IsZero() {
@@ -774,18 +712,23 @@ func (t *Tx) expiredPrefixes(now time.Time, show int) (prefixes []netip.Prefix, 
 		}
 		return nil
 	})
-	return prefixes, shown, next, err
+	t.walked, t.next = true, next
+	return prefixes, shown, err
 }
 
-// nextDeadline is the earliest deadline after now (zero if none).
-func (t *Tx) nextDeadline(now time.Time) (next time.Time) {
-	_ = forEachRecord(t.rules, func(k, v []byte) error {
-		if d := rawDeadline(v); !d.IsZero() && now.Before(d) && (next.IsZero() || d.Before(next)) {
-			next = d
-		}
-		return nil
+// DeleteExpired deletes the rules expired at now: only the segments that hold some are
+// rewritten.
+func (t *Tx) DeleteExpired(now time.Time) error {
+	n, err := t.filterRecords(func(_, v []byte) bool {
+		d := rawDeadline(v)
+		return d.IsZero() || now.Before(d)
 	})
-	return next
+	if err != nil {
+		return err
+	}
+	t.added[0] -= n[0]
+	t.added[1] -= n[1]
+	return nil
 }
 
 // Offence returns the escalation history of p.
@@ -960,4 +903,43 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 	s.noteDeadline(earliest)
 	s.mu.Unlock()
 	return nil
+}
+
+// Snapshot is what a daemon's start needs of the store, read while the enforcer loads: the rules
+// still in force (in store order) and the expired ones.
+type Snapshot struct {
+	Commits int // the store's commits before the read (Tx.CommitsBefore)
+	Live    backend.Records
+	Gone    []Rule
+	Err     error
+}
+
+// Snapshot reads a Snapshot at now in a transaction of its own.
+func (s *Store) Snapshot(now time.Time) Snapshot {
+	var snap Snapshot
+	err := s.View(func(tx *Tx) error {
+		snap = tx.Snapshot(now, s.Count())
+		return snap.Err
+	})
+	snap.Err = err
+	return snap
+}
+
+// Snapshot reads a Snapshot at now in tx; size is the number of rules expected.
+func (t *Tx) Snapshot(now time.Time, size int) Snapshot {
+	s := Snapshot{Commits: t.CommitsBefore(), Live: make(backend.Records, 0, size)} // one allocation, not a million appends
+	// OpenStore checked every page and record, but the file may have been damaged since: a
+	// damaged page is an error here, not a crash.
+	s.Err = guard(func() error {
+		return t.forEachDeadline(func(p netip.Prefix, deadline time.Time, record []byte) error {
+			if deadline.IsZero() || now.Before(deadline) {
+				s.Live = append(s.Live, backend.RecordOf(p, unixMs(deadline)))
+				return nil
+			}
+			r, err := decodeRule(p, record)
+			s.Gone = append(s.Gone, r)
+			return err
+		})
+	})
+	return s
 }

@@ -1,4 +1,4 @@
-package control
+package store
 
 import (
 	"bufio"
@@ -321,20 +321,22 @@ func TestDeleteExpired(t *testing.T) {
 			if err := s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) }); err != nil {
 				t.Fatal(err)
 			}
-			var gone []Rule
-			var next time.Time
+			var gone []netip.Prefix
 			if err := s.Update(func(tx *Tx) error {
 				var err error
-				gone, next, err = tx.DeleteExpired(now)
-				return err
+				if gone, _, err = tx.ExpiredPrefixes(now, 0); err != nil {
+					return err
+				}
+				return tx.DeleteExpired(now)
 			}); err != nil {
 				t.Fatal(err)
 			}
 			if len(gone) != tc.expired || s.Count() != tc.live {
 				t.Errorf("deleted %d, left %d; want %d, %d", len(gone), s.Count(), tc.expired, tc.live)
 			}
-			if !next.Equal(firstLive) {
-				t.Errorf("next deadline %s, want %s", next, firstLive)
+			// The earliest deadline left is what Due goes by.
+			if due := s.Due(firstLive); firstLive.IsZero() == due || s.Due(firstLive.Add(-time.Millisecond)) {
+				t.Errorf("Due(%s) %v, Due a millisecond before %v: want due exactly from the first live deadline", firstLive, due, s.Due(firstLive.Add(-time.Millisecond)))
 			}
 			s.View(func(tx *Tx) error {
 				n := 0
@@ -506,17 +508,17 @@ func TestRulesWithin(t *testing.T) {
 func TestCommitsBefore(t *testing.T) {
 	s := openTestStore(t, filepath.Join(t.TempDir(), "snare.db"))
 	var read, write int
-	if err := s.View(func(tx *Tx) error { read = tx.commitsBefore(); return nil }); err != nil {
+	if err := s.View(func(tx *Tx) error { read = tx.CommitsBefore(); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Update(func(tx *Tx) error { write = tx.commitsBefore(); return nil }); err != nil {
+	if err := s.Update(func(tx *Tx) error { write = tx.CommitsBefore(); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if read != write {
 		t.Fatalf("nothing committed between them, yet read sees %d commits and write %d", read, write)
 	}
 	if err := s.Update(func(tx *Tx) error {
-		if tx.commitsBefore() == read {
+		if tx.CommitsBefore() == read {
 			return fmt.Errorf("a write after a commit sees the same %d commits", read)
 		}
 		return nil
@@ -555,7 +557,7 @@ func TestCountPerFamily(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(3, 3)
-	if err := s.Update(func(tx *Tx) error { _, _, err := tx.DeleteExpired(now); return err }); err != nil {
+	if err := s.Update(func(tx *Tx) error { return tx.DeleteExpired(now) }); err != nil {
 		t.Fatal(err)
 	}
 	want(1, 2) // 198.18.0.1 (deadline now), 198.18.0.2 and 2001:db8::/64 expired
