@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/snare-dev/snare/control/input"
@@ -26,7 +28,7 @@ import (
 
 // Options configure Open.
 type Options struct {
-	Config   *Config
+	Config   *config.Config
 	Logger   *slog.Logger // nil: discard
 	Recorder Recorder     // nil: NopRecorder
 	Version  string
@@ -36,7 +38,7 @@ type Options struct {
 	// FallbackReason says why an Enforcer given here is the fallback (for status).
 	FallbackReason string
 	// OpenFallback opens the iptables back-end; nil means it is not available in this build.
-	OpenFallback func(cfg *Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error)
+	OpenFallback func(cfg *config.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error)
 	// ImplicitAllow discovers the implicit allowlist; nil means ImplicitAllowlist("/etc/resolv.conf").
 	ImplicitAllow func() (Allowlist, error)
 	// Listening lists the host's listening ports for the trap-port watcher; nil means ListeningPorts.
@@ -64,7 +66,7 @@ type Daemon struct {
 	events   *EventLog
 
 	mu        sync.Mutex
-	cfg       *Config
+	cfg       *config.Config
 	implicit  Allowlist
 	allow     Allowlist // implicit + config + manual, what the enforcer has
 	trapTCP   []uint16  // trap ports in force
@@ -163,7 +165,7 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 // OpenEnforcer opens the back-end the config asks for. With backend auto, an XDP back-end that
 // cannot load or attach is replaced by the iptables fallback and the reason returned; a pin
 // directory held by another daemon is an error either way (it is not a reason to fall back).
-func OpenEnforcer(cfg *Config, log *slog.Logger, openFallback func(*Config, []string, *slog.Logger) (backend.Enforcer, error)) (backend.Enforcer, string, error) {
+func OpenEnforcer(cfg *config.Config, log *slog.Logger, openFallback func(*config.Config, []string, *slog.Logger) (backend.Enforcer, error)) (backend.Enforcer, string, error) {
 	ifaces := cfg.Interfaces
 	if len(ifaces) == 0 {
 		var err error
@@ -221,7 +223,7 @@ func (d *Daemon) Backend() (name, fallbackReason string) { return d.enf.Name(), 
 func (d *Daemon) Enforcer() backend.Enforcer { return d.enf }
 
 // Config returns the configuration in force.
-func (d *Daemon) Config() *Config {
+func (d *Daemon) Config() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
@@ -314,7 +316,7 @@ func (d *Daemon) restore(ctx context.Context, snapc <-chan store.Snapshot) error
 }
 
 // trapSpec is the trap-port policy of cfg.
-func trapSpec(cfg *Config) TrapPortSpec {
+func trapSpec(cfg *config.Config) TrapPortSpec {
 	t := cfg.EnforcerTrap()
 	ex, _ := input.ParsePorts(cfg.Trap.Exclude)
 	return TrapPortSpec{TCP: t.TCPPorts, UDP: t.UDPPorts, AdvancedBelow: cfg.Trap.AdvancedBelow, Exclude: ex}
@@ -322,7 +324,7 @@ func trapSpec(cfg *Config) TrapPortSpec {
 
 // trapPorts computes the trap ports in force once (the watcher keeps them current later). When
 // the listening sockets cannot be read, the configured lists are used as they are.
-func (d *Daemon) trapPorts(ctx context.Context, cfg *Config) (tcp, udp []uint16, err error) {
+func (d *Daemon) trapPorts(ctx context.Context, cfg *config.Config) (tcp, udp []uint16, err error) {
 	spec := trapSpec(cfg)
 	if e, err := ReadEphemeralPorts(); err != nil {
 		d.log.Warn("cannot read the ephemeral port range; configured trap ports inside it stay traps", "err", err)
@@ -348,7 +350,7 @@ func (d *Daemon) trapPorts(ctx context.Context, cfg *Config) (tcp, udp []uint16,
 	return tcp, udp, nil
 }
 
-func (d *Daemon) applyTrapLocked(ctx context.Context, cfg *Config, tcp, udp []uint16) error {
+func (d *Daemon) applyTrapLocked(ctx context.Context, cfg *config.Config, tcp, udp []uint16) error {
 	tc := cfg.EnforcerTrap()
 	tc.TCPPorts, tc.UDPPorts = tcp, udp
 	if err := d.enf.SetTrap(ctx, tc); err != nil {
@@ -497,7 +499,7 @@ type target struct {
 	single bool
 }
 
-func (d *Daemon) parseTargets(texts []string, cfg *Config, checkAllow bool) ([]target, error) {
+func (d *Daemon) parseTargets(texts []string, cfg *config.Config, checkAllow bool) ([]target, error) {
 	if len(texts) == 0 {
 		return nil, userErrorf("no address given")
 	}
@@ -602,7 +604,7 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 // checkCapacity refuses adding fresh rules (per family) beyond block.capacity. The kernel's maps
 // have room above it (loader.Spec), so within capacity no block is ever evicted, and trap blocks
 // stop at capacity in the kernel itself. Trap blocks count once recorded.
-func (d *Daemon) checkCapacity(cfg *Config, fresh [2]int) error {
+func (d *Daemon) checkCapacity(cfg *config.Config, fresh [2]int) error {
 	for i, name := range [2]string{"IPv4", "IPv6"} {
 		have := d.store.CountFamily(i == 1)
 		if fresh[i] > 0 && have+fresh[i] > cfg.Block.Capacity {
@@ -615,7 +617,7 @@ func (d *Daemon) checkCapacity(cfg *Config, fresh [2]int) error {
 
 // offendLocked records one offence of prefix and returns the rule as stored: escalated TTL
 // (unless explicit), deadline extended, offence counted.
-func (d *Daemon) offendLocked(tx *store.Tx, cfg *Config, p netip.Prefix, origin, reason string, base time.Duration, explicit bool, now time.Time) (store.Rule, error) {
+func (d *Daemon) offendLocked(tx *store.Tx, cfg *config.Config, p netip.Prefix, origin, reason string, base time.Duration, explicit bool, now time.Time) (store.Rule, error) {
 	old, exists, err := tx.Rule(p)
 	if err != nil {
 		return store.Rule{}, err

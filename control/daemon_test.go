@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/snare-dev/snare/control/api"
@@ -29,7 +31,7 @@ type daemonLab struct {
 	t       *testing.T
 	backend string // "xdp" (default) or "iptables"
 	lab     *netlab.Lab
-	cfg     *control.Config
+	cfg     *config.Config
 	client  *api.Client
 	d       *control.Daemon
 	stop    func()
@@ -40,7 +42,7 @@ type daemonLab struct {
 func newDaemonLab(t *testing.T) *daemonLab {
 	lab := testutil.NewLab(t, "attacker", "client")
 	state := t.TempDir()
-	cfg, err := control.LoadConfig(control.LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +50,7 @@ func newDaemonLab(t *testing.T) *daemonLab {
 	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
 	cfg.StateDir = state
 	cfg.Socket = filepath.Join(state, "run", "snare.sock")
-	cfg.Sweep.Interval = control.Duration(time.Hour) // sweeps run by hand: expiry must not need them
+	cfg.Sweep.Interval = config.Duration(time.Hour) // sweeps run by hand: expiry must not need them
 	cfg.Metrics.Listen = ""
 	dl := &daemonLab{t: t, lab: lab, cfg: cfg, client: api.NewClient(cfg.Socket)}
 	t.Cleanup(func() {
@@ -460,7 +462,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	next := *dl.cfg
 	next.Trap.TCPPorts = "7777,8000-8002"
 	next.Allow = []string{"198.18.80.0/24"}
-	next.Block.TTL = control.TTL(time.Hour)
+	next.Block.TTL = config.TTL(time.Hour)
 	if err := dl.d.Reload(ctx, &next); err != nil {
 		t.Fatal(err)
 	}
@@ -673,18 +675,18 @@ func TestAutoFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lab.Close() })
-	cfg, err := control.LoadConfig(control.LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Interfaces = lab.HostIfaceNames()
 	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
 	cfg.XDPMode = "native"
-	openFB := func(c *control.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
+	openFB := func(c *config.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
 		return fallback.New(fallback.Options{Interfaces: ifaces, Capacity: 1024, Prefix: "snta" + lab.Suffix,
 			NetNS: "/run/netns/" + lab.Host.NS, Logger: log})
 	}
-	open := func(c *control.Config) (backend.Enforcer, string, error) {
+	open := func(c *config.Config) (backend.Enforcer, string, error) {
 		var enf backend.Enforcer
 		var reason string
 		var err error

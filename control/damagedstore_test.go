@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/snare-dev/snare/backend"
@@ -31,7 +33,7 @@ func TestOpenRefusesDamagedStore(t *testing.T) {
 	s.Close()
 	testutil.DamageStoreMeta(t, path)
 
-	cfg, err := LoadConfig(LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

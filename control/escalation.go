@@ -4,6 +4,8 @@ import (
 	"math"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/snare-dev/snare/control/input"
@@ -12,7 +14,7 @@ import (
 // priorOffences is how many earlier offences count towards escalation at now: the history's
 // count if its last offence lies within the lookback, else none (the source has been quiet long
 // enough to start over).
-func priorOffences(o store.Offence, now time.Time, esc EscalationConfig) int {
+func priorOffences(o store.Offence, now time.Time, esc config.EscalationConfig) int {
 	if o.Count <= 0 || o.Last.IsZero() || now.Sub(o.Last) > time.Duration(esc.Lookback) {
 		return 0
 	}
@@ -23,7 +25,7 @@ func priorOffences(o store.Offence, now time.Time, esc EscalationConfig) int {
 // lookback: base * factor^prior, capped at max_ttl (and at 100 years when max_ttl is
 // "permanent", meaning no cap). A permanent base (0) stays permanent; with escalation disabled
 // the base is returned unchanged.
-func EscalatedTTL(base time.Duration, prior int, esc EscalationConfig) time.Duration {
+func EscalatedTTL(base time.Duration, prior int, esc config.EscalationConfig) time.Duration {
 	if base == 0 || !esc.Enabled || prior <= 0 || esc.Factor <= 1 {
 		return base
 	}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/snare-dev/snare/control/api"
@@ -125,7 +127,7 @@ func (f *fakeEnforcer) Close() error { return nil }
 
 func fakeDaemon(t testing.TB) (*Daemon, *fakeEnforcer) {
 	t.Helper()
-	cfg, err := LoadConfig(LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -505,7 +507,7 @@ func heldPrefixes(t *testing.T, f *fakeEnforcer) []string {
 // trap blocks and left in the kernel with their deadline from the store; an expired trap block,
 // one the allowlist covers now and an entry nobody knows are removed.
 func TestOpenAdoptsTrapBlocks(t *testing.T) {
-	cfg, err := LoadConfig(LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -458,7 +460,7 @@ snare_fill_ratio 0.1
 func TestMetricsRealDaemon(t *testing.T) {
 	lab := labutil.NewLab(t, "attacker", "client")
 	state := t.TempDir()
-	cfg, err := LoadConfig(LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -466,7 +468,7 @@ func TestMetricsRealDaemon(t *testing.T) {
 	cfg.BPFFS = filepath.Join(labutil.TempBPFFS(t), "pins")
 	cfg.StateDir = state
 	cfg.Socket = filepath.Join(state, "snare.sock")
-	cfg.Sweep.Interval = Duration(time.Hour) // swept by hand below
+	cfg.Sweep.Interval = config.Duration(time.Hour) // swept by hand below
 
 	var x *loader.XDP
 	var implicit Allowlist

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"golang.org/x/sys/unix"
@@ -40,8 +42,8 @@ func millionLines() string {
 }
 
 // millionConfig is a daemon configuration on the lab host sized for a million entries.
-func millionConfig(tb testing.TB, lab *netlab.Lab) *control.Config {
-	cfg, err := control.LoadConfig(control.LoadOptions{})
+func millionConfig(tb testing.TB, lab *netlab.Lab) *config.Config {
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -50,7 +52,7 @@ func millionConfig(tb testing.TB, lab *netlab.Lab) *control.Config {
 	cfg.StateDir = tb.TempDir()
 	cfg.Socket = filepath.Join(cfg.StateDir, "snare.sock")
 	cfg.Block.Capacity = 1_000_000
-	cfg.Sweep.Interval = control.Duration(time.Hour)
+	cfg.Sweep.Interval = config.Duration(time.Hour)
 	cfg.Metrics.Listen = ""
 	cfg.Backend = "xdp" // no fallback: these measure the XDP back-end
 	return cfg
@@ -58,7 +60,7 @@ func millionConfig(tb testing.TB, lab *netlab.Lab) *control.Config {
 
 // openMillion opens the daemon on the lab host as snared does: control.Open loads and attaches
 // the XDP back-end itself, while it reads the store (restoring what the store and pins hold).
-func openMillion(tb testing.TB, lab *netlab.Lab, cfg *control.Config) *control.Daemon {
+func openMillion(tb testing.TB, lab *netlab.Lab, cfg *config.Config) *control.Daemon {
 	tb.Helper()
 	var d *control.Daemon
 	err := lab.Do(lab.Host.NS, func() error {

@@ -16,6 +16,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/api"
 	"github.com/snare-dev/snare/control/blocklist"
 )
@@ -513,7 +515,7 @@ func (d *Daemon) stopTrapWatcher() {
 // log is reopened (log rotation). Keys that need a restart (interfaces, backend, xdp_mode,
 // state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file, metrics.listen) keep
 // their old values, with a warning.
-func (d *Daemon) Reload(ctx context.Context, next *Config) error {
+func (d *Daemon) Reload(ctx context.Context, next *config.Config) error {
 	d.mu.Lock()
 	cur := d.cfg
 	merged := *next
@@ -561,7 +563,7 @@ func (d *Daemon) Reload(ctx context.Context, next *Config) error {
 	return nil
 }
 
-func (d *Daemon) applyConfigLocked(ctx context.Context, cfg *Config) error {
+func (d *Daemon) applyConfigLocked(ctx context.Context, cfg *config.Config) error {
 	if err := d.enf.SetSettings(ctx, cfg.EnforcerSettings()); err != nil {
 		return fmt.Errorf("enforcer settings: %w", err)
 	}

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	bolt "go.etcd.io/bbolt"
@@ -326,7 +328,7 @@ func TestStoreFixtureOpens(t *testing.T) {
 
 	// A daemon on the store: the start's sweep drops the expired rule, the rest go to the
 	// enforcer with their deadlines.
-	cfg, err := control.LoadConfig(control.LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/snare-dev/snare/control/blocklist"
@@ -135,7 +137,7 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 
 // reconcileLocked walks the kernel's rules and the store's in the same (prefix) order and
 // repairs the differences.
-func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time, res *SweepResult) error {
+func (d *Daemon) reconcileLocked(ctx context.Context, cfg *config.Config, now time.Time, res *SweepResult) error {
 	kernel, err := d.enf.Rules(ctx)
 	if err != nil {
 		return fmt.Errorf("reconcile: read enforced rules: %w", err)
@@ -214,7 +216,7 @@ func (d *Daemon) reconcileLocked(ctx context.Context, cfg *Config, now time.Time
 // was down, or the event was suppressed) like any trap block, writes their escalated deadlines
 // back to the kernel and counts them. A trap block the allowlist now covers (it changed while
 // the daemon was down) is removed from the kernel instead: the allowlist always wins.
-func (d *Daemon) adoptLocked(ctx context.Context, cfg *Config, trapped []backend.RuleState, now time.Time) ([]store.Rule, error) {
+func (d *Daemon) adoptLocked(ctx context.Context, cfg *config.Config, trapped []backend.RuleState, now time.Time) ([]store.Rule, error) {
 	var adopt []backend.RuleState
 	var allowed []netip.Prefix
 	var evs []api.Event
@@ -470,7 +472,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 // fifth of an import on one. It returns the records (deadlines for TTL imports, creation times
 // for permanent ones), the first bad lines by line number, and the counts of bad lines
 // (targets allow refuses included) and of lines already expired.
-func readImport(body io.Reader, cfg *Config, allow Allowlist, ttl time.Duration, now time.Time) (recs *importBatch, errs []api.LineError, bad, expired int, err error) {
+func readImport(body io.Reader, cfg *config.Config, allow Allowlist, ttl time.Duration, now time.Time) (recs *importBatch, errs []api.LineError, bad, expired int, err error) {
 	recs = newImportBatch(cfg.Block.Capacity)
 	rules := cfg.TargetRules()
 	var mu sync.Mutex        // guards what the pieces report

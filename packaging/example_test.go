@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	yaml "go.yaml.in/yaml/v3"
+	"github.com/snare-dev/snare/control/config"
 
-	"github.com/snare-dev/snare/control"
+	yaml "go.yaml.in/yaml/v3"
 )
 
 const exampleConfig = "../examples/snare.yaml"
@@ -43,7 +43,7 @@ func TestExampleConfigHasEveryKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := flatKeys(t, control.DefaultsYAML())
+	want := flatKeys(t, config.DefaultsYAML())
 	got := flatKeys(t, example)
 	if !slices.Equal(got, want) {
 		t.Fatalf("example keys differ from the daemon's:\n got  %v\n want %v", got, want)
@@ -83,11 +83,11 @@ func sharesComment(lines []string, i int) bool {
 // TestExampleConfigIsTheDefaults: loading the example gives exactly the built-in defaults, so the
 // example documents the truth and an installed, untouched copy changes nothing.
 func TestExampleConfigIsTheDefaults(t *testing.T) {
-	def, err := control.LoadConfig(control.LoadOptions{})
+	def, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ex, err := control.LoadConfig(control.LoadOptions{File: exampleConfig})
+	ex, err := config.Load(config.LoadOptions{File: exampleConfig})
 	if err != nil {
 		t.Fatalf("example does not load: %v", err)
 	}

@@ -9,7 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/snare-dev/snare/control"
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -83,7 +84,7 @@ func TestUnitContract(t *testing.T) {
 // TestUnitWritePathsCoverDefaults: with ProtectSystem=strict, every place the default config
 // writes to must be listed in ReadWritePaths, or the daemon fails with EROFS under systemd only.
 func TestUnitWritePathsCoverDefaults(t *testing.T) {
-	cfg, err := control.LoadConfig(control.LoadOptions{})
+	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

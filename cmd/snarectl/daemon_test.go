@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
@@ -102,7 +104,7 @@ func stateDir(t *testing.T) string {
 func startDaemonIn(t *testing.T, dir string, enf *memEnforcer) string {
 	t.Helper()
 	socket := filepath.Join(dir, "snare.sock")
-	cfg, err := control.LoadConfig(control.LoadOptions{Env: []string{"SNARE_STATE_DIR=" + dir, "SNARE_SOCKET=" + socket}})
+	cfg, err := config.Load(config.LoadOptions{Env: []string{"SNARE_STATE_DIR=" + dir, "SNARE_SOCKET=" + socket}})
 	if err != nil {
 		t.Fatal(err)
 	}

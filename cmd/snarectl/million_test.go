@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/control"
@@ -52,12 +54,12 @@ func xdpDaemon(tb testing.TB, lab *netlab.Lab) (socket string, stop func()) {
 	}
 	pins := filepath.Join(testutil.TempBPFFS(tb), "pins")
 	socket = filepath.Join(state, "snare.sock")
-	cfg, err := control.LoadConfig(control.LoadOptions{Env: []string{"SNARE_STATE_DIR=" + state, "SNARE_SOCKET=" + socket}})
+	cfg, err := config.Load(config.LoadOptions{Env: []string{"SNARE_STATE_DIR=" + state, "SNARE_SOCKET=" + socket}})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	cfg.Interfaces, cfg.BPFFS, cfg.Block.Capacity = lab.HostIfaceNames(), pins, 1_000_000
-	cfg.Sweep.Interval = control.Duration(time.Hour)
+	cfg.Sweep.Interval = config.Duration(time.Hour)
 	var x *loader.XDP
 	err = lab.Do(lab.Host.NS, func() error {
 		var err error

@@ -3,8 +3,9 @@ package main
 import (
 	"log/slog"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/control"
 	fallback "github.com/snare-dev/snare/iptables-fallback"
 )
 
@@ -12,7 +13,7 @@ import (
 const fallbackPrefix = "snare"
 
 // openFallback opens the ipset + iptables back-end (package fallback in iptables-fallback/).
-func openFallback(cfg *control.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
+func openFallback(cfg *config.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
 	return fallback.New(fallback.Options{
 		Interfaces: ifaces,
 		Capacity:   cfg.Block.Capacity,

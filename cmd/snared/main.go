@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -68,7 +70,7 @@ func newFlagSet(o *options, stderr io.Writer) *pflag.FlagSet {
 	fs.BoolVar(&o.recoverStore, "recover-store", false, "when snared refuses to start on a damaged store: copy every readable entry into a fresh store, keep the damaged file as snare.db.corrupt-TIME, print what was saved and lost, and exit (snared must not be running)")
 	fs.BoolVar(&o.uninstall, "uninstall", false, "same as the uninstall command")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
-	control.AddFlags(fs)
+	config.AddFlags(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "Usage: snared [flags]\n       snared uninstall [flags]\n\nFlags:\n%s", fs.FlagUsages())
 	}
@@ -105,8 +107,8 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 
-	load := control.LoadOptions{File: o.config, DropInDir: o.confDir, Env: environ, Flags: fs}
-	cfg, err := control.LoadConfig(load)
+	load := config.LoadOptions{File: o.config, DropInDir: o.confDir, Env: environ, Flags: fs}
+	cfg, err := config.Load(load)
 	if err != nil {
 		fmt.Fprintf(stderr, "Error: %v\n", err)
 		return exitError
@@ -178,7 +180,7 @@ func recoverStore(path string, stdout, stderr io.Writer) int {
 	return exitOK
 }
 
-func serve(cfg *control.Config, load control.LoadOptions, log *slog.Logger) error {
+func serve(cfg *config.Config, load config.LoadOptions, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -215,7 +217,7 @@ func serve(cfg *control.Config, load control.LoadOptions, log *slog.Logger) erro
 			case <-hup:
 			}
 			_, _ = daemon.SdNotify(false, daemon.SdNotifyReloading)
-			next, err := control.LoadConfig(load)
+			next, err := config.Load(load)
 			if err == nil {
 				err = d.Reload(ctx, next)
 			}

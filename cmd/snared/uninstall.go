@@ -7,6 +7,8 @@ import (
 	"net"
 	"time"
 
+	"github.com/snare-dev/snare/control/config"
+
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/loader"
 )
@@ -16,7 +18,7 @@ import (
 // every pin under --bpffs (loader.Remove), and the iptables fallback's chains, rules and ipset
 // sets (fallback.Remove). The durable store in --state-dir is kept. A running daemon is refused:
 // stop it first.
-func uninstall(cfg *control.Config, log *slog.Logger) error {
+func uninstall(cfg *config.Config, log *slog.Logger) error {
 	if c, err := net.DialTimeout("unix", cfg.Socket, time.Second); err == nil {
 		c.Close()
 		return fmt.Errorf("snared is running (it answers on %s): stop it first", cfg.Socket)

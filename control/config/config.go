@@ -1,4 +1,4 @@
-package control
+package config
 
 import (
 	_ "embed"
@@ -200,7 +200,7 @@ func AddFlags(fs *pflag.FlagSet) {
 	fs.Bool("dry-run", false, "count what would be dropped but pass it [dry_run, SNARE_DRY_RUN]")
 }
 
-// LoadOptions say where LoadConfig reads from, lowest precedence first after the defaults.
+// LoadOptions say where Load reads from, lowest precedence first after the defaults.
 type LoadOptions struct {
 	File string // YAML config file; "" for none. A named file must exist.
 	// DropInDir holds more YAML files (*.yaml), merged after File in name order; a missing
@@ -213,9 +213,9 @@ type LoadOptions struct {
 // sliceKeys are the list-valued keys; in the environment they are comma or space separated.
 var sliceKeys = map[string]bool{"interfaces": true, "allow": true}
 
-// LoadConfig merges the embedded defaults, the config file, SNARE_* environment variables and
+// Load merges the embedded defaults, the config file, SNARE_* environment variables and
 // flags (in that order of precedence, lowest first) and validates the result.
-func LoadConfig(o LoadOptions) (*Config, error) {
+func Load(o LoadOptions) (*Config, error) {
 	k := koanf.New(".")
 	if err := k.Load(rawbytes.Provider(defaultsYAML), yaml.Parser()); err != nil {
 		return nil, fmt.Errorf("embedded defaults: %w", err)

@@ -1,4 +1,4 @@
-package control
+package config
 
 import (
 	"os"
@@ -32,7 +32,7 @@ func flags(t *testing.T, args ...string) *pflag.FlagSet {
 }
 
 func TestConfigDefaults(t *testing.T) {
-	c, err := LoadConfig(LoadOptions{})
+	c, err := Load(LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,9 +80,10 @@ func TestConfigDefaults(t *testing.T) {
 		t.Errorf("enforcer trap config %+v", trap)
 	}
 	// Linux's default ephemeral range: replies to the host's own clients arrive there.
-	linux := EphemeralPorts{Low: 32768, High: 60999}
-	if in := linux.Ephemeral(append(trap.TCPPorts, trap.UDPPorts...)); len(in) > 0 {
-		t.Errorf("default trap ports %v lie inside the default ephemeral range %s", in, linux)
+	for _, p := range append(trap.TCPPorts, trap.UDPPorts...) {
+		if p >= 32768 && p <= 60999 {
+			t.Errorf("default trap port %d lies inside the default ephemeral range 32768-60999", p)
+		}
 	}
 }
 
@@ -108,7 +109,7 @@ interfaces: [eth9]
 		"PATH=/bin",
 	}
 	fs := flags(t, "--socket", "/flag/sock", "--iface", "veth1", "--iface", "veth2", "--dry-run")
-	c, err := LoadConfig(LoadOptions{File: file, Env: env, Flags: fs})
+	c, err := Load(LoadOptions{File: file, Env: env, Flags: fs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +144,7 @@ interfaces: [eth9]
 
 func TestConfigFlatKeysInFile(t *testing.T) {
 	file := writeFile(t, "snare.yaml", "block.ttl: permanent\nsweep.interval: 1s\n")
-	c, err := LoadConfig(LoadOptions{File: file})
+	c, err := Load(LoadOptions{File: file})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,7 @@ func TestConfigFlatKeysInFile(t *testing.T) {
 }
 
 func TestConfigYAMLRoundTrip(t *testing.T) {
-	c, err := LoadConfig(LoadOptions{})
+	c, err := Load(LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,8 +167,8 @@ func TestConfigYAMLRoundTrip(t *testing.T) {
 			t.Errorf("printed config lacks %q:\n%s", want, out)
 		}
 	}
-	// What --print-config prints loads back to the same config.
-	again, err := LoadConfig(LoadOptions{File: writeFile(t, "printed.yaml", string(out))})
+	// What --print-config prints loads back to the same
+	again, err := Load(LoadOptions{File: writeFile(t, "printed.yaml", string(out))})
 	if err != nil {
 		t.Fatalf("printed config does not load: %v\n%s", err, out)
 	}
@@ -179,19 +180,19 @@ func TestConfigYAMLRoundTrip(t *testing.T) {
 
 func TestConfigBadFile(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "nope.yaml")
-	_, err := LoadConfig(LoadOptions{File: missing})
+	_, err := Load(LoadOptions{File: missing})
 	wantErr(t, err, missing, "does not exist")
 
 	broken := writeFile(t, "broken.yaml", "backend: xdp\nblock:\n  ttl: 5d\n    capacity: 3\n")
-	_, err = LoadConfig(LoadOptions{File: broken})
+	_, err = Load(LoadOptions{File: broken})
 	wantErr(t, err, broken, "line 4")
 
 	unknown := writeFile(t, "unknown.yaml", "block:\n  tll: 5d\n")
-	_, err = LoadConfig(LoadOptions{File: unknown})
+	_, err = Load(LoadOptions{File: unknown})
 	wantErr(t, err, unknown, `unknown key "block.tll"`)
 
 	typo := writeFile(t, "typo.yaml", "threshold: 3\n")
-	_, err = LoadConfig(LoadOptions{File: typo})
+	_, err = Load(LoadOptions{File: typo})
 	wantErr(t, err, `unknown key "threshold"`, "trap.threshold")
 }
 
@@ -243,26 +244,26 @@ func TestConfigBadValues(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.yaml, func(t *testing.T) {
 			file := writeFile(t, "bad.yaml", tc.yaml+"\n")
-			_, err := LoadConfig(LoadOptions{File: file})
+			_, err := Load(LoadOptions{File: file})
 			wantErr(t, err, append(tc.want, file)...)
 		})
 	}
 }
 
 func TestConfigBadEnvAndFlags(t *testing.T) {
-	_, err := LoadConfig(LoadOptions{Env: []string{"SNARE_BLOCK_TTL=soon"}})
+	_, err := Load(LoadOptions{Env: []string{"SNARE_BLOCK_TTL=soon"}})
 	wantErr(t, err, "block.ttl", `bad TTL "soon"`, "environment SNARE_BLOCK_TTL")
 
-	_, err = LoadConfig(LoadOptions{Env: []string{"SNARE_TRAP_THRESHOLD=99"}})
+	_, err = Load(LoadOptions{Env: []string{"SNARE_TRAP_THRESHOLD=99"}})
 	wantErr(t, err, "trap.threshold", "99 is outside 1..16", "environment SNARE_TRAP_THRESHOLD")
 
-	_, err = LoadConfig(LoadOptions{Env: []string{"SNARE_BLOCK_CAPACITY=lots"}})
+	_, err = Load(LoadOptions{Env: []string{"SNARE_BLOCK_CAPACITY=lots"}})
 	wantErr(t, err, "block.capacity", "lots", "SNARE_BLOCK_CAPACITY")
 
-	_, err = LoadConfig(LoadOptions{Flags: flags(t, "--backend", "nft")})
+	_, err = Load(LoadOptions{Flags: flags(t, "--backend", "nft")})
 	wantErr(t, err, "backend", `"nft"`, "flag --backend")
 
-	_, err = LoadConfig(LoadOptions{Flags: flags(t, "--xdp-mode", "turbo")})
+	_, err = Load(LoadOptions{Flags: flags(t, "--xdp-mode", "turbo")})
 	wantErr(t, err, "xdp_mode", "flag --xdp-mode")
 
 	fs := pflag.NewFlagSet("snared", pflag.ContinueOnError)
@@ -291,19 +292,19 @@ func TestConfigDropIns(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "20-b.yaml"), []byte("trap:\n  threshold: 3\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "10-a.yaml"), []byte("block.ttl: 1h\ntrap:\n  threshold: 5\n"), 0o644)
 	os.WriteFile(filepath.Join(dir, "README"), []byte("not yaml: ["), 0o644)
-	c, err := LoadConfig(LoadOptions{File: main, DropInDir: dir})
+	c, err := Load(LoadOptions{File: main, DropInDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if time.Duration(c.Block.TTL) != time.Hour || c.Trap.Threshold != 3 {
 		t.Errorf("ttl %s threshold %d: want the drop-ins applied in name order (1h, 3)", time.Duration(c.Block.TTL), c.Trap.Threshold)
 	}
-	if _, err := LoadConfig(LoadOptions{DropInDir: filepath.Join(dir, "missing")}); err != nil {
+	if _, err := Load(LoadOptions{DropInDir: filepath.Join(dir, "missing")}); err != nil {
 		t.Errorf("a missing drop-in directory: %v", err)
 	}
 	bad := filepath.Join(dir, "30-bad.yaml")
 	os.WriteFile(bad, []byte("trap:\n  treshold: 3\n"), 0o644)
-	if _, err := LoadConfig(LoadOptions{DropInDir: dir}); err == nil || !strings.Contains(err.Error(), "30-bad.yaml") {
+	if _, err := Load(LoadOptions{DropInDir: dir}); err == nil || !strings.Contains(err.Error(), "30-bad.yaml") {
 		t.Errorf("bad drop-in: %v, want an error naming the file", err)
 	}
 }
