@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snare-dev/snare/control/eventlog"
+
 	"github.com/snare-dev/snare/control/config"
 
 	"github.com/snare-dev/snare/control/store"
@@ -63,7 +65,7 @@ type Daemon struct {
 	store    *store.Store
 	enf      backend.Enforcer
 	fallback string // why the fallback back-end runs, "" for the configured one
-	events   *EventLog
+	events   *eventlog.Log
 
 	mu        sync.Mutex
 	cfg       *config.Config
@@ -128,7 +130,7 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.store = st
-	ev, err := OpenEventLog(o.Config.EventsPath())
+	ev, err := eventlog.Open(o.Config.EventsPath())
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -230,7 +232,7 @@ func (d *Daemon) Config() *config.Config {
 }
 
 // Events is the event log.
-func (d *Daemon) Events() *EventLog { return d.events }
+func (d *Daemon) Events() *eventlog.Log { return d.events }
 
 // restore is Open's reconciliation of kernel and store; snapc delivers the store as read while
 // the enforcer loaded. It is received once the settings and the allowlist are in force, which
@@ -1102,4 +1104,16 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 			"capacity", cfg.Block.Capacity, "sources", full)
 	}
 	return nil
+}
+
+// EnforcerStatus is the enforcer's own status, what metrics read at scrape time. A back-end that
+// does not know its capacity (ipset sizes come from the config) gets block.capacity.
+func (d *Daemon) EnforcerStatus(ctx context.Context) (backend.Status, error) {
+	st, err := d.enf.Status(ctx)
+	if err == nil && st.Counters.Capacity == 0 {
+		d.mu.Lock()
+		st.Counters.Capacity = d.cfg.Block.Capacity
+		d.mu.Unlock()
+	}
+	return st, err
 }

@@ -2,57 +2,15 @@ package control_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
-
-	"golang.org/x/sys/unix"
+	"github.com/snare-dev/snare/internal/testutil"
 )
-
-// smallDisk mounts a tmpfs of size bytes on a directory of its own, unmounted when the test ends.
-func smallDisk(t *testing.T, size int) string {
-	t.Helper()
-	dir := t.TempDir()
-	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
-		t.Fatalf("mount a tmpfs on %s: %v", dir, err)
-	}
-	t.Cleanup(func() {
-		// Detached: the daemon, stopped later, may still hold its files open.
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", dir, err)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file into dir until the file system is full; it returns the file.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 64<<10)
-	for range 1 << 14 { // at most 1 GB
-		if _, err := f.Write(buf); err != nil {
-			if errors.Is(err, syscall.ENOSPC) {
-				return path
-			}
-			t.Fatalf("fill %s: %v", dir, err)
-		}
-	}
-	t.Fatalf("fill %s: not full after 1 GB", dir)
-	return ""
-}
 
 // kernelRules is what the daemon's back-end enforces: prefix -> deadline (zero: permanent).
 func kernelRules(t *testing.T, dl *daemonLab) map[string]time.Time {
@@ -76,7 +34,7 @@ func TestFullDisk(t *testing.T) {
 		t.Run(backend, func(t *testing.T) {
 			dl := newDaemonLab(t)
 			dl.backend = backend
-			dl.cfg.StateDir = smallDisk(t, 8<<20)
+			dl.cfg.StateDir = testutil.SmallDisk(t, 8<<20)
 			dl.start()
 			ctx := context.Background()
 			attacker, client := dl.lab.Attacker(), dl.lab.Client()
@@ -93,7 +51,7 @@ func TestFullDisk(t *testing.T) {
 			if len(stored) != len(held) || len(kernel) != len(held) {
 				t.Fatalf("before: %d stored, %d in the kernel, want %d", len(stored), len(kernel), len(held))
 			}
-			filler := fillDisk(t, dl.cfg.StateDir)
+			filler := testutil.FillDisk(t, dl.cfg.StateDir)
 
 			// unchanged checks that store and kernel hold what they held before: the attacker
 			// (named by the refused blocks) gets through, the client (by the refused unblock)

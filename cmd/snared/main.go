@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/snare-dev/snare/control/metrics"
+
 	"github.com/snare-dev/snare/control/config"
 
 	"github.com/snare-dev/snare/control/store"
@@ -187,9 +189,9 @@ func serve(cfg *config.Config, load config.LoadOptions, log *slog.Logger) error 
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 
-	metrics := control.NewMetrics(control.MetricsOptions{Version: version})
+	m := metrics.New(metrics.Options{Version: version})
 	d, err := control.Open(ctx, control.Options{
-		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback, Recorder: metrics,
+		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback, Recorder: m,
 	})
 	if err != nil {
 		return err
@@ -197,7 +199,7 @@ func serve(cfg *config.Config, load config.LoadOptions, log *slog.Logger) error 
 	defer d.Close()
 	if cfg.Metrics.Listen != "" {
 		// Metrics that cannot be served (the port is taken) are no reason to stop enforcing.
-		srv, err := control.StartMetrics(ctx, metrics, d, cfg.Metrics.Listen, log)
+		srv, err := metrics.Start(ctx, m, metrics.StatusFunc(d.EnforcerStatus), cfg.Metrics.Listen, log)
 		if err != nil {
 			log.Error("metrics disabled", "err", err)
 		} else {

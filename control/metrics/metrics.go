@@ -1,4 +1,4 @@
-package control
+package metrics
 
 import (
 	"context"
@@ -33,20 +33,8 @@ type StatusFunc func(context.Context) (backend.Status, error)
 // Status implements StatusSource.
 func (f StatusFunc) Status(ctx context.Context) (backend.Status, error) { return f(ctx) }
 
-// EnforcerStatus is the enforcer's own status, what metrics read at scrape time. A back-end that
-// does not know its capacity (ipset sizes come from the config) gets block.capacity.
-func (d *Daemon) EnforcerStatus(ctx context.Context) (backend.Status, error) {
-	st, err := d.enf.Status(ctx)
-	if err == nil && st.Counters.Capacity == 0 {
-		d.mu.Lock()
-		st.Counters.Capacity = d.cfg.Block.Capacity
-		d.mu.Unlock()
-	}
-	return st, err
-}
-
-// MetricsOptions configure NewMetrics.
-type MetricsOptions struct {
+// Options configure New.
+type Options struct {
 	// Status is read on every scrape; nil leaves out the enforcer's metrics until
 	// SetStatusSource is called (the daemon exists only after its Recorder).
 	Status StatusSource
@@ -64,7 +52,7 @@ var blockOrigins = []string{"manual", "trap", "import"}
 // prometheus.Collector that pulls the enforcer's counters at scrape time. Register it once with
 // a registry; all methods are safe for concurrent use.
 type Metrics struct {
-	opts MetricsOptions
+	opts Options
 
 	blocks       *prometheus.CounterVec
 	unblocks     prometheus.Counter
@@ -95,8 +83,8 @@ type Metrics struct {
 	lastErr error // the last scrape error, for LastError
 }
 
-// NewMetrics builds the metrics; register the result with a prometheus.Registry.
-func NewMetrics(o MetricsOptions) *Metrics {
+// New builds the metrics; register the result with a prometheus.Registry.
+func New(o Options) *Metrics {
 	if o.StatusTimeout <= 0 {
 		o.StatusTimeout = 5 * time.Second
 	}
@@ -175,7 +163,6 @@ func NewMetrics(o MetricsOptions) *Metrics {
 }
 
 // Metrics is the daemon's Recorder.
-var _ Recorder = (*Metrics)(nil)
 
 // Blocked counts n blocks recorded with the given origin ("manual", "trap", "import").
 func (m *Metrics) Blocked(origin string, n int) {
@@ -218,9 +205,9 @@ func (m *Metrics) SetStatusSource(src StatusSource) {
 	m.status = src
 }
 
-// NewMetricsRegistry returns a registry with m and the standard Go runtime and process
-// collectors (go_*, process_*: memory, file descriptors, CPU), ready for ServeMetrics.
-func NewMetricsRegistry(m *Metrics) (*prometheus.Registry, error) {
+// NewRegistry returns a registry with m and the standard Go runtime and process
+// collectors (go_*, process_*: memory, file descriptors, CPU), ready for Serve.
+func NewRegistry(m *Metrics) (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
 	for _, c := range []prometheus.Collector{m, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		if err := reg.Register(c); err != nil {
@@ -341,27 +328,27 @@ func Verdict(name string) (action, reason string, ok bool) {
 	return "", "", false
 }
 
-// DefaultMetricsListen is where metrics are served unless configured otherwise: loopback only,
+// DefaultListen is where metrics are served unless configured otherwise: loopback only,
 // because the counters tell an attacker what is blocked.
-const DefaultMetricsListen = "127.0.0.1:9477"
+const DefaultListen = "127.0.0.1:9477"
 
-// MetricsServer serves /metrics over HTTP.
-type MetricsServer struct {
+// Server serves /metrics over HTTP.
+type Server struct {
 	ln   net.Listener
 	srv  *http.Server
 	done chan struct{}
 }
 
-// ServeMetrics listens on addr ("host:port"; port 0 picks a free one) and serves g on /metrics
+// Serve listens on addr ("host:port"; port 0 picks a free one) and serves g on /metrics
 // until ctx ends or Close is called. Binding happens before it returns, so a taken port is an
 // error at start, not a log line later. An address that is not loopback is served (the operator
 // asked for it) but logged as a warning, since metrics reveal what is blocked and how much.
-func ServeMetrics(ctx context.Context, addr string, g prometheus.Gatherer, log *slog.Logger) (*MetricsServer, error) {
+func Serve(ctx context.Context, addr string, g prometheus.Gatherer, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if addr == "" {
-		return nil, errors.New("metrics listen address is empty (an empty metrics.listen disables metrics: do not call ServeMetrics)")
+		return nil, errors.New("metrics listen address is empty (an empty metrics.listen disables metrics: do not call Serve)")
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -380,7 +367,7 @@ func ServeMetrics(ctx context.Context, addr string, g prometheus.Gatherer, log *
 		}
 		fmt.Fprintln(w, "snare metrics: /metrics")
 	})
-	s := &MetricsServer{
+	s := &Server{
 		ln:   ln,
 		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
 		done: make(chan struct{}),
@@ -410,23 +397,23 @@ func warnIfExposed(log *slog.Logger, addr net.Addr) {
 	}
 }
 
-// StartMetrics is snared's whole metrics wiring after Open: m (the daemon's Recorder) reads d's
-// enforcer at scrape time, and the registry (m plus Go and process metrics) is served on listen
+// Start is snared's whole metrics wiring after Open: m (the daemon's Recorder) reads src
+// (the daemon's EnforcerStatus) at scrape time, and the registry (m plus Go and process metrics) is served on listen
 // until ctx ends. Call it only when metrics.listen is not empty.
-func StartMetrics(ctx context.Context, m *Metrics, d *Daemon, listen string, log *slog.Logger) (*MetricsServer, error) {
-	m.SetStatusSource(StatusFunc(d.EnforcerStatus))
-	reg, err := NewMetricsRegistry(m)
+func Start(ctx context.Context, m *Metrics, src StatusSource, listen string, log *slog.Logger) (*Server, error) {
+	m.SetStatusSource(src)
+	reg, err := NewRegistry(m)
 	if err != nil {
 		return nil, err
 	}
-	return ServeMetrics(ctx, listen, reg, log)
+	return Serve(ctx, listen, reg, log)
 }
 
 // Addr is the address the server listens on.
-func (s *MetricsServer) Addr() net.Addr { return s.ln.Addr() }
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 
 // Close stops the server and waits until it has stopped; in-flight scrapes get a moment to end.
-func (s *MetricsServer) Close() error {
+func (s *Server) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	err := s.srv.Shutdown(ctx)

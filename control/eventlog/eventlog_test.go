@@ -1,4 +1,4 @@
-package control
+package eventlog
 
 import (
 	"os"
@@ -12,7 +12,7 @@ import (
 
 func TestEventLogFileFollowReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "log", "events.jsonl")
-	l, err := OpenEventLog(path)
+	l, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestEventLogFileFollowReopen(t *testing.T) {
 	l.Close()
 
 	// A new log object shows the file's tail as recent events (history across restarts).
-	l2, err := OpenEventLog(path)
+	l2, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +66,7 @@ func TestEventLogFileFollowReopen(t *testing.T) {
 }
 
 func TestEventLogRing(t *testing.T) {
-	l, err := OpenEventLog(filepath.Join(t.TempDir(), "e.jsonl"))
+	l, err := Open(filepath.Join(t.TempDir(), "e.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package control
+package eventlog
 
 import (
 	"bufio"
@@ -16,9 +16,9 @@ import (
 // recentEvents is how many events the API returns without follow.
 const recentEvents = 1000
 
-// EventLog writes events as JSON lines to a file (the old scan.log), keeps the most recent ones
+// Log writes events as JSON lines to a file (the old scan.log), keeps the most recent ones
 // in memory for the API and fans new ones out to followers.
-type EventLog struct {
+type Log struct {
 	mu      sync.Mutex
 	path    string
 	f       *os.File
@@ -30,10 +30,10 @@ type EventLog struct {
 	dropped uint64 // events a slow follower missed
 }
 
-// OpenEventLog opens (appending) or creates the log at path and loads its tail as the recent
+// Open opens (appending) or creates the log at path and loads its tail as the recent
 // events.
-func OpenEventLog(path string) (*EventLog, error) {
-	l := &EventLog{path: path, recent: make([]api.Event, recentEvents), subs: map[chan api.Event]struct{}{}}
+func Open(path string) (*Log, error) {
+	l := &Log{path: path, recent: make([]api.Event, recentEvents), subs: map[chan api.Event]struct{}{}}
 	l.loadTail()
 	if err := l.open(); err != nil {
 		return nil, err
@@ -41,7 +41,7 @@ func OpenEventLog(path string) (*EventLog, error) {
 	return l, nil
 }
 
-func (l *EventLog) open() error {
+func (l *Log) open() error {
 	if err := os.MkdirAll(filepath.Dir(l.path), 0o700); err != nil {
 		return fmt.Errorf("create event log directory: %w", err)
 	}
@@ -55,7 +55,7 @@ func (l *EventLog) open() error {
 
 // loadTail reads the last events of an existing log so `snarectl events` shows history across
 // restarts. A missing or unreadable file just means no history.
-func (l *EventLog) loadTail() {
+func (l *Log) loadTail() {
 	f, err := os.Open(l.path)
 	if err != nil {
 		return
@@ -79,7 +79,7 @@ func (l *EventLog) loadTail() {
 	}
 }
 
-func (l *EventLog) remember(ev api.Event) {
+func (l *Log) remember(ev api.Event) {
 	l.recent[l.next] = ev
 	l.next = (l.next + 1) % len(l.recent)
 	if l.next == 0 {
@@ -88,7 +88,7 @@ func (l *EventLog) remember(ev api.Event) {
 }
 
 // Log appends events to the file (flushed before Log returns) and hands them to followers.
-func (l *EventLog) Log(evs ...api.Event) error {
+func (l *Log) Log(evs ...api.Event) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	enc := json.NewEncoder(l.w)
@@ -121,13 +121,13 @@ func (l *EventLog) Log(evs ...api.Event) error {
 }
 
 // Recent returns the events kept in memory, oldest first.
-func (l *EventLog) Recent() []api.Event {
+func (l *Log) Recent() []api.Event {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.recentLocked()
 }
 
-func (l *EventLog) recentLocked() []api.Event {
+func (l *Log) recentLocked() []api.Event {
 	var out []api.Event
 	if l.full {
 		out = append(out, l.recent[l.next:]...)
@@ -138,7 +138,7 @@ func (l *EventLog) recentLocked() []api.Event {
 // Follow returns the recent events and a channel of every later one; cancel stops it. Taking
 // both under one lock means no event falls between them. A follower that does not keep up
 // misses events rather than slowing the daemon down.
-func (l *EventLog) Follow() (recent []api.Event, ch <-chan api.Event, cancel func()) {
+func (l *Log) Follow() (recent []api.Event, ch <-chan api.Event, cancel func()) {
 	c := make(chan api.Event, 1024)
 	l.mu.Lock()
 	recent = l.recentLocked()
@@ -152,7 +152,7 @@ func (l *EventLog) Follow() (recent []api.Event, ch <-chan api.Event, cancel fun
 }
 
 // Reopen closes and reopens the file, for log rotation (SIGHUP).
-func (l *EventLog) Reopen() error {
+func (l *Log) Reopen() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f != nil {
@@ -164,7 +164,7 @@ func (l *EventLog) Reopen() error {
 }
 
 // Close flushes and closes the file.
-func (l *EventLog) Close() error {
+func (l *Log) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {

@@ -1,4 +1,4 @@
-package control_test
+package eventlog_test
 
 import (
 	"encoding/json"
@@ -8,17 +8,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/control/eventlog"
+
 	"github.com/snare-dev/snare/control/api"
 
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // An event log that could not be written on a full disk is written again once there is room.
 func TestEventLogFullDisk(t *testing.T) {
 	testutil.RequireRoot(t)
-	dir := smallDisk(t, 1<<20)
-	l, err := control.OpenEventLog(filepath.Join(dir, "events.jsonl"))
+	dir := testutil.SmallDisk(t, 1<<20)
+	l, err := eventlog.Open(filepath.Join(dir, "events.jsonl"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +29,7 @@ func TestEventLogFullDisk(t *testing.T) {
 	if err := l.Log(api.Event{Time: time.Now(), Event: api.EventBlock, Address: "198.19.0.3/32"}); err != nil {
 		t.Fatal(err)
 	}
-	filler := fillDisk(t, dir)
+	filler := testutil.FillDisk(t, dir)
 	ev := api.Event{Time: time.Now(), Event: api.EventBlock, Address: "198.19.0.1/32", Reason: strings.Repeat("x", 5000)}
 	if err := l.Log(ev, ev); err == nil || !strings.Contains(err.Error(), "no space left on device") {
 		t.Fatalf("log on a full disk: %v", err)
