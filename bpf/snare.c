@@ -131,9 +131,16 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } events SEC(".maps");
 
-/* Emit BTF for the event type Go decodes (the ring buffer map has no value type). */
+/* Emit BTF for the types bpf2go -type generates Go for that no map names: the
+ * event Go decodes (the ring buffer map has no value type) and the enums. */
 const struct trap_event *unused_trap_event __attribute__((unused));
-const enum stat_reason *unused_stat_reason __attribute__((unused)); /* for bpf2go -type */
+const enum stat_reason *unused_stat_reason __attribute__((unused));
+const enum abi *unused_abi __attribute__((unused));
+const enum limits *unused_limits __attribute__((unused));
+const enum block_flag *unused_block_flag __attribute__((unused));
+const enum cfg_flag *unused_cfg_flag __attribute__((unused));
+const enum trap_proto *unused_trap_proto __attribute__((unused));
+const enum trap_action *unused_trap_action __attribute__((unused));
 
 #define VLAN_MAX_DEPTH 2
 #define IPV6_EXT_MAX 4

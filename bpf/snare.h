@@ -1,15 +1,21 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * snare.h - map layouts shared between the XDP program and Go (bpf2go -type).
- * Changing a struct here changes a pinned map's layout: bump SNARE_ABI so the
- * loader migrates the maps instead of reusing incompatible pins.
+ * snare.h - map layouts and constants shared between the XDP program and Go.
+ * Constants Go needs are enums, so that bpf2go -type generates them.
  */
 #ifndef SNARE_H
 #define SNARE_H
 
-#define SNARE_ABI 1
+/* The layout of the pinned maps. Changing a struct here, or what a field or a
+ * bit means, changes it: bump SNARE_ABI and say in the loader (abi.go) which
+ * maps changed, so an upgrade migrates them instead of misreading the pins. */
+enum abi {
+	SNARE_ABI = 2,
+};
 
-#define TRAP_MAX_PORTS 16 /* upper bound of trap.threshold */
+enum limits {
+	TRAP_MAX_PORTS = 16, /* upper bound of trap.threshold */
+};
 
 /* Exact-address block entry value (block4, block6). */
 struct block_val {
@@ -21,7 +27,11 @@ struct block_val {
 };
 
 #define DEADLINE_PERMANENT (~0ULL)
-#define BLOCK_F_TRAP 1 /* inserted by the XDP program at a trap trigger */
+
+/* block_val.flags */
+enum block_flag {
+	BLOCK_F_TRAP = 1, /* inserted by the XDP program at a trap trigger */
+};
 
 /* IPv6 exact key: the source masked to config.v6_prefix bits. */
 struct addr6 {
@@ -40,10 +50,12 @@ struct lpm6_key {
 };
 
 /* config.flags */
-#define CFG_DRY_RUN 1         /* count what would be dropped, pass it */
-#define CFG_TRAP_TCP_BLOCK 2  /* trap trigger on TCP blocks (else: log only) */
-#define CFG_TRAP_UDP_BLOCK 4  /* trap trigger on UDP blocks (else: log only) */
-#define CFG_TRAP_ON 8         /* trap detection enabled at all */
+enum cfg_flag {
+	CFG_DRY_RUN = 1,        /* count what would be dropped, pass it */
+	CFG_TRAP_TCP_BLOCK = 2, /* trap trigger on TCP blocks (else: log only) */
+	CFG_TRAP_UDP_BLOCK = 4, /* trap trigger on UDP blocks (else: log only) */
+	CFG_TRAP_ON = 8,        /* trap detection enabled at all */
+};
 
 /* The single entry of the config array, written by the daemon. */
 struct config {
@@ -60,8 +72,10 @@ struct config {
 };
 
 /* Trap ports: array indexed by port, value TRAP_TCP | TRAP_UDP. */
-#define TRAP_TCP 1
-#define TRAP_UDP 2
+enum trap_proto {
+	TRAP_TCP = 1,
+	TRAP_UDP = 2,
+};
 
 /* Per-source scan state (scan map, LRU, apart from the block maps). */
 /* What a scan_state has already reported in its window, so a source that keeps
@@ -80,10 +94,12 @@ struct scan_state {
 };
 
 /* trap_event.action */
-#define TRAP_ACT_BLOCKED 1
-#define TRAP_ACT_LOGGED 2
-#define TRAP_ACT_ALLOWLISTED 3
-#define TRAP_ACT_FULL 4 /* would have blocked, but the block map is at block_limit */
+enum trap_action {
+	TRAP_ACT_BLOCKED = 1,
+	TRAP_ACT_LOGGED = 2,
+	TRAP_ACT_ALLOWLISTED = 3,
+	TRAP_ACT_FULL = 4, /* would have blocked, but the block map is at block_limit */
+};
 
 /* Sent through the events ring buffer at a trap trigger. */
 struct trap_event {

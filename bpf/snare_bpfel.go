@@ -13,10 +13,22 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SnareAbi uint32
+
+const (
+	SnareAbiSNARE_ABI SnareAbi = 2
+)
+
 type SnareAddr6 struct {
 	_    structs.HostLayout
 	Addr [16]uint8
 }
+
+type SnareBlockFlag uint32
+
+const (
+	SnareBlockFlagBLOCK_F_TRAP SnareBlockFlag = 1
+)
 
 type SnareBlockVal struct {
 	_        structs.HostLayout
@@ -32,6 +44,15 @@ type SnareBucket struct {
 	Tokens uint64
 	LastNs uint64
 }
+
+type SnareCfgFlag uint32
+
+const (
+	SnareCfgFlagCFG_DRY_RUN        SnareCfgFlag = 1
+	SnareCfgFlagCFG_TRAP_TCP_BLOCK SnareCfgFlag = 2
+	SnareCfgFlagCFG_TRAP_UDP_BLOCK SnareCfgFlag = 4
+	SnareCfgFlagCFG_TRAP_ON        SnareCfgFlag = 8
+)
 
 type SnareConfig struct {
 	_               structs.HostLayout
@@ -52,6 +73,12 @@ type SnareCounter struct {
 	Packets uint64
 	Bytes   uint64
 }
+
+type SnareLimits uint32
+
+const (
+	SnareLimitsTRAP_MAX_PORTS SnareLimits = 16
+)
 
 type SnareLpm4Key struct {
 	_         structs.HostLayout
@@ -92,6 +119,15 @@ const (
 	SnareStatReasonSTAT_MAX              SnareStatReason = 13
 )
 
+type SnareTrapAction uint32
+
+const (
+	SnareTrapActionTRAP_ACT_BLOCKED     SnareTrapAction = 1
+	SnareTrapActionTRAP_ACT_LOGGED      SnareTrapAction = 2
+	SnareTrapActionTRAP_ACT_ALLOWLISTED SnareTrapAction = 3
+	SnareTrapActionTRAP_ACT_FULL        SnareTrapAction = 4
+)
+
 type SnareTrapEvent struct {
 	_        structs.HostLayout
 	TimeNs   uint64
@@ -104,6 +140,13 @@ type SnareTrapEvent struct {
 	TcpFlags uint8
 	Action   uint8
 }
+
+type SnareTrapProto uint32
+
+const (
+	SnareTrapProtoTRAP_TCP SnareTrapProto = 1
+	SnareTrapProtoTRAP_UDP SnareTrapProto = 2
+)
 
 // Names of all BPF objects in the ELF.
 //
@@ -122,8 +165,14 @@ const (
 	SnareMapStats            = "stats"
 	SnareMapTrapPorts        = "trap_ports"
 	SnareProgSnareXdp        = "snare_xdp"
+	SnareVarUnusedAbi        = "unused_abi"
+	SnareVarUnusedBlockFlag  = "unused_block_flag"
+	SnareVarUnusedCfgFlag    = "unused_cfg_flag"
+	SnareVarUnusedLimits     = "unused_limits"
 	SnareVarUnusedStatReason = "unused_stat_reason"
+	SnareVarUnusedTrapAction = "unused_trap_action"
 	SnareVarUnusedTrapEvent  = "unused_trap_event"
+	SnareVarUnusedTrapProto  = "unused_trap_proto"
 )
 
 // LoadSnare returns the embedded CollectionSpec for Snare.
@@ -193,8 +242,14 @@ type SnareMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SnareVariableSpecs struct {
+	UnusedAbi        *ebpf.VariableSpec `ebpf:"unused_abi"`
+	UnusedBlockFlag  *ebpf.VariableSpec `ebpf:"unused_block_flag"`
+	UnusedCfgFlag    *ebpf.VariableSpec `ebpf:"unused_cfg_flag"`
+	UnusedLimits     *ebpf.VariableSpec `ebpf:"unused_limits"`
 	UnusedStatReason *ebpf.VariableSpec `ebpf:"unused_stat_reason"`
+	UnusedTrapAction *ebpf.VariableSpec `ebpf:"unused_trap_action"`
 	UnusedTrapEvent  *ebpf.VariableSpec `ebpf:"unused_trap_event"`
+	UnusedTrapProto  *ebpf.VariableSpec `ebpf:"unused_trap_proto"`
 }
 
 // SnareObjects contains all objects after they have been loaded into the kernel.
@@ -252,8 +307,14 @@ func (m *SnareMaps) Close() error {
 //
 // It can be passed to LoadSnareObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SnareVariables struct {
+	UnusedAbi        *ebpf.Variable `ebpf:"unused_abi"`
+	UnusedBlockFlag  *ebpf.Variable `ebpf:"unused_block_flag"`
+	UnusedCfgFlag    *ebpf.Variable `ebpf:"unused_cfg_flag"`
+	UnusedLimits     *ebpf.Variable `ebpf:"unused_limits"`
 	UnusedStatReason *ebpf.Variable `ebpf:"unused_stat_reason"`
+	UnusedTrapAction *ebpf.Variable `ebpf:"unused_trap_action"`
 	UnusedTrapEvent  *ebpf.Variable `ebpf:"unused_trap_event"`
+	UnusedTrapProto  *ebpf.Variable `ebpf:"unused_trap_proto"`
 }
 
 // SnarePrograms contains all programs after they have been loaded into the kernel.
