@@ -43,11 +43,16 @@ type RuleState struct {
 	FromTrap bool
 }
 
+// MaxTrapThreshold is the largest TrapConfig.Threshold: the XDP program's scan state remembers
+// that many distinct ports (TRAP_MAX_PORTS; the loader fails to compile if the two differ). It
+// lives here so that the iptables back-end and the configuration need not link the XDP program.
+const MaxTrapThreshold = 16
+
 // TrapConfig is what the enforcer needs to catch scanners itself.
 type TrapConfig struct {
 	TCPPorts  []uint16
 	UDPPorts  []uint16
-	Threshold int           // distinct trap ports within Window that trigger a block (1..16)
+	Threshold int           // distinct trap ports within Window that trigger a block (1..MaxTrapThreshold)
 	Window    time.Duration // how long a source's scan state counts
 	TTL       time.Duration // base TTL of a trap block; the daemon escalates afterwards (0 = permanent)
 	BlockTCP  bool          // false: log mode for TCP (record, do not block)

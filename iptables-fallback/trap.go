@@ -23,10 +23,6 @@ import (
 // in block mode the trap rules block in the kernel at the trigger packet (see trapRules) and the
 // NFLOG message only reports it: the trap entry gets its comment and deadline here.
 
-// maxThreshold matches the XDP program's TRAP_MAX_PORTS: a source's scan state remembers that
-// many distinct (protocol, port) pairs.
-const maxThreshold = 16
-
 const (
 	protoTCP = 6
 	protoUDP = 17
@@ -219,7 +215,7 @@ func (e *Enforcer) onProbe(p probe, now time.Time) {
 		e.scan.Add(key.Addr(), st)
 	}
 	pp := uint32(p.proto)<<16 | uint32(p.port)
-	if !slices.Contains(st.ports, pp) && len(st.ports) < maxThreshold {
+	if !slices.Contains(st.ports, pp) && len(st.ports) < backend.MaxTrapThreshold {
 		st.ports = append(st.ports, pp)
 	}
 	var once uint8 // the kind of report made once per window, 0 for a block
@@ -300,8 +296,8 @@ func allowlisted(allow []netip.Prefix, a netip.Addr) bool {
 // adds or removes the trap rules.
 func (e *Enforcer) SetTrap(ctx context.Context, cfg backend.TrapConfig) error {
 	on := len(cfg.TCPPorts)+len(cfg.UDPPorts) > 0
-	if on && (cfg.Threshold < 1 || cfg.Threshold > maxThreshold) {
-		return fmt.Errorf("trap threshold %d out of range 1..%d", cfg.Threshold, maxThreshold)
+	if on && (cfg.Threshold < 1 || cfg.Threshold > backend.MaxTrapThreshold) {
+		return fmt.Errorf("trap threshold %d out of range 1..%d", cfg.Threshold, backend.MaxTrapThreshold)
 	}
 	if on && cfg.Window <= 0 {
 		return fmt.Errorf("trap window must be positive, got %s", cfg.Window)

@@ -541,8 +541,8 @@ func ruleState(c clock, p netip.Prefix, v bpf.SnareBlockVal) backend.RuleState {
 	}
 }
 
-// flagFromTrap marks an entry the program inserted at a trap (BLOCK_F_TRAP in snare.h).
-const flagFromTrap = 1
+// flagFromTrap marks an entry the program inserted at a trap.
+const flagFromTrap = uint32(bpf.SnareBlockFlagBLOCK_F_TRAP)
 
 // readMaps reads the four block maps, the two big ones side by side: a batch lookup walks every
 // bucket of a map sized for the whole capacity, however few entries it holds. hint4 and hint6
@@ -960,10 +960,10 @@ func (x *XDP) SetSettings(ctx context.Context, s backend.Settings) error {
 	return x.Block(ctx, rules)
 }
 
-// Flags of bpf.SnareConfig (CFG_* in snare.h).
+// Flags of bpf.SnareConfig.
 const (
-	cfgDryRun       = 1
-	cfgTrapTCPBlock = 2
-	cfgTrapUDPBlock = 4
-	cfgTrapOn       = 8
+	cfgDryRun       = uint32(bpf.SnareCfgFlagCFG_DRY_RUN)
+	cfgTrapTCPBlock = uint32(bpf.SnareCfgFlagCFG_TRAP_TCP_BLOCK)
+	cfgTrapUDPBlock = uint32(bpf.SnareCfgFlagCFG_TRAP_UDP_BLOCK)
+	cfgTrapOn       = uint32(bpf.SnareCfgFlagCFG_TRAP_ON)
 )

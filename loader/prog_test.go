@@ -428,7 +428,7 @@ func TestSettingsCarriedOverFromShorterLayout(t *testing.T) {
 	}
 	defer old.Close()
 	val := make([]byte, oldSize)
-	val[0] = cfgTrapOn | cfgTrapTCPBlock                                   // flags
+	val[0] = byte(cfgTrapOn | cfgTrapTCPBlock)                             // flags
 	val[4] = 3                                                             // trap_threshold
 	copy(val[unsafe.Offsetof(cur.V6Mask):], bytes.Repeat([]byte{0xff}, 6)) // v6_mask: a /48
 	if err := old.Put(uint32(0), val); err != nil {

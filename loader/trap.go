@@ -17,19 +17,25 @@ import (
 	"github.com/snare-dev/snare/bpf"
 )
 
+// Marks in the trap_ports map.
 const (
-	trapTCP = 1 // TRAP_TCP in snare.h
-	trapUDP = 2
-	// maxThreshold is TRAP_MAX_PORTS: the scan state remembers that many distinct ports.
-	maxThreshold = 16
+	trapTCP = uint8(bpf.SnareTrapProtoTRAP_TCP)
+	trapUDP = uint8(bpf.SnareTrapProtoTRAP_UDP)
+)
+
+// The back-ends accept thresholds up to backend.MaxTrapThreshold, which must be what the scan
+// state holds: one of these two constants is negative, and does not compile, if they differ.
+const (
+	_ = bpf.SnareLimitsTRAP_MAX_PORTS - backend.MaxTrapThreshold
+	_ = backend.MaxTrapThreshold - bpf.SnareLimitsTRAP_MAX_PORTS
 )
 
 // SetTrap implements backend.Enforcer: it writes the trap-port bitmap (one batch over the whole
 // port array) and the trap settings.
 func (x *XDP) SetTrap(ctx context.Context, cfg backend.TrapConfig) error {
 	on := len(cfg.TCPPorts)+len(cfg.UDPPorts) > 0
-	if on && (cfg.Threshold < 1 || cfg.Threshold > maxThreshold) {
-		return fmt.Errorf("trap threshold %d out of range 1..%d", cfg.Threshold, maxThreshold)
+	if on && (cfg.Threshold < 1 || cfg.Threshold > backend.MaxTrapThreshold) {
+		return fmt.Errorf("trap threshold %d out of range 1..%d", cfg.Threshold, backend.MaxTrapThreshold)
 	}
 	if on && cfg.Window <= 0 {
 		return fmt.Errorf("trap window must be positive, got %s", cfg.Window)
@@ -124,9 +130,9 @@ func decodeEvent(raw []byte) (backend.TrapEvent, error) {
 	ev := backend.TrapEvent{
 		Time:        c.toWall(e.TimeNs),
 		Source:      netip.AddrFrom16(e.Addr).Unmap(),
-		Blocked:     e.Action == 1,
-		Allowlisted: e.Action == 3,
-		Full:        e.Action == 4,
+		Blocked:     bpf.SnareTrapAction(e.Action) == bpf.SnareTrapActionTRAP_ACT_BLOCKED,
+		Allowlisted: bpf.SnareTrapAction(e.Action) == bpf.SnareTrapActionTRAP_ACT_ALLOWLISTED,
+		Full:        bpf.SnareTrapAction(e.Action) == bpf.SnareTrapActionTRAP_ACT_FULL,
 	}
 	if e.Family == 6 {
 		ev.Source = netip.AddrFrom16(e.Addr)
