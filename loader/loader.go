@@ -54,7 +54,8 @@ var dataMaps = []string{
 
 // Open loads the XDP program, re-using the maps pinned in opts.PinDir (so blocks survive a daemon
 // restart or upgrade), and attaches it to every interface, updating pinned links in place so that
-// enforcement never stops.
+// enforcement never stops. Pins of an older map layout (ABI) are migrated; pins of a newer one are
+// refused and left untouched.
 func Open(opts Options) (*XDP, error) {
 	if len(opts.Interfaces) == 0 {
 		return nil, errors.New("no interface to attach to")
@@ -123,6 +124,18 @@ func (x *XDP) load(capacity int) error {
 	if err != nil {
 		return err
 	}
+	// Checked before anything is opened or pinned: pins of a newer layout are left as they are.
+	pinned, found, err := pinnedABI(x.pinDir, spec)
+	if err != nil {
+		return err
+	}
+	if pinned > abi {
+		return fmt.Errorf("pinned maps at %s were made by a newer snare (ABI %d, this snared understands up to %d): run `snared uninstall` or the newer snared", x.pinDir, pinned, abi)
+	}
+	relaid := relaidOut(pinned)
+	if len(relaid) > 0 {
+		x.log.Warn("pinned maps have an older layout; replacing the changed ones with empty maps", "abi", pinned, "want", abi, "maps", relaid)
+	}
 	replace := map[string]*ebpf.Map{}
 	migrate := map[string]*ebpf.Map{} // incompatible pins whose contents move to new maps
 	defer func() {
@@ -134,8 +147,8 @@ func (x *XDP) load(capacity int) error {
 		}
 	}()
 	for name, ms := range spec.Maps {
-		if strings.HasPrefix(name, ".") {
-			continue // .rodata: not state
+		if strings.HasPrefix(name, ".") || slices.Contains(relaid, name) {
+			continue // .rodata, .bss: not state; relaid: pinned afresh below
 		}
 		pin := filepath.Join(x.pinDir, name)
 		m, err := ebpf.LoadPinnedMap(pin, nil)
@@ -210,6 +223,12 @@ func (x *XDP) load(capacity int) error {
 		}
 		if err := os.Rename(tmp, final); err != nil {
 			return fmt.Errorf("pin map %s: %w", name, err)
+		}
+	}
+	// Last: until every map has the new layout, the old version makes the next load migrate again.
+	if !found || pinned != abi {
+		if err := pinABI(x.pinDir); err != nil {
+			return err
 		}
 	}
 	// The trap stops inserting blocks at capacity; the maps' headroom above it is what keeps the
