@@ -166,7 +166,8 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 
 // OpenEnforcer opens the back-end the config asks for. With backend auto, an XDP back-end that
 // cannot load or attach is replaced by the iptables fallback and the reason returned; a pin
-// directory held by another daemon is an error either way (it is not a reason to fall back).
+// directory held by another daemon, or pinned by a newer snare, is an error either way (the
+// other program keeps enforcing there: it is not a reason to fall back).
 func OpenEnforcer(cfg *config.Config, log *slog.Logger, openFallback func(*config.Config, []string, *slog.Logger) (backend.Enforcer, error)) (backend.Enforcer, string, error) {
 	ifaces := cfg.Interfaces
 	if len(ifaces) == 0 {
@@ -194,7 +195,7 @@ func OpenEnforcer(cfg *config.Config, log *slog.Logger, openFallback func(*confi
 	if err == nil {
 		return x, "", nil
 	}
-	if cfg.Backend == "xdp" || errors.Is(err, loader.ErrLocked) {
+	if cfg.Backend == "xdp" || errors.Is(err, loader.ErrLocked) || errors.Is(err, loader.ErrNewerABI) {
 		return nil, "", fmt.Errorf("xdp back-end: %w", err)
 	}
 	reason := fmt.Sprintf("xdp unavailable: %v", err)

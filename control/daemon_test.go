@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -16,9 +17,11 @@ import (
 
 	"github.com/snare-dev/snare/control/store"
 
+	"github.com/cilium/ebpf"
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/bpf"
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
@@ -494,6 +497,49 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	}
 	if _, err := dl.client.Block(ctx, api.BlockRequest{Targets: []string{"198.18.70.5"}}); err != nil {
 		t.Errorf("block after removing the allow entry: %v", err)
+	}
+}
+
+// Maps pinned by a newer snare are refused with loader.ErrNewerABI even with backend auto: that
+// snare's program stays attached to them, so falling back to iptables would enforce twice, and on
+// stale maps.
+func TestNewerPinsRefusedNotFallenBack(t *testing.T) {
+	lab := testutil.NewLab(t, "attacker")
+	cfg, err := config.Load(config.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Interfaces = lab.HostIfaceNames()
+	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
+	if err := os.Mkdir(cfg.BPFFS, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), uint32(bpf.SnareAbiSNARE_ABI+1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Pin(filepath.Join(cfg.BPFFS, "abi")); err != nil {
+		t.Fatal(err)
+	}
+	fellBack := false
+	openFB := func(*config.Config, []string, *slog.Logger) (backend.Enforcer, error) {
+		fellBack = true
+		return nil, errors.New("the test offers no fallback")
+	}
+	lab.Do(lab.Host.NS, func() error {
+		var enf backend.Enforcer
+		enf, _, err = control.OpenEnforcer(cfg, testLogger(t), openFB)
+		if err == nil {
+			enf.Close()
+		}
+		return nil
+	})
+	if !errors.Is(err, loader.ErrNewerABI) || fellBack {
+		t.Fatalf("backend auto over a newer snare's pins: %v (fallback tried: %v), want loader.ErrNewerABI", err, fellBack)
 	}
 }
 

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"os"
@@ -88,7 +89,7 @@ func TestNewerABIRefused(t *testing.T) {
 	y := &XDP{log: testLogger(t), pinDir: x.pinDir, capacity: 4096} // a capacity change would migrate
 	err := y.load(4096)
 	want := fmt.Sprintf("pinned maps at %s were made by a newer snare (ABI %d, this snared understands up to %d): run `snared uninstall` or the newer snared", x.pinDir, abi+1, abi)
-	if err == nil || err.Error() != want {
+	if !errors.Is(err, ErrNewerABI) || err.Error() != want {
 		t.Fatalf("load over a newer ABI: %v\nwant: %s", err, want)
 	}
 	if after := pinnedIDs(t, x.pinDir); !maps.Equal(before, after) {

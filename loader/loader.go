@@ -130,7 +130,7 @@ func (x *XDP) load(capacity int) error {
 		return err
 	}
 	if pinned > abi {
-		return fmt.Errorf("pinned maps at %s were made by a newer snare (ABI %d, this snared understands up to %d): run `snared uninstall` or the newer snared", x.pinDir, pinned, abi)
+		return fmt.Errorf("pinned maps at %s were %w (ABI %d, this snared understands up to %d): run `snared uninstall` or the newer snared", x.pinDir, ErrNewerABI, pinned, abi)
 	}
 	relaid := relaidOut(pinned)
 	if len(relaid) > 0 {

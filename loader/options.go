@@ -16,3 +16,7 @@ type Options struct {
 
 // ErrLocked is returned by Open when another daemon holds the pin directory.
 var ErrLocked = errors.New("pin directory is locked by another snared")
+
+// ErrNewerABI is returned by Open when the pinned maps were made by a newer snare. It is no
+// reason to fall back to another back-end: that snare's program stays attached to those maps.
+var ErrNewerABI = errors.New("made by a newer snare")
