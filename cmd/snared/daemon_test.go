@@ -16,7 +16,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/cilium/ebpf"
 	"github.com/snare-dev/snare/internal/netlab"
+
+	"github.com/snare-dev/snare/bpf"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -378,5 +381,65 @@ func TestSnaredDamagedStore(t *testing.T) {
 	}
 	if reaches() {
 		t.Error("the salvaged block of the attacker is not enforced after the start")
+	}
+}
+
+// Pins made by a newer snare (a downgrade): snared refuses to start, exit 1, with one message
+// naming the pin directory, both ABIs and the way out; it does not fall back to iptables, and
+// the pinned program keeps dropping what it held.
+func TestSnaredRefusesNewerPins(t *testing.T) {
+	lab := testutil.NewLab(t, "attacker")
+	bin := buildSnared(t)
+	state := t.TempDir()
+	pins := filepath.Join(testutil.TempBPFFS(t), "pins")
+	sock := filepath.Join(state, "snare.sock")
+	args := []string{"--state-dir", state, "--socket", sock, "--bpffs", pins}
+	for _, i := range lab.HostIfaceNames() {
+		args = append(args, "--iface", i)
+	}
+	att := lab.Attacker()
+	dst := lab.HostIface("attacker").Addr4.Addr()
+	reaches := func() bool { return lab.Ping(att.NS, dst, 300*time.Millisecond) == nil }
+	c := api.NewClient(sock)
+
+	p, err := lab.StartShared(lab.Host.NS, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSocket(t, c, p)
+	if _, err := c.Block(context.Background(), api.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	newer := uint32(bpf.SnareAbiSNARE_ABI + 1)
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), newer); err != nil {
+		t.Fatal(err)
+	}
+	abiPin := filepath.Join(pins, "abi")
+	if err := os.Remove(abiPin); err != nil {
+		t.Fatalf("no abi pin beside the maps: %v", err)
+	}
+	if err := m.Pin(abiPin); err != nil {
+		t.Fatal(err)
+	}
+
+	out, err := lab.RunShared(lab.Host.NS, bin, args...)
+	if err == nil || !strings.Contains(err.Error(), "exit status 1") {
+		t.Errorf("snared over a newer snare's pins did not exit 1: %v", err)
+	}
+	want := fmt.Sprintf("pinned maps at %s were made by a newer snare (ABI %d, this snared understands up to %d): run `snared uninstall` or the newer snared", pins, newer, bpf.SnareAbiSNARE_ABI)
+	if !strings.Contains(out, want) || strings.Contains(out, "fallback") {
+		t.Errorf("snared's message:\n%s\nwant it to say: %s (and no fallback)", out, want)
+	}
+	if reaches() {
+		t.Error("the pinned program stopped dropping the blocked attacker")
 	}
 }
