@@ -7,6 +7,8 @@ import (
 )
 
 // permanent is the kernel deadline of a block that never expires (DEADLINE_PERMANENT in snare.h).
+// It is written out here because bpf2go cannot carry it: clang 14 writes a 64-bit enum value into
+// BTF truncated to 32 bits, so snare.h keeps it a #define.
 const permanent = ^uint64(0)
 
 // clock converts between wall-clock deadlines (what the store keeps, so they hold across

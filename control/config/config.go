@@ -473,7 +473,7 @@ func (c *Config) Validate() error {
 		ports("trap.tcp_ports", c.Trap.TCPPorts, true),
 		ports("trap.udp_ports", c.Trap.UDPPorts, true),
 		ports("trap.exclude", c.Trap.Exclude, true),
-		inRange("trap.threshold", c.Trap.Threshold, 1, 16),
+		inRange("trap.threshold", c.Trap.Threshold, 1, backend.MaxTrapThreshold),
 		positive("trap.window", c.Trap.Window),
 		oneOf("trap.tcp_mode", c.Trap.TCPMode, "block", "log"),
 		oneOf("trap.udp_mode", c.Trap.UDPMode, "block", "log"),
