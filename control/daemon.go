@@ -25,7 +25,6 @@ import (
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/loader"
 )
 
 // Options configure Open.
@@ -34,13 +33,13 @@ type Options struct {
 	Logger   *slog.Logger // nil: discard
 	Recorder Recorder     // nil: NopRecorder
 	Version  string
-	// Enforcer, when set, is used instead of opening one from the config (tests open the loader
-	// inside a network namespace). The daemon owns it and closes it.
+	// OpenEnforcer opens the enforcement back-end (snared's picks XDP or the iptables fallback)
+	// and says why, if it is the fallback. Open calls it while it reads the store: creating a
+	// million-entry map takes the kernel as long as that read. The daemon owns the enforcer
+	// and closes it.
+	OpenEnforcer func() (enf backend.Enforcer, fallbackReason string, err error)
+	// Enforcer, when set, is an enforcer already open, used instead of OpenEnforcer.
 	Enforcer backend.Enforcer
-	// FallbackReason says why an Enforcer given here is the fallback (for status).
-	FallbackReason string
-	// OpenFallback opens the iptables back-end; nil means it is not available in this build.
-	OpenFallback func(cfg *config.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error)
 	// ImplicitAllow discovers the implicit allowlist; nil means ImplicitAllowlist("/etc/resolv.conf").
 	ImplicitAllow func() (Allowlist, error)
 	// Listening lists the host's listening ports for the trap-port watcher; nil means ListeningPorts.
@@ -143,9 +142,13 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 	snap := make(chan store.Snapshot, 1)
 	go func() { snap <- st.Snapshot(time.Now()) }()
 
-	d.enf, d.fallback = o.Enforcer, o.FallbackReason
+	d.enf = o.Enforcer
 	if d.enf == nil {
-		d.enf, d.fallback, err = OpenEnforcer(o.Config, o.Logger, o.OpenFallback)
+		if o.OpenEnforcer == nil {
+			err = errors.New("no enforcer to open")
+		} else {
+			d.enf, d.fallback, err = o.OpenEnforcer()
+		}
 		if err != nil {
 			<-snap // the read must end before the store closes
 			d.events.Close()
@@ -162,45 +165,6 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 		go debug.FreeOSMemory()
 	}
 	return d, nil
-}
-
-// OpenEnforcer opens the back-end the config asks for. With backend auto, an XDP back-end that
-// cannot load or attach is replaced by the iptables fallback and the reason returned; a pin
-// directory held by another daemon, or pinned by a newer snare, is an error either way (the
-// other program keeps enforcing there: it is not a reason to fall back).
-func OpenEnforcer(cfg *config.Config, log *slog.Logger, openFallback func(*config.Config, []string, *slog.Logger) (backend.Enforcer, error)) (backend.Enforcer, string, error) {
-	ifaces := cfg.Interfaces
-	if len(ifaces) == 0 {
-		var err error
-		if ifaces, err = DefaultRouteInterfaces(); err != nil {
-			return nil, "", err
-		}
-	}
-	fallback := func(reason string) (backend.Enforcer, string, error) {
-		if openFallback == nil {
-			return nil, "", fmt.Errorf("iptables fallback is not available in this build (%s)", reason)
-		}
-		enf, err := openFallback(cfg, ifaces, log)
-		if err != nil {
-			return nil, "", fmt.Errorf("iptables fallback: %w", err)
-		}
-		return enf, reason, nil
-	}
-	if cfg.Backend == "iptables" {
-		return fallback("")
-	}
-	x, err := loader.Open(loader.Options{
-		Interfaces: ifaces, Mode: cfg.XDPMode, PinDir: cfg.BPFFS, Capacity: cfg.Block.Capacity, Logger: log,
-	})
-	if err == nil {
-		return x, "", nil
-	}
-	if cfg.Backend == "xdp" || errors.Is(err, loader.ErrLocked) || errors.Is(err, loader.ErrNewerABI) {
-		return nil, "", fmt.Errorf("xdp back-end: %w", err)
-	}
-	reason := fmt.Sprintf("xdp unavailable: %v", err)
-	log.Warn("XDP back-end unavailable, using the iptables fallback", "reason", err)
-	return fallback(reason)
 }
 
 // Close stops nothing in the kernel: enforcement stays in place (pinned maps and links, or

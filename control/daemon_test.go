@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,11 +16,9 @@ import (
 
 	"github.com/snare-dev/snare/control/store"
 
-	"github.com/cilium/ebpf"
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/bpf"
 	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
@@ -500,70 +497,13 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	}
 }
 
-// Maps pinned by a newer snare are refused with loader.ErrNewerABI even with backend auto: that
-// snare's program stays attached to them, so falling back to iptables would enforce twice, and on
-// stale maps.
-func TestNewerPinsRefusedNotFallenBack(t *testing.T) {
-	lab := testutil.NewLab(t, "attacker")
-	cfg, err := config.Load(config.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Interfaces = lab.HostIfaceNames()
-	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
-	if err := os.Mkdir(cfg.BPFFS, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if err := m.Put(uint32(0), uint32(bpf.SnareAbiSNARE_ABI+1)); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Pin(filepath.Join(cfg.BPFFS, "abi")); err != nil {
-		t.Fatal(err)
-	}
-	fellBack := false
-	openFB := func(*config.Config, []string, *slog.Logger) (backend.Enforcer, error) {
-		fellBack = true
-		return nil, errors.New("the test offers no fallback")
-	}
-	lab.Do(lab.Host.NS, func() error {
-		var enf backend.Enforcer
-		enf, _, err = control.OpenEnforcer(cfg, testLogger(t), openFB)
-		if err == nil {
-			enf.Close()
-		}
-		return nil
-	})
-	if !errors.Is(err, loader.ErrNewerABI) || fellBack {
-		t.Fatalf("backend auto over a newer snare's pins: %v (fallback tried: %v), want loader.ErrNewerABI", err, fellBack)
-	}
-}
-
-// A second daemon on the same pin directory is refused with loader.ErrLocked, even with
-// backend auto (a locked directory is not a reason to fall back).
+// A second daemon on the same state directory is refused (the pin directory's lock is
+// openBackend's test, in cmd/snared).
 func TestSecondDaemonRefused(t *testing.T) {
 	dl := newDaemonLab(t)
 	dl.start()
-	cfg := *dl.cfg
-	cfg.StateDir = t.TempDir()
-	var err error
-	dl.lab.Do(dl.lab.Host.NS, func() error {
-		var enf interface{ Close() error }
-		enf, _, err = control.OpenEnforcer(&cfg, testLogger(t), nil)
-		if err == nil {
-			enf.Close()
-		}
-		return nil
-	})
-	if !errors.Is(err, loader.ErrLocked) {
-		t.Fatalf("second enforcer on the same pins: %v, want loader.ErrLocked", err)
-	}
-	// The same state directory is refused too, before anything is touched.
-	_, err = control.Open(context.Background(), control.Options{Config: dl.cfg})
+	// The same state directory is refused, before anything is touched.
+	_, err := control.Open(context.Background(), control.Options{Config: dl.cfg})
 	if !errors.Is(err, store.ErrStoreLocked) {
 		t.Fatalf("second daemon on the same state dir: %v, want ErrStoreLocked", err)
 	}
@@ -709,60 +649,5 @@ func TestDaemonFallback(t *testing.T) {
 	}
 	if dl.reaches(att, false) {
 		t.Fatal("trapped attacker passes on the fallback")
-	}
-}
-
-// backend auto: when XDP cannot attach (native mode on a jumbo-MTU veth fails with ERANGE), the
-// daemon runs on the iptables fallback and says why; backend xdp fails instead.
-func TestAutoFallback(t *testing.T) {
-	testutil.RequireRoot(t)
-	lab, err := netlab.New(netlab.Config{Peers: []string{"attacker"}, MTU: 9000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { lab.Close() })
-	cfg, err := config.Load(config.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Interfaces = lab.HostIfaceNames()
-	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
-	cfg.XDPMode = "native"
-	openFB := func(c *config.Config, ifaces []string, log *slog.Logger) (backend.Enforcer, error) {
-		return fallback.New(fallback.Options{Interfaces: ifaces, Capacity: 1024, Prefix: "snta" + lab.Suffix,
-			NetNS: "/run/netns/" + lab.Host.NS, Logger: log})
-	}
-	open := func(c *config.Config) (backend.Enforcer, string, error) {
-		var enf backend.Enforcer
-		var reason string
-		var err error
-		lab.Do(lab.Host.NS, func() error {
-			enf, reason, err = control.OpenEnforcer(c, testLogger(t), openFB)
-			return nil
-		})
-		return enf, reason, err
-	}
-
-	enf, reason, err := open(cfg)
-	if err != nil {
-		t.Fatalf("backend auto with XDP failing: %v", err)
-	}
-	if enf.Name() != "iptables" || !strings.Contains(reason, "xdp unavailable") {
-		t.Errorf("backend %s, reason %q: want the iptables fallback with the XDP error as reason", enf.Name(), reason)
-	}
-	enf.Close()
-
-	xdpOnly := *cfg
-	xdpOnly.Backend = "xdp"
-	if enf, _, err := open(&xdpOnly); err == nil {
-		enf.Close()
-		t.Fatal("backend xdp succeeded where XDP cannot attach")
-	}
-	lab.Do(lab.Host.NS, func() error {
-		_, _, err = control.OpenEnforcer(cfg, testLogger(t), nil)
-		return nil
-	})
-	if err == nil || !strings.Contains(err.Error(), "not available") {
-		t.Fatalf("auto without a fallback available: %v", err)
 	}
 }

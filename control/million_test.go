@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control/config"
 
 	"github.com/snare-dev/snare/control/api"
@@ -59,13 +60,17 @@ func millionConfig(tb testing.TB, lab *netlab.Lab) *config.Config {
 }
 
 // openMillion opens the daemon on the lab host as snared does: control.Open loads and attaches
-// the XDP back-end itself, while it reads the store (restoring what the store and pins hold).
+// the XDP back-end while it reads the store (restoring what the store and pins hold).
 func openMillion(tb testing.TB, lab *netlab.Lab, cfg *config.Config) *control.Daemon {
 	tb.Helper()
 	var d *control.Daemon
 	err := lab.Do(lab.Host.NS, func() error {
 		var err error
 		d, err = control.Open(context.Background(), control.Options{Config: cfg,
+			OpenEnforcer: func() (backend.Enforcer, string, error) {
+				x, err := loader.Open(loader.Options{Interfaces: cfg.Interfaces, Mode: cfg.XDPMode, PinDir: cfg.BPFFS, Capacity: cfg.Block.Capacity})
+				return x, "", err
+			},
 			ImplicitAllow: func() (control.Allowlist, error) { return nil, nil },
 			Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
 		})

@@ -25,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control/metrics"
 
 	"github.com/snare-dev/snare/control/config"
@@ -191,7 +192,8 @@ func serve(cfg *config.Config, load config.LoadOptions, log *slog.Logger) error 
 
 	m := metrics.New(metrics.Options{Version: version})
 	d, err := control.Open(ctx, control.Options{
-		Config: cfg, Logger: log, Version: version, OpenFallback: openFallback, Recorder: m,
+		Config: cfg, Logger: log, Version: version, Recorder: m,
+		OpenEnforcer: func() (backend.Enforcer, string, error) { return openBackend(cfg, log, openFallback(cfg, log)) },
 	})
 	if err != nil {
 		return err
