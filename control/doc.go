@@ -1,12 +1,13 @@
-// Package control is snare's control plane: configuration, the durable block store, the TTL
-// sweeper, repeat-offence escalation, the allowlist, the event log, and the API server on a
-// Unix socket together with its Go client. It drives enforcement only through backend.Enforcer.
+// Package control is snare's daemon: blocks and unblocks, the allowlist, trap events, the TTL
+// sweeper, repeat-offence escalation, import and export, reload, and the API server on a Unix
+// socket, one file per job. Its parts live beside it: api (wire types and client), store (the
+// durable store), config, input (parsing what users type), blocklist (list files), eventlog and
+// metrics. It drives enforcement only through backend.Enforcer; cmd/snared picks the back-end.
 //
 // The daemon's life (cmd/snared is a thin shell around it):
 //
 //   - Open opens the bbolt store (<state_dir>/snare.db, locked against a second daemon), the
-//     event log and the enforcer (XDP, or the iptables fallback with backend auto when XDP
-//     cannot attach), then rebuilds the kernel from the store: trap blocks the kernel made while
+//     event log and the enforcer (Options.OpenEnforcer, while the store is read), then rebuilds the kernel from the store: trap blocks the kernel made while
 //     no daemon ran are adopted, expired entries dropped, missing or changed ones written, unknown
 //     ones removed, all without touching what is already right, so a restart leaves no gap.
 //     Settings, the allowlist (implicit + config + manual) and the trap ports are in force when

@@ -1,3 +1,6 @@
+// Package api is the contract between snared and its clients: the HTTP+JSON wire types on the
+// daemon's Unix socket, their vocabulary (origins, event kinds, allowlist sources) and the Go
+// client snarectl uses. It links nothing of the daemon.
 package api
 
 import (

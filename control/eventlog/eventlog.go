@@ -1,3 +1,5 @@
+// Package eventlog is snare's JSON-lines event log (scan, block, unblock, expire: the old
+// scan.log), with the most recent events in memory for the API and followers.
 package eventlog
 
 import (

@@ -1,3 +1,6 @@
+// Package input parses and checks what users type, the same way in the daemon, its
+// configuration and snarectl: block targets (addresses and CIDRs), TTLs and durations with days,
+// port lists and free-text reasons. Errors name the input and the problem.
 package input
 
 import (

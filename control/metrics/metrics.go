@@ -1,3 +1,5 @@
+// Package metrics exports snare's Prometheus metrics: what the daemon counts (blocks, expiries,
+// sweeps, trap events) and, at scrape time, the enforcer's own counters.
 package metrics
 
 import (
