@@ -74,45 +74,6 @@ func (x *XDP) updateSettings(fn func(*bpf.SnareConfig)) error {
 	return nil
 }
 
-// placement says which map holds a prefix: a /32 in block4, a v6 prefix of exactly the configured
-// block length in block6 (the program masks sources to that length), everything else in the
-// LPM tries.
-type placement int
-
-const (
-	inBlock4 placement = iota
-	inBlock6
-	inCidr4
-	inCidr6
-)
-
-func place(p netip.Prefix, v6bits int) placement {
-	if p.Addr().Is4() {
-		if p.Bits() == 32 {
-			return inBlock4
-		}
-		return inCidr4
-	}
-	if p.Bits() == v6bits {
-		return inBlock6
-	}
-	return inCidr6
-}
-
-func normalize(p netip.Prefix) (netip.Prefix, error) {
-	if !p.IsValid() {
-		return p, errors.New("invalid prefix")
-	}
-	if p.Addr().Is4In6() {
-		bits := p.Bits() - 96
-		if bits < 0 {
-			return p, fmt.Errorf("%s: IPv4-mapped prefix shorter than /96", p)
-		}
-		p = netip.PrefixFrom(p.Addr().Unmap(), bits)
-	}
-	return p.Masked(), nil
-}
-
 func lpm4(p netip.Prefix) bpf.SnareLpm4Key {
 	return bpf.SnareLpm4Key{Prefixlen: uint32(p.Bits()), Addr: p.Addr().As4()}
 }
@@ -133,8 +94,9 @@ func addrFromBE32(k uint32) netip.Addr {
 	return netip.AddrFrom4(b)
 }
 
-// byMap holds entries split by the map they belong in: a batch being written, or the maps as
-// read (in the kernel's order).
+// byMap holds entries split by the map they belong in (backend.Place: Exact4 in Block4, Exact6
+// in Block6, CIDR4 and CIDR6 in the LPM tries): a batch being written, or the maps as read (in
+// the kernel's order).
 type byMap struct {
 	k4 []uint32
 	v4 []bpf.SnareBlockVal
@@ -159,14 +121,14 @@ func (s *byMap) reset() {
 // add puts one rule (normalized) into the slices of its map; room is how many rules the window
 // has left, this one included.
 func (s *byMap) add(p netip.Prefix, v bpf.SnareBlockVal, v6bits, room int) {
-	switch place(p, v6bits) {
-	case inBlock4:
+	switch backend.Place(p, v6bits) {
+	case backend.Exact4:
 		s.k4, s.v4 = push(s.k4, be32(p.Addr()), room), push(s.v4, v, room)
-	case inBlock6:
+	case backend.Exact6:
 		s.k6, s.v6 = push(s.k6, bpf.SnareAddr6{Addr: p.Addr().As16()}, room), push(s.v6, v, room)
-	case inCidr4:
+	case backend.CIDR4:
 		s.c4, s.w4 = push(s.c4, lpm4(p), room), push(s.w4, v, room)
-	case inCidr6:
+	case backend.CIDR6:
 		s.c6, s.w6 = push(s.c6, lpm6(p), room), push(s.w6, v, room)
 	}
 }
@@ -183,17 +145,13 @@ func push[T any](s []T, x T, room int) []T {
 
 // checkRules refuses a batch with an invalid prefix or one that covers every address, before
 // anything of it is written, and counts the rules each map would take (by placement).
-func checkRules(rules backend.Rules, v6bits int) (counts [4]int, err error) {
+func checkRules(rules backend.Rules, v6bits int) (counts [backend.Placements]int, err error) {
 	for i := range rules.Len() {
-		r := rules.At(i)
-		p, err := normalize(r.Prefix)
+		p, err := backend.NormalizeBlock(rules.At(i).Prefix)
 		if err != nil {
 			return counts, err
 		}
-		if p.Bits() == 0 {
-			return counts, fmt.Errorf("refusing to block %s: it covers every address", p)
-		}
-		counts[place(p, v6bits)]++
+		counts[backend.Place(p, v6bits)]++
 	}
 	return counts, nil
 }
@@ -222,7 +180,7 @@ func (x *XDP) windows(rules backend.Rules, v6bits int, fn func(s *byMap) error) 
 			end := min(i+window, j)
 			for k := i; k < end; k++ {
 				r := rules.At(k)
-				p, _ := normalize(r.Prefix)
+				p, _ := backend.Normalize(r.Prefix)
 				s.add(p, bpf.SnareBlockVal{Deadline: c.toKernel(r.Deadline)}, v6bits, end-k)
 			}
 			if err := fn(s); err != nil {
@@ -635,7 +593,7 @@ func (x *XDP) Replace(ctx context.Context, rules backend.Rules) (int, []backend.
 	if err != nil {
 		return 0, nil, err
 	}
-	have, err := x.readMaps(counts[inBlock4], counts[inBlock6])
+	have, err := x.readMaps(counts[backend.Exact4], counts[backend.Exact6])
 	if err != nil {
 		return 0, nil, err
 	}
@@ -699,26 +657,26 @@ type wanted struct {
 
 // wantedKeys splits checked rules by map; each slice is allocated at its final size, n (the
 // counts checkRules returned).
-func wantedKeys(rules backend.Rules, v6bits int, n [4]int) wanted {
+func wantedKeys(rules backend.Rules, v6bits int, n [backend.Placements]int) wanted {
 	w := wanted{
-		k4: make([]uint32, 0, n[inBlock4]), d4: make([]uint64, 0, n[inBlock4]),
-		k6: make([]bpf.SnareAddr6, 0, n[inBlock6]), d6: make([]uint64, 0, n[inBlock6]),
-		c4: make([]bpf.SnareLpm4Key, 0, n[inCidr4]), e4: make([]uint64, 0, n[inCidr4]),
-		c6: make([]bpf.SnareLpm6Key, 0, n[inCidr6]), e6: make([]uint64, 0, n[inCidr6]),
+		k4: make([]uint32, 0, n[backend.Exact4]), d4: make([]uint64, 0, n[backend.Exact4]),
+		k6: make([]bpf.SnareAddr6, 0, n[backend.Exact6]), d6: make([]uint64, 0, n[backend.Exact6]),
+		c4: make([]bpf.SnareLpm4Key, 0, n[backend.CIDR4]), e4: make([]uint64, 0, n[backend.CIDR4]),
+		c6: make([]bpf.SnareLpm6Key, 0, n[backend.CIDR6]), e6: make([]uint64, 0, n[backend.CIDR6]),
 	}
 	c := now()
 	for i := range rules.Len() {
 		r := rules.At(i)
-		p, _ := normalize(r.Prefix)
+		p, _ := backend.Normalize(r.Prefix)
 		d := c.toKernel(r.Deadline)
-		switch place(p, v6bits) {
-		case inBlock4:
+		switch backend.Place(p, v6bits) {
+		case backend.Exact4:
 			w.k4, w.d4 = append(w.k4, be32(p.Addr())), append(w.d4, d)
-		case inBlock6:
+		case backend.Exact6:
 			w.k6, w.d6 = append(w.k6, bpf.SnareAddr6{Addr: p.Addr().As16()}), append(w.d6, d)
-		case inCidr4:
+		case backend.CIDR4:
 			w.c4, w.e4 = append(w.c4, lpm4(p)), append(w.e4, d)
-		case inCidr6:
+		case backend.CIDR6:
 			w.c6, w.e6 = append(w.c6, lpm6(p)), append(w.e6, d)
 		}
 	}
@@ -857,7 +815,7 @@ func (x *XDP) SetAllow(ctx context.Context, prefixes []netip.Prefix) error {
 	want4 := map[bpf.SnareLpm4Key]bool{}
 	want6 := map[bpf.SnareLpm6Key]bool{}
 	for _, p := range prefixes {
-		p, err := normalize(p)
+		p, err := backend.Normalize(p)
 		if err != nil {
 			return fmt.Errorf("allowlist: %w", err)
 		}
