@@ -134,35 +134,19 @@ func (e *Enforcer) migrate(name string, spec setSpec, isNet bool) error {
 	return e.sets.destroy(tmp)
 }
 
-// placement of a prefix: the set that holds it.
+// setFor is the block set that holds the normalized prefix p (see backend.Place), and whether
+// that set is a hash:net one.
 func (e *Enforcer) setFor(p netip.Prefix, v6bits int) (name string, isNet bool) {
-	if p.Addr().Is4() {
-		if p.Bits() == 32 {
-			return e.n.ip4, false
-		}
-		return e.n.net4, true
-	}
-	if p.Bits() == v6bits {
+	switch backend.Place(p, v6bits) {
+	case backend.Exact4:
+		return e.n.ip4, false
+	case backend.Exact6:
 		return e.n.ip6, false
+	case backend.CIDR4:
+		return e.n.net4, true
+	default:
+		return e.n.net6, true
 	}
-	return e.n.net6, true
-}
-
-func normalizePrefix(p netip.Prefix) (netip.Prefix, error) {
-	if !p.IsValid() {
-		return p, errors.New("invalid prefix")
-	}
-	if p.Addr().Is4In6() {
-		b := p.Bits() - 96
-		if b < 0 {
-			return p, fmt.Errorf("%s: IPv4-mapped prefix shorter than /96", p)
-		}
-		p = netip.PrefixFrom(p.Addr().Unmap(), b)
-	}
-	if p.Addr().Zone() != "" {
-		p = netip.PrefixFrom(p.Addr().WithZone(""), p.Bits())
-	}
-	return p.Masked(), nil
 }
 
 // Comments on block entries carry what ipset cannot: the deadline of a block longer than ipset's
@@ -235,7 +219,7 @@ func (e *Enforcer) sortRules(rules []backend.Rule, fromTrap bool) (batch, error)
 	// slices.
 	counts := map[string]int{}
 	for _, r := range rules {
-		if p, err := normalizePrefix(r.Prefix); err == nil {
+		if p, err := backend.Normalize(r.Prefix); err == nil {
 			set, _ := e.setFor(p, v6bits)
 			counts[set]++
 		}
@@ -244,12 +228,9 @@ func (e *Enforcer) sortRules(rules []backend.Rule, fromTrap bool) (batch, error)
 		b.add[set] = make([]setEntry, 0, n)
 	}
 	for _, r := range rules {
-		p, err := normalizePrefix(r.Prefix)
+		p, err := backend.NormalizeBlock(r.Prefix)
 		if err != nil {
-			return b, fmt.Errorf("block %s: %w", r.Prefix, err)
-		}
-		if p.Bits() == 0 {
-			return b, fmt.Errorf("refusing to block %s: it covers every address", p)
+			return b, err
 		}
 		set, isNet := e.setFor(p, v6bits)
 		b.net[set] = isNet
@@ -414,12 +395,9 @@ func (e *Enforcer) Replace(ctx context.Context, rules backend.Rules) (int, []bac
 	norm := make([]backend.Rule, 0, rules.Len())
 	for i := range rules.Len() {
 		r := rules.At(i)
-		p, err := normalizePrefix(r.Prefix)
+		p, err := backend.NormalizeBlock(r.Prefix)
 		if err != nil {
-			return 0, nil, fmt.Errorf("replace %s: %w", r.Prefix, err)
-		}
-		if p.Bits() == 0 {
-			return 0, nil, fmt.Errorf("refusing to block %s: it covers every address", p)
+			return 0, nil, err
 		}
 		if len(have) > 0 {
 			want[p] = r.Deadline
@@ -468,7 +446,7 @@ func (e *Enforcer) SetAllow(ctx context.Context, prefixes []netip.Prefix) error 
 	var want4, want6 []setEntry
 	clean := make([]netip.Prefix, 0, len(prefixes))
 	for _, p := range prefixes {
-		p, err := normalizePrefix(p)
+		p, err := backend.Normalize(p)
 		if err != nil {
 			return fmt.Errorf("allowlist %s: %w", p, err)
 		}
