@@ -5,6 +5,7 @@ package backend
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
 )
@@ -65,8 +66,26 @@ type TrapConfig struct {
 // Settings are the enforcer-wide switches.
 type Settings struct {
 	DryRun bool // count what would be dropped, pass it
-	// IPv6Prefix is the prefix length an IPv6 block covers when given a single address (default 64).
+	// IPv6Prefix is the prefix length an IPv6 block covers when given a single address (0: the
+	// default, DefaultIPv6Prefix).
 	IPv6Prefix int
+}
+
+// DefaultIPv6Prefix is the length an IPv6 block covers unless configured: a /64 is what one
+// host usually has to itself.
+const DefaultIPv6Prefix = 64
+
+// IPv6Bits is the length an IPv6 block covers under s, the one Place takes. It refuses a length
+// outside 1..128.
+func (s Settings) IPv6Bits() (int, error) {
+	bits := s.IPv6Prefix
+	if bits == 0 {
+		bits = DefaultIPv6Prefix
+	}
+	if bits < 1 || bits > 128 {
+		return 0, fmt.Errorf("ipv6 block prefix /%d out of range 1..128", bits)
+	}
+	return bits, nil
 }
 
 // TrapEvent is sent by the enforcer when a source hits trap ports.

@@ -84,3 +84,25 @@ func TestNormalizePlaceAllocFree(t *testing.T) {
 }
 
 func pfx(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func TestIPv6Bits(t *testing.T) {
+	for _, tc := range []struct {
+		in, want int
+		err      bool
+	}{
+		{in: 0, want: DefaultIPv6Prefix},
+		{in: 1, want: 1},
+		{in: 48, want: 48},
+		{in: 128, want: 128},
+		{in: 129, err: true},
+		{in: -1, err: true},
+	} {
+		got, err := Settings{IPv6Prefix: tc.in}.IPv6Bits()
+		switch {
+		case tc.err && (err == nil || !strings.Contains(err.Error(), "out of range 1..128")):
+			t.Errorf("IPv6Bits(%d) = %d, %v; want the range error", tc.in, got, err)
+		case !tc.err && (err != nil || got != tc.want):
+			t.Errorf("IPv6Bits(%d) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+}

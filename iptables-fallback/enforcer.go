@@ -78,7 +78,7 @@ func New(opts Options) (*Enforcer, error) {
 		log:    opts.Logger,
 		hits:   map[netip.Prefix]hitMemo{},
 		events: make(chan backend.TrapEvent, 1024),
-		v6bits: 64,
+		v6bits: backend.DefaultIPv6Prefix,
 	}
 	e.limiter = rate.NewLimiter(0, 0)
 	if e.scan, err = lru.New[netip.Addr, *scanState](opts.ScanEntries); err != nil {

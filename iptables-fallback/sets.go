@@ -498,12 +498,9 @@ func (e *Enforcer) syncPlain(name string, want []setEntry) error {
 // SetSettings implements backend.Enforcer. Dry-run turns the DROP rules into counting rules;
 // a new IPv6 block length rebuilds the ip6 set with the new netmask and re-places its entries.
 func (e *Enforcer) SetSettings(ctx context.Context, s backend.Settings) error {
-	bits := s.IPv6Prefix
-	if bits == 0 {
-		bits = 64
-	}
-	if bits < 1 || bits > 128 {
-		return fmt.Errorf("ipv6 block prefix /%d out of range 1..128", bits)
+	bits, err := s.IPv6Bits()
+	if err != nil {
+		return err
 	}
 	s.IPv6Prefix = bits
 	e.mu.Lock()
@@ -517,7 +514,7 @@ func (e *Enforcer) SetSettings(ctx context.Context, s backend.Settings) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.settings = s
-	_, err := e.syncChainsLocked()
+	_, err = e.syncChainsLocked()
 	return err
 }
 

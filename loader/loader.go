@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/bpf"
 )
 
@@ -235,7 +236,7 @@ func (x *XDP) load(capacity int) error {
 	// LRU from evicting the daemon's blocks.
 	return x.updateSettings(func(c *bpf.SnareConfig) {
 		if c.V6Mask == ([2]uint64{}) {
-			c.V6Mask = v6Mask(64) // a fresh settings map: /64 IPv6 blocks, trap off until SetTrap
+			c.V6Mask = v6Mask(backend.DefaultIPv6Prefix) // a fresh settings map; trap off until SetTrap
 		}
 		c.BlockLimit = uint64(capacity)
 	})

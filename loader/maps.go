@@ -867,12 +867,9 @@ func syncSet[K comparable](m *ebpf.Map, want map[K]bool) error {
 // SetSettings implements backend.Enforcer. Changing the IPv6 block length re-places every IPv6
 // entry, since the program masks sources with it.
 func (x *XDP) SetSettings(ctx context.Context, s backend.Settings) error {
-	bits := s.IPv6Prefix
-	if bits == 0 {
-		bits = 64
-	}
-	if bits < 1 || bits > 128 {
-		return fmt.Errorf("ipv6 block prefix /%d out of range 1..128", bits)
+	bits, err := s.IPv6Bits()
+	if err != nil {
+		return err
 	}
 	x.mu.Lock()
 	cfg, err := x.settings()
