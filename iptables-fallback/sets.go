@@ -518,20 +518,29 @@ func (e *Enforcer) SetSettings(ctx context.Context, s backend.Settings) error {
 	return err
 }
 
-// changeV6Bits swaps an empty ip6 set with the new netmask in and re-blocks what the old one held
-// (now in ip6 or net6, depending on its length).
+// changeV6Bits swaps an empty ip6 set with the new netmask in and re-blocks every IPv6 entry
+// whose set changes (backend.Place): what the old ip6 set held moves to net6, and net6 entries
+// of the new length move to ip6, where Unblock will look for them.
 func (e *Enforcer) changeV6Bits(ctx context.Context, bits int) error {
 	all, err := e.Rules(ctx)
 	if err != nil {
 		return err
 	}
 	var moved []backend.Rule
+	var leaveNet6 []netip.Prefix
 	e.mu.Lock()
 	oldBits := e.v6bits
 	e.mu.Unlock()
 	for _, r := range all {
-		if r.Prefix.Addr().Is6() && r.Prefix.Bits() == oldBits {
+		if !r.Prefix.Addr().Is6() {
+			continue
+		}
+		switch r.Prefix.Bits() {
+		case oldBits:
 			moved = append(moved, r.Rule)
+		case bits:
+			moved = append(moved, r.Rule)
+			leaveNet6 = append(leaveNet6, r.Prefix)
 		}
 	}
 	spec := e.specs(bits)[e.n.ip6]
@@ -551,5 +560,8 @@ func (e *Enforcer) changeV6Bits(ctx context.Context, bits int) error {
 	if err := e.sets.destroy(tmp); err != nil {
 		return err
 	}
-	return e.Block(ctx, moved)
+	if err := e.Block(ctx, moved); err != nil {
+		return err
+	}
+	return e.sets.del(e.n.net6, true, leaveNet6) // after: they drop from ip6 already
 }

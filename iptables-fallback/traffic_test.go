@@ -406,3 +406,25 @@ func TestCapacity(t *testing.T) {
 	}
 	t.Log(err)
 }
+
+// TestIPv6PrefixReplacesCIDRs: a new IPv6 block length also moves the CIDRs of that length into
+// the hash:ip set, where Unblock looks for them (backend.Place).
+func TestIPv6PrefixReplacesCIDRs(t *testing.T) {
+	f := newFixture(t, "")
+	p48 := mustPrefix("2001:db8:48::/48")
+	if err := f.e.Block(f.ctx, []backend.Rule{{Prefix: p48}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.e.SetSettings(f.ctx, backend.Settings{IPv6Prefix: 48}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := rulesByPrefix(t, f.e)[p48]; !ok {
+		t.Fatalf("the /48 was lost: %v", rulesByPrefix(t, f.e))
+	}
+	if err := f.e.Unblock(f.ctx, []netip.Prefix{p48}); err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := rulesByPrefix(t, f.e)[p48]; ok {
+		t.Errorf("the /48 is still blocked after Unblock: %+v\n%s", r, f.ipsetList(t, f.e.n.net6))
+	}
+}

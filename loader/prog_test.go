@@ -451,3 +451,29 @@ func TestSettingsCarriedOverFromShorterLayout(t *testing.T) {
 		t.Fatalf("settings after the upgrade %+v: want the old flags, threshold 3, a /48 mask and block limit 1024", got)
 	}
 }
+
+// TestIPv6PrefixReplacesCIDRs: a new IPv6 block length moves the prefixes of that length from the
+// trie into the exact map and the old ones out of it, where Unblock looks for them
+// (backend.Place).
+func TestIPv6PrefixReplacesCIDRs(t *testing.T) {
+	x := newUnattached(t, 64)
+	ctx := context.Background()
+	block(t, x, "2001:db8:48::/48", 0)
+	block(t, x, "2001:db8:64::/64", 0)
+	if err := x.SetSettings(ctx, backend.Settings{IPv6Prefix: 48}); err != nil {
+		t.Fatal(err)
+	}
+	var v bpf.SnareBlockVal
+	if err := x.objs.Block6.Lookup(bpf.SnareAddr6{Addr: netip.MustParseAddr("2001:db8:48::").As16()}, &v); err != nil {
+		t.Errorf("the /48 is not in the exact map at length 48: %v", err)
+	}
+	if got := ruleMap(t, x); len(got) != 2 {
+		t.Fatalf("rules after the change: %v", got)
+	}
+	if err := x.Unblock(ctx, []netip.Prefix{netip.MustParsePrefix("2001:db8:48::/48"), netip.MustParsePrefix("2001:db8:64::/64")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := ruleMap(t, x); len(got) != 0 {
+		t.Errorf("still blocked after Unblock: %v", got)
+	}
+}
