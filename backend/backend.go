@@ -1,6 +1,8 @@
 // Package backend is the small contract between snare's control plane and its two enforcement
 // back-ends: the XDP data path (package loader) and the ipset + iptables fallback (package
 // fallback, in iptables-fallback/). Nothing above this interface knows which one is in use.
+// What both back-ends decide alike about a block lives here too: how a prefix is normalised
+// (Normalize), where it is kept (Place) and the IPv6 block length (Settings.IPv6Bits).
 package backend
 
 import (
