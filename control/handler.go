@@ -23,7 +23,7 @@ const (
 	maxRequestBody = 8 << 20
 )
 
-// Handler returns the API (see api.go) as an http.Handler.
+// Handler returns the API (see control/api) as an http.Handler.
 func (d *Daemon) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {

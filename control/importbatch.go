@@ -51,7 +51,7 @@ const readWindow = 4096
 
 // inTurn returns a reader of the records at positions 0, 1, 2, ... of idx (nil: the identity),
 // best read in that order: it gathers them a window at a time, in a loop that keeps many reads
-// in flight. Read one by one between other work, a million records in random order waited for
+// in flight. Read one by one between other work, a million records in random order wait for
 // memory every time (0.2 s of an import). Each reader is for one goroutine.
 func (b *importBatch) inTurn(idx []int32) func(j int) backend.Record {
 	n := b.n
@@ -112,7 +112,7 @@ func (b *importBatch) order() []int32 {
 }
 
 // uniqueRecs is an import's records in store order, one per prefix, as indexes into its batch:
-// a second copy of a million records in order cost 24 MB of the import's peak memory.
+// a second copy of a million records in order would add 24 MB to the import's peak memory.
 type uniqueRecs struct {
 	b        *importBatch
 	keep     []int32       // record indexes, in store order

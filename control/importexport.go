@@ -92,7 +92,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	// kernel as soon as its order is known, while the store's copy is made: the kernel's share
 	// of the work, the biggest, then overlaps the rest. (In store order, not as it came: the
 	// kernel's LRU list is laid out in the order of insertion, and a sweep that removed a
-	// million entries in another order than they went in took 40% longer.) With nothing
+	// million entries in another order than they went in takes 40% longer.) With nothing
 	// stored there is nothing to merge with; only a repeated prefix has to be written again
 	// afterwards, where the file's last line won and the latest deadline must.
 	// A list that fits block.capacity even if every line were new needs no closer look; one that
@@ -217,8 +217,8 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 }
 
 // readImport parses an import list on every CPU, a piece at a time, each line into its own slot
-// of recs (lines that block nothing leave a hole, compacted away at the end): the parse took a
-// fifth of an import on one. It returns the records (deadlines for TTL imports, creation times
+// of recs (lines that block nothing leave a hole, compacted away at the end): on one CPU the
+// parse is a fifth of an import. It returns the records (deadlines for TTL imports, creation times
 // for permanent ones), the first bad lines by line number, and the counts of bad lines
 // (targets allow refuses included) and of lines already expired.
 func readImport(body io.Reader, cfg *config.Config, allow Allowlist, ttl time.Duration, now time.Time) (recs *importBatch, errs []api.LineError, bad, expired int, err error) {
@@ -383,7 +383,7 @@ func importUndo(n int, at func(int) store.Rule, merged map[int]mergedRule) *kern
 // to spread one call over two CPUs, few enough (3.5 MB) that the rules of a big import never
 // exist as Go values (with pointers, for the collector to scan) all at once. Memory an import
 // touches for the first time is dear on a VM (a page fault costs several microseconds): two
-// chunks of 128K were 14 MB of it.
+// chunks of 128K would be 14 MB of it.
 const kernelChunk = 1 << 16
 
 // blockChunks blocks rule(0..n-1) in the enforcer, a chunk at a time. The next chunk is made

@@ -10,7 +10,7 @@ import (
 // address, length), equal prefixes in index order. It radix-sorts by each part in turn, least
 // significant first, and skips a part every prefix shares (the family and length of a plain
 // IPv4 list): a million prefixes in random order take tens of milliseconds, where a stable
-// comparison sort of the structs holding them took a second. hi and lo are the address's
+// comparison sort of the structs holding them takes a second. hi and lo are the address's
 // halves as addrHalves gives them.
 func prefixOrder(n int, part func(i int) (hi, lo uint64, bits uint8, v6 bool)) []int32 {
 	idx := radix.Identity(n)

@@ -191,7 +191,7 @@ func BenchmarkSweepMillion(b *testing.B) {
 
 // BenchmarkSweepMillionUnsorted is BenchmarkSweepMillion after an import of a list in random
 // order. The kernel's LRU list is laid out in the order entries went in, and the sweep removes
-// them in store order: an import that wrote the kernel in the list's order made this sweep 40%
+// them in store order: an import that writes the kernel in the list's order makes this sweep 40%
 // slower.
 func BenchmarkSweepMillionUnsorted(b *testing.B) {
 	benchSweep(b, shuffledMillion())

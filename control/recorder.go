@@ -7,8 +7,8 @@ import (
 )
 
 // Recorder receives the daemon's events that metrics count. The daemon calls it at every block,
-// unblock, expiry, eviction repair and sweep; the Prometheus collector (metrics.go) implements it.
-// Methods must be cheap and safe for concurrent use.
+// unblock, expiry, eviction repair and sweep; the Prometheus collector (control/metrics)
+// implements it. Methods must be cheap and safe for concurrent use.
 type Recorder interface {
 	// Blocked counts n blocks made by origin ("manual", "trap", "import").
 	Blocked(origin string, n int)

@@ -19,7 +19,7 @@ import (
 	"github.com/snare-dev/snare/control/api"
 )
 
-// fakeDaemon is a minimal stand-in for snared's API (control/api.go) on a Unix socket: it records
+// fakeDaemon is a minimal stand-in for snared's API (control/api) on a Unix socket: it records
 // every request and answers with canned data. The real daemon is tested end to end elsewhere;
 // this only shows what snarectl sends and how it prints the answers.
 type fakeDaemon struct {

@@ -57,8 +57,8 @@ imported, unless --skip-bad is given: then the good lines are imported and the b
 			// anything but '/' and NUL, which the daemon would refuse.
 			name = printable(name)
 			// The list is checked while it is sent, not before: the daemon parses it as it
-			// arrives, and waiting for the check first cost a million-line import a fifth of a
-			// second. The last byte is held back until the whole file passed: without it the
+			// arrives, and waiting for the check first would cost a million-line import a fifth
+			// of a second. The last byte is held back until the whole file passed: without it the
 			// daemon never sees a complete body, so a bad line still means nothing is imported.
 			type checked struct {
 				errs []api.LineError

@@ -128,7 +128,7 @@ func BenchmarkImportMillion(b *testing.B) {
 }
 
 // BenchmarkListMillion is `snarectl list` (table) and `snarectl list -o json` with 1,000,000
-// entries in the daemon. Target: a few seconds at most (it was about 8 s).
+// entries in the daemon. Target: a few seconds at most.
 func BenchmarkListMillion(b *testing.B) {
 	testutil.RequireRoot(b)
 	lab := testutil.NewLab(b, "attacker")

@@ -158,7 +158,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 }
 
 // recoverStore replaces a damaged store with a fresh one holding what is readable of it
-// (control.RecoverStore) and says what was saved and what was lost. A sound store is left alone.
+// (store.RecoverStore) and says what was saved and what was lost. A sound store is left alone.
 func recoverStore(path string, stdout, stderr io.Writer) int {
 	rec, err := store.RecoverStore(path, time.Now())
 	if errors.Is(err, store.ErrNothingToRecover) {

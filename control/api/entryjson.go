@@ -9,7 +9,7 @@ import (
 )
 
 // Entries are encoded and decoded by hand on the list path: a million of them through
-// encoding/json's reflection took seconds on both ends. The output is byte for byte what
+// encoding/json's reflection take seconds on both ends. The output is byte for byte what
 // encoding/json writes for Entry (TestEntryJSONMatchesEncodingJSON), and decoding falls back to
 // encoding/json for anything it does not expect.
 

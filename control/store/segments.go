@@ -10,17 +10,17 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
-// The rules bucket holds rules in segments (store format 3): runs of rules in key order, stored
-// under the key of their first rule, each rule a record of its prefix key and its encoded value.
-// bbolt costs about a microsecond and some garbage per key it stores, which made a million rules
-// a million Puts (seconds, with the garbage collector busy); in segments the same million are
-// some ten thousand Puts. Lookups find the segment at or before a key with one cursor seek and
+// The rules bucket holds rules in segments: runs of rules in key order, stored under the key
+// of their first rule, each rule a record of its prefix key and its encoded value. bbolt costs
+// about a microsecond and some garbage per key it stores, so a key per rule would make a million
+// rules a million Puts (seconds, with the garbage collector busy); in segments the same million
+// are some ten thousand Puts. Lookups find the segment at or before a key with one cursor seek and
 // scan at most segMax records.
 //
 // A record whose value is the same as the one before it in its segment stores only its key and
 // a zero length: an import gives a million rules one reason, one creation time and one deadline,
 // and writing that value once per segment instead of once per rule cuts what a commit writes by
-// more than half. (Format 2 never wrote a zero length, so its segments read the same.)
+// more than half. (Format 2 segments hold no zero length, so they read the same.)
 
 // segMax is the most records one segment holds, segBytes the most bytes; a segment that
 // outgrows either is split. bbolt puts at least two keys on a leaf page, so two segments of

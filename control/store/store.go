@@ -86,11 +86,10 @@ var (
 	bucketMeta     = []byte("meta")
 )
 
-// storeVersion is written to the meta bucket; a store from a newer snare is refused rather
-// than misread.
-// Version 2 keeps rules in segments (segments.go); a version-1 store is migrated when opened.
-// Version 3 lets a segment record repeat the value before it; version-2 segments are valid
-// version-3 segments, so only the number changes.
+// storeVersion is the on-disk format, written to the meta bucket: a store from a newer snare
+// is refused rather than misread, and older stores still open. Format 1 (one bbolt key per
+// rule) is migrated to segments (segments.go); format 2 segments never repeat a value, so they
+// are valid format 3 segments and only the number is raised.
 const storeVersion = 3
 
 // ErrStoreLocked is returned by OpenStore when another process has the store open.

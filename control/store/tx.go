@@ -131,8 +131,8 @@ func (t *Tx) RulesWithin(a netip.Prefix, fn func(Rule) error) error {
 
 // forEachDeadline walks the rules in prefix order decoding only prefix and deadline (restore
 // needs no more of a million rules); decodeRule(p, record) decodes the whole rule when wanted,
-// during fn (record is only valid until fn returns). A closure per record cost a heap allocation
-// per rule.
+// during fn (record is only valid until fn returns). A closure per record would cost a heap
+// allocation per rule.
 func (t *Tx) forEachDeadline(fn func(p netip.Prefix, deadline time.Time, record []byte) error) error {
 	return forEachRecord(t.rules, func(k, v []byte) error {
 		p, err := parsePrefixKey(k)

@@ -1,5 +1,5 @@
 // Package radix sorts large batches by unsigned integer keys in linear time. A million prefixes
-// sort in tens of milliseconds this way; a comparison sort of the same structs took up to a
+// sort in tens of milliseconds this way; a comparison sort of the same structs takes up to a
 // second (a stable one, on a list in random order), which an import or restart cannot afford.
 package radix
 

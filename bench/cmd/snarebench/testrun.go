@@ -76,7 +76,7 @@ func blockedSrcs(n int) []netip.Addr {
 
 // passSrcs are the never-blocked sources of the pass rows. Nine sources (and nine blocked ones):
 // a lookup in a big map costs a nanosecond more or less with the bucket its source falls in,
-// and the median of three moved the 1M-entry rows by up to 2 ns between runs.
+// and with three the median of the 1M-entry rows moves by up to 2 ns between runs.
 var passSrcs = func() []netip.Addr {
 	out := []netip.Addr{passSrc}
 	for i := range 8 {
