@@ -9,12 +9,10 @@ import (
 	"net/netip"
 	"net/url"
 	"reflect"
-	"strings"
 	"testing"
 
-	"github.com/snare-dev/snare/control/input"
-
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/input"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
@@ -103,14 +101,4 @@ func FuzzAPIRequest(f *testing.F) {
 			}
 		}
 	})
-}
-
-func namesInput(t *testing.T, in string, err error) {
-	t.Helper()
-	if !strings.Contains(err.Error(), input.QuoteInput(in)) {
-		t.Fatalf("error %q does not name the input %s", err, input.QuoteInput(in))
-	}
-	if len(err.Error()) > 1000 { // the input quoted cut after 100 bytes, escaped, and a sentence
-		t.Fatalf("error for %s is %d bytes long", input.QuoteInput(in), len(err.Error()))
-	}
 }

@@ -104,14 +104,6 @@ func relative(now, t time.Time) string {
 	return "now"
 }
 
-// ttlText renders a TTL the daemon reported: "permanent", "5d", "12h".
-func ttlText(permanent bool, d time.Duration) string {
-	if permanent {
-		return "permanent"
-	}
-	return humanDuration(d)
-}
-
 // portsText renders a port list compactly, ranges joined: "1,11,32770-32774".
 func portsText(ports []uint16) string {
 	var b strings.Builder

@@ -136,13 +136,9 @@ func (c *Client) List(ctx context.Context) (ListResponse, error) {
 	return out, err
 }
 
-// ListEach calls fn with every active block, in prefix order, as the daemon streams them (JSON
-// lines); the entry passed to fn is reused.
-func (c *Client) ListEach(ctx context.Context, fn func(*Entry) error) error {
-	return c.listEach(ctx, nil, fn)
-}
-
-// listEach is ListEach; expect, if set, is told how many entries the daemon announced.
+// listEach calls fn with every active block, in prefix order, as the daemon streams them (JSON
+// lines); the entry passed to fn is reused. expect, if set, is told how many entries the daemon
+// announced.
 func (c *Client) listEach(ctx context.Context, expect func(int), fn func(*Entry) error) error {
 	resp, err := c.send(ctx, http.MethodGet, "/v1/list?stream=1", nil)
 	if err != nil {

@@ -420,9 +420,6 @@ func (l *Lab) start(argv []string) (*Proc, error) {
 // Output returns what the process wrote to stdout and stderr so far.
 func (p *Proc) Output() string { return p.out.String() }
 
-// Done is closed when the process has exited.
-func (p *Proc) Done() <-chan struct{} { return p.done }
-
 // Exited reports whether the process has exited, and its wait error if so.
 func (p *Proc) Exited() (bool, error) {
 	select {
