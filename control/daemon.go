@@ -32,8 +32,6 @@ type Options struct {
 	// million-entry map takes the kernel as long as that read. The daemon owns the enforcer
 	// and closes it.
 	OpenEnforcer func() (enf backend.Enforcer, fallbackReason string, err error)
-	// Enforcer, when set, is an enforcer already open, used instead of OpenEnforcer.
-	Enforcer backend.Enforcer
 	// ImplicitAllow discovers the implicit allowlist; nil means ImplicitAllowlist("/etc/resolv.conf").
 	ImplicitAllow func() (Allowlist, error)
 	// Listening lists the host's listening ports for the trap-port watcher; nil means ListeningPorts.
@@ -137,19 +135,16 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 	snap := make(chan store.Snapshot, 1)
 	go func() { snap <- st.Snapshot(time.Now()) }()
 
-	d.enf = o.Enforcer
-	if d.enf == nil {
-		if o.OpenEnforcer == nil {
-			err = errors.New("no enforcer to open")
-		} else {
-			d.enf, d.fallback, err = o.OpenEnforcer()
-		}
-		if err != nil {
-			<-snap // the read must end before the store closes
-			d.events.Close()
-			d.store.Close()
-			return nil, err
-		}
+	if o.OpenEnforcer == nil {
+		err = errors.New("no enforcer to open")
+	} else {
+		d.enf, d.fallback, err = o.OpenEnforcer()
+	}
+	if err != nil {
+		<-snap // the read must end before the store closes
+		d.events.Close()
+		d.store.Close()
+		return nil, err
 	}
 	if err := d.restore(ctx, snap); err != nil {
 		d.Close()
@@ -180,9 +175,6 @@ func (d *Daemon) Close() error {
 
 // Backend names the enforcer in use and, for the fallback, why.
 func (d *Daemon) Backend() (name, fallbackReason string) { return d.enf.Name(), d.fallback }
-
-// Enforcer is the back-end in use (for metrics and tests).
-func (d *Daemon) Enforcer() backend.Enforcer { return d.enf }
 
 // Config returns the configuration in force.
 func (d *Daemon) Config() *config.Config {

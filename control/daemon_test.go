@@ -34,6 +34,7 @@ type daemonLab struct {
 	cfg     *config.Config
 	client  *api.Client
 	d       *control.Daemon
+	enf     backend.Enforcer // d's back-end, to look at the kernel behind the daemon's back
 	stop    func()
 	// importIdle is the daemon's ImportIdleTimeout (0: its default).
 	importIdle time.Duration
@@ -87,7 +88,8 @@ func (dl *daemonLab) start() {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := control.Open(ctx, control.Options{
-		Config: dl.cfg, Enforcer: x, Logger: testLogger(t),
+		Config: dl.cfg, Logger: testLogger(t),
+		OpenEnforcer:  func() (backend.Enforcer, string, error) { return x, "", nil },
 		ImplicitAllow: func() (control.Allowlist, error) { return implicit, nil },
 		// Nothing listens in the lab host: every configured trap port is in force.
 		Listening:         func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
@@ -108,7 +110,7 @@ func (dl *daemonLab) start() {
 		d.Close()
 		t.Fatalf("serve: %v", err)
 	}
-	dl.d = d
+	dl.d, dl.enf = d, x
 	dl.stop = func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -324,7 +326,7 @@ func TestDaemonEndToEnd(t *testing.T) {
 // evictOne removes a block from the kernel behind the daemon's back, as an LRU eviction would.
 func evictOne(t *testing.T, dl *daemonLab, p netip.Prefix) {
 	t.Helper()
-	if err := dl.d.Enforcer().Unblock(context.Background(), []netip.Prefix{p}); err != nil {
+	if err := dl.enf.Unblock(context.Background(), []netip.Prefix{p}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -41,7 +41,8 @@ func TestOpenRefusesDamagedStore(t *testing.T) {
 	f := newFake()
 	held := netip.MustParsePrefix("198.18.5.5/32")
 	f.rules[held] = backend.RuleState{Rule: backend.Rule{Prefix: held}}
-	_, err = Open(context.Background(), Options{Config: cfg, Enforcer: f,
+	_, err = Open(context.Background(), Options{Config: cfg,
+		OpenEnforcer:  func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) { return nil, nil },
 		Listening:     func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
 	})

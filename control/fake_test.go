@@ -134,7 +134,7 @@ func fakeDaemon(t testing.TB) (*Daemon, *fakeEnforcer) {
 	cfg.StateDir = t.TempDir()
 	f := newFake()
 	d, err := Open(context.Background(), Options{
-		Config: cfg, Enforcer: f,
+		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) {
 			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), api.AllowOwnAddress}}, nil
 		},
@@ -465,7 +465,7 @@ func TestRestoreAfterAllowlistChange(t *testing.T) {
 
 	f := newFake() // empty maps: a start after a reboot
 	d2, err := Open(ctx, Options{
-		Config: cfg, Enforcer: f,
+		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) {
 			return Allowlist{{netip.MustParsePrefix("198.18.1.1/32"), api.AllowOwnAddress},
 				{netip.MustParsePrefix("198.18.9.1/32"), api.AllowGateway}}, nil
@@ -514,7 +514,8 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 	cfg.StateDir = t.TempDir()
 	f := newFake()
 	open := func() *Daemon {
-		d, err := Open(context.Background(), Options{Config: cfg, Enforcer: f,
+		d, err := Open(context.Background(), Options{Config: cfg,
+			OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
 			ImplicitAllow: func() (Allowlist, error) {
 				return Allowlist{{netip.MustParsePrefix("198.19.0.5/32"), api.AllowOwnAddress}}, nil
 			},

@@ -15,7 +15,7 @@ import (
 // kernelRules is what the daemon's back-end enforces: prefix -> deadline (zero: permanent).
 func kernelRules(t *testing.T, dl *daemonLab) map[string]time.Time {
 	t.Helper()
-	rules, err := dl.d.Enforcer().Rules(context.Background())
+	rules, err := dl.enf.Rules(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -121,7 +121,7 @@ func TestImportSlowUpload(t *testing.T) {
 	nothing := func(what string, prefixes []string) {
 		t.Helper()
 		es := dl.entries()
-		rules, err := dl.d.Enforcer().Rules(context.Background())
+		rules, err := dl.enf.Rules(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control/metrics"
 
 	labutil "github.com/snare-dev/snare/internal/testutil"
@@ -54,7 +55,8 @@ func TestMetricsRealDaemon(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	d, err := Open(ctx, Options{
-		Config: cfg, Enforcer: x, Recorder: m,
+		Config: cfg, Recorder: m,
+		OpenEnforcer:  func() (backend.Enforcer, string, error) { return x, "", nil },
 		ImplicitAllow: func() (Allowlist, error) { return implicit, nil },
 		Listening:     func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
 	})

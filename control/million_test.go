@@ -79,7 +79,7 @@ func openMillion(tb testing.TB, lab *netlab.Lab, cfg *config.Config) *control.Da
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if name := d.Enforcer().Name(); name != "xdp" {
+	if name, _ := d.Backend(); name != "xdp" {
 		tb.Fatalf("back-end %s, want xdp", name)
 	}
 	return d

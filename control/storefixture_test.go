@@ -334,7 +334,8 @@ func TestStoreFixtureOpens(t *testing.T) {
 	}
 	cfg.StateDir = dir
 	enf := &memEnforcer{rules: map[netip.Prefix]backend.Rule{}}
-	d, err := control.Open(context.Background(), control.Options{Config: cfg, Enforcer: enf,
+	d, err := control.Open(context.Background(), control.Options{Config: cfg,
+		OpenEnforcer: func() (backend.Enforcer, string, error) { return enf, "", nil },
 		ImplicitAllow: func() (control.Allowlist, error) {
 			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.252.1/32"), Source: api.AllowOwnAddress}}, nil
 		},

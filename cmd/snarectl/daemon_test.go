@@ -111,9 +111,9 @@ func startDaemonIn(t *testing.T, dir string, enf *memEnforcer) string {
 	cfg.Block.Capacity = 1000 // what the memEnforcer reports
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := control.Open(ctx, control.Options{
-		Config:   cfg,
-		Version:  "test",
-		Enforcer: enf,
+		Config:       cfg,
+		Version:      "test",
+		OpenEnforcer: func() (backend.Enforcer, string, error) { return enf, "", nil },
 		ImplicitAllow: func() (control.Allowlist, error) {
 			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: api.AllowGateway}}, nil
 		},

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control/config"
 
 	"golang.org/x/sys/unix"
@@ -70,7 +71,8 @@ func xdpDaemon(tb testing.TB, lab *netlab.Lab) (socket string, stop func()) {
 		tb.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := control.Open(ctx, control.Options{Config: cfg, Enforcer: x,
+	d, err := control.Open(ctx, control.Options{Config: cfg,
+		OpenEnforcer:  func() (backend.Enforcer, string, error) { return x, "", nil },
 		ImplicitAllow: func() (control.Allowlist, error) { return nil, nil },
 		Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
 	})
