@@ -248,8 +248,8 @@ func TestDaemonEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Evicted != 1 || dl.d.Evictions() != 1 {
-		t.Errorf("sweep re-inserted %d (total %d), want 1", res.Evicted, dl.d.Evictions())
+	if st, err := dl.client.Status(ctx); err != nil || res.Evicted != 1 || st.Evictions != 1 {
+		t.Errorf("sweep re-inserted %d (total %d, %v), want 1", res.Evicted, st.Evictions, err)
 	}
 	if dl.reaches(att, false) {
 		t.Fatal("evicted block was not re-inserted")

@@ -224,7 +224,7 @@ func TestBlockFailsAtomically(t *testing.T) {
 		t.Fatal("block succeeded although the enforcer failed")
 	}
 	f.fail = nil
-	es, err := d.Entries(ctx)
+	es, err := listEntries(ctx, d)
 	if err != nil || len(es) != 0 {
 		t.Fatalf("a failed block left %v in the store (%v)", es, err)
 	}
@@ -290,7 +290,7 @@ func TestAPIErrors(t *testing.T) {
 			}
 		}
 	}
-	if es, _ := d.Entries(context.Background()); len(es) != 0 {
+	if es, _ := listEntries(context.Background(), d); len(es) != 0 {
 		t.Errorf("entries left: %+v", es)
 	}
 }
@@ -419,7 +419,7 @@ func TestAllowlistWinsOverExistingBlocks(t *testing.T) {
 	if got, want := held(), []string{"198.18.6.6/32", "198.18.9.1/32"}; !slices.Equal(got, want) {
 		t.Fatalf("enforcer holds %v after allow add, want %v", got, want)
 	}
-	es, err := d.Entries(ctx)
+	es, err := listEntries(ctx, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +479,7 @@ func TestRestoreAfterAllowlistChange(t *testing.T) {
 	if held, want := heldPrefixes(t, f), []string{"198.18.6.6/32"}; !slices.Equal(held, want) {
 		t.Fatalf("kernel holds %v after the restart, want %v (the gateway's block dropped)", held, want)
 	}
-	es, err := d2.Entries(ctx)
+	es, err := listEntries(ctx, d2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -591,10 +591,21 @@ func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
 	}
 }
 
+// listEntries returns every active block of d with its live counters, in prefix order, as
+// GET /v1/list does.
+func listEntries(ctx context.Context, d *Daemon) ([]api.Entry, error) {
+	var out []api.Entry
+	err := d.EachEntry(ctx, func(e *api.Entry) error {
+		out = append(out, *e)
+		return nil
+	})
+	return out, err
+}
+
 // entriesByPrefix is what the daemon lists, by prefix.
 func entriesByPrefix(t testing.TB, d *Daemon) map[string]api.Entry {
 	t.Helper()
-	es, err := d.Entries(context.Background())
+	es, err := listEntries(context.Background(), d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -620,7 +631,7 @@ func TestBlockRefusedAtCapacity(t *testing.T) {
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "block.capacity 3") {
 		t.Fatalf("two more at capacity 3: %v, want a user error (400) naming block.capacity 3", err)
 	}
-	if es, _ := d.Entries(ctx); len(es) != 2 || len(f.rules) != 2 {
+	if es, _ := listEntries(ctx, d); len(es) != 2 || len(f.rules) != 2 {
 		t.Fatalf("the refused block changed something: %d stored, %d in the kernel", len(es), len(f.rules))
 	}
 	if _, err := d.Block(ctx, []string{"198.18.0.1", "198.18.0.2", "198.18.0.3"}, "", ""); err != nil {

@@ -49,7 +49,7 @@ func TestImportStreamBulk(t *testing.T) {
 	if d.store.Count() != n || len(f.rules) != n {
 		t.Fatalf("store %d, kernel %d, want %d", d.store.Count(), len(f.rules), n)
 	}
-	es, err := d.Entries(ctx)
+	es, err := listEntries(ctx, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 	if resp.Imported != len(latest) || d.store.Count() != len(latest) || len(f.rules) != len(latest) {
 		t.Fatalf("imported %d, store %d, kernel %d; want %d distinct prefixes", resp.Imported, d.store.Count(), len(f.rules), len(latest))
 	}
-	es, err := d.Entries(ctx)
+	es, err := listEntries(ctx, d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +181,7 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 	if resp, err := d.Import(ctx, api.ImportRequest{Content: b.String(), TTL: "permanent"}); err != nil || resp.Imported != len(first) {
 		t.Fatalf("permanent import: %+v, %v", resp, err)
 	}
-	if es, err = d.Entries(ctx); err != nil || len(es) != len(first) || len(f.rules) != len(first) {
+	if es, err = listEntries(ctx, d); err != nil || len(es) != len(first) || len(f.rules) != len(first) {
 		t.Fatalf("permanent import: %d entries, %d in the kernel, %v; want %d", len(es), len(f.rules), err, len(first))
 	}
 	for _, e := range es {

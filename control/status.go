@@ -11,16 +11,6 @@ import (
 	"github.com/snare-dev/snare/control/store"
 )
 
-// Entries returns every active block with its live counters, in prefix order.
-func (d *Daemon) Entries(ctx context.Context) ([]api.Entry, error) {
-	out := make([]api.Entry, 0, d.store.Count())
-	err := d.EachEntry(ctx, func(e *api.Entry) error {
-		out = append(out, *e)
-		return nil
-	})
-	return out, err
-}
-
 // EachEntry calls fn with every active block and its live counters, in prefix order, without
 // holding them all: the list of a million entries is streamed. The entry passed to fn is reused.
 func (d *Daemon) EachEntry(ctx context.Context, fn func(*api.Entry) error) error {
@@ -85,9 +75,6 @@ func (d *Daemon) Status(ctx context.Context) (api.StatusResponse, error) {
 	}
 	return out, nil
 }
-
-// Evictions is how many blocks the sweeper found missing from the kernel and re-inserted.
-func (d *Daemon) Evictions() uint64 { return d.evictions.Load() }
 
 // EnforcerStatus is the enforcer's own status, what metrics read at scrape time. A back-end that
 // does not know its capacity (ipset sizes come from the config) gets block.capacity.

@@ -362,7 +362,11 @@ func TestStoreFixtureOpens(t *testing.T) {
 			t.Errorf("rule %s restored with deadline %s, want %s", want.Prefix, r.Deadline, want.Deadline)
 		}
 	}
-	es, err := d.Entries(context.Background())
+	var es []api.Entry
+	err = d.EachEntry(context.Background(), func(e *api.Entry) error {
+		es = append(es, *e)
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
