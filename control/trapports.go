@@ -24,7 +24,7 @@ type TrapPortSpec struct {
 	// Ephemeral are the ports the kernel picks for the host's own outgoing connections and
 	// datagrams. None of them is ever a trap, listed or not: replies to the host's own clients
 	// (its DNS stub, NTP, syslog or QUIC client, the web application) arrive there, and a trap
-	// there would block the servers they talk to. The zero value means none; WatchTrapPorts reads
+	// there would block the servers they talk to. The zero value means none; TrapPortWatcher reads
 	// them from the kernel when it is zero.
 	Ephemeral EphemeralPorts
 }
@@ -141,13 +141,6 @@ type TrapPortWatcher struct {
 	// OnError is told about a failed poll (nil: ignored). The previous sets stay in force: a
 	// failed poll must not turn served ports into traps.
 	OnError func(error)
-}
-
-// WatchTrapPorts runs a TrapPortWatcher with ListeningPorts until ctx ends; see
-// TrapPortWatcher.Run.
-func WatchTrapPorts(ctx context.Context, spec TrapPortSpec, interval time.Duration, update func(tcp, udp []uint16)) error {
-	w := TrapPortWatcher{Spec: spec, Interval: interval, Update: update}
-	return w.Run(ctx)
 }
 
 // Run polls until ctx ends and then returns nil. The first poll happens at once; if it fails

@@ -188,7 +188,7 @@ func waitUpdate(t *testing.T, updates <-chan trapUpdate, what string, ok func(tr
 
 // A service that starts listening on a trap port takes the port out of the trap set, and gives
 // it back when it stops; with real sockets and the real ListeningPorts.
-func TestWatchTrapPortsFollowsRealListeners(t *testing.T) {
+func TestTrapPortWatcherFollowsRealListeners(t *testing.T) {
 	l, err := net.Listen("tcp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -290,12 +290,13 @@ func TestTrapPortWatcherErrors(t *testing.T) {
 	})
 }
 
-func TestWatchTrapPortsStopsWithContext(t *testing.T) {
+func TestTrapPortWatcherStopsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	got := make(chan []uint16, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- WatchTrapPorts(ctx, TrapPortSpec{TCP: []uint16{1}}, 0, func(tcp, _ []uint16) { got <- tcp })
+		w := &TrapPortWatcher{Spec: TrapPortSpec{TCP: []uint16{1}}, Update: func(tcp, _ []uint16) { got <- tcp }}
+		done <- w.Run(ctx)
 	}()
 	select {
 	case tcp := <-got:
@@ -309,9 +310,9 @@ func TestWatchTrapPortsStopsWithContext(t *testing.T) {
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Errorf("WatchTrapPorts returned %v after cancel, want nil", err)
+			t.Errorf("Run returned %v after cancel, want nil", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("WatchTrapPorts did not return after cancel")
+		t.Fatal("Run did not return after cancel")
 	}
 }
