@@ -323,6 +323,11 @@ func TestDaemonEndToEnd(t *testing.T) {
 	}
 }
 
+// importList imports req.Content the way snarectl sends a list: streamed as the request body.
+func importList(ctx context.Context, c *api.Client, req api.ImportRequest) (api.ImportResponse, error) {
+	return c.ImportStream(ctx, strings.NewReader(req.Content), int64(len(req.Content)), req)
+}
+
 // evictOne removes a block from the kernel behind the daemon's back, as an LRU eviction would.
 func evictOne(t *testing.T, dl *daemonLab, p netip.Prefix) {
 	t.Helper()
@@ -365,7 +370,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 
 	// A bad line rejects the whole import, naming the line.
 	bad := "198.18.50.1 " + today + "\n198.18.50.2\nnot-an-address\n198.18.1.1\n"
-	_, err := dl.client.Import(ctx, api.ImportRequest{Content: bad, Name: "blocked.list"})
+	_, err := importList(ctx, dl.client, api.ImportRequest{Content: bad, Name: "blocked.list"})
 	if apiStatus(err) != 400 || !strings.Contains(err.Error(), "line 3") || !strings.Contains(err.Error(), "line 4") ||
 		!strings.Contains(err.Error(), "nothing imported") {
 		t.Fatalf("import with bad lines: %v", err)
@@ -376,7 +381,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 
 	// With SkipBad the good lines go in; a dated line past date+TTL is skipped as expired.
 	list := "# seed\n198.18.50.1 " + today + "\n198.18.50.2 " + old + "\n198.18.60.0/24\n" + att.Addr4().String() + "\nbogus\n"
-	resp, err := dl.client.Import(ctx, api.ImportRequest{Content: list, Name: "blocked.list", SkipBad: true})
+	resp, err := importList(ctx, dl.client, api.ImportRequest{Content: list, Name: "blocked.list", SkipBad: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +427,7 @@ func TestDaemonImportExportAllowReload(t *testing.T) {
 	if _, err := dl.client.Unblock(ctx, api.UnblockRequest{Targets: all}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := dl.client.Import(ctx, api.ImportRequest{Content: exported}); err != nil {
+	if _, err := importList(ctx, dl.client, api.ImportRequest{Content: exported}); err != nil {
 		t.Fatal(err)
 	}
 	again := dl.entries()

@@ -43,7 +43,7 @@ func TestFullDisk(t *testing.T) {
 			for i := range 2000 {
 				held = append(held, fmt.Sprintf("198.19.%d.%d", 50+i/250, 1+i%250))
 			}
-			if _, err := dl.client.Import(ctx, api.ImportRequest{Content: strings.Join(held, "\n"), TTL: "1h"}); err != nil {
+			if _, err := importList(ctx, dl.client, api.ImportRequest{Content: strings.Join(held, "\n"), TTL: "1h"}); err != nil {
 				t.Fatal(err)
 			}
 			stored := dl.entries()
@@ -92,7 +92,7 @@ func TestFullDisk(t *testing.T) {
 				lines = append(lines, fmt.Sprintf("198.19.%d.%d", 100+i/250, 1+i%250))
 			}
 			list := strings.Join(lines, "\n") + "\n"
-			_, err := dl.client.Import(ctx, api.ImportRequest{Content: list, Name: "big.list"})
+			_, err := importList(ctx, dl.client, api.ImportRequest{Content: list, Name: "big.list"})
 			full("an import", err)
 			_, err = dl.client.Block(ctx, api.BlockRequest{Targets: lines[:500], TTL: "2h"})
 			full("a block", err)
@@ -107,7 +107,7 @@ func TestFullDisk(t *testing.T) {
 			if err := os.Remove(filler); err != nil {
 				t.Fatal(err)
 			}
-			if resp, err := dl.client.Import(ctx, api.ImportRequest{Content: list, Name: "big.list"}); err != nil || resp.Imported != len(lines) {
+			if resp, err := importList(ctx, dl.client, api.ImportRequest{Content: list, Name: "big.list"}); err != nil || resp.Imported != len(lines) {
 				t.Fatalf("import with room again: %+v, %v", resp, err)
 			}
 			if dl.reaches(attacker, false) {

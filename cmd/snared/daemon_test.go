@@ -299,7 +299,7 @@ func TestSnaredDamagedStore(t *testing.T) {
 	for i := range n {
 		fmt.Fprintf(&list, "198.19.%d.%d\n", i>>8, i&255)
 	}
-	if r, err := c.Import(ctx, api.ImportRequest{Content: list.String()}); err != nil || r.Imported != n {
+	if r, err := c.ImportStream(ctx, strings.NewReader(list.String()), int64(list.Len()), api.ImportRequest{}); err != nil || r.Imported != n {
 		t.Fatalf("import: %+v %v", r, err)
 	}
 	if err := p.Stop(); err != nil {

@@ -201,12 +201,6 @@ func (c *Client) AllowList(ctx context.Context) (AllowResponse, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/allow", nil, &out)
 }
 
-// Import sends a block list to the daemon.
-func (c *Client) Import(ctx context.Context, req ImportRequest) (ImportResponse, error) {
-	var out ImportResponse
-	return out, c.do(ctx, http.MethodPost, "/v1/import", req, &out)
-}
-
 // ImportStream sends a block list read from body as it is read (req.Content is ignored): the
 // daemon parses it while it arrives. size is body's length, or -1 if unknown. If body fails
 // (returns an error other than io.EOF), the upload is cut off and the daemon imports nothing.
