@@ -32,9 +32,6 @@ import (
 //go:embed defaults.yaml
 var defaultsYAML []byte
 
-// DefaultsYAML returns the embedded default configuration, comments included.
-func DefaultsYAML() []byte { return slices.Clone(defaultsYAML) }
-
 // Config is snared's whole configuration. Every key has a default (defaults.yaml), and can be
 // set in a YAML file, in the environment as SNARE_<KEY> ('.' → '_', upper case), and the
 // top-level ones by flags.
