@@ -5,10 +5,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/snare-dev/snare/control/input"
-
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/input"
 )
+
+// defaultRules are the target rules of the default configuration (block.* in defaults.yaml).
+var defaultRules = input.TargetRules{IPv6Prefix: 64, MinPrefixV4: 8, MinPrefixV6: 32}
 
 func TestAllowlistRefuse(t *testing.T) {
 	list := Allowlist{
@@ -35,7 +37,7 @@ func TestAllowlistRefuse(t *testing.T) {
 		{"198.18.1.2", ""},
 		{"198.18.2.0/24", ""},
 	} {
-		rules := input.DefaultTargetRules
+		rules := defaultRules
 		p, err := input.ParseTarget(tc.target, rules)
 		if err != nil {
 			t.Fatal(err)

@@ -9,12 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/snare-dev/snare/control/store"
-
-	"github.com/snare-dev/snare/control/blocklist"
-	"github.com/snare-dev/snare/control/input"
-
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/blocklist"
+	"github.com/snare-dev/snare/control/store"
 )
 
 // benchList is n distinct block-list lines: IPv4 addresses from 198.18.0.0/15, then IPv6
@@ -102,6 +99,6 @@ func BenchmarkStoreExpire1M(b *testing.B) {
 // benchPrefixes are the prefixes of benchList(n).
 func benchPrefixes(n int) []netip.Prefix {
 	out := make([]netip.Prefix, 0, n)
-	blocklist.NewParser(input.DefaultTargetRules, time.Now(), 1).Parse(benchList(n), func(l blocklist.Line) { out = append(out, l.Prefix) })
+	blocklist.NewParser(defaultRules, time.Now(), 1).Parse(benchList(n), func(l blocklist.Line) { out = append(out, l.Prefix) })
 	return out
 }

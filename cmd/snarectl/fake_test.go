@@ -70,6 +70,10 @@ func newFakeDaemon(t *testing.T) *fakeDaemon {
 	return f
 }
 
+// fakeRules are the target rules the fake daemon checks blocks against: the defaults (block.*
+// in defaults.yaml).
+var fakeRules = input.TargetRules{IPv6Prefix: 64, MinPrefixV4: 8, MinPrefixV6: 32}
+
 func (f *fakeDaemon) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/block", func(w http.ResponseWriter, r *http.Request) {
@@ -80,7 +84,7 @@ func (f *fakeDaemon) handler() http.Handler {
 		now := time.Now()
 		var resp api.BlockResponse
 		for _, t := range req.Targets {
-			p, err := input.ParseTarget(t, input.DefaultTargetRules)
+			p, err := input.ParseTarget(t, fakeRules)
 			if err != nil {
 				fail(w, http.StatusBadRequest, err.Error())
 				return

@@ -5,8 +5,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/snare-dev/snare/control/input"
 )
 
 // benchList is n lines: 128K IPv4 addresses, then IPv6 ones.
@@ -26,7 +24,7 @@ func BenchmarkParse1M(b *testing.B) {
 	list := benchList(1_000_000)
 	b.ResetTimer()
 	for range b.N {
-		good, _, bad := parseAll(list, input.DefaultTargetRules, time.Now())
+		good, _, bad := parseAll(list, defaultRules, time.Now())
 		if bad != 0 || len(good) != 1_000_000 {
 			b.Fatalf("%d good, %d bad", len(good), bad)
 		}

@@ -17,6 +17,9 @@ import (
 	"github.com/snare-dev/snare/control/input"
 )
 
+// defaultRules are the target rules of the default configuration (block.* in defaults.yaml).
+var defaultRules = input.TargetRules{IPv6Prefix: 64, MinPrefixV4: 8, MinPrefixV6: 32}
+
 func TestParseBlockListGood(t *testing.T) {
 	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.Local)
 	in := strings.Join([]string{
@@ -32,7 +35,7 @@ func TestParseBlockListGood(t *testing.T) {
 		"; only a comment",
 		"198.18.3.3", // no trailing newline
 	}, "\n")
-	good, errs, bad := parseAll(in, input.DefaultTargetRules, now)
+	good, errs, bad := parseAll(in, defaultRules, now)
 	if bad != 0 || len(errs) != 0 {
 		t.Fatalf("bad lines in a good list: %d %v", bad, errs)
 	}
@@ -93,7 +96,7 @@ func TestParseBlockListBadLines(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := "198.18.0.1\n# comment\n" + tc.line + "\n198.18.0.2\n"
-			good, errs, bad := parseAll(in, input.DefaultTargetRules, now)
+			good, errs, bad := parseAll(in, defaultRules, now)
 			if bad != 1 || len(errs) != 1 {
 				t.Fatalf("bad=%d errs=%v, want exactly one bad line", bad, errs)
 			}
@@ -113,7 +116,7 @@ func TestParseBlockListCapsErrors(t *testing.T) {
 	for i := 0; i < MaxErrors+50; i++ {
 		b.WriteString("nonsense\n")
 	}
-	_, errs, bad := parseAll(b.String(), input.DefaultTargetRules, time.Now())
+	_, errs, bad := parseAll(b.String(), defaultRules, time.Now())
 	if bad != MaxErrors+50 || len(errs) != MaxErrors {
 		t.Errorf("bad=%d errors=%d, want the exact count and %d reported", bad, len(errs), MaxErrors)
 	}
@@ -133,7 +136,7 @@ func TestWriteLines(t *testing.T) {
 		t.Errorf("export:\n%s\nwant:\n%s", buf.String(), want)
 	}
 	// What export writes, import reads back to the same prefixes and dates.
-	good, errs, _ := parseAll(buf.String(), input.DefaultTargetRules, created.Add(time.Hour))
+	good, errs, _ := parseAll(buf.String(), defaultRules, created.Add(time.Hour))
 	if len(errs) != 0 || len(good) != 6 {
 		t.Fatalf("re-import: %d good, errors %v", len(good), errs)
 	}

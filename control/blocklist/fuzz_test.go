@@ -12,7 +12,7 @@ import (
 func FuzzParseBlockList(f *testing.F) {
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.Local)
 	f.Fuzz(func(t *testing.T, content string) {
-		good, errs, bad := parseAll(content, input.DefaultTargetRules, now)
+		good, errs, bad := parseAll(content, defaultRules, now)
 		lines := strings.Split(content, "\n")
 		if strings.HasSuffix(content, "\n") {
 			lines = lines[:len(lines)-1]
@@ -40,7 +40,7 @@ func FuzzParseBlockList(f *testing.F) {
 			if g.Single != g.Addr.IsValid() || !g.Date.IsZero() && g.Date.After(now) {
 				t.Fatalf("line %d: %+v", g.Number, g)
 			}
-			if p, err := input.ParseTarget(g.Target, input.DefaultTargetRules); err != nil || p != g.Prefix {
+			if p, err := input.ParseTarget(g.Target, defaultRules); err != nil || p != g.Prefix {
 				t.Fatalf("line %d: %q is %v, but ParseTarget says %v, %v", g.Number, g.Target, g.Prefix, p, err)
 			}
 		}

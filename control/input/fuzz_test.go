@@ -19,7 +19,7 @@ func namesInput(t *testing.T, in string, err error) {
 }
 
 func FuzzParseTarget(f *testing.F) {
-	rules := []TargetRules{DefaultTargetRules, {}, {IPv6Prefix: 48, MinPrefixV4: 16, MinPrefixV6: 40}}
+	rules := []TargetRules{defaultRules, {}, {IPv6Prefix: 48, MinPrefixV4: 16, MinPrefixV6: 40}}
 	f.Fuzz(func(t *testing.T, in string) {
 		for _, r := range rules {
 			p, err := ParseTarget(in, r)

@@ -17,9 +17,6 @@ type TargetRules struct {
 	MinPrefixV6 int // refuse IPv6 prefixes shorter than this (default 32)
 }
 
-// DefaultTargetRules are the rules of the embedded defaults.
-var DefaultTargetRules = TargetRules{IPv6Prefix: 64, MinPrefixV4: 8, MinPrefixV6: 32}
-
 // ParseTarget turns a block target (an IPv4 or IPv6 address, or a CIDR) into the prefix to block.
 // An IPv4-mapped IPv6 address (::ffff:198.18.0.7) is the IPv4 address; a single IPv6 address
 // becomes its /IPv6Prefix; a CIDR with host bits set is masked. The whole address space and

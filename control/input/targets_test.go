@@ -6,6 +6,9 @@ import (
 	"testing"
 )
 
+// defaultRules are the target rules of the default configuration (block.* in defaults.yaml).
+var defaultRules = TargetRules{IPv6Prefix: 64, MinPrefixV4: 8, MinPrefixV6: 32}
+
 func TestParseTarget(t *testing.T) {
 	good := []struct{ in, want string }{
 		{"198.18.0.7", "198.18.0.7/32"},
@@ -25,7 +28,7 @@ func TestParseTarget(t *testing.T) {
 		{"fec0::1", "fec0::/64"},                  // past fe80::/10
 	}
 	for _, tc := range good {
-		p, err := ParseTarget(tc.in, DefaultTargetRules)
+		p, err := ParseTarget(tc.in, defaultRules)
 		if err != nil || p.String() != tc.want {
 			t.Errorf("ParseTarget(%q) = %v, %v; want %s", tc.in, p, err, tc.want)
 		}
@@ -74,7 +77,7 @@ func TestParseTarget(t *testing.T) {
 		{strings.Repeat("1", 5000), `"` + strings.Repeat("1", 100) + `"... is 5000 bytes long`},
 	}
 	for _, tc := range bad {
-		p, err := ParseTarget(tc.in, DefaultTargetRules)
+		p, err := ParseTarget(tc.in, defaultRules)
 		if err == nil {
 			t.Errorf("ParseTarget(%q) = %v, want error %q", tc.in, p, tc.want)
 			continue
