@@ -80,9 +80,8 @@ type Metrics struct {
 	trapProbes   *prometheus.Desc
 	trapTrigger  *prometheus.Desc
 
-	mu      sync.Mutex
-	status  StatusSource
-	lastErr error // the last scrape error, for LastError
+	mu     sync.Mutex
+	status StatusSource
 }
 
 // New builds the metrics; register the result with a prometheus.Registry.
@@ -219,13 +218,6 @@ func NewRegistry(m *Metrics) (*prometheus.Registry, error) {
 	return reg, nil
 }
 
-// LastError returns the last error a scrape met (nil if the last scrape was clean).
-func (m *Metrics) LastError() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.lastErr
-}
-
 func (m *Metrics) inner() []prometheus.Collector {
 	return []prometheus.Collector{m.blocks, m.unblocks, m.expiries, m.evictions, m.trapHits, m.sweep, m.scrapeErrors, m.storeBytes}
 }
@@ -255,9 +247,6 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		m.scrapeErrors.Inc()
 	}
-	m.mu.Lock()
-	m.lastErr = err
-	m.mu.Unlock()
 	for _, c := range m.inner() {
 		c.Collect(ch)
 	}
