@@ -319,10 +319,6 @@ func Verdict(name string) (action, reason string, ok bool) {
 	return "", "", false
 }
 
-// DefaultListen is where metrics are served unless configured otherwise: loopback only,
-// because the counters tell an attacker what is blocked.
-const DefaultListen = "127.0.0.1:9477"
-
 // Server serves /metrics over HTTP.
 type Server struct {
 	ln   net.Listener
