@@ -19,9 +19,9 @@ func importLineLimit(capacity int) int {
 // importBatch holds an import's records, one slot per line of the list, in fixed chunks: it
 // never copies what it holds to grow, and holds at most one part-filled chunk beyond the list.
 // The chunks are a fixed array so that lines can be parsed into their slots on several
-// goroutines while room is made for the next ones (no slice header changes under them). A slot
-// left zero (a comment, a bad or expired line) is a hole: a zero record is 0.0.0.0/0, which no
-// line can block. compact removes the holes.
+// goroutines while slots are made for the next ones (no slice header changes under them). A slot
+// left zero (a comment, a bad or expired line) is empty: a zero record is 0.0.0.0/0, which no
+// line can block. compact removes the empty slots.
 type importBatch struct {
 	chunks [maxImportLines / recChunk]*[recChunk]backend.Record
 	n      int // slots, then records once compacted
@@ -32,8 +32,8 @@ func newImportBatch(capacity int) *importBatch {
 	return &importBatch{limit: importLineLimit(capacity)}
 }
 
-// room makes slots for lines up to (and including) line number last.
-func (b *importBatch) room(last int) error {
+// makeSlots makes slots for lines up to (and including) line number last.
+func (b *importBatch) makeSlots(last int) error {
 	if last > b.limit {
 		return userErrorf("more than %d lines (4 times block.capacity, at least 1M): split the list", b.limit)
 	}
@@ -46,14 +46,14 @@ func (b *importBatch) room(last int) error {
 
 func (b *importBatch) at(i int) *backend.Record { return &b.chunks[i/recChunk][i%recChunk] }
 
-// readWindow is how many records inTurn gathers at a time (128 KB).
+// readWindow is how many records orderedReader gathers at a time (128 KB).
 const readWindow = 4096
 
-// inTurn returns a reader of the records at positions 0, 1, 2, ... of idx (nil: the identity),
-// best read in that order: it gathers them a window at a time, in a loop that keeps many reads
-// in flight. Read one by one between other work, a million records in random order wait for
+// orderedReader returns a reader of the records at positions 0, 1, 2, ... of idx (nil: the
+// identity), best read in that order: it gathers them a window at a time, in a loop that keeps
+// many reads in flight. Read one by one between other work, a million records in random order wait for
 // memory every time (0.2 s of an import). Each reader is for one goroutine.
-func (b *importBatch) inTurn(idx []int32) func(j int) backend.Record {
+func (b *importBatch) orderedReader(idx []int32) func(j int) backend.Record {
 	n := b.n
 	if idx != nil {
 		n = len(idx)
@@ -75,7 +75,7 @@ func (b *importBatch) inTurn(idx []int32) func(j int) backend.Record {
 	}
 }
 
-// compact moves the records over the holes (zero records: no prefix is /0), keeping their order,
+// compact moves the records over the empty slots (zero records: no prefix is /0), keeping their order,
 // and lets unused chunks go.
 func (b *importBatch) compact() {
 	w := 0
@@ -114,17 +114,19 @@ func (b *importBatch) order() []int32 {
 // uniqueRecs is an import's records in store order, one per prefix, as indexes into its batch:
 // a second copy of a million records in order would add 24 MB to the import's peak memory.
 type uniqueRecs struct {
-	b        *importBatch
-	keep     []int32       // record indexes, in store order
-	later    map[int]int64 // keep position -> the latest time of a repeated prefix, where later than its first line's
-	repeated []int32       // keep positions of the prefixes given more than once, ascending
+	batch    *importBatch
+	batchIdx []int32 // the batch index of each prefix's record, in store order
+	// latestMs holds, by position, the latest time (ms) of a repeated prefix where it is later
+	// than its first line's.
+	latestMs map[int]int64
+	repeated []int32 // positions of the prefixes given more than once, ascending
 }
 
 // unique picks, from b's records in order (from b.order), one per prefix: of repeated prefixes
 // the first line's, which with latest (TTL imports) takes the latest deadline of them all; a
 // permanent import keeps the first line's date. It only reads b and order.
 func (b *importBatch) unique(order []int32, latest bool) *uniqueRecs {
-	u := &uniqueRecs{b: b, keep: make([]int32, 0, b.n)}
+	u := &uniqueRecs{batch: b, batchIdx: make([]int32, 0, b.n)}
 	var first backend.Record // of the prefix being read
 	for j := range b.n {
 		i := int32(j)
@@ -132,13 +134,13 @@ func (b *importBatch) unique(order []int32, latest bool) *uniqueRecs {
 			i = order[j]
 		}
 		r := b.at(int(i))
-		if w := len(u.keep) - 1; w >= 0 && r.SamePrefix(&first) {
+		if w := len(u.batchIdx) - 1; w >= 0 && r.SamePrefix(&first) {
 			if latest && r.Ms() > first.Ms() {
-				if u.later == nil {
-					u.later = map[int]int64{}
+				if u.latestMs == nil {
+					u.latestMs = map[int]int64{}
 				}
 				first.SetMs(r.Ms())
-				u.later[w] = r.Ms()
+				u.latestMs[w] = r.Ms()
 			}
 			if len(u.repeated) == 0 || u.repeated[len(u.repeated)-1] != int32(w) {
 				u.repeated = append(u.repeated, int32(w))
@@ -146,26 +148,26 @@ func (b *importBatch) unique(order []int32, latest bool) *uniqueRecs {
 			continue
 		}
 		first = *r
-		u.keep = append(u.keep, i)
+		u.batchIdx = append(u.batchIdx, i)
 	}
 	return u
 }
 
-func (u *uniqueRecs) len() int { return len(u.keep) }
+func (u *uniqueRecs) len() int { return len(u.batchIdx) }
 
 // at is the record at position i of the store order, with its latest time.
 func (u *uniqueRecs) at(i int) backend.Record {
-	return u.withLater(i, *u.b.at(int(u.keep[i])))
+	return u.withLatest(i, *u.batch.at(int(u.batchIdx[i])))
 }
 
-// inTurn is at for reading in order (see importBatch.inTurn).
-func (u *uniqueRecs) inTurn() func(i int) backend.Record {
-	read := u.b.inTurn(u.keep)
-	return func(i int) backend.Record { return u.withLater(i, read(i)) }
+// orderedReader is at for reading in order (see importBatch.orderedReader).
+func (u *uniqueRecs) orderedReader() func(i int) backend.Record {
+	read := u.batch.orderedReader(u.batchIdx)
+	return func(i int) backend.Record { return u.withLatest(i, read(i)) }
 }
 
-func (u *uniqueRecs) withLater(i int, r backend.Record) backend.Record {
-	if ms, ok := u.later[i]; ok {
+func (u *uniqueRecs) withLatest(i int, r backend.Record) backend.Record {
+	if ms, ok := u.latestMs[i]; ok {
 		r.SetMs(ms)
 	}
 	return r

@@ -11,7 +11,7 @@ import (
 	"github.com/snare-dev/snare/backend"
 )
 
-// importBatch across several chunks, with holes, in random order and already sorted, IPv4
+// importBatch across several chunks, with empty slots, in random order and already sorted, IPv4
 // and IPv6, several lengths, many repeats: order and unique give what a stable comparison sort
 // and a plain dedupe give, and repeated names exactly the prefixes that had more than one line.
 func TestImportBatchOrderUnique(t *testing.T) {
@@ -41,10 +41,10 @@ func TestImportBatchOrderUnique(t *testing.T) {
 			slices.SortStableFunc(lines, func(a, b line) int { return a.p.Compare(b.p) })
 		}
 		for _, latest := range []bool{false, true} {
-			// Every third slot is a hole (a comment, a bad line), filled from the end, as the
+			// Every third slot is empty (a comment, a bad line), filled from the end, as the
 			// pieces of a list are parsed on several goroutines.
 			b := newImportBatch(0)
-			if err := b.room(3 * n); err != nil {
+			if err := b.makeSlots(3 * n); err != nil {
 				t.Fatal(err)
 			}
 			for i := n - 1; i >= 0; i-- {
@@ -97,8 +97,8 @@ func TestImportBatchOrderUnique(t *testing.T) {
 func TestImportBatchTooLong(t *testing.T) {
 	b := newImportBatch(1000)
 	var ue *UserError
-	if err := b.room(1<<20 + 1); !errors.As(err, &ue) || !strings.Contains(err.Error(), "more than 1048576 lines") || b.n != 0 || b.chunks[0] != nil {
-		t.Fatalf("room for more than the limit: %v, %d slots", err, b.n)
+	if err := b.makeSlots(1<<20 + 1); !errors.As(err, &ue) || !strings.Contains(err.Error(), "more than 1048576 lines") || b.n != 0 || b.chunks[0] != nil {
+		t.Fatalf("slots for more than the limit: %v, %d slots", err, b.n)
 	}
 	for _, tc := range []struct{ capacity, want int }{{1000, 1 << 20}, {1_000_000, 4_000_000}, {100_000_000, maxImportLines}} {
 		if got := importLineLimit(tc.capacity); got != tc.want {

@@ -106,7 +106,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	var early chan error
 	if recs.n >= bulkImport && d.store.Count() == 0 && fits {
 		early = make(chan error, 1)
-		read := recs.inTurn(order)
+		read := recs.orderedReader(order)
 		go func() {
 			early <- d.blockChunks(ctx, recs.n, func(j int) backend.Rule {
 				rec := read(j)
@@ -133,10 +133,10 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 		return r
 	}
 	at := func(i int) store.Rule { return rule(uniq.at(i)) }
-	// inTurn is at for one goroutine that reads the rules in order (the store's writer, the
-	// kernel's).
-	inTurn := func() func(int) store.Rule {
-		read := uniq.inTurn()
+	// orderedRules is at for one goroutine that reads the rules in order (the store's writer,
+	// the kernel's).
+	orderedRules := func() func(int) store.Rule {
+		read := uniq.orderedReader()
 		return func(i int) store.Rule { return rule(read(i)) }
 	}
 	// Entries already blocked keep what they are, extended to the later deadline; the kernel
@@ -161,7 +161,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	}
 	switch {
 	case early != nil:
-		err = d.bulkBlock(n, inTurn(), nil, func() error {
+		err = d.bulkBlock(n, orderedRules(), nil, func() error {
 			if err := <-early; err != nil {
 				return err
 			}
@@ -181,8 +181,8 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 			}
 		}
 		if n >= bulkImport {
-			kernel := final(inTurn())
-			err = d.bulkBlock(n, final(inTurn()), merged, func() error {
+			kernel := final(orderedRules())
+			err = d.bulkBlock(n, final(orderedRules()), merged, func() error {
 				return d.blockChunks(ctx, n, func(i int) backend.Rule { return kernel(i).Enforced() })
 			})
 			break
@@ -217,7 +217,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 }
 
 // readImport parses an import list on every CPU, a piece at a time, each line into its own slot
-// of recs (lines that block nothing leave a hole, compacted away at the end): on one CPU the
+// of recs (lines that block nothing leave it empty, compacted away at the end): on one CPU the
 // parse is a fifth of an import. It returns the records (deadlines for TTL imports, creation times
 // for permanent ones), the first bad lines by line number, and the counts of bad lines
 // (targets allow refuses included) and of lines already expired.
@@ -228,7 +228,7 @@ func readImport(body io.Reader, cfg *config.Config, allow Allowlist, ttl time.Du
 	nowMs := now.UnixMilli() // lines are stamped to the millisecond, as the store keeps times
 	ttlMs := ttl.Milliseconds()
 	_, err = blocklist.Read(body, runtime.GOMAXPROCS(0), func(first, lines int) error {
-		return recs.room(first + lines - 1)
+		return recs.makeSlots(first + lines - 1)
 	}, func(text string, first int) {
 		p := blocklist.NewParser(rules, now, first)
 		gone := 0

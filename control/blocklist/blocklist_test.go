@@ -147,7 +147,7 @@ func TestWriteLines(t *testing.T) {
 
 // Read on two workers: every line reaches parse exactly once, whole, with its number,
 // across pieces, reads of any size, a line longer than a piece and a last line without its
-// newline; room is called in order over all the lines before their piece is parsed.
+// newline; reserve is called in order over all the lines before their piece is parsed.
 func TestReadPieces(t *testing.T) {
 	var b strings.Builder
 	n := 0
@@ -166,12 +166,12 @@ func TestReadPieces(t *testing.T) {
 	for _, workers := range []int{1, 2} {
 		var mu sync.Mutex
 		got := make([]string, n+1) // by line number
-		roomed := 0
+		reserved := 0
 		lines, err := Read(iotest.HalfReader(strings.NewReader(list)), workers, func(first, k int) error {
-			if first != roomed+1 {
-				return fmt.Errorf("room from line %d after %d", first, roomed)
+			if first != reserved+1 {
+				return fmt.Errorf("reserve from line %d after %d", first, reserved)
 			}
-			roomed += k
+			reserved += k
 			return nil
 		}, func(text string, first int) {
 			mu.Lock()
@@ -183,8 +183,8 @@ func TestReadPieces(t *testing.T) {
 				got[first+i] = strings.Clone(l)
 			}
 		})
-		if err != nil || lines != n || roomed != n {
-			t.Fatalf("workers %d: %d lines, room for %d, %v; want %d", workers, lines, roomed, err, n)
+		if err != nil || lines != n || reserved != n {
+			t.Fatalf("workers %d: %d lines, reserved %d, %v; want %d", workers, lines, reserved, err, n)
 		}
 		for i, w := range want {
 			if got[i+1] != w {
@@ -192,7 +192,7 @@ func TestReadPieces(t *testing.T) {
 			}
 		}
 	}
-	// A read that fails names the line it stopped at; a room that fails stops the read.
+	// A read that fails names the line it stopped at; a reserve that fails stops the read.
 	_, err := Read(io.MultiReader(strings.NewReader("198.18.0.1\n198.18.0.2\n"), iotest.ErrReader(io.ErrUnexpectedEOF)), 2, nil, func(string, int) {})
 	if !errors.Is(err, io.ErrUnexpectedEOF) || !strings.Contains(err.Error(), "line 3") {
 		t.Fatalf("failed read: %v", err)
@@ -203,8 +203,8 @@ func TestReadPieces(t *testing.T) {
 		t.Fatalf("endless line: %v", err)
 	}
 	full := errors.New("full")
-	if _, err := Read(strings.NewReader(list), 2, func(int, int) error { return full }, func(string, int) { t.Error("parsed after room failed") }); !errors.Is(err, full) {
-		t.Fatalf("failed room: %v", err)
+	if _, err := Read(strings.NewReader(list), 2, func(int, int) error { return full }, func(string, int) { t.Error("parsed after reserve failed") }); !errors.Is(err, full) {
+		t.Fatalf("failed reserve: %v", err)
 	}
 }
 

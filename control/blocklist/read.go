@@ -23,11 +23,11 @@ var ErrNotList = errors.New("not a block list")
 // Read reads r in pieces of whole lines and calls parse for each with the piece's text and
 // the number of its first line (from 1). With workers > 1 the pieces are parsed on that many
 // goroutines at once, while the next ones are read; parse then runs concurrently with itself.
-// room, if not nil, is called on the reading goroutine, in order, with each piece's first line
-// and line count before the piece is parsed: where a parser can put what it finds (an error
+// reserve, if not nil, is called on the reading goroutine, in order, with each piece's first
+// line and line count before the piece is parsed, to make room for what a parser finds (an error
 // stops the read and is returned). The text is a view of a buffer that is reused once parse
 // returns. It returns how many lines r held.
-func Read(r io.Reader, workers int, room func(first, lines int) error, parse func(text string, first int)) (int, error) {
+func Read(r io.Reader, workers int, reserve func(first, lines int) error, parse func(text string, first int)) (int, error) {
 	free := make(chan []byte, workers+1)
 	for range workers + 1 {
 		free <- make([]byte, pieceSize)
@@ -82,8 +82,8 @@ func Read(r io.Reader, workers int, room func(first, lines int) error, parse fun
 			}
 			copy(next, buf[cut:n])
 		}
-		if room != nil {
-			if err := room(line, lines); err != nil {
+		if reserve != nil {
+			if err := reserve(line, lines); err != nil {
 				close(work)
 				wg.Wait()
 				return line - 1, err

@@ -175,8 +175,8 @@ type segWriter struct {
 	scratch []byte // one encoded rule
 }
 
-// room makes sure the open segment can grow by need bytes, moving it to a new chunk if not.
-func (w *segWriter) room(need int) {
+// reserve makes sure the open segment can grow by need bytes, moving it to a new chunk if not.
+func (w *segWriter) reserve(need int) {
 	if cap(w.buf)-len(w.buf) >= need {
 		return
 	}
@@ -194,10 +194,10 @@ func (w *segWriter) add(k, v []byte) error {
 		}
 		same = false
 	}
-	w.room(size)
+	w.reserve(size)
 	w.buf = appendRecord(w.buf, k, v, same)
 	if !same {
-		// The value as written: it stays put when room moves the open segment (the old chunk
+		// The value as written: it stays put when reserve moves the open segment (the old chunk
 		// keeps its bytes), and v may be scratch space the caller reuses.
 		w.prev = w.buf[len(w.buf)-len(v):]
 	}
