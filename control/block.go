@@ -176,8 +176,8 @@ func (d *Daemon) offendLocked(tx *store.Tx, cfg *config.Config, p netip.Prefix, 
 // back. A change writes the kernel before its store transaction commits, so that a kernel that
 // refuses it changes nothing in the store either.
 type kernelUndo struct {
-	gone []netip.Prefix
-	back []backend.Rule
+	remove  []netip.Prefix // blocked by the change only
+	restore []backend.Rule // the rules the change replaced or removed
 }
 
 // note records, in the transaction that is about to change p, what the kernel has to go back to.
@@ -187,9 +187,9 @@ func (u *kernelUndo) note(tx *store.Tx, p netip.Prefix, now time.Time) error {
 		return err
 	}
 	if ok && !old.Expired(now) {
-		u.back = append(u.back, old.Enforced())
+		u.restore = append(u.restore, old.Enforced())
 	} else {
-		u.gone = append(u.gone, p)
+		u.remove = append(u.remove, p)
 	}
 	return nil
 }
@@ -201,7 +201,7 @@ func (d *Daemon) undoKernel(change string, u *kernelUndo) {
 		return
 	}
 	ctx := context.Background()
-	if err := errors.Join(d.enf.Unblock(ctx, u.gone), d.enf.Block(ctx, u.back)); err != nil {
+	if err := errors.Join(d.enf.Unblock(ctx, u.remove), d.enf.Block(ctx, u.restore)); err != nil {
 		d.log.Error("put the kernel back after a refused change; the next sweep reconciles", "change", change, "err", err)
 	}
 }
@@ -270,7 +270,7 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 		undo = &kernelUndo{}
 		for _, r := range gone {
 			if !r.Expired(now) {
-				undo.back = append(undo.back, r.Enforced())
+				undo.restore = append(undo.restore, r.Enforced())
 			}
 		}
 		// Also prefixes the store does not know: a trap block not yet adopted must go too.

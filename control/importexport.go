@@ -175,7 +175,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 		final := func(rule func(int) store.Rule) func(int) store.Rule {
 			return func(i int) store.Rule {
 				if m, ok := merged[i]; ok {
-					return m.now
+					return m.merged
 				}
 				return rule(i)
 			}
@@ -299,8 +299,9 @@ func (d *Daemon) recheckAllowLocked(name string, recs *importBatch, parsedWith A
 	return nil
 }
 
-// mergedRule is an imported entry that was blocked already: what it was and what it becomes.
-type mergedRule struct{ old, now store.Rule }
+// mergedRule is an imported entry that was blocked already: the rule stored before the import
+// and the rule it becomes.
+type mergedRule struct{ stored, merged store.Rule }
 
 // mergeStored finds the entries 0..n-1 (prefix(i), sorted) that are blocked already and not
 // expired; each keeps its stored rule, extended to the later deadline. Keyed by entry index.
@@ -317,7 +318,7 @@ func (d *Daemon) mergeStored(n int, prefix func(int) netip.Prefix, rule func(int
 		if n := rule(i); laterDeadline(n.Deadline, old.Deadline) {
 			r.Deadline = n.Deadline
 		}
-		merged[i] = mergedRule{old: old, now: r}
+		merged[i] = mergedRule{stored: old, merged: r}
 	}
 	err := d.store.View(func(tx *store.Tx) error {
 		if d.store.Count() < n {
@@ -371,9 +372,9 @@ func importUndo(n int, at func(int) store.Rule, merged map[int]mergedRule) *kern
 	u := &kernelUndo{}
 	for i := range n {
 		if m, ok := merged[i]; ok {
-			u.back = append(u.back, m.old.Enforced())
+			u.restore = append(u.restore, m.stored.Enforced())
 		} else {
-			u.gone = append(u.gone, at(i).Prefix)
+			u.remove = append(u.remove, at(i).Prefix)
 		}
 	}
 	return u
