@@ -91,7 +91,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	// A big list into an empty daemon (the first import of an old blocked.list) goes to the
 	// kernel as soon as its order is known, while the store's copy is made: the kernel's share
 	// of the work, the biggest, then overlaps the rest. (In store order, not as it came: the
-	// kernel's LRU list is laid out in the order of insertion, and a sweep that removed a
+	// kernel's LRU list is laid out in the order of insertion, and a sweep that removes a
 	// million entries in another order than they went in takes 40% longer.) With nothing
 	// stored there is nothing to merge with; only a repeated prefix has to be written again
 	// afterwards, where the file's last line won and the latest deadline must.
@@ -388,7 +388,7 @@ func importUndo(n int, at func(int) store.Rule, merged map[int]mergedRule) *kern
 const kernelChunk = 1 << 16
 
 // blockChunks blocks rule(0..n-1) in the enforcer, a chunk at a time. The next chunk is made
-// while the enforcer takes the last one: made in turn, they cost a big import 0.1 s.
+// while the enforcer takes the last one: made in turn, they would cost a big import 0.1 s.
 func (d *Daemon) blockChunks(ctx context.Context, n int, rule func(int) backend.Rule) error {
 	full := make(chan []backend.Rule, 1)
 	free := make(chan []backend.Rule, 2)
