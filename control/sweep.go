@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"runtime/debug"
 	"time"
 
 	"github.com/snare-dev/snare/control/config"
@@ -97,10 +96,6 @@ func (d *Daemon) Sweep(ctx context.Context) (SweepResult, error) {
 		}
 		d.logEvents(evs...)
 		d.rec.Expired(res.Expired)
-		if res.Expired >= bigBatch {
-			expired = nil
-			go debug.FreeOSMemory() // as after a big import: the sweep's buffers are garbage now
-		}
 	}
 
 	d.sweeps++
