@@ -20,46 +20,31 @@ func prefixOrder(n int, part func(i int) (hi, lo uint64, bits uint8, v6 bool)) [
 	// A part every prefix shares needs no pass (the family and length of a plain IPv4 list,
 	// the low half of every IPv4 address).
 	hi0, lo0, bits0, v60 := part(0)
-	var difHi, difLo, difBits, difFam, wide bool
+	var difHi, difLo, difBits, difFam bool
 	for i := 1; i < n; i++ {
 		hi, lo, bits, v6 := part(i)
 		difHi, difLo = difHi || hi != hi0, difLo || lo != lo0
 		difBits, difFam = difBits || bits != bits0, difFam || v6 != v60
-		wide = wide || uint32(hi) != 0
 	}
-	if wide || difLo {
-		return sortParts[uint64](idx, part, difHi, difLo, difBits, difFam)
-	}
-	// Every part fits in 32 bits (IPv4 addresses, or IPv6 /32s): half the memory to sort.
-	return sortParts[uint32](idx, part, difHi, false, difBits, difFam)
-}
-
-// sortParts is prefixOrder's sort with keys of type K, by the parts that differ; with uint32
-// keys hi is taken by its top half (the caller checked the rest is zero) and lo must not differ.
-func sortParts[K radix.Key](idx []int32, part func(i int) (hi, lo uint64, bits uint8, v6 bool), difHi, difLo, difBits, difFam bool) []int32 {
-	keys := make([]K, len(idx))
-	var sorter radix.Sorter[K]
-	pass := func(key func(hi, lo uint64, bits uint8, v6 bool) K) {
+	keys := make([]uint64, n)
+	var sorter radix.Sorter[uint64]
+	pass := func(key func(hi, lo uint64, bits uint8, v6 bool) uint64) {
 		for j, i := range idx {
 			keys[j] = key(part(int(i)))
 		}
 		sorter.Sort(keys, idx)
 	}
 	if difBits {
-		pass(func(_, _ uint64, bits uint8, _ bool) K { return K(bits) })
+		pass(func(_, _ uint64, bits uint8, _ bool) uint64 { return uint64(bits) })
 	}
 	if difLo {
-		pass(func(_, lo uint64, _ uint8, _ bool) K { return K(lo) })
+		pass(func(_, lo uint64, _ uint8, _ bool) uint64 { return lo })
 	}
 	if difHi {
-		shift := 0
-		if _, narrow := any(K(0)).(uint32); narrow {
-			shift = 32
-		}
-		pass(func(hi, _ uint64, _ uint8, _ bool) K { return K(hi >> shift) })
+		pass(func(hi, _ uint64, _ uint8, _ bool) uint64 { return hi })
 	}
 	if difFam {
-		pass(func(_, _ uint64, _ uint8, v6 bool) K {
+		pass(func(_, _ uint64, _ uint8, v6 bool) uint64 {
 			if v6 {
 				return 1
 			}
