@@ -155,20 +155,22 @@ func (d *Daemon) serveList(w http.ResponseWriter, r *http.Request) {
 			bw.WriteString(`{"entries":[`)
 		}
 	}
-	var buf []byte
+	enc := json.NewEncoder(bw)
 	n := 0
 	err := d.EachEntry(r.Context(), func(e *api.Entry) error {
 		start()
-		buf = buf[:0]
-		if !lines && n > 0 {
-			buf = append(buf, ',')
+		if lines {
+			return enc.Encode(e)
+		}
+		if n > 0 {
+			bw.WriteByte(',')
 		}
 		n++
-		buf = api.AppendEntryJSON(buf, e, "", "")
-		if lines {
-			buf = append(buf, '\n')
+		b, err := json.Marshal(e)
+		if err != nil {
+			return err
 		}
-		_, err := bw.Write(buf)
+		_, err = bw.Write(b)
 		return err
 	})
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -152,7 +153,8 @@ func (c *cli) entryTable(entries []api.Entry) error {
 	return bw.Flush()
 }
 
-// writeListJSON writes {"entries": [...]} exactly as writeJSON would, entry by entry.
+// writeListJSON writes {"entries": [...]} exactly as writeJSON would, but entry by entry: a
+// million entries are not first built into one buffer of a few hundred MB.
 func writeListJSON(w io.Writer, entries []api.Entry) error {
 	bw := bufio.NewWriterSize(w, 256<<10)
 	if len(entries) == 0 {
@@ -160,15 +162,16 @@ func writeListJSON(w io.Writer, entries []api.Entry) error {
 		return bw.Flush()
 	}
 	bw.WriteString("{\n  \"entries\": [")
-	var buf []byte
 	for i := range entries {
-		buf = buf[:0]
 		if i > 0 {
-			buf = append(buf, ',')
+			bw.WriteByte(',')
 		}
-		buf = append(buf, "\n    "...)
-		buf = api.AppendEntryJSON(buf, &entries[i], "    ", "  ")
-		if _, err := bw.Write(buf); err != nil {
+		bw.WriteString("\n    ")
+		b, err := json.MarshalIndent(&entries[i], "    ", "  ")
+		if err != nil {
+			return err
+		}
+		if _, err := bw.Write(b); err != nil {
 			return err
 		}
 	}

@@ -171,7 +171,8 @@ func listLine(line []byte, e *Entry, fn func(*Entry) error) error {
 			return fmt.Errorf("list cut short: %s", er.Error)
 		}
 	}
-	if err := DecodeEntryJSON(line, e); err != nil {
+	*e = Entry{} // fields a line leaves out must not keep the last entry's values
+	if err := json.Unmarshal(line, e); err != nil {
 		return fmt.Errorf("decode list entry: %w", err)
 	}
 	return fn(e)
