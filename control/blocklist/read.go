@@ -26,7 +26,8 @@ var ErrNotList = errors.New("not a block list")
 // reserve, if not nil, is called on the reading goroutine, in order, with each piece's first
 // line and line count before the piece is parsed, to make room for what a parser finds (an error
 // stops the read and is returned). The text is a view of a buffer that is reused once parse
-// returns. It returns how many lines r held.
+// returns (a view, not a copy: no string per piece). It returns how many lines r held. Its
+// pieces on every CPU keep the 1M import under 1 s (see readImport in package control).
 func Read(r io.Reader, workers int, reserve func(first, lines int) error, parse func(text string, first int)) (int, error) {
 	free := make(chan []byte, workers+1)
 	for range workers + 1 {

@@ -1,6 +1,7 @@
 // Package radix sorts large batches by unsigned integer keys in linear time. A million prefixes
 // sort in tens of milliseconds this way; a comparison sort of the same structs takes up to a
-// second (a stable one, on a list in random order), which an import or restart cannot afford.
+// second (a stable one, on a list in random order): it keeps the 1M import (control) and the
+// restart reconcile (loader) under 1 s.
 package radix
 
 import (
