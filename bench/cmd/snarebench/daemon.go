@@ -59,9 +59,18 @@ func buildDaemon() (string, error) {
 	return dir, nil
 }
 
-func (d *daemon) start(extra ...string) error {
-	args := append([]string{"--iface", d.iface, "--xdp-mode", "native",
-		"--state-dir", filepath.Join(d.dir, "state"), "--socket", d.socket, "--bpffs", d.pin}, extra...)
+// daemonCapacity is the daemon's block.capacity: room for the million entries the section
+// imports and the blocks it makes besides (at capacity, a block is refused).
+const daemonCapacity = 1_100_000
+
+// start starts snared with config (YAML, may be empty) after the section's own settings.
+func (d *daemon) start(config string) error {
+	cfgFile := filepath.Join(d.dir, "snared.yaml")
+	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf("block:\n  capacity: %d\n%s", daemonCapacity, config)), 0o600); err != nil {
+		return err
+	}
+	args := []string{"--config", cfgFile, "--iface", d.iface, "--xdp-mode", "native",
+		"--state-dir", filepath.Join(d.dir, "state"), "--socket", d.socket, "--bpffs", d.pin}
 	p, err := d.e.lab.StartShared(d.e.lab.Host.NS, filepath.Join(d.bin, "snared"), args...)
 	if err != nil {
 		return err
@@ -167,7 +176,7 @@ func (e *env) daemonBench() (*table, error) {
 		d.stop()
 		e.lab.Do(e.lab.Host.NS, func() error { return loader.Remove(d.pin, []string{d.iface}) })
 	}()
-	if err := d.start(); err != nil {
+	if err := d.start(""); err != nil {
 		return t, err
 	}
 	if _, err := d.waitReady(0, time.Minute); err != nil {
@@ -260,7 +269,7 @@ func (e *env) daemonBench() (*table, error) {
 				return t, err
 			}
 		}
-		if err := d.start(); err != nil {
+		if err := d.start(""); err != nil {
 			return t, err
 		}
 		took, err := d.waitReady(want, 3*time.Minute)
@@ -290,12 +299,8 @@ func (e *env) daemonBench() (*table, error) {
 	if err := os.RemoveAll(filepath.Join(dir, "state")); err != nil {
 		return t, err
 	}
-	cfgFile := filepath.Join(dir, "sweep.yaml")
-	if err := os.WriteFile(cfgFile, []byte("sweep:\n  interval: 1s\n"), 0o600); err != nil {
-		return t, err
-	}
 	name := "sweep of expired entries by the daemon (store and kernel, one sweep)"
-	if err := d.start("--config", cfgFile); err != nil {
+	if err := d.start("sweep:\n  interval: 1s\n"); err != nil {
 		return t, err
 	}
 	if _, err := d.waitReady(0, time.Minute); err != nil {
