@@ -50,6 +50,7 @@ type Config struct {
 	Sweep         SweepConfig   `koanf:"sweep" yaml:"sweep"`
 	Metrics       MetricsConfig `koanf:"metrics" yaml:"metrics"`
 	EventsFile    string        `koanf:"events_file" yaml:"events_file"`
+	Fleet         FleetConfig   `koanf:"fleet" yaml:"fleet"`
 }
 
 // BlockConfig is the block.* section.
@@ -208,7 +209,7 @@ type LoadOptions struct {
 }
 
 // sliceKeys are the list-valued keys; in the environment they are comma or space separated.
-var sliceKeys = map[string]bool{"interfaces": true, "allow": true}
+var sliceKeys = map[string]bool{"interfaces": true, "allow": true, "fleet.servers": true, "fleet.embedded.routes": true}
 
 // Load merges the embedded defaults, the config file, SNARE_* environment variables and
 // flags (in that order of precedence, lowest first) and validates the result.

@@ -86,6 +86,7 @@ func (c *Config) Validate() error {
 		inRange("trap.event_burst", c.Trap.EventBurst, 1, 1_000_000),
 		positive("sweep.interval", c.Sweep.Interval),
 		checkListen(c.Metrics.Listen),
+		c.validateFleet(),
 	} {
 		if err != nil {
 			return err
