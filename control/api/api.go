@@ -202,4 +202,6 @@ const (
 	OriginManual = "manual"
 	OriginTrap   = "trap"
 	OriginImport = "import"
+	// OriginFleet is a block another host of the fleet made (Entry.Node names it).
+	OriginFleet = "fleet"
 )

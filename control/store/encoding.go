@@ -54,10 +54,14 @@ func fromMs(ms int64) time.Time {
 	return time.UnixMilli(ms)
 }
 
-var origins = []string{api.OriginManual, api.OriginTrap, api.OriginImport}
+var origins = []string{api.OriginManual, api.OriginTrap, api.OriginImport, api.OriginFleet}
+
+// originFleet is the origin byte of a fleet rule, whose record carries two more fields.
+const originFleet = 3
 
 // encodeRule writes a rule compactly: origin byte, then varints created, deadline, offences,
-// last offence, then the reason's bytes.
+// last offence, then, for a fleet rule only, the key revision (uvarint) and the node
+// (uvarint length, bytes), then the reason's bytes.
 func encodeRule(dst []byte, r Rule) []byte {
 	o := slices.Index(origins, r.Origin)
 	if o < 0 {
@@ -68,6 +72,11 @@ func encodeRule(dst []byte, r Rule) []byte {
 	dst = binary.AppendVarint(dst, unixMs(r.Deadline))
 	dst = binary.AppendUvarint(dst, uint64(max(r.Offences, 0)))
 	dst = binary.AppendVarint(dst, unixMs(r.LastOffence))
+	if o == originFleet {
+		dst = binary.AppendUvarint(dst, r.Revision)
+		dst = binary.AppendUvarint(dst, uint64(len(r.Node)))
+		dst = append(dst, r.Node...)
+	}
 	return append(dst, r.Reason...)
 }
 
@@ -76,17 +85,40 @@ func decodeRule(p netip.Prefix, v []byte) (Rule, error) {
 	if err != nil {
 		return Rule{Prefix: p}, err
 	}
-	return Rule{Prefix: p, Origin: origin, Created: fromMs(vals[0]), Deadline: fromMs(vals[1]), Offences: int(vals[2]),
-		LastOffence: fromMs(vals[3]), Reason: string(reason)}, nil
+	r := Rule{Prefix: p, Origin: origin, Created: fromMs(vals[0]), Deadline: fromMs(vals[1]), Offences: int(vals[2]),
+		LastOffence: fromMs(vals[3])}
+	if origin == api.OriginFleet {
+		var node []byte
+		r.Revision, node, reason, _ = splitFleet(reason)
+		r.Node = string(node)
+	}
+	r.Reason = string(reason)
+	return r, nil
+}
+
+// splitFleet splits what follows the numbers of a fleet rule: revision, node, reason.
+func splitFleet(v []byte) (rev uint64, node, reason []byte, ok bool) {
+	rev, n := binary.Uvarint(v)
+	if n <= 0 {
+		return 0, nil, v, false
+	}
+	l, m := binary.Uvarint(v[n:])
+	if m <= 0 || l > uint64(len(v)-n-m) {
+		return 0, nil, v, false
+	}
+	v = v[n+m:]
+	return rev, v[:l], v[l:], true
 }
 
 // decodeRuleFields splits an encoded rule without allocating: its origin, its four numbers
-// (created, deadline, offences, last offence) and its reason.
+// (created, deadline, offences, last offence) and its reason (for a fleet rule, the revision,
+// node and reason, checked; splitFleet separates them).
 func decodeRuleFields(p netip.Prefix, v []byte) (origin string, vals [4]int64, reason []byte, err error) {
 	if len(v) < 1 || int(v[0]) >= len(origins) {
 		return "", vals, nil, fmt.Errorf("corrupt rule %s", p)
 	}
 	origin = origins[v[0]]
+	v0 := v[0]
 	v = v[1:]
 	for i := range vals {
 		var n int
@@ -101,6 +133,11 @@ func decodeRuleFields(p netip.Prefix, v []byte) (origin string, vals [4]int64, r
 			return "", vals, nil, fmt.Errorf("corrupt rule %s", p)
 		}
 		v = v[n:]
+	}
+	if v0 == originFleet {
+		if _, _, _, ok := splitFleet(v); !ok {
+			return "", vals, nil, fmt.Errorf("corrupt rule %s", p)
+		}
 	}
 	return origin, vals, v, nil
 }

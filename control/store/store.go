@@ -30,6 +30,10 @@ type Rule struct {
 	Offences int       // times this source was blocked within the escalation lookback
 	// LastOffence is when it was last blocked (or re-blocked).
 	LastOffence time.Time
+	// Node and Revision are kept for fleet rules only (Origin api.OriginFleet): the host that
+	// made the block and the revision of its key in the fleet's bucket.
+	Node     string
+	Revision uint64
 }
 
 // Permanent reports whether the rule never expires.
@@ -63,6 +67,8 @@ type AllowRecord struct {
 //	          records in key order (segments.go)
 //	offences  prefix key -> offence value (escalation history, kept for the lookback)
 //	allow     prefix key -> created (unix ms)
+//	outbox    sequence (8 bytes, big endian) -> decision waiting to be shared with the fleet
+//	          (outbox.go); created by the first decision of a host in a fleet
 //
 // There is no deadline index: the sweeper walks every rule anyway to reconcile the kernel with
 // the store, and an index would double the writes of an import.
