@@ -110,12 +110,16 @@ func (d *Daemon) Block(ctx context.Context, targets []string, ttl, reason string
 			out = append(out, r)
 		}
 		undo = &was
+		if err := d.shareBlocks(tx, out); err != nil {
+			return err
+		}
 		return d.enf.Block(ctx, toBackend(out))
 	})
 	if err != nil {
 		d.undoKernel("block", undo)
 		return nil, fmt.Errorf("block: %w", err)
 	}
+	d.notifyFleet()
 	evs := make([]api.Event, 0, len(out))
 	for _, r := range out {
 		evs = append(evs, blockEvent(r, api.OriginManual, now))
@@ -273,6 +277,10 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 				undo.restore = append(undo.restore, r.Enforced())
 			}
 		}
+		// The fleet gets every unblock asked for: another host may hold the block this one lacks.
+		if err := d.shareUnblocks(tx, prefixes, now); err != nil {
+			return err
+		}
 		// Also prefixes the store does not know: a trap block not yet adopted must go too.
 		return d.enf.Unblock(ctx, prefixes)
 	})
@@ -280,6 +288,7 @@ func (d *Daemon) Unblock(ctx context.Context, targets []string) (removed, notFou
 		d.undoKernel("unblock", undo)
 		return nil, nil, fmt.Errorf("unblock: %w", err)
 	}
+	d.notifyFleet()
 	var evs []api.Event
 	for _, r := range gone {
 		evs = append(evs, api.Event{Time: now, Event: api.EventUnblock, Address: r.Prefix.String(), Reason: r.Reason, Source: api.OriginManual})

@@ -13,6 +13,7 @@ import (
 	"github.com/snare-dev/snare/control/eventlog"
 
 	"github.com/snare-dev/snare/control/config"
+	"github.com/snare-dev/snare/control/fleet"
 
 	"github.com/snare-dev/snare/control/store"
 
@@ -57,6 +58,7 @@ type Daemon struct {
 	enf      backend.Enforcer
 	fallback string // why the fallback back-end runs, "" for the configured one
 	events   *eventlog.Log
+	fleet    *fleet.Node // nil without a fleet section
 
 	mu        sync.Mutex
 	cfg       *config.Config
@@ -128,6 +130,10 @@ func Open(ctx context.Context, o Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.events = ev
+	if o.Config.FleetEnabled() {
+		// Before restore: trap blocks it adopts from the kernel are shared too.
+		d.fleet = fleet.New(fleet.Options{Config: o.Config, Local: d, Store: st, Logger: d.log})
+	}
 
 	// Keeps the start after a reboot under 1 s (restore 1.1 s -> 0.5 s after attach).
 	// Read the store while the enforcer loads: creating the million-entry LRU maps alone takes

@@ -196,6 +196,9 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 			if err := tx.PutRulesSorted(rules); err != nil {
 				return err
 			}
+			if err := d.shareBlocks(tx, rules); err != nil {
+				return err
+			}
 			written = true
 			return d.enf.Block(ctx, toBackend(rules))
 		})
@@ -206,6 +209,19 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	if err != nil {
 		return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
+	if n >= bulkImport {
+		// The bulk path writes the store in transactions of its own: the fleet's share follows.
+		get := orderedRules()
+		if err := d.shareImport(n, func(i int) store.Rule {
+			if m, ok := merged[i]; ok {
+				return m.merged
+			}
+			return get(i)
+		}); err != nil {
+			d.log.Error("queue an import for the fleet; it is enforced here, re-import it to share it", "import", name, "err", err)
+		}
+	}
+	d.notifyFleet()
 	resp.Imported = n
 	releaseBatchMemory(n) // import then sweep of 1M peaked at 129-150 MB without, 93-101 MB with
 	d.logEvents(api.Event{Time: now, Event: api.EventBlock, Source: api.OriginImport, Reason: reason, TTL: input.FormatTTL(ttl),

@@ -75,6 +75,13 @@ func (d *Daemon) ServeListener(ctx context.Context, l net.Listener, ready func()
 	}
 	run(func() { d.HandleTrapEvents(ctx, events) })
 	run(func() { d.sweepLoop(ctx) })
+	if d.fleet != nil {
+		run(func() {
+			if err := d.fleet.Run(ctx); err != nil {
+				d.log.Error("fleet stopped; this host enforces its own decisions only", "err", err)
+			}
+		})
+	}
 	d.watchMu.Lock()
 	d.serveCtx = ctx
 	d.watchMu.Unlock()

@@ -231,12 +231,16 @@ func (d *Daemon) adoptLocked(ctx context.Context, cfg *config.Config, trapped []
 			}
 			rules = append(rules, r)
 		}
+		if err := d.shareBlocks(tx, rules); err != nil {
+			return err
+		}
 		// The escalated deadline goes back to the kernel.
 		return d.enf.Block(ctx, toBackend(rules))
 	})
 	if err != nil {
 		return nil, fmt.Errorf("adopt %d trap blocks: %w", len(adopt), err)
 	}
+	d.notifyFleet()
 	d.rec.Blocked(api.OriginTrap, len(rules))
 	return rules, nil
 }

@@ -170,6 +170,9 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 			blocked = append(blocked, r)
 			evs = append(evs, scan, blockEvent(r, api.OriginTrap, now))
 		}
+		if err := d.shareBlocks(tx, blocked); err != nil {
+			return err
+		}
 		if len(blocked) > 0 {
 			// The kernel inserted the base TTL; write the escalated deadline back.
 			if err := d.enf.Block(ctx, toBackend(blocked)); err != nil {
@@ -181,6 +184,7 @@ func (d *Daemon) handleTraps(ctx context.Context, batch []backend.TrapEvent) err
 	if err != nil {
 		return err
 	}
+	d.notifyFleet()
 	if len(release) > 0 {
 		if err := d.enf.Unblock(ctx, release); err != nil {
 			d.log.Error("release allowlisted trap block", "err", err)

@@ -205,3 +205,43 @@ const (
 	// OriginFleet is a block another host of the fleet made (Entry.Node names it).
 	OriginFleet = "fleet"
 )
+
+// FleetStatus is GET /v1/fleet: this host in the fleet.
+type FleetStatus struct {
+	Enabled   bool           `json:"enabled"` // false: no fleet section, nothing else is set
+	Node      string         `json:"node,omitempty"`
+	Servers   []string       `json:"servers,omitempty"`
+	Bucket    string         `json:"bucket,omitempty"`
+	Connected bool           `json:"connected"`
+	Error     string         `json:"error,omitempty"` // the last connection or engine error
+	Embedded  *FleetEmbedded `json:"embedded,omitempty"`
+	Outbox    int            `json:"outbox"` // local decisions not yet shared
+	// Published: decisions shared. Received: remote decisions applied here. Refused: bad values
+	// from the engine. Shed: trap decisions over fleet.max_publish_per_second, not shared.
+	// Allowlisted: remote blocks the local allowlist kept out. Stale: unblocks not shared
+	// because the fleet blocked the address again since.
+	Published   uint64      `json:"published"`
+	Received    uint64      `json:"received"`
+	Refused     uint64      `json:"refused"`
+	Shed        uint64      `json:"shed"`
+	Allowlisted uint64      `json:"allowlisted"`
+	Stale       uint64      `json:"stale"`
+	Peers       []FleetPeer `json:"peers,omitempty"`
+	LagMs       float64     `json:"lag_ms"` // decision to arrival here, of the last remote block
+}
+
+// FleetEmbedded is the NATS server run inside this snared.
+type FleetEmbedded struct {
+	Listen        string `json:"listen"`
+	ClientURL     string `json:"client_url"`
+	ClusterListen string `json:"cluster_listen,omitempty"`
+	Routes        int    `json:"routes"`
+	StoreDir      string `json:"store_dir"`
+	Running       bool   `json:"running"`
+}
+
+// FleetPeer is another node this host has seen a decision from.
+type FleetPeer struct {
+	Node     string    `json:"node"`
+	LastSeen time.Time `json:"last_seen"`
+}

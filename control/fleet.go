@@ -1,0 +1,206 @@
+package control
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/fleet"
+	"github.com/snare-dev/snare/control/store"
+)
+
+// The daemon's side of the fleet (package fleet): local decisions are queued in the store's
+// outbox in the transaction that makes them, and remote ones applied here. Without a fleet
+// section d.fleet is nil and none of this runs.
+
+// shareBlocks queues blocks for the fleet, in tx.
+func (d *Daemon) shareBlocks(tx *store.Tx, rules []store.Rule) error {
+	if d.fleet == nil || len(rules) == 0 {
+		return nil
+	}
+	entries := make([]store.OutboxEntry, len(rules))
+	for i, r := range rules {
+		entries[i] = store.OutboxEntry{Rule: r}
+	}
+	return tx.AppendOutbox(entries...)
+}
+
+// shareUnblocks queues unblocks for the fleet, in tx.
+func (d *Daemon) shareUnblocks(tx *store.Tx, prefixes []netip.Prefix, now time.Time) error {
+	if d.fleet == nil || len(prefixes) == 0 {
+		return nil
+	}
+	entries := make([]store.OutboxEntry, len(prefixes))
+	for i, p := range prefixes {
+		entries[i] = store.OutboxEntry{Unblock: true, Rule: store.Rule{Prefix: p, LastOffence: now}}
+	}
+	return tx.AppendOutbox(entries...)
+}
+
+// notifyFleet wakes the publisher after a commit that queued decisions.
+func (d *Daemon) notifyFleet() {
+	if d.fleet != nil {
+		d.fleet.Notify()
+	}
+}
+
+// FleetStatus is the fleet as GET /v1/fleet shows it.
+func (d *Daemon) FleetStatus() api.FleetStatus {
+	if d.fleet == nil {
+		return api.FleetStatus{}
+	}
+	return d.fleet.Status()
+}
+
+// ApplyFleet applies blocks made elsewhere in the fleet (fleet.Local). A block of an address
+// this host allowlists is not enforced and is returned; one older than the fleet rule stored
+// (a lower revision) is skipped. The rule keeps the absolute deadline it came with.
+func (d *Daemon) ApplyFleet(ctx context.Context, rules []store.Rule) ([]netip.Prefix, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	cfg := d.cfg
+	now := time.Now()
+	var kept []netip.Prefix
+	var applied []store.Rule
+	var undo *kernelUndo
+	err := d.store.Update(func(tx *store.Tx) error {
+		var fresh [2]int
+		var was kernelUndo
+		for _, r := range rules {
+			if err := d.allow.Refuse(r.Prefix.String(), r.Prefix, netip.Addr{}, false); err != nil {
+				kept = append(kept, r.Prefix)
+				continue
+			}
+			old, ok, err := tx.Rule(r.Prefix)
+			if err != nil {
+				return err
+			}
+			if ok && old.Origin == api.OriginFleet && old.Revision >= r.Revision {
+				continue // a newer fleet decision is here already
+			}
+			if ok {
+				r.Offences = max(old.Offences, 1)
+			} else {
+				fresh[store.FamilyIndex(r.Prefix.Addr().Is6())]++
+			}
+			if err := was.note(tx, r.Prefix, now); err != nil {
+				return err
+			}
+			if err := tx.PutRule(r); err != nil {
+				return err
+			}
+			applied = append(applied, r)
+		}
+		if err := d.checkCapacity(cfg, fresh); err != nil {
+			return err
+		}
+		undo = &was
+		return d.enf.Block(ctx, toBackend(applied))
+	})
+	if err != nil {
+		d.undoKernel("fleet block", undo)
+		return nil, fmt.Errorf("fleet block: %w", err)
+	}
+	evs := make([]api.Event, 0, len(applied))
+	for _, r := range applied {
+		ev := blockEvent(r, api.OriginFleet, now)
+		ev.Detail = "from " + r.Node
+		evs = append(evs, ev)
+	}
+	d.logEvents(evs...)
+	if len(applied) > 0 {
+		d.rec.Blocked(api.OriginFleet, len(applied))
+	}
+	return kept, nil
+}
+
+// RemoveFleet applies unblocks made elsewhere in the fleet (fleet.Local): a fleet rule goes if
+// the removal's revision is newer than its own; a rule made here goes if it was made before
+// the removal (a later local decision stands).
+func (d *Daemon) RemoveFleet(ctx context.Context, gone []fleet.Removal) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := time.Now()
+	var removed []store.Rule
+	var undo *kernelUndo
+	err := d.store.Update(func(tx *store.Tx) error {
+		var prefixes []netip.Prefix
+		for _, g := range gone {
+			r, ok, err := tx.Rule(g.Prefix)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			if r.Origin == api.OriginFleet && r.Revision >= g.Revision {
+				continue
+			}
+			if r.Origin != api.OriginFleet && !r.LastOffence.Before(g.At) {
+				continue
+			}
+			if _, err := tx.DeleteRule(g.Prefix); err != nil {
+				return err
+			}
+			removed = append(removed, r)
+			prefixes = append(prefixes, g.Prefix)
+		}
+		undo = &kernelUndo{}
+		for _, r := range removed {
+			if !r.Expired(now) {
+				undo.restore = append(undo.restore, r.Enforced())
+			}
+		}
+		return d.enf.Unblock(ctx, prefixes)
+	})
+	if err != nil {
+		d.undoKernel("fleet unblock", undo)
+		return 0, fmt.Errorf("fleet unblock: %w", err)
+	}
+	evs := make([]api.Event, 0, len(removed))
+	for _, r := range removed {
+		evs = append(evs, api.Event{Time: now, Event: api.EventUnblock, Address: r.Prefix.String(), Reason: r.Reason, Source: api.OriginFleet})
+	}
+	d.logEvents(evs...)
+	if len(removed) > 0 {
+		d.rec.Unblocked(len(removed))
+	}
+	return len(removed), nil
+}
+
+// FleetPrefixes lists the stored fleet rules (fleet.Local).
+func (d *Daemon) FleetPrefixes() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	err := d.store.View(func(tx *store.Tx) error {
+		return tx.ForEachRule(func(r store.Rule) error {
+			if r.Origin == api.OriginFleet {
+				out = append(out, r.Prefix)
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// shareChunk is how many outbox entries one transaction of shareImport writes.
+const shareChunk = 50_000
+
+// shareImport queues the rules at(0..n-1) of a bulk import for the fleet (read in turn).
+func (d *Daemon) shareImport(n int, at func(int) store.Rule) error {
+	if d.fleet == nil {
+		return nil
+	}
+	entries := make([]store.OutboxEntry, 0, min(n, shareChunk))
+	for i := 0; i < n; {
+		entries = entries[:0]
+		for ; i < n && len(entries) < shareChunk; i++ {
+			entries = append(entries, store.OutboxEntry{Rule: at(i)})
+		}
+		if err := d.store.Update(func(tx *store.Tx) error { return tx.AppendOutbox(entries...) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}

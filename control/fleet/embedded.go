@@ -1,0 +1,60 @@
+package fleet
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/snare-dev/snare/control/api"
+)
+
+// startEmbedded runs the JetStream server of fleet.embedded inside snared.
+func (n *Node) startEmbedded() (*server.Server, error) {
+	e := n.cfg.Embedded
+	host, port, err := splitHostPort(e.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("fleet.embedded.listen: %w", err)
+	}
+	o := &server.Options{ServerName: n.name, Host: host, Port: port, JetStream: true, StoreDir: n.storeDir,
+		NoSigs: true, MaxPayload: 1 << 20}
+	if e.ClusterListen != "" {
+		ch, cp, err := splitHostPort(e.ClusterListen)
+		if err != nil {
+			return nil, fmt.Errorf("fleet.embedded.cluster_listen: %w", err)
+		}
+		o.Cluster = server.ClusterOpts{Name: "snare", Host: ch, Port: cp}
+		for _, r := range e.Routes {
+			o.Routes = append(o.Routes, server.RoutesFromStr(r)...)
+		}
+	}
+	srv, err := server.NewServer(o)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS server: %w", err)
+	}
+	go srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		srv.Shutdown()
+		return nil, fmt.Errorf("embedded NATS server on %s: not ready within 10s", e.Listen)
+	}
+	n.mu.Lock()
+	n.embedded = &api.FleetEmbedded{Listen: e.Listen, ClientURL: srv.ClientURL(), ClusterListen: e.ClusterListen,
+		Routes: len(o.Routes), StoreDir: n.storeDir, Running: true}
+	n.mu.Unlock()
+	n.log.Info("embedded NATS JetStream server running", "listen", srv.ClientURL(), "store_dir", n.storeDir)
+	return srv, nil
+}
+
+func splitHostPort(addr string) (string, int, error) {
+	h, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", p, err)
+	}
+	return h, port, nil
+}

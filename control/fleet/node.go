@@ -1,0 +1,271 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/time/rate"
+
+	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/config"
+	"github.com/snare-dev/snare/control/store"
+)
+
+// Removal is a key deleted (or purged) in the bucket, or found gone by a reconcile.
+type Removal struct {
+	Prefix netip.Prefix
+	// Revision of the delete: a fleet rule that came with an older revision goes. A reconcile
+	// that found the key gone gives the highest revision there is.
+	Revision uint64
+	// At is when the delete was made (the server's clock): a rule this host made goes only if it
+	// was made before (a local decision after the delete stands).
+	At time.Time
+}
+
+// Local is what the fleet needs of the daemon.
+type Local interface {
+	// ApplyFleet applies blocks made elsewhere (origin fleet) to the store and the back-end and
+	// returns those the local allowlist kept out.
+	ApplyFleet(ctx context.Context, rules []store.Rule) (allowlisted []netip.Prefix, err error)
+	// RemoveFleet applies removals (see Removal) and returns how many rules went.
+	RemoveFleet(ctx context.Context, gone []Removal) (int, error)
+	// FleetPrefixes lists the stored rules of origin fleet.
+	FleetPrefixes() ([]netip.Prefix, error)
+}
+
+// Options configure New.
+type Options struct {
+	Config *config.Config
+	Local  Local
+	Store  *store.Store // its outbox holds the local decisions to share
+	Logger *slog.Logger
+}
+
+// Node is this host in the fleet: its connection, the publisher of its outbox and the watcher of
+// the bucket, and their counters.
+type Node struct {
+	cfg      config.FleetConfig
+	name     string
+	storeDir string // the embedded server's
+	limits   limits
+	local    Local
+	st       *store.Store
+	log      *slog.Logger
+	wake     chan struct{}
+	limit    *rate.Limiter // trap decisions published per second
+
+	published, received, refused, shed, allowlisted, stale atomic.Uint64
+	running                                                atomic.Bool  // a session runs
+	lastShedLog, lastRefuseLog                             atomic.Int64 // unix ns: logs are rate-limited
+
+	mu        sync.Mutex
+	connected bool
+	lastErr   string
+	embedded  *api.FleetEmbedded
+	peers     map[string]time.Time
+	lag       time.Duration
+}
+
+// New prepares a node; Run connects it.
+func New(o Options) *Node {
+	c := o.Config
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	maxRate := c.Fleet.MaxPublishPerSecond
+	return &Node{cfg: c.Fleet, name: c.FleetNode(), storeDir: c.FleetStoreDir(), local: o.Local, st: o.Store, log: log.With("component", "fleet"),
+		limits: limits{rules: c.TargetRules(), maxTTL: time.Duration(c.Block.Escalation.MaxTTL)},
+		wake:   make(chan struct{}, 1), limit: rate.NewLimiter(rate.Limit(maxRate), maxRate),
+		peers: map[string]time.Time{}}
+}
+
+// Notify tells the publisher that the outbox has new decisions.
+func (n *Node) Notify() {
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+// gcMargin is how long a key outlives its deadline in the bucket: the engine's TTL only
+// collects garbage, every host enforces the deadline itself.
+const gcMargin = time.Minute
+
+// markerTTL is how long the bucket keeps the marker of a key its TTL removed.
+const markerTTL = time.Hour
+
+// Run connects to the fleet (starting the embedded server first if configured) and shares
+// decisions until ctx ends, reconnecting and reconciling as needed. Local enforcement never
+// waits for it.
+func (n *Node) Run(ctx context.Context) error {
+	servers := slices.Clone(n.cfg.Servers)
+	if n.cfg.Embedded.Listen != "" {
+		srv, err := n.startEmbedded()
+		if err != nil {
+			n.setErr(err)
+			return err
+		}
+		defer srv.Shutdown()
+		servers = append([]string{srv.ClientURL()}, servers...)
+	}
+	// Every (re)connect starts a session: a new watcher that reconciles from the bucket's state.
+	sessions := make(chan struct{}, 1)
+	poke := func() {
+		select {
+		case sessions <- struct{}{}:
+		default:
+		}
+	}
+	opts := []nats.Option{nats.Name("snared " + n.name), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(500 * time.Millisecond),
+		nats.ConnectHandler(func(*nats.Conn) { poke() }),
+		nats.ReconnectHandler(func(*nats.Conn) { poke() }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			n.setConnected(false)
+			if err != nil {
+				n.setErr(fmt.Errorf("disconnected: %w", err))
+			}
+			poke()
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { n.setErr(err) }),
+	}
+	if n.cfg.Creds != "" {
+		opts = append(opts, nats.UserCredentials(n.cfg.Creds))
+	}
+	if n.cfg.TLS.CA != "" {
+		opts = append(opts, nats.RootCAs(n.cfg.TLS.CA))
+	}
+	if n.cfg.TLS.Cert != "" {
+		opts = append(opts, nats.ClientCert(n.cfg.TLS.Cert, n.cfg.TLS.Key))
+	}
+	nc, err := nats.Connect(strings.Join(servers, ","), opts...)
+	if err != nil {
+		n.setErr(fmt.Errorf("connect to %s: %w", strings.Join(servers, ","), err))
+		return err
+	}
+	defer nc.Close()
+	if nc.IsConnected() {
+		poke()
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	stop := func() {} // ends the running session and waits for it
+	defer func() { stop() }()
+	retry := time.NewTicker(2 * time.Second)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sessions:
+		case <-retry.C:
+			if n.running.Load() || !nc.IsConnected() {
+				continue
+			}
+		}
+		stop()
+		stop = func() {}
+		n.setConnected(false)
+		if !nc.IsConnected() {
+			continue
+		}
+		sctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		stop = func() { cancel(); <-done }
+		n.running.Store(true)
+		go func() {
+			defer close(done)
+			defer n.running.Store(false)
+			err := n.session(sctx, js)
+			n.setConnected(false)
+			if err != nil && sctx.Err() == nil {
+				n.setErr(err)
+				n.log.Warn("fleet session ended; retrying", "err", err)
+			}
+		}()
+	}
+}
+
+// session binds the bucket and runs the watcher and the publisher until one fails or ctx ends.
+func (n *Node) session(ctx context.Context, js jetstream.JetStream) error {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: n.cfg.Bucket, Replicas: n.cfg.Replicas,
+		LimitMarkerTTL: markerTTL, Description: "snare fleet: one key per blocked prefix"})
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", n.cfg.Bucket, err)
+	}
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("watch bucket %s: %w", n.cfg.Bucket, err)
+	}
+	defer w.Stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- n.watch(ctx, w) }()
+	go func() { errc <- n.publish(ctx, js, kv) }()
+	err = <-errc
+	cancel()
+	<-errc
+	return err
+}
+
+func (n *Node) isConnected() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.connected
+}
+
+func (n *Node) setConnected(c bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.connected = c
+	if c {
+		n.lastErr = ""
+	}
+}
+
+func (n *Node) setErr(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.lastErr = err.Error()
+}
+
+// Status is the node as `snarectl fleet status` shows it.
+func (n *Node) Status() api.FleetStatus {
+	n.mu.Lock()
+	s := api.FleetStatus{Enabled: true, Node: n.name, Servers: slices.Clone(n.cfg.Servers), Bucket: n.cfg.Bucket,
+		Connected: n.connected, Error: n.lastErr, LagMs: float64(n.lag.Microseconds()) / 1000}
+	if n.embedded != nil {
+		e := *n.embedded
+		s.Embedded = &e
+	}
+	for name, at := range n.peers {
+		s.Peers = append(s.Peers, api.FleetPeer{Node: name, LastSeen: at})
+	}
+	n.mu.Unlock()
+	slices.SortFunc(s.Peers, func(a, b api.FleetPeer) int { return strings.Compare(a.Node, b.Node) })
+	s.Outbox = n.st.OutboxLen()
+	s.Published, s.Received, s.Refused = n.published.Load(), n.received.Load(), n.refused.Load()
+	s.Shed, s.Allowlisted, s.Stale = n.shed.Load(), n.allowlisted.Load(), n.stale.Load()
+	return s
+}
+
+// every reports whether at least d passed since the time in last, and if so sets it to now:
+// a log line a flood would repeat is written once per d.
+func every(last *atomic.Int64, d time.Duration) bool {
+	now := time.Now().UnixNano()
+	prev := last.Load()
+	return now-prev >= int64(d) && last.CompareAndSwap(prev, now)
+}

@@ -1,0 +1,219 @@
+package control
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/config"
+	"github.com/snare-dev/snare/control/store"
+)
+
+// natsServer runs a real JetStream server on 127.0.0.1 (port -1: a free one), its store in dir.
+func natsServer(t *testing.T, dir string, port int) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// fleetHost is one snared of a fleet: a real daemon with an in-memory enforcer, serving.
+type fleetHost struct {
+	d     *Daemon
+	f     *fakeEnforcer
+	state string
+	stop  func()
+}
+
+// startFleetHost opens and serves a daemon in the fleet at url; allow is its implicit allowlist.
+func startFleetHost(t *testing.T, url, node, state string, allow ...string) *fleetHost {
+	t.Helper()
+	cfg, err := config.Load(config.LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.StateDir = state
+	cfg.Fleet.Servers = []string{url}
+	cfg.Fleet.Node = node
+	f := newFake()
+	d, err := Open(context.Background(), Options{
+		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
+		ImplicitAllow: func() (Allowlist, error) {
+			var a Allowlist
+			for _, s := range allow {
+				a = append(a, AllowItem{netip.MustParsePrefix(s), api.AllowOwnAddress})
+			}
+			return a, nil
+		},
+		Listening: func(context.Context) (map[uint16]bool, map[uint16]bool, error) { return nil, nil, nil },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sockDir, err := os.MkdirTemp("", "snfl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(sockDir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- d.ServeListener(ctx, l, nil) }()
+	h := &fleetHost{d: d, f: f, state: state}
+	stopped := false
+	h.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		<-served
+		d.Close()
+		os.RemoveAll(sockDir)
+	}
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *fleetHost) rule(t *testing.T, p string) (store.Rule, bool) {
+	t.Helper()
+	var r store.Rule
+	var ok bool
+	err := h.d.store.View(func(tx *store.Tx) error {
+		var err error
+		r, ok, err = tx.Rule(netip.MustParsePrefix(p))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, ok
+}
+
+func (h *fleetHost) enforced(p string) bool {
+	h.f.mu.Lock()
+	defer h.f.mu.Unlock()
+	_, ok := h.f.rules[netip.MustParsePrefix(p)]
+	return ok
+}
+
+// waitFor polls cond for up to limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within %s: %s", limit, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitConnected(t *testing.T, hs ...*fleetHost) {
+	t.Helper()
+	for _, h := range hs {
+		waitFor(t, 10*time.Second, h.d.FleetStatus().Node+" connected", func() bool { return h.d.FleetStatus().Connected })
+	}
+}
+
+// shared waits until every host has p: the fleet's rule in store and enforcer (the node's own
+// rule on the node that made it), with the same absolute deadline everywhere.
+func shared(t *testing.T, p, node string, hs ...*fleetHost) {
+	t.Helper()
+	var deadline time.Time
+	for i, h := range hs {
+		waitFor(t, 2*time.Second, p+" on "+h.d.FleetStatus().Node, func() bool { _, ok := h.rule(t, p); return ok && h.enforced(p) })
+		r, _ := h.rule(t, p)
+		if h.d.FleetStatus().Node != node && (r.Origin != api.OriginFleet || r.Node != node) {
+			t.Errorf("%s on %s: origin %q node %q, want fleet from %s", p, h.d.FleetStatus().Node, r.Origin, r.Node, node)
+		}
+		if i == 0 {
+			deadline = r.Deadline
+		} else if !r.Deadline.Equal(deadline) {
+			t.Errorf("%s on %s: deadline %s, want %s (the absolute deadline of the block)", p, h.d.FleetStatus().Node, r.Deadline, deadline)
+		}
+	}
+}
+
+func gone(t *testing.T, p string, hs ...*fleetHost) {
+	t.Helper()
+	for _, h := range hs {
+		waitFor(t, 2*time.Second, p+" gone on "+h.d.FleetStatus().Node, func() bool { _, ok := h.rule(t, p); return !ok && !h.enforced(p) })
+	}
+}
+
+func TestFleetSharesDecisions(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHost(t, url, "a", t.TempDir())
+	b := startFleetHost(t, url, "b", t.TempDir(), "198.18.5.1/32")
+	c := startFleetHost(t, url, "c", t.TempDir())
+	waitConnected(t, a, b, c)
+	ctx := context.Background()
+
+	// A manual block on A, with an escalation-free TTL, reaches B and C with A's deadline.
+	if _, err := a.d.Block(ctx, []string{"198.18.0.7"}, "2h", "scanner"); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.7/32", "a", a, b, c)
+	if r, _ := b.rule(t, "198.18.0.7/32"); r.Reason != "scanner" {
+		t.Errorf("reason on b: %q", r.Reason)
+	}
+
+	// A trap block on B reaches A and C.
+	if err := b.d.handleTraps(ctx, []backend.TrapEvent{{Time: time.Now(), Source: netip.MustParseAddr("198.18.0.9"),
+		Proto: "tcp", Ports: []uint16{1}, TCPFlags: "SYN", Blocked: true}}); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.9/32", "b", b, a, c)
+
+	// An unblock on C removes A's block everywhere, A's own rule included.
+	if _, _, err := c.d.Unblock(ctx, []string{"198.18.0.7"}); err != nil {
+		t.Fatal(err)
+	}
+	gone(t, "198.18.0.7/32", a, b, c)
+
+	// B allowlists 198.18.5.1: a fleet block of it is enforced on A and C, not on B.
+	if _, err := a.d.Block(ctx, []string{"198.18.5.1"}, "", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.5.1/32", "a", a, c)
+	waitFor(t, 2*time.Second, "allowlisted counted on b", func() bool { return b.d.FleetStatus().Allowlisted == 1 })
+	if _, ok := b.rule(t, "198.18.5.1/32"); ok || b.enforced("198.18.5.1/32") {
+		t.Error("b enforces a fleet block of its allowlisted address")
+	}
+
+	// A short block expires on every host at the same instant: the deadline it came with.
+	if _, err := a.d.Block(ctx, []string{"2001:db8:1::1"}, "3s", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "2001:db8:1::/64", "a", a, b, c)
+	ra, _ := a.rule(t, "2001:db8:1::/64")
+	rb, _ := b.rule(t, "2001:db8:1::/64")
+	if !rb.Deadline.Equal(ra.Deadline) || rb.Expired(ra.Deadline.Add(-time.Millisecond)) || !rb.Expired(ra.Deadline) {
+		t.Errorf("remote deadline %s, want %s", rb.Deadline, ra.Deadline)
+	}
+
+	st := a.d.FleetStatus()
+	// a published three blocks, and received b's trap block and c's unblock.
+	if st.Published != 3 || st.Received != 2 || st.Outbox != 0 || len(st.Peers) != 1 || st.Peers[0].Node != "b" || st.Refused != 0 {
+		t.Errorf("status of a: %+v", st)
+	}
+}
