@@ -2,6 +2,7 @@ package control
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/netip"
 	"os"
@@ -10,10 +11,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snare-dev/snare/backend"
 	"github.com/snare-dev/snare/control/api"
 	"github.com/snare-dev/snare/control/config"
+	"github.com/snare-dev/snare/control/fleet"
 	"github.com/snare-dev/snare/control/store"
 )
 
@@ -216,4 +220,160 @@ func TestFleetSharesDecisions(t *testing.T) {
 	if st.Published != 3 || st.Received != 2 || st.Outbox != 0 || len(st.Peers) != 1 || st.Peers[0].Node != "b" || st.Refused != 0 {
 		t.Errorf("status of a: %+v", st)
 	}
+}
+
+func TestFleetRefusesBadValues(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	b := startFleetHost(t, srv.ClientURL(), "b", t.TempDir())
+	waitConnected(t, b)
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	kv, err := js.KeyValue(ctx, "snare")
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	value := func(prefix string, deadline time.Time) []byte {
+		v := fleet.Value{Prefix: prefix, Origin: api.OriginManual, Reason: "x", Node: "x", MadeMs: now.UnixMilli()}
+		if !deadline.IsZero() {
+			v.DeadlineMs = deadline.UnixMilli()
+		}
+		data, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	bad := []struct{ key, value string }{
+		{"4.198-18-0-20.32", "not json"},
+		{"4.198-18-0-21.32", string(value("198.18.0.22/32", now.Add(time.Hour)))},        // another prefix than its key
+		{"4.0-0-0-0.0", string(value("0.0.0.0/0", now.Add(time.Hour)))},                  // everything
+		{"4.198-18-0-23.32", string(value("198.18.0.23/32", now.Add(365*24*time.Hour)))}, // beyond max_ttl 90d
+		{"4.300-18-0-1.32", string(value("198.18.0.1/32", now.Add(time.Hour)))},          // out-of-range address
+		{"x", string(value("198.18.0.1/32", now.Add(time.Hour)))},                        // not a key of ours
+	}
+	for _, v := range bad {
+		if _, err := kv.Put(ctx, v.key, []byte(v.value)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The watcher goes on: a good value after them is applied.
+	if _, err := kv.Put(ctx, fleet.Key(netip.MustParsePrefix("198.18.0.24/32")), value("198.18.0.24/32", now.Add(time.Hour))); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.24/32", "x", b)
+	if st := b.d.FleetStatus(); st.Refused != uint64(len(bad)) || st.Received != 1 {
+		t.Errorf("refused %d (want %d), received %d (want 1)", st.Refused, len(bad), st.Received)
+	}
+	if n := b.d.store.Count(); n != 1 {
+		t.Errorf("store holds %d rules, want 1", n)
+	}
+}
+
+// A host that was away catches up: blocks made meanwhile arrive, and a fleet block removed
+// meanwhile goes, even with its delete marker purged.
+func TestFleetCatchUp(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHost(t, url, "a", t.TempDir())
+	b := startFleetHost(t, url, "b", t.TempDir())
+	waitConnected(t, a, b)
+	ctx := context.Background()
+	for _, p := range []string{"198.18.0.30", "198.18.0.31"} {
+		if _, err := a.d.Block(ctx, []string{p}, "1h", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shared(t, "198.18.0.30/32", "a", a, b)
+	shared(t, "198.18.0.31/32", "a", a, b)
+
+	b.stop()
+	if _, err := a.d.Block(ctx, []string{"198.18.0.32"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"198.18.0.30", "198.18.0.31"} {
+		if _, _, err := a.d.Unblock(ctx, []string{p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 2*time.Second, "a's outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
+	// One delete marker is purged: only a reconcile can tell b that .31 is gone.
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	kv, err := js.KeyValue(ctx, "snare")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Purge(ctx, fleet.Key(netip.MustParsePrefix("198.18.0.31/32"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(-1)); err != nil {
+		t.Fatal(err)
+	}
+
+	b2 := startFleetHost(t, url, "b", b.state)
+	waitConnected(t, b2)
+	shared(t, "198.18.0.32/32", "a", a, b2)
+	gone(t, "198.18.0.30/32", a, b2)
+	gone(t, "198.18.0.31/32", a, b2)
+}
+
+// With the engine down, local work is unchanged and decisions wait in the outbox, across a
+// restart of the daemon; when the engine is back they are shared.
+func TestFleetOutboxOutlivesOutage(t *testing.T) {
+	jsDir := t.TempDir()
+	srv := natsServer(t, jsDir, -1)
+	url := srv.ClientURL()
+	port := srv.Addr().(*net.TCPAddr).Port
+	a := startFleetHost(t, url, "a", t.TempDir())
+	b := startFleetHost(t, url, "b", t.TempDir())
+	waitConnected(t, a, b)
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	waitFor(t, 5*time.Second, "a sees the outage", func() bool { return !a.d.FleetStatus().Connected })
+
+	ctx := context.Background()
+	start := time.Now()
+	if _, err := a.d.Block(ctx, []string{"198.18.0.40"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("a local block with the engine down took %s", took)
+	}
+	if !a.enforced("198.18.0.40/32") {
+		t.Fatal("local block not enforced at once")
+	}
+	if n := a.d.FleetStatus().Outbox; n != 1 {
+		t.Fatalf("outbox %d, want 1", n)
+	}
+	// Restart a during the outage: the outbox is in its store.
+	a.stop()
+	a = startFleetHost(t, url, "a", a.state)
+	if _, _, err := a.d.Unblock(ctx, []string{"198.18.0.40"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.d.Block(ctx, []string{"198.18.0.41"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.d.FleetStatus().Outbox; n != 3 {
+		t.Fatalf("outbox after restart %d, want 3", n)
+	}
+
+	natsServer(t, jsDir, port)
+	waitConnected(t, a, b)
+	shared(t, "198.18.0.41/32", "a", a, b)
+	gone(t, "198.18.0.40/32", a, b)
+	waitFor(t, 2*time.Second, "outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
 }
