@@ -63,6 +63,9 @@ func (d *Daemon) Handler() http.Handler {
 		}
 		writeJSON(w, st)
 	})
+	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, d.FleetStatus())
+	})
 	allow := func(add bool) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			var req api.AllowRequest

@@ -206,6 +206,7 @@ func (c *cli) rootCommand() *cobra.Command {
 		c.importCommand(),
 		c.exportCommand(),
 		c.eventsCommand(),
+		c.fleetCommand(),
 		c.completionCommand(),
 		c.versionCommand(),
 		c.genDocsCommand(),

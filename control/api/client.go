@@ -184,6 +184,12 @@ func (c *Client) Status(ctx context.Context) (StatusResponse, error) {
 	return out, c.do(ctx, http.MethodGet, "/v1/status", nil, &out)
 }
 
+// FleetStatus returns this host's state in the fleet.
+func (c *Client) FleetStatus(ctx context.Context) (FleetStatus, error) {
+	var out FleetStatus
+	return out, c.do(ctx, http.MethodGet, "/v1/fleet", nil, &out)
+}
+
 // AllowAdd adds configured allowlist entries.
 func (c *Client) AllowAdd(ctx context.Context, req AllowRequest) (AllowResponse, error) {
 	var out AllowResponse

@@ -56,8 +56,8 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 			return err
 		}
 		var batch []pending
-		var done uint64 // the last sequence handled, everything before it too
-		var shed int
+		var done uint64    // the last sequence handled, everything before it too
+		var shed, sent int // sent is counted once the outbox no longer holds them
 		// flush awaits the batch's acknowledgements in order.
 		flush := func() error {
 			if len(batch) == 0 {
@@ -73,7 +73,7 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 				if p.ack != nil {
 					select {
 					case <-p.ack.Ok():
-						n.published.Add(1)
+						sent++
 					case err := <-p.ack.Err():
 						return fmt.Errorf("publish %s: %w", p.ack.Msg().Subject, err)
 					default:
@@ -91,8 +91,12 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 				if err = flush(); err != nil {
 					break
 				}
-				if err = n.unblock(ctx, kv, e); err != nil {
+				var deleted bool
+				if deleted, err = n.unblock(ctx, kv, e); err != nil {
 					break
+				}
+				if deleted {
+					sent++
 				}
 				done = e.Seq
 				continue
@@ -128,6 +132,7 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 			if derr := n.st.DeleteOutbox(done); derr != nil {
 				return errors.Join(err, derr)
 			}
+			n.published.Add(uint64(sent))
 		}
 		if err != nil {
 			return err
@@ -155,33 +160,32 @@ func (n *Node) put(js jetstream.JetStream, r store.Rule, now time.Time) (jetstre
 
 // unblock deletes the key of an unblocked prefix unless it holds a block made after the unblock
 // (a stale unblock never removes a newer block): the delete is conditional on the revision read.
-func (n *Node) unblock(ctx context.Context, kv jetstream.KeyValue, e store.OutboxEntry) error {
+func (n *Node) unblock(ctx context.Context, kv jetstream.KeyValue, e store.OutboxEntry) (deleted bool, err error) {
 	key := Key(e.Rule.Prefix)
 	for range 5 {
 		cur, err := kv.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil // never shared, expired, or unblocked elsewhere already
+			return false, nil // never shared, expired, or unblocked elsewhere already
 		}
 		if err != nil {
-			return fmt.Errorf("read %s before its unblock: %w", key, err)
+			return false, fmt.Errorf("read %s before its unblock: %w", key, err)
 		}
 		var v Value
 		if json.Unmarshal(cur.Value(), &v) == nil && v.MadeMs > e.Rule.LastOffence.UnixMilli() {
 			n.stale.Add(1)
 			n.log.Info("unblock not shared: the fleet blocked it again since", "prefix", e.Rule.Prefix, "node", v.Node)
-			return nil
+			return false, nil
 		}
 		err = kv.Delete(ctx, key, jetstream.LastRevision(cur.Revision()))
 		if err == nil {
-			n.published.Add(1)
-			return nil
+			return true, nil
 		}
 		var apiErr *jetstream.APIError
 		if !errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence &&
 			apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-			return fmt.Errorf("delete %s: %w", key, err)
+			return false, fmt.Errorf("delete %s: %w", key, err)
 		}
 		// Changed between the read and the delete: read again.
 	}
-	return fmt.Errorf("delete %s: it keeps changing", key)
+	return false, fmt.Errorf("delete %s: it keeps changing", key)
 }
