@@ -47,13 +47,24 @@ type fleetHost struct {
 // startFleetHost opens and serves a daemon in the fleet at url; allow is its implicit allowlist.
 func startFleetHost(t *testing.T, url, node, state string, allow ...string) *fleetHost {
 	t.Helper()
+	return startFleetHostWith(t, state, func(c *config.Config) {
+		c.Fleet.Servers = []string{url}
+		c.Fleet.Node = node
+	}, allow...)
+}
+
+// startFleetHostWith is startFleetHost with the fleet configured by set.
+func startFleetHostWith(t *testing.T, state string, set func(*config.Config), allow ...string) *fleetHost {
+	t.Helper()
 	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.StateDir = state
-	cfg.Fleet.Servers = []string{url}
-	cfg.Fleet.Node = node
+	set(cfg)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
 	f := newFake()
 	d, err := Open(context.Background(), Options{
 		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
@@ -376,4 +387,31 @@ func TestFleetOutboxOutlivesOutage(t *testing.T) {
 	shared(t, "198.18.0.41/32", "a", a, b)
 	gone(t, "198.18.0.40/32", a, b)
 	waitFor(t, 2*time.Second, "outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
+}
+
+// One snared runs the JetStream server inside itself; another connects to it.
+func TestFleetEmbeddedServer(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := l.Addr().String()
+	l.Close()
+	a := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		c.Fleet.Node = "a"
+		c.Fleet.Embedded.Listen = listen
+	})
+	b := startFleetHost(t, "nats://"+listen, "b", t.TempDir())
+	waitConnected(t, a, b)
+	st := a.d.FleetStatus()
+	if st.Embedded == nil || !st.Embedded.Running || st.Embedded.StoreDir != filepath.Join(a.state, "nats") {
+		t.Fatalf("embedded status %+v", st.Embedded)
+	}
+	if _, err := os.Stat(filepath.Join(a.state, "nats", "jetstream")); err != nil {
+		t.Errorf("JetStream store: %v", err)
+	}
+	if _, err := b.d.Block(context.Background(), []string{"198.18.0.50"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.50/32", "b", b, a)
 }

@@ -14,7 +14,11 @@ func (c *cli) fleetCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "fleet",
 		Short: "Show how this host shares its decisions with the fleet",
-		Args:  cobra.ArbitraryArgs,
+		Long: `Show how this host shares its blocks and unblocks with the other hosts of the fleet
+(the config's fleet section: NATS JetStream).`,
+		Example: `  snarectl fleet status
+  snarectl fleet status -o json`,
+		Args: cobra.ArbitraryArgs,
 		RunE: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usagef("unknown fleet command %q (want: status)", args[0])
