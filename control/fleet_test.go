@@ -351,6 +351,10 @@ func TestFleetOutboxOutlivesOutage(t *testing.T) {
 	a := startFleetHost(t, url, "a", t.TempDir())
 	b := startFleetHost(t, url, "b", t.TempDir())
 	waitConnected(t, a, b)
+	if _, err := a.d.Block(context.Background(), []string{"198.18.0.42"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.42/32", "a", a, b)
 	srv.Shutdown()
 	srv.WaitForShutdown()
 	waitFor(t, 5*time.Second, "a sees the outage", func() bool { return !a.d.FleetStatus().Connected })
@@ -378,14 +382,25 @@ func TestFleetOutboxOutlivesOutage(t *testing.T) {
 	if _, err := a.d.Block(ctx, []string{"198.18.0.41"}, "1h", ""); err != nil {
 		t.Fatal(err)
 	}
-	if n := a.d.FleetStatus().Outbox; n != 3 {
-		t.Fatalf("outbox after restart %d, want 3", n)
+	// Unblocked and blocked again: the delete, published after the new block was made, must
+	// not remove it on a (nor, followed by the block, elsewhere).
+	if _, _, err := a.d.Unblock(ctx, []string{"198.18.0.42"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.d.Block(ctx, []string{"198.18.0.42"}, "2h", ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := a.d.FleetStatus().Outbox; n != 5 {
+		t.Fatalf("outbox after restart %d, want 5", n)
 	}
 
 	natsServer(t, jsDir, port)
 	waitConnected(t, a, b)
 	shared(t, "198.18.0.41/32", "a", a, b)
 	gone(t, "198.18.0.40/32", a, b)
+	shared(t, "198.18.0.42/32", "a", a, b)
+	time.Sleep(100 * time.Millisecond) // the watcher has seen a's own delete marker by now
+	shared(t, "198.18.0.42/32", "a", a, b)
 	waitFor(t, 2*time.Second, "outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
 }
 
@@ -414,4 +429,55 @@ func TestFleetEmbeddedServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	shared(t, "198.18.0.50/32", "b", b, a)
+}
+
+// A stale unblock never removes a newer block: neither an unblock made before a later block
+// (held in an outbox meanwhile), nor a delete with an older revision than the rule's.
+func TestFleetStaleUnblock(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHost(t, url, "a", t.TempDir())
+	c := startFleetHost(t, url, "c", t.TempDir())
+	waitConnected(t, a, c)
+	ctx := context.Background()
+	if _, err := a.d.Block(ctx, []string{"198.18.0.60"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.60/32", "a", a, c)
+
+	// c, cut off from the engine, unblocks; a blocks again afterwards; then c comes back.
+	c.stop()
+	c = startFleetHost(t, "nats://127.0.0.1:1", "c", c.state)
+	if _, _, err := c.d.Unblock(ctx, []string{"198.18.0.60"}); err != nil {
+		t.Fatal(err)
+	}
+	c.stop()
+	time.Sleep(5 * time.Millisecond) // the block is made after the unblock, in milliseconds too
+	if _, _, err := a.d.Unblock(ctx, []string{"198.18.0.60"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.d.Block(ctx, []string{"198.18.0.60"}, "2h", "again"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 2*time.Second, "a's outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
+	c = startFleetHost(t, url, "c", c.state)
+	waitConnected(t, c)
+	waitFor(t, 2*time.Second, "c's outbox drained", func() bool { return c.d.FleetStatus().Outbox == 0 })
+	if st := c.d.FleetStatus(); st.Stale != 1 {
+		t.Errorf("stale unblocks on c: %d, want 1 (%+v; a: %+v)", st.Stale, st, a.d.FleetStatus())
+	}
+	shared(t, "198.18.0.60/32", "a", a, c)
+
+	// A delete older than the fleet rule's revision leaves it; a newer one removes it.
+	r, _ := c.rule(t, "198.18.0.60/32")
+	p := netip.MustParsePrefix("198.18.0.60/32")
+	if n, err := c.d.RemoveFleet(ctx, []fleet.Removal{{Prefix: p, Revision: r.Revision - 1, At: time.Now()}}); err != nil || n != 0 {
+		t.Fatalf("older delete: removed %d, %v", n, err)
+	}
+	if !c.enforced("198.18.0.60/32") {
+		t.Fatal("an older delete removed a newer block")
+	}
+	if n, err := c.d.RemoveFleet(ctx, []fleet.Removal{{Prefix: p, Revision: r.Revision + 1, At: time.Now()}}); err != nil || n != 1 {
+		t.Fatalf("newer delete: removed %d, %v", n, err)
+	}
 }

@@ -72,7 +72,11 @@ type Node struct {
 	lastErr   string
 	embedded  *api.FleetEmbedded
 	peers     map[string]time.Time
-	lag       time.Duration
+	// ownDeletes counts the keys this node's publisher deleted whose marker the watcher has not
+	// seen yet: a marker carries no node, and this node's rule for the key, if any, is a block
+	// made after the unblock, which the marker must not remove.
+	ownDeletes map[string]int
+	lag        time.Duration
 }
 
 // New prepares a node; Run connects it.
@@ -86,7 +90,7 @@ func New(o Options) *Node {
 	return &Node{cfg: c.Fleet, name: c.FleetNode(), storeDir: c.FleetStoreDir(), local: o.Local, st: o.Store, log: log.With("component", "fleet"),
 		limits: limits{rules: c.TargetRules(), maxTTL: time.Duration(c.Block.Escalation.MaxTTL)},
 		wake:   make(chan struct{}, 1), limit: rate.NewLimiter(rate.Limit(maxRate), maxRate),
-		peers: map[string]time.Time{}}
+		peers: map[string]time.Time{}, ownDeletes: map[string]int{}}
 }
 
 // Notify tells the publisher that the outbox has new decisions.

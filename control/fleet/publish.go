@@ -176,10 +176,12 @@ func (n *Node) unblock(ctx context.Context, kv jetstream.KeyValue, e store.Outbo
 			n.log.Info("unblock not shared: the fleet blocked it again since", "prefix", e.Rule.Prefix, "node", v.Node)
 			return false, nil
 		}
+		n.noteOwnDelete(key, 1)
 		err = kv.Delete(ctx, key, jetstream.LastRevision(cur.Revision()))
 		if err == nil {
 			return true, nil
 		}
+		n.noteOwnDelete(key, -1)
 		var apiErr *jetstream.APIError
 		if !errors.As(err, &apiErr) || (apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequence &&
 			apiErr.ErrorCode != jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
@@ -188,4 +190,26 @@ func (n *Node) unblock(ctx context.Context, kv jetstream.KeyValue, e store.Outbo
 		// Changed between the read and the delete: read again.
 	}
 	return false, fmt.Errorf("delete %s: it keeps changing", key)
+}
+
+// noteOwnDelete adds d to the count of this node's deletes of key not seen by the watcher yet.
+func (n *Node) noteOwnDelete(key string, d int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ownDeletes[key] += d; n.ownDeletes[key] <= 0 {
+		delete(n.ownDeletes, key)
+	}
+}
+
+// ownDelete reports whether a delete marker of key is this node's own, and consumes it.
+func (n *Node) ownDelete(key string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.ownDeletes[key] == 0 {
+		return false
+	}
+	if n.ownDeletes[key]--; n.ownDeletes[key] == 0 {
+		delete(n.ownDeletes, key)
+	}
+	return true
 }

@@ -99,6 +99,9 @@ func (n *Node) watch(ctx context.Context, w jetstream.KeyWatcher) error {
 func (n *Node) entry(e jetstream.KeyValueEntry, initial bool) (r store.Rule, del, ok bool) {
 	now := time.Now()
 	if e.Operation() != jetstream.KeyValuePut {
+		if n.ownDelete(e.Key()) {
+			return store.Rule{}, false, false // this host unblocked it already
+		}
 		p, err := ParseKey(e.Key())
 		if err != nil {
 			n.refuse(err)
