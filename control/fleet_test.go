@@ -3,10 +3,12 @@ package control
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -480,4 +482,64 @@ func TestFleetStaleUnblock(t *testing.T) {
 	if n, err := c.d.RemoveFleet(ctx, []fleet.Removal{{Prefix: p, Revision: r.Revision + 1, At: time.Now()}}); err != nil || n != 1 {
 		t.Fatalf("newer delete: removed %d, %v", n, err)
 	}
+}
+
+// An import is shared in bulk: small ones in the import's transaction, big ones (the bulk path)
+// after it; every entry reaches the other host.
+func TestFleetSharesImports(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHost(t, url, "a", t.TempDir())
+	b := startFleetHost(t, url, "b", t.TempDir())
+	waitConnected(t, a, b)
+	ctx := context.Background()
+	var list strings.Builder
+	n := bulkImport + 10_000 // the bulk path
+	for i := range n {
+		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
+	}
+	if _, err := a.d.Import(ctx, api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.d.Import(ctx, api.ImportRequest{Content: "198.18.0.70\n2001:db8:7::/48\n", Name: "small"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "every imported entry on b", func() bool { return b.d.store.Count() == n+2 })
+	shared(t, "198.19.0.0/32", "a", a, b)
+	shared(t, fmt.Sprintf("198.19.%d.%d/32", (n-1)/256, (n-1)%256), "a", a, b)
+	shared(t, "2001:db8:7::/48", "a", a, b)
+	if st := a.d.FleetStatus(); st.Published != uint64(n+2) || st.Outbox != 0 {
+		t.Errorf("a published %d, outbox %d; want %d, 0", st.Published, st.Outbox, n+2)
+	}
+}
+
+// A trap flood is shared up to fleet.max_publish_per_second; the rest is shed and counted, and
+// enforced locally all the same.
+func TestFleetShedsTrapFlood(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		c.Fleet.Servers = []string{url}
+		c.Fleet.Node = "a"
+		c.Fleet.MaxPublishPerSecond = 5
+	})
+	b := startFleetHost(t, url, "b", t.TempDir())
+	waitConnected(t, a, b)
+	var evs []backend.TrapEvent
+	for i := range 40 {
+		evs = append(evs, backend.TrapEvent{Time: time.Now(), Source: netip.AddrFrom4([4]byte{198, 18, 9, byte(i)}),
+			Proto: "tcp", Ports: []uint16{1}, TCPFlags: "SYN", Blocked: true})
+	}
+	if err := a.d.handleTraps(context.Background(), evs); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "a's outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
+	st := a.d.FleetStatus()
+	if st.Shed < 30 || st.Shed+st.Published != 40 {
+		t.Errorf("shed %d, published %d: want the cap (5 a second) shared and the rest of 40 shed", st.Shed, st.Published)
+	}
+	if got := a.d.store.Count(); got != 40 {
+		t.Errorf("a enforces %d trap blocks, want 40", got)
+	}
+	waitFor(t, 2*time.Second, "b has what was shared", func() bool { return uint64(b.d.store.Count()) == st.Published })
 }

@@ -78,7 +78,11 @@ func ParseKey(k string) (netip.Prefix, error) {
 
 // valueOf is the value a local rule is shared as.
 func valueOf(r store.Rule, node string) Value {
-	v := Value{Prefix: r.Prefix.String(), Origin: r.Origin, Reason: r.Reason, Node: node, MadeMs: r.LastOffence.UnixMilli()}
+	made := r.LastOffence
+	if made.IsZero() {
+		made = r.Created // an imported rule: no offence, created when the list says
+	}
+	v := Value{Prefix: r.Prefix.String(), Origin: r.Origin, Reason: r.Reason, Node: node, MadeMs: made.UnixMilli()}
 	if !r.Permanent() {
 		v.DeadlineMs = r.Deadline.UnixMilli()
 	}
