@@ -33,6 +33,7 @@ import (
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
 	"github.com/snare-dev/snare/control"
@@ -201,7 +202,11 @@ func serve(cfg *config.Config, load config.LoadOptions, log *slog.Logger) error 
 	defer d.Close()
 	if cfg.Metrics.Listen != "" {
 		// Metrics that cannot be served (the port is taken) are no reason to stop enforcing.
-		srv, err := metrics.Start(ctx, m, metrics.StatusFunc(d.EnforcerStatus), cfg.Metrics.Listen, log)
+		var extra []prometheus.Collector
+		if cfg.FleetEnabled() {
+			extra = append(extra, metrics.NewFleetCollector(d.FleetStatus))
+		}
+		srv, err := metrics.Start(ctx, m, metrics.StatusFunc(d.EnforcerStatus), cfg.Metrics.Listen, log, extra...)
 		if err != nil {
 			log.Error("metrics disabled", "err", err)
 		} else {

@@ -47,7 +47,7 @@ type Options struct {
 }
 
 // Origins of a block, as recorded in the store and in snare_blocks_total.
-var blockOrigins = []string{"manual", "trap", "import"}
+var blockOrigins = []string{"manual", "trap", "import", "fleet"}
 
 // Metrics is snare's Prometheus instrumentation. It is both the daemon's Recorder (the control
 // plane tells it what happened: blocks, expiries, evictions, trap hits, sweeps) and a
@@ -94,7 +94,7 @@ func New(o Options) *Metrics {
 		status: o.Status,
 		blocks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "snare_blocks_total",
-			Help: "Blocks recorded by the daemon, by origin (manual, trap, import). Repeat blocks count again.",
+			Help: "Blocks recorded by the daemon, by origin (manual, trap, import, fleet: made by another host). Repeat blocks count again.",
 		}, []string{"origin"}),
 		unblocks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "snare_unblocks_total",
@@ -386,12 +386,18 @@ func warnIfExposed(log *slog.Logger, addr net.Addr) {
 
 // Start is snared's whole metrics wiring after Open: m (the daemon's Recorder) reads src
 // (the daemon's EnforcerStatus) at scrape time, and the registry (m plus Go and process metrics) is served on listen
-// until ctx ends. Call it only when metrics.listen is not empty.
-func Start(ctx context.Context, m *Metrics, src StatusSource, listen string, log *slog.Logger) (*Server, error) {
+// until ctx ends, with the extra collectors (the fleet's). Call it only when metrics.listen is
+// not empty.
+func Start(ctx context.Context, m *Metrics, src StatusSource, listen string, log *slog.Logger, extra ...prometheus.Collector) (*Server, error) {
 	m.SetStatusSource(src)
 	reg, err := NewRegistry(m)
 	if err != nil {
 		return nil, err
+	}
+	for _, c := range extra {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
 	}
 	return Serve(ctx, listen, reg, log)
 }

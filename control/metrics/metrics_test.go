@@ -173,8 +173,9 @@ func TestMetricsRecorderCalls(t *testing.T) {
 
 	// Before anything happened: the origins are exported as zeros.
 	want := `
-# HELP snare_blocks_total Blocks recorded by the daemon, by origin (manual, trap, import). Repeat blocks count again.
+# HELP snare_blocks_total Blocks recorded by the daemon, by origin (manual, trap, import, fleet: made by another host). Repeat blocks count again.
 # TYPE snare_blocks_total counter
+snare_blocks_total{origin="fleet"} 0
 snare_blocks_total{origin="import"} 0
 snare_blocks_total{origin="manual"} 0
 snare_blocks_total{origin="trap"} 0
@@ -204,8 +205,9 @@ snare_blocks_total{origin="trap"} 0
 	m.TrapEvent(backend.TrapEvent{Proto: "tcp"}) // no port: ignored
 
 	want = `
-# HELP snare_blocks_total Blocks recorded by the daemon, by origin (manual, trap, import). Repeat blocks count again.
+# HELP snare_blocks_total Blocks recorded by the daemon, by origin (manual, trap, import, fleet: made by another host). Repeat blocks count again.
 # TYPE snare_blocks_total counter
+snare_blocks_total{origin="fleet"} 0
 snare_blocks_total{origin="import"} 1000
 snare_blocks_total{origin="manual"} 2
 snare_blocks_total{origin="trap"} 1
