@@ -142,6 +142,12 @@ func (n *Node) Run(ctx context.Context) error {
 			poke()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { n.setErr(err) }),
+		// Every failed attempt says why (refused, TLS required, authorization violation).
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				n.setErr(fmt.Errorf("connect to %s: %w", strings.Join(servers, ","), err))
+			}
+		}),
 	}
 	if n.cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(n.cfg.Creds))
