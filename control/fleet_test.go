@@ -228,6 +228,7 @@ func TestFleetSharesDecisions(t *testing.T) {
 		t.Errorf("remote deadline %s, want %s", rb.Deadline, ra.Deadline)
 	}
 
+	waitFor(t, 2*time.Second, "a's outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
 	st := a.d.FleetStatus()
 	// a published three blocks, and received b's trap block and c's unblock.
 	if st.Published != 3 || st.Received != 2 || st.Outbox != 0 || len(st.Peers) != 1 || st.Peers[0].Node != "b" || st.Refused != 0 {

@@ -67,6 +67,9 @@ type Node struct {
 	running                                                atomic.Bool  // a session runs
 	lastShedLog, lastRefuseLog                             atomic.Int64 // unix ns: logs are rate-limited
 
+	// outboxMu makes a delete from the outbox and the count of what it published one step.
+	outboxMu sync.Mutex
+
 	mu        sync.Mutex
 	connected bool
 	lastErr   string
@@ -266,8 +269,10 @@ func (n *Node) Status() api.FleetStatus {
 	}
 	n.mu.Unlock()
 	slices.SortFunc(s.Peers, func(a, b api.FleetPeer) int { return strings.Compare(a.Node, b.Node) })
+	n.outboxMu.Lock() // the outbox and what left it, as of one moment
 	s.Outbox = n.st.OutboxLen()
 	s.Published, s.Received, s.Refused = n.published.Load(), n.received.Load(), n.refused.Load()
+	n.outboxMu.Unlock()
 	s.Shed, s.Allowlisted, s.Stale = n.shed.Load(), n.allowlisted.Load(), n.stale.Load()
 	return s
 }

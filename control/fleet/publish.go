@@ -129,10 +129,15 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 			}
 		}
 		if done > 0 {
-			if derr := n.st.DeleteOutbox(done); derr != nil {
+			n.outboxMu.Lock()
+			derr := n.st.DeleteOutbox(done)
+			if derr == nil {
+				n.published.Add(uint64(sent))
+			}
+			n.outboxMu.Unlock()
+			if derr != nil {
 				return errors.Join(err, derr)
 			}
-			n.published.Add(uint64(sent))
 		}
 		if err != nil {
 			return err
