@@ -193,6 +193,9 @@ func TestFleetSharesDecisions(t *testing.T) {
 	if r, _ := b.rule(t, "198.18.0.7/32"); r.Reason != "scanner" {
 		t.Errorf("reason on b: %q", r.Reason)
 	}
+	if e := entriesByPrefix(t, c.d)["198.18.0.7/32"]; e.Origin != api.OriginFleet || e.Node != "a" {
+		t.Errorf("list on c: %+v, want origin fleet from node a", e)
+	}
 
 	// A trap block on B reaches A and C.
 	if err := b.d.handleTraps(ctx, []backend.TrapEvent{{Time: time.Now(), Source: netip.MustParseAddr("198.18.0.9"),

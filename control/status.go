@@ -41,7 +41,7 @@ func (d *Daemon) EachEntry(ctx context.Context, fn func(*api.Entry) error) error
 }
 
 func entryOf(r store.Rule) api.Entry {
-	return api.Entry{Prefix: r.Prefix.String(), Reason: r.Reason, Origin: r.Origin, Created: r.Created,
+	return api.Entry{Prefix: r.Prefix.String(), Reason: r.Reason, Origin: r.Origin, Node: r.Node, Created: r.Created,
 		Expires: r.Deadline, Permanent: r.Permanent(), Offences: r.Offences}
 }
 

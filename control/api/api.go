@@ -61,7 +61,8 @@ type UnblockResponse struct {
 type Entry struct {
 	Prefix    string    `json:"prefix"` // "198.18.0.7/32", "2001:db8::/64"
 	Reason    string    `json:"reason,omitempty"`
-	Origin    string    `json:"origin"` // "manual", "trap", "import"
+	Origin    string    `json:"origin"`         // "manual", "trap", "import", "fleet"
+	Node      string    `json:"node,omitempty"` // for origin fleet: the host that made the block
 	Created   time.Time `json:"created"`
 	Expires   time.Time `json:"expires,omitzero"` // zero when permanent
 	Permanent bool      `json:"permanent"`
