@@ -547,3 +547,16 @@ func TestFleetShedsTrapFlood(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "b has what was shared", func() bool { return uint64(b.d.store.Count()) == st.Published })
 }
+
+// The fleet section changes only on restart: a reload that adds one keeps the host on its own.
+func TestFleetReloadNeedsRestart(t *testing.T) {
+	d, _ := fakeDaemon(t)
+	next := *d.Config()
+	next.Fleet.Servers = []string{"nats://198.18.0.5:4222"}
+	if err := d.Reload(context.Background(), &next); err != nil {
+		t.Fatal(err)
+	}
+	if d.Config().FleetEnabled() || d.FleetStatus().Enabled {
+		t.Error("a reload turned the fleet on without a node to run it")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"time"
 
@@ -14,7 +15,7 @@ import (
 // Reload applies a new configuration without dropping enforcement: allowlist (rediscovering the
 // implicit part), TTLs and escalation, trap ports and mode, dry-run, sweep interval; the event
 // log is reopened (log rotation). Keys that need a restart (interfaces, backend, xdp_mode,
-// state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file, metrics.listen) keep
+// state_dir, socket, bpffs, block.capacity, block.ipv6_prefix, events_file, metrics.listen, fleet) keep
 // their old values, with a warning.
 func (d *Daemon) Reload(ctx context.Context, next *config.Config) error {
 	d.mu.Lock()
@@ -36,10 +37,12 @@ func (d *Daemon) Reload(ctx context.Context, next *config.Config) error {
 	keep("block.ipv6_prefix", cur.Block.IPv6Prefix == next.Block.IPv6Prefix)
 	keep("events_file", cur.EventsPath() == next.EventsPath())
 	keep("metrics.listen", cur.Metrics.Listen == next.Metrics.Listen)
+	keep("fleet", reflect.DeepEqual(cur.Fleet, next.Fleet)) // the node connects once, at start
 	merged.Interfaces, merged.Backend, merged.XDPMode = cur.Interfaces, cur.Backend, cur.XDPMode
 	merged.StateDir, merged.Socket, merged.BPFFS = cur.StateDir, cur.Socket, cur.BPFFS
 	merged.Block.Capacity, merged.Block.IPv6Prefix, merged.EventsFile = cur.Block.Capacity, cur.Block.IPv6Prefix, cur.EventsFile
 	merged.Metrics.Listen = cur.Metrics.Listen
+	merged.Fleet = cur.Fleet
 	if len(kept) > 0 {
 		d.log.Warn("reload: these keys only change on restart", "keys", kept)
 	}
