@@ -95,8 +95,11 @@ var (
 // storeVersion is the on-disk format, written to the meta bucket: a store from a newer snare
 // is refused rather than misread, and older stores still open. Format 1 (one bbolt key per
 // rule) is migrated to segments (segments.go); format 2 segments never repeat a value, so they
-// are valid format 3 segments and only the number is raised.
-const storeVersion = 3
+// are valid format 3 segments and only the number is raised. Format 4 adds the fleet origin
+// (with its node and key revision) and the outbox bucket; format 3 stores hold neither, so
+// they are valid format 4 stores, while a snared that knows only format 3 refuses a format 4
+// store by its number instead of calling a fleet rule corrupt.
+const storeVersion = 4
 
 // ErrStoreLocked is returned by OpenStore when another process has the store open.
 var ErrStoreLocked = errors.New("store is in use by another snared")
