@@ -133,7 +133,7 @@ func nflogPayload(data []byte) ([]byte, gopacket.LayerType, bool) {
 func (e *env) sectionDetect() ([]*table, error) {
 	t := newTable("Detection: nmap from the attacker namespace against snare's trap ports",
 		"scan", "probes sent", "trigger = probe #", "reached the host before the trigger", "reached the host after the trigger (non-trap ports)", "reached the host after the trigger (any)", "target", "result", "blocked by the trap", "nmap says open", "last non-trap probe through, after the trigger")
-	t.note("snare's program on the host end of the attacker's veth (native XDP), trap detection on with the default port lists and threshold 1. " +
+	t.note("snare's program on the host end of the attacker's veth (native XDP), trap detection on with the default port lists and threshold 1, holding 999,000 blocks. " +
 		"tcpdump on the attacker's side records every probe in the order sent; tcpdump on the host's side sees only what XDP passed " +
 		"(packet taps run after XDP). Probes are matched across the two captures (IP ID / flow label, port, TCP sequence; copies of one key by count); the trigger is the " +
 		"first probe to a trap port; 'before the trigger' shows the host-side capture works. A web server listens on port 80 of the host. 'portsentry:' rows: the seed's setup under the same scans, snare's program detached: portsentry 1.2 (Debian package, fetched with apt-get download and run from the extracted files in the host namespace only) in -stcp or -sudp mode on the same trap ports, SCAN_TRIGGER=0, KILL_RUN_CMD inserting an iptables DROP rule for the source. There 'reached the host' is what passed the INPUT chain (an NFLOG rule after portsentry's DROP rules, captured with tcpdump -i nflog), since a tap on the veth also sees packets iptables drops later.")
@@ -166,6 +166,10 @@ func (e *env) sectionDetect() ([]*table, error) {
 		return false
 	}
 
+	// Room below capacity: at capacity the trap blocks nothing more, never evicting a block.
+	if _, err := e.setSnareEntries(capacity-1000, false); err != nil {
+		return []*table{t}, err
+	}
 	hostIf := e.lab.HostIface("attacker")
 	detach, err := e.attachTo(e.prog, hostIf, "native")
 	if err != nil {
