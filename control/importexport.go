@@ -209,7 +209,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	if err != nil {
 		return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
 	}
-	if n >= bulkImport {
+	if n >= bulkImport && d.fleet != nil {
 		// The bulk path writes the store in transactions of its own: the fleet's share follows.
 		get := orderedRules()
 		if err := d.shareImport(n, func(i int) store.Rule {

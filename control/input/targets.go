@@ -86,6 +86,13 @@ var neverBlocked = []struct {
 // refuseNeverBlocked refuses a target whose block p overlaps a neverBlocked range; given is the
 // address given for a single-address target (invalid for a CIDR).
 func refuseNeverBlocked(s string, p netip.Prefix, given netip.Addr) error {
+	// A prefix at least as long as the ranges (every address, most CIDRs) overlaps one only if
+	// its address lies in it: two bit tests, where the loop costs a tenth of a 1M import's parse.
+	if p.Bits() >= 16 || p.Addr().Is6() && p.Bits() >= 10 {
+		if a := p.Addr(); !a.IsLinkLocalUnicast() && !a.IsMulticast() {
+			return nil
+		}
+	}
 	for _, nb := range neverBlocked {
 		switch {
 		case !nb.prefix.Overlaps(p):
