@@ -176,9 +176,27 @@ func TestAgainstRealDaemon(t *testing.T) {
 	if got := list(); len(got) != 2 {
 		t.Errorf("refusals changed the list: %q", got)
 	}
-	// A bad last line: the file is sent while it is checked, so all of it but its last byte
-	// has reached the daemon by the time the check fails; the upload is cut off there and
-	// nothing is imported.
+	// Bad lines: the daemon refuses the whole file, and snarectl's own check of it names each
+	// bad line by number (exit 2); nothing is imported.
+	bad := "# old list\n198.18.0.7 20261101\n198.18.0.300 20261101\n198.18.1.0/24\n0.0.0.0/0\n" +
+		"2001:db8::1 2026-11-01\n198.18.2.1 20991231\n::/0 ; everything\n"
+	r := run(bad, "import", "-")
+	for _, want := range []string{
+		`<stdin>:3: "198.18.0.300" is not an IP address or CIDR`,
+		`<stdin>:5: "0.0.0.0/0" would block every IPv4 address`,
+		`<stdin>:6: "2026-11-01" is not a date in YYYYMMDD form`,
+		`<stdin>:7: date 20991231 is in the future`,
+		`<stdin>:8: "::/0" would block every IPv6 address`,
+		"5 bad lines, nothing imported", "--skip-bad",
+	} {
+		if r.code != exitUsage || !strings.Contains(r.stderr, want) {
+			t.Errorf("import with bad lines: code %d stderr %q, want %d and %q", r.code, r.stderr, exitUsage, want)
+		}
+	}
+	if got := list(); len(got) != 2 {
+		t.Errorf("an import with bad lines changed the list: %d entries", len(got))
+	}
+	// A bad last line, after 900 good ones.
 	var big strings.Builder
 	for i := range 900 {
 		fmt.Fprintf(&big, "198.18.%d.%d\n", 20+i/250, 1+i%250)
@@ -219,7 +237,7 @@ func TestAgainstRealDaemon(t *testing.T) {
 		!strings.Contains(r.stdout, "entries:            2 of 1,000") {
 		t.Errorf("status: code %d stdout %q stderr %q", r.code, r.stdout, r.stderr)
 	}
-	r := run("", "events", "-o", "json")
+	r = run("", "events", "-o", "json")
 	var kinds []string
 	for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
 		var ev api.Event

@@ -168,7 +168,7 @@ Exit codes:
        flag, missing or extra arguments, a malformed address or CIDR, a prefix out of
        range, 0.0.0.0/0 or ::/0, a link-local, multicast or loopback address, a bad or
        negative TTL, a --reason over 256 bytes or with control characters, an unreadable
-       import file or one with bad lines (its upload is cut off before its last byte)
+       import file or one with bad lines (refused whole, each bad line named)
     3  snared cannot be reached (socket missing, nothing listening, permission denied)`
 
 func (c *cli) rootCommand() *cobra.Command {
