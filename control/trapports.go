@@ -93,6 +93,10 @@ func trapSet(spec TrapPortSpec, configured []uint16, listening map[uint16]bool) 
 	return out
 }
 
+// linuxEphemeral is Linux's default local port range: what the kernel most likely picks from
+// when its sysctl cannot be read, so that no reply to the host's own clients is a trap then either.
+var linuxEphemeral = EphemeralPorts{Low: 32768, High: 60999}
+
 // ReadEphemeralPorts reads the kernel's local port range and reserved ports (one pair of
 // sysctls for IPv4 and IPv6 alike).
 func ReadEphemeralPorts() (EphemeralPorts, error) {
@@ -158,7 +162,10 @@ func (w *TrapPortWatcher) Run(ctx context.Context) error {
 	if spec.Ephemeral.Low == 0 {
 		e, err := ReadEphemeralPorts()
 		if err != nil {
-			return err
+			if w.OnError != nil {
+				w.OnError(fmt.Errorf("%w; assuming Linux's default range %s", err, linuxEphemeral))
+			}
+			e = linuxEphemeral
 		}
 		spec.Ephemeral = e
 	}

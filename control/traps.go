@@ -27,18 +27,19 @@ func trapSpec(cfg *config.Config) TrapPortSpec {
 // the listening sockets cannot be read, the configured lists are used as they are.
 func (d *Daemon) trapPorts(ctx context.Context, cfg *config.Config) (tcp, udp []uint16, err error) {
 	spec := trapSpec(cfg)
-	if e, err := ReadEphemeralPorts(); err != nil {
-		d.log.Warn("cannot read the ephemeral port range; configured trap ports inside it stay traps", "err", err)
-	} else {
-		spec.Ephemeral = e
-		for _, l := range []struct {
-			key   string
-			ports []uint16
-		}{{"trap.tcp_ports", spec.TCP}, {"trap.udp_ports", spec.UDP}} {
-			if in := e.Ephemeral(l.ports); len(in) > 0 {
-				d.log.Warn("trap ports inside the ephemeral port range are not trapped: replies to the host's own connections arrive there; narrow net.ipv4.ip_local_port_range or list them in net.ipv4.ip_local_reserved_ports to trap them",
-					"key", l.key, "ports", input.FormatPorts(in), "range", e.String())
-			}
+	e, err := ReadEphemeralPorts()
+	if err != nil {
+		d.log.Warn("cannot read the ephemeral port range; assuming Linux's default", "range", linuxEphemeral.String(), "err", err)
+		e = linuxEphemeral
+	}
+	spec.Ephemeral = e
+	for _, l := range []struct {
+		key   string
+		ports []uint16
+	}{{"trap.tcp_ports", spec.TCP}, {"trap.udp_ports", spec.UDP}} {
+		if in := e.Ephemeral(l.ports); len(in) > 0 {
+			d.log.Warn("trap ports inside the ephemeral port range are not trapped: replies to the host's own connections arrive there; narrow net.ipv4.ip_local_port_range or list them in net.ipv4.ip_local_reserved_ports to trap them",
+				"key", l.key, "ports", input.FormatPorts(in), "range", e.String())
 		}
 	}
 	tl, ul, err := d.opts.Listening(ctx)
