@@ -1,6 +1,7 @@
 package input
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -40,7 +41,7 @@ func FuzzParseTarget(f *testing.F) {
 					t.Fatalf("%q: %v overlaps %s %v", in, p, nb.kind, nb.prefix)
 				}
 			}
-			if p.Addr().IsLoopback() || p.Addr().IsUnspecified() && p.IsSingleIP() {
+			if p.Addr().IsLoopback() || p.Addr().IsUnspecified() && p.IsSingleIP() || p.Contains(netip.IPv6Loopback()) {
 				t.Fatalf("%q: %v is loopback or unspecified", in, p)
 			}
 			// The prefix's own text is a target that parses to itself.

@@ -53,8 +53,12 @@ func ParseTargetAddr(s string, r TargetRules) (netip.Prefix, netip.Addr, error) 
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is a loopback address, never a source on the network", s)
 	case p.Addr().IsLoopback():
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is inside the loopback range, never a source on the network", s)
-	case single && p.Addr().IsUnspecified():
+	case p.IsSingleIP() && p.Addr().IsUnspecified():
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is the unspecified address, not a source", s)
+	case single && p.Addr().Is6() && p.Addr().IsUnspecified():
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would be blocked as %s, which holds the unspecified and loopback addresses: refused", s, p)
+	case p.Addr().Is6() && p.Addr().IsUnspecified():
+		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q holds the unspecified and loopback addresses (::, ::1): refused", s)
 	}
 	if err := refuseNeverBlocked(s, p, given); err != nil {
 		return netip.Prefix{}, netip.Addr{}, err

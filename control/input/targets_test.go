@@ -62,6 +62,11 @@ func TestParseTarget(t *testing.T) {
 		{"127.0.0.0/8", "inside the loopback range"},
 		{"::1/128", "inside the loopback range"},
 		{"::5", "would be blocked as ::/64, which holds the unspecified and loopback addresses"},
+		// The same as CIDRs: the unspecified address alone, or an IPv6 range that holds ::1.
+		{"::/128", `"::/128" is the unspecified address`},
+		{"0.0.0.0/32", `"0.0.0.0/32" is the unspecified address`},
+		{"::/127", `"::/127" holds the unspecified and loopback addresses`},
+		{"::/64", `"::/64" holds the unspecified and loopback addresses`},
 		// Link-local and multicast: as addresses, and as CIDRs inside or around them.
 		{"fe80::5", `"fe80::5" is a link-local address (fe80::/10)`},
 		{"fe80::/64", "overlaps the link-local range fe80::/10"},
