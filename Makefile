@@ -50,7 +50,8 @@ test-short:
 	$(GO) test -short ./...
 
 ## fuzz: each fuzz target for FUZZTIME beyond its seeds (testdata/fuzz/, which every go test runs);
-## one target at a time, since -fuzz takes one. CI runs it after test (about a minute).
+## one target at a time, since -fuzz takes one. Run it when a parser changes and add what it finds
+## to the seeds; CI runs only the seeds (with make test), so that its verdict does not depend on luck.
 FUZZTIME ?= 10s
 FUZZ_TARGETS := ./control/input:FuzzParseTarget ./control/input:FuzzParseTTL \
 	./control/blocklist:FuzzParseBlockList ./control:FuzzAPIRequest
