@@ -184,19 +184,19 @@ func (d *Daemon) FleetPrefixes() ([]netip.Prefix, error) {
 	return out, err
 }
 
-// shareChunk is how many outbox entries one transaction of shareImport writes.
-const shareChunk = 50_000
-
-// shareImport queues the rules at(0..n-1) of a bulk import for the fleet (read in turn).
+// shareImport queues the rules at(0..n-1) of a bulk import for the fleet (read in turn), packed
+// into bulk values (fleet.EncodeBulk), a few per transaction.
 func (d *Daemon) shareImport(n int, at func(int) store.Rule) error {
 	if d.fleet == nil {
 		return nil
 	}
-	entries := make([]store.OutboxEntry, 0, min(n, shareChunk))
+	node := d.cfg.FleetNode()
 	for i := 0; i < n; {
-		entries = entries[:0]
-		for ; i < n && len(entries) < shareChunk; i++ {
-			entries = append(entries, store.OutboxEntry{Rule: at(i)})
+		entries := make([]store.OutboxEntry, 0, 8) // 4 MB a transaction
+		for i < n && len(entries) < cap(entries) {
+			var value []byte
+			value, i = fleet.EncodeBulk(node, i, n, at)
+			entries = append(entries, store.OutboxEntry{Bulk: value})
 		}
 		if err := d.store.Update(func(tx *store.Tx) error { return tx.AppendOutbox(entries...) }); err != nil {
 			return err

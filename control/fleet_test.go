@@ -276,6 +276,7 @@ func TestFleetRefusesBadValues(t *testing.T) {
 		{"4.198-18-0-23.32", string(value("198.18.0.23/32", now.Add(365*24*time.Hour)))}, // beyond max_ttl 90d
 		{"4.300-18-0-1.32", string(value("198.18.0.1/32", now.Add(time.Hour)))},          // out-of-range address
 		{"x", string(value("198.18.0.1/32", now.Add(time.Hour)))},                        // not a key of ours
+		{fleet.BulkKey(), "SNB1 is not enough"},                                          // a bulk value cut short
 	}
 	for _, v := range bad {
 		if _, err := kv.Put(ctx, v.key, []byte(v.value)); err != nil {
@@ -559,4 +560,39 @@ func TestFleetReloadNeedsRestart(t *testing.T) {
 	if d.Config().FleetEnabled() || d.FleetStatus().Enabled {
 		t.Error("a reload turned the fleet on without a node to run it")
 	}
+}
+
+// An unblock of a prefix a shared import holds reaches every host, a host that joins later
+// included, and a later block of it is shared again.
+func TestFleetUnblockInsideSharedImport(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHost(t, url, "a", t.TempDir())
+	b := startFleetHost(t, url, "b", t.TempDir())
+	waitConnected(t, a, b)
+	ctx := context.Background()
+	var list strings.Builder
+	n := bulkImport + 10 // the bulk path
+	for i := range n {
+		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
+	}
+	if _, err := a.d.Import(ctx, api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "every imported entry on b", func() bool { return b.d.store.Count() == n })
+	if _, _, err := b.d.Unblock(ctx, []string{"198.19.0.5"}); err != nil {
+		t.Fatal(err)
+	}
+	gone(t, "198.19.0.5/32", a, b)
+
+	c := startFleetHost(t, url, "c", t.TempDir())
+	waitConnected(t, c)
+	waitFor(t, 60*time.Second, "the import on c, but the unblocked entry", func() bool { return c.d.store.Count() == n-1 })
+	gone(t, "198.19.0.5/32", c)
+	shared(t, "198.19.0.6/32", "a", a, b, c)
+
+	if _, err := c.d.Block(ctx, []string{"198.19.0.5"}, "1h", "again"); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.19.0.5/32", "c", c, a, b)
 }

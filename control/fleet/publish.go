@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/snare-dev/snare/control/api"
@@ -43,8 +45,9 @@ func (n *Node) publish(ctx context.Context, js jetstream.JetStream, kv jetstream
 // pending is an outbox entry handled in a batch: its publication's future, or nil when there was
 // nothing to await (shed, expired, an unblock done at once).
 type pending struct {
-	seq uint64
-	ack jetstream.PubAckFuture
+	seq   uint64
+	ack   jetstream.PubAckFuture
+	count int // decisions it shares: 1, or those of a bulk value
 }
 
 // drain publishes the outbox in order; what is handled is deleted from it. An entry that fails
@@ -73,7 +76,7 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 				if p.ack != nil {
 					select {
 					case <-p.ack.Ok():
-						sent++
+						sent += p.count
 					case err := <-p.ack.Err():
 						return fmt.Errorf("publish %s: %w", p.ack.Msg().Subject, err)
 					default:
@@ -92,13 +95,21 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 					break
 				}
 				var deleted bool
-				if deleted, err = n.unblock(ctx, kv, e); err != nil {
+				if deleted, err = n.unblock(ctx, js, kv, e); err != nil {
 					break
 				}
 				if deleted {
 					sent++
 				}
 				done = e.Seq
+				continue
+			}
+			if e.Bulk != nil {
+				var p pending
+				if p, err = n.putBulk(js, e, now); err != nil {
+					break
+				}
+				batch = append(batch, p)
 				continue
 			}
 			r := e.Rule
@@ -116,7 +127,7 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 			if err != nil {
 				break
 			}
-			batch = append(batch, pending{seq: e.Seq, ack: ack})
+			batch = append(batch, pending{seq: e.Seq, ack: ack, count: 1})
 		}
 		if err == nil {
 			err = flush()
@@ -163,26 +174,58 @@ func (n *Node) put(js jetstream.JetStream, r store.Rule, now time.Time) (jetstre
 	return ack, nil
 }
 
+// putBulk publishes a bulk value asynchronously under a new key; the key lives until the
+// latest deadline in it (and the margin), or for good if one of its blocks is permanent.
+func (n *Node) putBulk(js jetstream.JetStream, e store.OutboxEntry, now time.Time) (pending, error) {
+	count, deadline, err := BulkInfo(e.Bulk)
+	if err != nil { // written by this host, so never; kept, it would hold up the outbox for good
+		n.log.Error("outbox entry dropped, not shared", "seq", e.Seq, "err", err)
+		return pending{seq: e.Seq}, nil
+	}
+	var opts []jetstream.PublishOpt
+	if !deadline.IsZero() {
+		if !now.Before(deadline) {
+			return pending{seq: e.Seq}, nil // nothing left to share
+		}
+		opts = append(opts, jetstream.WithMsgTTL(deadline.Sub(now).Round(time.Second)+gcMargin))
+	}
+	ack, err := js.PublishAsync("$KV."+n.cfg.Bucket+"."+BulkKey(), e.Bulk, opts...)
+	if err != nil {
+		return pending{}, fmt.Errorf("publish %d shared blocks: %w", count, err)
+	}
+	return pending{seq: e.Seq, ack: ack, count: count}, nil
+}
+
 // unblock deletes the key of an unblocked prefix unless it holds a block made after the unblock
 // (a stale unblock never removes a newer block): the delete is conditional on the revision read.
-func (n *Node) unblock(ctx context.Context, kv jetstream.KeyValue, e store.OutboxEntry) (deleted bool, err error) {
+// A key that holds no block gets its delete marker all the same, since a bulk value may hold the
+// prefix (see bulk.go).
+func (n *Node) unblock(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, e store.OutboxEntry) (deleted bool, err error) {
 	key := Key(e.Rule.Prefix)
 	for range 5 {
-		cur, err := kv.Get(ctx, key)
-		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return false, nil // never shared, expired, or unblocked elsewhere already
-		}
-		if err != nil {
+		var rev uint64 // the key's last revision, marker or value; 0: it never had one
+		history, err := kv.History(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case err != nil:
 			return false, fmt.Errorf("read %s before its unblock: %w", key, err)
-		}
-		var v Value
-		if json.Unmarshal(cur.Value(), &v) == nil && v.MadeMs > e.Rule.LastOffence.UnixMilli() {
-			n.stale.Add(1)
-			n.log.Info("unblock not shared: the fleet blocked it again since", "prefix", e.Rule.Prefix, "node", v.Node)
-			return false, nil
+		default:
+			last := history[len(history)-1]
+			rev = last.Revision()
+			var v Value
+			if last.Operation() == jetstream.KeyValuePut && json.Unmarshal(last.Value(), &v) == nil && v.MadeMs > e.Rule.LastOffence.UnixMilli() {
+				n.stale.Add(1)
+				n.log.Info("unblock not shared: the fleet blocked it again since", "prefix", e.Rule.Prefix, "node", v.Node)
+				return false, nil
+			}
 		}
 		n.noteOwnDelete(key, 1)
-		err = kv.Delete(ctx, key, jetstream.LastRevision(cur.Revision()))
+		// kv.Delete cannot require "no revision yet" (it reads 0 as no condition): the marker is
+		// published as it would, with the condition always set.
+		m := nats.NewMsg("$KV." + n.cfg.Bucket + "." + key)
+		m.Header.Set("KV-Operation", "DEL")
+		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
+		_, err = js.PublishMsg(ctx, m)
 		if err == nil {
 			return true, nil
 		}

@@ -112,24 +112,36 @@ func (l limits) decode(k string, data []byte, rev uint64, now time.Time) (store.
 	if err := json.Unmarshal(data, &v); err != nil {
 		return store.Rule{}, fmt.Errorf("key %s: value is not JSON: %w", k, err)
 	}
-	vp, err := input.ParseTarget(v.Prefix, l.rules)
-	if err != nil {
+	vp, err := netip.ParsePrefix(v.Prefix)
+	if err != nil || vp != p {
+		return store.Rule{}, fmt.Errorf("key %s: value's prefix %q is another prefix", k, v.Prefix)
+	}
+	r, err := l.rule(p, v, rev, now)
+	if err != nil && !errors.Is(err, errExpired) {
 		return store.Rule{}, fmt.Errorf("key %s: %w", k, err)
 	}
-	if vp != p {
-		return store.Rule{}, fmt.Errorf("key %s: value's prefix %s is another prefix", k, v.Prefix)
+	return r, err
+}
+
+// rule checks a block shared as v for prefix p and returns the rule it makes here (origin
+// fleet, revision rev). errExpired: a valid block whose deadline has passed.
+func (l limits) rule(p netip.Prefix, v Value, rev uint64, now time.Time) (store.Rule, error) {
+	if tp, err := input.ParseTarget(p.String(), l.rules); err != nil {
+		return store.Rule{}, err
+	} else if tp != p {
+		return store.Rule{}, fmt.Errorf("%s would be blocked here as %s", p, tp)
 	}
 	if err := input.CheckText("node", v.Node, 64); err != nil || v.Node == "" {
-		return store.Rule{}, fmt.Errorf("key %s: bad node %q", k, v.Node)
+		return store.Rule{}, fmt.Errorf("%s: bad node %q", p, v.Node)
 	}
 	if err := input.CheckReason(v.Reason); err != nil {
-		return store.Rule{}, fmt.Errorf("key %s: %w", k, err)
+		return store.Rule{}, fmt.Errorf("%s: %w", p, err)
 	}
 	if !slices.Contains([]string{api.OriginManual, api.OriginTrap, api.OriginImport}, v.Origin) {
-		return store.Rule{}, fmt.Errorf("key %s: unknown origin %q", k, v.Origin)
+		return store.Rule{}, fmt.Errorf("%s: unknown origin %q", p, v.Origin)
 	}
 	if v.DeadlineMs < 0 || v.MadeMs <= 0 {
-		return store.Rule{}, fmt.Errorf("key %s: bad times (deadline_ms %d, made_ms %d)", k, v.DeadlineMs, v.MadeMs)
+		return store.Rule{}, fmt.Errorf("%s: bad times (deadline_ms %d, made_ms %d)", p, v.DeadlineMs, v.MadeMs)
 	}
 	r := store.Rule{Prefix: p, Reason: v.Reason, Origin: api.OriginFleet, Created: time.UnixMilli(v.MadeMs),
 		Offences: 1, LastOffence: time.UnixMilli(v.MadeMs), Node: v.Node, Revision: rev}
@@ -138,7 +150,7 @@ func (l limits) decode(k string, data []byte, rev uint64, now time.Time) (store.
 	}
 	r.Deadline = time.UnixMilli(v.DeadlineMs)
 	if l.maxTTL != 0 && r.Deadline.After(now.Add(l.maxTTL+skewAllowance)) {
-		return store.Rule{}, fmt.Errorf("key %s: deadline %s is beyond block.escalation.max_ttl %s from now", k,
+		return store.Rule{}, fmt.Errorf("%s: deadline %s is beyond block.escalation.max_ttl %s from now", p,
 			r.Deadline.UTC().Format(time.RFC3339), input.FormatTTL(l.maxTTL))
 	}
 	if !now.Before(r.Deadline) {

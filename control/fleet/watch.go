@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/netip"
 	"time"
@@ -69,14 +70,15 @@ func (n *Node) watch(ctx context.Context, w jetstream.KeyWatcher) error {
 				}
 				initial, seen = false, nil
 				n.setConnected(true)
-			} else if r, del, ok := n.entry(e, initial); ok {
-				if del {
-					dels = append(dels, Removal{Prefix: r.Prefix, Revision: e.Revision(), At: e.Created()})
-				} else {
-					puts = append(puts, r)
+			} else {
+				before := len(puts)
+				if rm, ok := n.entry(e, initial, &puts); ok {
+					dels = append(dels, rm)
 				}
-				if initial && !del {
-					seen[r.Prefix] = true
+				if initial {
+					for _, r := range puts[before:] {
+						seen[r.Prefix] = true
+					}
 				}
 			}
 			if len(puts)+len(dels) >= watchBatch {
@@ -93,39 +95,59 @@ func (n *Node) watch(ctx context.Context, w jetstream.KeyWatcher) error {
 	}
 }
 
-// entry turns one bucket entry into a block to apply (del false) or a removal (del true); ok is
-// false when there is nothing to do here: this node's own block, an expired one, or a bad value
+// entry turns one bucket entry into the blocks to apply (appended to puts) or a removal (ok);
+// nothing when there is nothing to do here: this node's own blocks, expired ones, or bad values
 // (refused, counted and logged).
-func (n *Node) entry(e jetstream.KeyValueEntry, initial bool) (r store.Rule, del, ok bool) {
+func (n *Node) entry(e jetstream.KeyValueEntry, initial bool, puts *[]store.Rule) (rm Removal, ok bool) {
 	now := time.Now()
 	if e.Operation() != jetstream.KeyValuePut {
-		if n.ownDelete(e.Key()) {
-			return store.Rule{}, false, false // this host unblocked it already
+		if IsBulkKey(e.Key()) || n.ownDelete(e.Key()) {
+			// A bulk value's blocks end at their own deadlines; this host unblocked it already.
+			return Removal{}, false
 		}
 		p, err := ParseKey(e.Key())
 		if err != nil {
 			n.refuse(err)
-			return store.Rule{}, false, false
+			return Removal{}, false
 		}
-		return store.Rule{Prefix: p}, true, true
+		return Removal{Prefix: p, Revision: e.Revision(), At: e.Created()}, true
 	}
-	r, err := n.limits.decode(e.Key(), e.Value(), e.Revision(), now)
-	switch {
-	case errors.Is(err, errExpired):
-		return store.Rule{}, false, false
-	case err != nil:
-		n.refuse(err)
-		return store.Rule{}, false, false
-	case r.Node == n.name:
-		return store.Rule{}, false, false // this host has it already
+	var rules []store.Rule
+	var node string
+	if IsBulkKey(e.Key()) {
+		var refused int
+		var bad, err error
+		rules, node, refused, bad, err = n.limits.decodeBulk(e.Key(), e.Value(), e.Revision(), now)
+		if err != nil {
+			n.refuse(err)
+			return Removal{}, false
+		}
+		if refused > 0 {
+			n.refused.Add(uint64(refused - 1))
+			n.refuse(fmt.Errorf("%w (and %d more blocks of the bulk value)", bad, refused-1))
+		}
+	} else {
+		r, err := n.limits.decode(e.Key(), e.Value(), e.Revision(), now)
+		switch {
+		case errors.Is(err, errExpired):
+			return Removal{}, false
+		case err != nil:
+			n.refuse(err)
+			return Removal{}, false
+		}
+		rules, node = []store.Rule{r}, r.Node
 	}
+	if node == n.name {
+		return Removal{}, false // this host has them already
+	}
+	*puts = append(*puts, rules...)
 	n.mu.Lock()
-	n.peers[r.Node] = now
-	if !initial {
-		n.lag = now.Sub(r.LastOffence)
+	n.peers[node] = now
+	if !initial && len(rules) > 0 {
+		n.lag = now.Sub(rules[0].LastOffence)
 	}
 	n.mu.Unlock()
-	return r, false, true
+	return Removal{}, false
 }
 
 func (n *Node) refuse(err error) {

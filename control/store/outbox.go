@@ -19,7 +19,16 @@ type OutboxEntry struct {
 	// Rule is the block as this host stored it; for an unblock only its Prefix and, in
 	// LastOffence, when the unblock was made.
 	Rule Rule
+	// Bulk, when set, is many blocks of an import packed as the fleet shares them (Rule unset).
+	Bulk []byte
 }
+
+// The first byte of an outbox record.
+const (
+	outboxBlock   = 0
+	outboxUnblock = 1
+	outboxBulk    = 2
+)
 
 // AppendOutbox queues decisions for the fleet, committed with the rest of the transaction.
 func (t *Tx) AppendOutbox(entries ...OutboxEntry) error {
@@ -36,14 +45,20 @@ func (t *Tx) AppendOutbox(entries ...OutboxEntry) error {
 		if err != nil {
 			return fmt.Errorf("outbox: %w", err)
 		}
-		op := byte(0)
-		if e.Unblock {
-			op = 1
-		}
 		// bbolt keeps the value until the commit: a buffer of its own each.
-		val := append(make([]byte, 0, 32+len(e.Rule.Reason)), op)
-		val = appendPrefixKey(val, e.Rule.Prefix)
-		val = encodeRule(val, e.Rule)
+		var val []byte
+		switch {
+		case e.Bulk != nil:
+			val = append(append(make([]byte, 0, 1+len(e.Bulk)), outboxBulk), e.Bulk...)
+		case e.Unblock:
+			val = append(make([]byte, 0, 32), outboxUnblock)
+		default:
+			val = append(make([]byte, 0, 32+len(e.Rule.Reason)), outboxBlock)
+		}
+		if e.Bulk == nil {
+			val = appendPrefixKey(val, e.Rule.Prefix)
+			val = encodeRule(val, e.Rule)
+		}
 		if err := b.Put(binary.BigEndian.AppendUint64(nil, seq), val); err != nil {
 			return fmt.Errorf("outbox: %w", err)
 		}
@@ -79,7 +94,11 @@ func decodeOutbox(k, v []byte) (OutboxEntry, error) {
 	if len(k) != 8 || len(v) < 1 {
 		return OutboxEntry{}, fmt.Errorf("corrupt outbox record %x", k)
 	}
-	e := OutboxEntry{Seq: binary.BigEndian.Uint64(k), Unblock: v[0] == 1}
+	e := OutboxEntry{Seq: binary.BigEndian.Uint64(k), Unblock: v[0] == outboxUnblock}
+	if v[0] == outboxBulk {
+		e.Bulk = append([]byte(nil), v[1:]...) // v is bbolt's, valid only in its transaction
+		return e, nil
+	}
 	n := 7
 	if len(v) > 1 && v[1] == 6 {
 		n = 19

@@ -21,7 +21,8 @@ func TestOutboxSurvivesReopen(t *testing.T) {
 	v6 := Rule{Prefix: netip.MustParsePrefix("2001:db8::/64"), Origin: api.OriginTrap, Created: now, LastOffence: now}
 	unblock := Rule{Prefix: block.Prefix, LastOffence: now.Add(time.Second)}
 	err = s.Update(func(tx *Tx) error {
-		return tx.AppendOutbox(OutboxEntry{Rule: block}, OutboxEntry{Rule: v6}, OutboxEntry{Unblock: true, Rule: unblock})
+		return tx.AppendOutbox(OutboxEntry{Rule: block}, OutboxEntry{Rule: v6}, OutboxEntry{Unblock: true, Rule: unblock},
+			OutboxEntry{Bulk: []byte("packed blocks")})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -31,8 +32,8 @@ func TestOutboxSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if n := s.OutboxLen(); n != 3 {
-		t.Fatalf("outbox length %d, want 3", n)
+	if n := s.OutboxLen(); n != 4 {
+		t.Fatalf("outbox length %d, want 4", n)
 	}
 	got, err := s.ReadOutbox(2)
 	if err != nil {
@@ -48,8 +49,11 @@ func TestOutboxSurvivesReopen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rest) != 1 || !rest[0].Unblock || rest[0].Rule.Prefix != block.Prefix || !rest[0].Rule.LastOffence.Equal(unblock.LastOffence) {
+	if len(rest) != 2 || !rest[0].Unblock || rest[0].Rule.Prefix != block.Prefix || !rest[0].Rule.LastOffence.Equal(unblock.LastOffence) {
 		t.Fatalf("after delete: %+v", rest)
+	}
+	if b := rest[1]; string(b.Bulk) != "packed blocks" || b.Unblock || b.Rule.Prefix.IsValid() {
+		t.Fatalf("bulk entry read back as %+v", b)
 	}
 }
 
