@@ -1,9 +1,12 @@
 package control
 
 import (
+	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
@@ -63,37 +66,45 @@ func (d *Daemon) ApplyFleet(ctx context.Context, rules []store.Rule) ([]netip.Pr
 	cfg := d.cfg
 	now := time.Now()
 	var kept []netip.Prefix
+	fresh := make([]store.Rule, 0, len(rules))
+	for _, r := range rules {
+		if err := d.allow.Refuse(r.Prefix.String(), r.Prefix, netip.Addr{}, false); err != nil {
+			kept = append(kept, r.Prefix)
+			continue
+		}
+		fresh = append(fresh, r)
+	}
+	// In prefix order, one rule per prefix (the newest revision), as MergeSorted takes them.
+	slices.SortStableFunc(fresh, func(a, b store.Rule) int {
+		return cmp.Or(a.Prefix.Compare(b.Prefix), -cmp.Compare(a.Revision, b.Revision))
+	})
+	fresh = slices.CompactFunc(fresh, func(a, b store.Rule) bool { return a.Prefix == b.Prefix })
 	var applied []store.Rule
 	var undo *kernelUndo
 	err := d.store.Update(func(tx *store.Tx) error {
-		var fresh [2]int
+		var added [2]int
 		var was kernelUndo
-		for _, r := range rules {
-			if err := d.allow.Refuse(r.Prefix.String(), r.Prefix, netip.Addr{}, false); err != nil {
-				kept = append(kept, r.Prefix)
-				continue
+		err := tx.MergeSorted(fresh, func(r, old store.Rule, had bool) (store.Rule, bool, error) {
+			if had && old.Origin == api.OriginFleet && old.Revision >= r.Revision {
+				return store.Rule{}, false, nil // a newer fleet decision is here already
 			}
-			old, ok, err := tx.Rule(r.Prefix)
-			if err != nil {
-				return err
-			}
-			if ok && old.Origin == api.OriginFleet && old.Revision >= r.Revision {
-				continue // a newer fleet decision is here already
-			}
-			if ok {
+			if had {
 				r.Offences = max(old.Offences, 1)
 			} else {
-				fresh[store.FamilyIndex(r.Prefix.Addr().Is6())]++
+				added[store.FamilyIndex(r.Prefix.Addr().Is6())]++
 			}
-			if err := was.note(tx, r.Prefix, now); err != nil {
-				return err
-			}
-			if err := tx.PutRule(r); err != nil {
-				return err
+			if had && !old.Expired(now) {
+				was.restore = append(was.restore, old.Enforced())
+			} else {
+				was.remove = append(was.remove, r.Prefix)
 			}
 			applied = append(applied, r)
+			return r, true, nil
+		})
+		if err != nil {
+			return err
 		}
-		if err := d.checkCapacity(cfg, fresh); err != nil {
+		if err := d.checkCapacity(cfg, added); err != nil {
 			return err
 		}
 		undo = &was
@@ -103,17 +114,36 @@ func (d *Daemon) ApplyFleet(ctx context.Context, rules []store.Rule) ([]netip.Pr
 		d.undoKernel("fleet block", undo)
 		return nil, fmt.Errorf("fleet block: %w", err)
 	}
-	evs := make([]api.Event, 0, len(applied))
-	for _, r := range applied {
-		ev := blockEvent(r, api.OriginFleet, now)
-		ev.Detail = "from " + r.Node
-		evs = append(evs, ev)
-	}
-	d.logEvents(evs...)
+	d.logEvents(fleetBlockEvents(applied, now)...)
 	if len(applied) > 0 {
 		d.rec.Blocked(api.OriginFleet, len(applied))
 	}
 	return kept, nil
+}
+
+// fleetEventsEach is the most fleet blocks applied at once that get an event each; more (a
+// shared import) get one event per node that made them, as the import did where it was made.
+const fleetEventsEach = 100
+
+func fleetBlockEvents(applied []store.Rule, now time.Time) []api.Event {
+	var evs []api.Event
+	if len(applied) <= fleetEventsEach {
+		for _, r := range applied {
+			ev := blockEvent(r, api.OriginFleet, now)
+			ev.Detail = "from " + r.Node
+			evs = append(evs, ev)
+		}
+		return evs
+	}
+	perNode := map[string]int{}
+	for _, r := range applied {
+		perNode[r.Node]++
+	}
+	for _, node := range slices.Sorted(maps.Keys(perNode)) {
+		evs = append(evs, api.Event{Time: now, Event: api.EventBlock, Source: api.OriginFleet,
+			Detail: fmt.Sprintf("%d blocks from %s applied at once", perNode[node], node)})
+	}
+	return evs
 }
 
 // RemoveFleet applies unblocks made elsewhere in the fleet (fleet.Local): a fleet rule goes if

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/control/input"
 	"github.com/snare-dev/snare/control/store"
 )
 
@@ -167,7 +168,12 @@ func (l limits) decodeBulk(k string, data []byte, rev uint64, now time.Time) (ru
 	if r.err != nil {
 		return nil, "", 0, nil, fmt.Errorf("key %s: bulk value: %w", k, r.err)
 	}
+	if err := checkNode(h.node); err != nil {
+		return nil, "", 0, nil, fmt.Errorf("key %s: bulk value: %w", k, err)
+	}
 	rules = make([]store.Rule, 0, h.count)
+	var reason string // the last reason read: an import gives most blocks the same one
+	var reasonErr error
 	for i := range h.count {
 		var size int
 		switch fam := r.bytes(1); {
@@ -185,7 +191,11 @@ func (l limits) decodeBulk(k string, data []byte, rev uint64, now time.Time) (ru
 		if o := r.uvarint(uint64(len(bulkOrigins) - 1)); r.err == nil {
 			v.Origin = bulkOrigins[o]
 		}
-		v.Reason = string(r.bytes(int(r.uvarint(uint64(len(r.b))))))
+		if b := r.bytes(int(r.uvarint(uint64(len(r.b))))); string(b) != reason || i == 0 {
+			reason = string(b)
+			reasonErr = input.CheckReason(reason)
+		}
+		v.Reason = reason
 		if r.err != nil {
 			return nil, "", 0, nil, fmt.Errorf("key %s: bulk value, block %d of %d: %w", k, i+1, h.count, r.err)
 		}
@@ -198,6 +208,9 @@ func (l limits) decodeBulk(k string, data []byte, rev uint64, now time.Time) (ru
 			continue
 		}
 		rule, err := l.rule(p, v, rev, now)
+		if reasonErr != nil {
+			err = fmt.Errorf("%s: %w", p, reasonErr)
+		}
 		switch {
 		case errors.Is(err, errExpired):
 		case err != nil:

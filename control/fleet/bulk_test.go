@@ -111,4 +111,8 @@ func TestBulkRefusesBadValues(t *testing.T) {
 			t.Errorf("%s: decoded %d blocks, want an error", name, len(out))
 		}
 	}
+	noNode, _ := EncodeBulk("", 0, 1, func(int) store.Rule { return good })
+	if _, _, _, _, err := testLimits.decodeBulk("b.x", noNode, 1, now); err == nil || !strings.Contains(err.Error(), "bad node") {
+		t.Errorf("a bulk value of no node: %v, want it refused", err)
+	}
 }

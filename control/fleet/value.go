@@ -6,6 +6,7 @@
 package fleet
 
 import (
+	"cmp"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -117,25 +118,36 @@ func (l limits) decode(k string, data []byte, rev uint64, now time.Time) (store.
 		return store.Rule{}, fmt.Errorf("key %s: value's prefix %q is another prefix", k, v.Prefix)
 	}
 	r, err := l.rule(p, v, rev, now)
+	if err == nil || errors.Is(err, errExpired) {
+		err = cmp.Or(checkNode(v.Node), checkReason(p, v.Reason), err)
+	}
 	if err != nil && !errors.Is(err, errExpired) {
 		return store.Rule{}, fmt.Errorf("key %s: %w", k, err)
 	}
 	return r, err
 }
 
+// checkNode refuses the name of a node that no config would give.
+func checkNode(node string) error {
+	if err := input.CheckText("node", node, 64); err != nil || node == "" {
+		return fmt.Errorf("bad node %q", node)
+	}
+	return nil
+}
+
+func checkReason(p netip.Prefix, reason string) error {
+	if err := input.CheckReason(reason); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	return nil
+}
+
 // rule checks a block shared as v for prefix p and returns the rule it makes here (origin
-// fleet, revision rev). errExpired: a valid block whose deadline has passed.
+// fleet, revision rev); v's node and reason are checked by the caller (a bulk value's once).
+// errExpired: a valid block whose deadline has passed.
 func (l limits) rule(p netip.Prefix, v Value, rev uint64, now time.Time) (store.Rule, error) {
-	if tp, err := input.ParseTarget(p.String(), l.rules); err != nil {
+	if err := input.CheckTarget(p, l.rules); err != nil {
 		return store.Rule{}, err
-	} else if tp != p {
-		return store.Rule{}, fmt.Errorf("%s would be blocked here as %s", p, tp)
-	}
-	if err := input.CheckText("node", v.Node, 64); err != nil || v.Node == "" {
-		return store.Rule{}, fmt.Errorf("%s: bad node %q", p, v.Node)
-	}
-	if err := input.CheckReason(v.Reason); err != nil {
-		return store.Rule{}, fmt.Errorf("%s: %w", p, err)
 	}
 	if !slices.Contains([]string{api.OriginManual, api.OriginTrap, api.OriginImport}, v.Origin) {
 		return store.Rule{}, fmt.Errorf("%s: unknown origin %q", p, v.Origin)

@@ -44,6 +44,9 @@ func FuzzParseTarget(f *testing.F) {
 			if p.Addr().IsLoopback() || p.Addr().IsUnspecified() && p.IsSingleIP() || p.Contains(netip.IPv6Loopback()) {
 				t.Fatalf("%q: %v is loopback or unspecified", in, p)
 			}
+			if err := CheckTarget(p, r); err != nil {
+				t.Fatalf("%q: %v parsed, but CheckTarget refuses it: %v", in, p, err)
+			}
 			// The prefix's own text is a target that parses to itself.
 			if again, err := ParseTarget(p.String(), r); err != nil || again != p {
 				t.Fatalf("%q: %v parsed again gives %v, %v", in, p, again, err)

@@ -41,36 +41,55 @@ func ParseTargetAddr(s string, r TargetRules) (netip.Prefix, netip.Addr, error) 
 	if single && p.Addr().Is6() && r.IPv6Prefix > 0 {
 		p = netip.PrefixFrom(p.Addr(), r.IPv6Prefix).Masked()
 	}
+	if err := checkTarget(s, p, given, r); err != nil {
+		return netip.Prefix{}, netip.Addr{}, err
+	}
+	return p, given, nil
+}
+
+// CheckTarget checks a prefix to block as ParseTarget checks the prefix a target gives: for
+// a prefix that arrives parsed already (from another host of a fleet). It must be canonical.
+func CheckTarget(p netip.Prefix, r TargetRules) error {
+	if !p.IsValid() || p != p.Masked() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+		return fmt.Errorf("%s is not a canonical prefix", p)
+	}
+	return checkTarget(p.String(), p, netip.Addr{}, r)
+}
+
+// checkTarget refuses the prefix p that target s gives (given: its address, when s is a single
+// address) when it may not be blocked.
+func checkTarget(s string, p netip.Prefix, given netip.Addr, r TargetRules) error {
+	single := given.IsValid()
 	if p.Bits() == 0 {
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would block every %s address: refused", s, family(p.Addr()))
+		return fmt.Errorf("%q would block every %s address: refused", s, family(p.Addr()))
 	}
 	// Judged by the address given where there is one: "::1" is blocked as ::/64, which starts
 	// with the unspecified address.
 	switch {
 	case single && given.IsUnspecified():
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is the unspecified address, not a source", s)
+		return fmt.Errorf("%q is the unspecified address, not a source", s)
 	case single && given.IsLoopback():
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is a loopback address, never a source on the network", s)
+		return fmt.Errorf("%q is a loopback address, never a source on the network", s)
 	case p.Addr().IsLoopback():
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is inside the loopback range, never a source on the network", s)
+		return fmt.Errorf("%q is inside the loopback range, never a source on the network", s)
 	case p.IsSingleIP() && p.Addr().IsUnspecified():
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q is the unspecified address, not a source", s)
+		return fmt.Errorf("%q is the unspecified address, not a source", s)
 	case single && p.Addr().Is6() && p.Addr().IsUnspecified():
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q would be blocked as %s, which holds the unspecified and loopback addresses: refused", s, p)
+		return fmt.Errorf("%q would be blocked as %s, which holds the unspecified and loopback addresses: refused", s, p)
 	case p.Addr().Is6() && p.Addr().IsUnspecified():
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q holds the unspecified and loopback addresses (::, ::1): refused", s)
+		return fmt.Errorf("%q holds the unspecified and loopback addresses (::, ::1): refused", s)
 	}
 	if err := refuseNeverBlocked(s, p, given); err != nil {
-		return netip.Prefix{}, netip.Addr{}, err
+		return err
 	}
 	minBits, key := r.MinPrefixV4, "block.min_prefix_v4"
 	if p.Addr().Is6() {
 		minBits, key = r.MinPrefixV6, "block.min_prefix_v6"
 	}
 	if p.Bits() < minBits {
-		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("%q: prefix /%d is wider than the configured minimum /%d (%s)", s, p.Bits(), minBits, key)
+		return fmt.Errorf("%q: prefix /%d is wider than the configured minimum /%d (%s)", s, p.Bits(), minBits, key)
 	}
-	return p, given, nil
+	return nil
 }
 
 // neverBlocked are the ranges no block may touch. A link-local block cuts the host off its own

@@ -1,6 +1,7 @@
 package input
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -157,6 +158,31 @@ func TestFormatPorts(t *testing.T) {
 		back, err := ParsePorts(want)
 		if err != nil || FormatPorts(back) != want {
 			t.Errorf("round trip of %q: %v %v", want, back, err)
+		}
+	}
+}
+
+// CheckTarget refuses what ParseTarget refuses of a CIDR, and a prefix that is not canonical.
+func TestCheckTarget(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"0.0.0.0/0", "every IPv4 address"},
+		{"::/64", "holds the unspecified and loopback addresses"},
+		{"127.0.0.0/8", "loopback range"},
+		{"fe80::/64", "link-local range"},
+		{"198.0.0.0/7", "wider than the configured minimum /8"},
+		{"198.18.0.7/24", "not a canonical prefix"},
+		{"::ffff:198.18.0.7/128", "not a canonical prefix"},
+	} {
+		if err := CheckTarget(netip.MustParsePrefix(tc.in), defaultRules); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("CheckTarget(%s) = %v, want %q", tc.in, err, tc.want)
+		}
+	}
+	if err := CheckTarget(netip.Prefix{}, defaultRules); err == nil {
+		t.Error("CheckTarget of the zero prefix passed")
+	}
+	for _, ok := range []string{"198.18.0.7/32", "198.18.0.0/15", "2001:db8::/64", "2001:db8::1/128"} {
+		if err := CheckTarget(netip.MustParsePrefix(ok), defaultRules); err != nil {
+			t.Errorf("CheckTarget(%s): %v", ok, err)
 		}
 	}
 }
