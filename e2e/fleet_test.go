@@ -204,15 +204,16 @@ func (f *fleetLab) trip(t *testing.T, h *fleetHost, src netip.Addr) {
 }
 
 // Three snared processes share their decisions through the JetStream server embedded in A's,
-// and the attacker's real packets show what each host enforces.
-func TestFleetRealPackets(t *testing.T) {
+// and the attacker's real packets show what each host enforces. XDP only: the fleet is the same
+// code above either back-end, which the rest of the suite runs both of.
+func TestFleetAcrossHostsXDP(t *testing.T) {
 	start := time.Now()
 	f := newFleetLab(t)
 	a, b, c := f.a, f.b, f.c
 	all := []*fleetHost{a, b, c}
 	t.Logf("fleet up after %s", time.Since(start).Round(time.Millisecond))
 
-	// A block on A is dropped on B and C too.
+	t.Log("a block on A is dropped on B and C too")
 	x := attackerSource(1)
 	f.served(t, x, all...)
 	a.d.mustCtl(t, "block", x.String(), "--reason", "e2e fleet")
@@ -221,7 +222,7 @@ func TestFleetRealPackets(t *testing.T) {
 	}
 	f.dropped(t, x, all...)
 
-	// A trap hit on B blocks the attacker on A and C.
+	t.Log("a trap hit on B blocks the attacker on A and C")
 	x = attackerSource(2)
 	f.served(t, x, all...)
 	f.trip(t, b, x)
@@ -233,17 +234,17 @@ func TestFleetRealPackets(t *testing.T) {
 	}
 	f.dropped(t, x, all...)
 
-	// Unblocking it on C serves it again everywhere.
+	t.Log("unblocking it on C serves it again everywhere")
 	c.d.mustCtl(t, "unblock", x.String())
 	for _, h := range all {
 		f.waitListed(t, h, x, false)
 	}
 	f.served(t, x, all...)
 
-	// A short block made on A ends on B and C at A's deadline.
+	t.Log("a short block made on A ends on B and C at A's deadline")
 	x = attackerSource(3)
-	const ttl = 4 * time.Second
-	a.d.mustCtl(t, "block", x.String(), "--ttl", "4s")
+	const ttl = 6 * time.Second
+	a.d.mustCtl(t, "block", x.String(), "--ttl", ttl.String())
 	deadline := find(a.d.list(t), host32(x)).Expires
 	for _, h := range []*fleetHost{b, c} {
 		if en := f.waitListed(t, h, x, true); !en.Expires.Equal(deadline.Truncate(time.Millisecond)) {
@@ -262,7 +263,7 @@ func TestFleetRealPackets(t *testing.T) {
 		}
 	}
 
-	// The allowlist of C wins over a block made on A; C counts it.
+	t.Log("C's allowlist wins over a block made on A; C counts it")
 	x = attackerSource(4)
 	before := f.fleetStatus(t, c).Allowlisted
 	c.d.mustCtl(t, "allow", "add", x.String())
@@ -282,7 +283,7 @@ func TestFleetRealPackets(t *testing.T) {
 	f.dropped(t, x, a, b)
 	f.served(t, x, c)
 
-	// C is down while A blocks one address and unblocks another; restarted, C catches up.
+	t.Log("C is down while A blocks one address and unblocks another; restarted, C catches up")
 	gone, x := attackerSource(5), attackerSource(6)
 	a.d.mustCtl(t, "block", gone.String())
 	f.waitListed(t, c, gone, true)
@@ -298,9 +299,8 @@ func TestFleetRealPackets(t *testing.T) {
 	f.dropped(t, x, c)
 	f.served(t, gone, c)
 
-	// The engine is down (A, which runs the server, stops): B blocks locally at once and keeps
-	// the decision in its outbox, across a restart of its own; A back, the outbox drains and the
-	// block reaches C.
+	t.Log("the engine is down (A, which runs it, stops): B blocks locally at once and keeps the decision " +
+		"in its outbox, across a restart of its own; A back, the outbox drains and the block reaches C")
 	x = attackerSource(7)
 	a.d.stop()
 	f.waitConnected(t, b, false)
