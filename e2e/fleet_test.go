@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -221,6 +222,12 @@ func TestFleetAcrossHostsXDP(t *testing.T) {
 		fromFleet(t, h, f.waitListed(t, h, x, true), "A")
 	}
 	f.dropped(t, x, all...)
+	if st := f.fleetStatus(t, a); st.Embedded == nil || !st.Embedded.Running {
+		t.Errorf("A's fleet status: embedded server %+v, want one running", st.Embedded)
+	}
+	if st := f.fleetStatus(t, b); !slices.ContainsFunc(st.Peers, func(p api.FleetPeer) bool { return p.Node == "A" }) {
+		t.Errorf("B's fleet status: peers %+v, want A among them", st.Peers)
+	}
 
 	t.Log("a trap hit on B blocks the attacker on A and C")
 	x = attackerSource(2)
