@@ -64,28 +64,27 @@ func newFleetLab(t *testing.T) *fleetLab {
 	for i := 1; i <= attackerSources; i++ {
 		run(f.hub, "ip", "addr", "add", attackerSource(i).String()+"/32", "dev", "lo")
 	}
-	hosts := map[string]**fleetHost{"a": &f.a, "b": &f.b, "c": &f.c}
+	var hosts []*fleetHost
 	for _, role := range []string{"a", "b", "c"} {
 		n := lab.Peer(role)
 		run(n.NS, "ip", "route", "add", "198.18.0.0/15", "via", lab.HostIface(role).Addr4.Addr().String())
 		e.startWeb(n.NS)
 		h := &fleetHost{name: strings.ToUpper(role), addr: n.Addr4()}
 		h.d = e.newDaemonIn(h.name, n.NS, []string{n.Ifaces[0].Name})
-		*hosts[role] = h
+		hosts = append(hosts, h)
 	}
+	f.a, f.b, f.c = hosts[0], hosts[1], hosts[2]
 	server := netip.AddrPortFrom(f.a.addr, fleetPort)
-	cfg := func(node string, fleet map[string]any) map[string]any {
+	for _, h := range hosts {
 		c := baseConfig()
 		c["trap.threshold"] = 2
-		c["fleet.node"] = node
-		for k, v := range fleet {
-			c[k] = v
+		c["fleet.node"] = h.name
+		if h == f.a {
+			c["fleet.embedded.listen"] = server.String()
+		} else {
+			c["fleet.servers"] = []string{"nats://" + server.String()}
 		}
-		return c
-	}
-	f.a.d.writeConfig(cfg("A", map[string]any{"fleet.embedded.listen": server.String()}))
-	for _, h := range []*fleetHost{f.b, f.c} {
-		h.d.writeConfig(cfg(h.name, map[string]any{"fleet.servers": []string{"nats://" + server.String()}}))
+		h.d.writeConfig(c)
 	}
 	for _, h := range f.hosts() {
 		h.d.start()
