@@ -130,14 +130,7 @@ func baseConfig() map[string]any {
 // newEnv builds the lab, the web server and (unless opts.noStart) a running snared for backend.
 func newEnv(t *testing.T, backend string, opts options) *labEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("end-to-end test (real daemon, netns lab, scanners): skipped with -short")
-	}
-	testutil.RequireRoot(t)
-	requireBinaries(t)
-	if err := netlab.EnsureBPFFS(); err != nil {
-		t.Fatal(err)
-	}
+	requireLab(t)
 	lab := testutil.NewLab(t, "attacker", "client")
 	e := &labEnv{t: t, lab: lab, backend: backend, dir: t.TempDir(), config: baseConfig()}
 	maps.Copy(e.config, opts.config)
@@ -147,12 +140,26 @@ func newEnv(t *testing.T, backend string, opts options) *labEnv {
 		}
 	}
 	e.setupAddresses()
-	e.startWeb()
+	e.startWeb(lab.Host.NS)
 	e.d = e.newDaemon("snared")
 	if !opts.noStart {
 		e.d.start()
 	}
 	return e
+}
+
+// requireLab skips (or fails in CI) unless a lab with real daemons can run: no -short, root, the
+// binaries built, bpffs mounted.
+func requireLab(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test (real daemon, netns lab, scanners): skipped with -short")
+	}
+	testutil.RequireRoot(t)
+	requireBinaries(t)
+	if err := netlab.EnsureBPFFS(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // setupAddresses adds the attacker's own /64, the host's default gateway and routes to them.
@@ -173,16 +180,16 @@ func (e *labEnv) setupAddresses() {
 	}
 }
 
-// startWeb serves HTTP on [::]:webPort inside the host namespace.
-func (e *labEnv) startWeb() {
+// startWeb serves HTTP on [::]:webPort inside namespace ns.
+func (e *labEnv) startWeb(ns string) {
 	e.t.Helper()
 	var ln net.Listener
-	if err := e.lab.Do(e.lab.Host.NS, func() error {
+	if err := e.lab.Do(ns, func() error {
 		var err error
 		ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", webPort))
 		return err
 	}); err != nil {
-		e.t.Fatalf("web server in host namespace: %v", err)
+		e.t.Fatalf("web server in namespace %s: %v", ns, err)
 	}
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -293,10 +300,12 @@ func (e *labEnv) pings(p peer) bool {
 
 // The daemon.
 
-// daemon is one snared process (restartable) with its paths.
+// daemon is one snared process (restartable) with its namespace, interfaces and paths.
 type daemon struct {
 	e        *labEnv
 	name     string
+	ns       string   // network namespace it runs in
+	ifaces   []string // what it attaches to (--iface)
 	stateDir string
 	socket   string
 	bpffs    string
@@ -305,12 +314,21 @@ type daemon struct {
 	proc     *netlab.Proc
 }
 
-// newDaemon prepares paths and the config file of a daemon and registers its teardown.
+// newDaemon prepares paths and the config file of a daemon in the lab's host namespace, on
+// all its interfaces, and registers its teardown.
 func (e *labEnv) newDaemon(name string) *daemon {
+	e.t.Helper()
+	return e.newDaemonIn(name, e.lab.Host.NS, e.lab.HostIfaceNames())
+}
+
+// newDaemonIn is newDaemon for a daemon in namespace ns on the interfaces ifaces.
+func (e *labEnv) newDaemonIn(name, ns string, ifaces []string) *daemon {
 	e.t.Helper()
 	d := &daemon{
 		e:        e,
 		name:     name,
+		ns:       ns,
+		ifaces:   ifaces,
 		stateDir: filepath.Join(e.dir, name+"-state"),
 		// Unix socket paths are limited to 107 bytes; t.TempDir paths can be long.
 		socket: filepath.Join(shortTempDir(e.t), "snare.sock"),
@@ -349,20 +367,20 @@ func (d *daemon) writeConfig(cfg map[string]any) {
 func (d *daemon) args(extra ...string) []string {
 	a := []string{"--config", d.config, "--backend", d.e.backend, "--state-dir", d.stateDir,
 		"--socket", d.socket, "--bpffs", d.bpffs}
-	for _, ifc := range d.e.lab.HostIfaceNames() {
+	for _, ifc := range d.ifaces {
 		a = append(a, "--iface", ifc)
 	}
 	a = append(a, d.extra...)
 	return append(a, extra...)
 }
 
-// launch starts snared in the host namespace and returns the process without waiting. snared
+// launch starts snared in its namespace and returns the process without waiting. snared
 // runs with nsenter --net (testutil's StartShared), not `ip netns exec`: the latter gives the
 // process a private /sys without the bpffs mount, and pins made there would die with it.
 func (d *daemon) launch() *netlab.Proc {
 	d.e.t.Helper()
 	argv := append([]string{bins.snared}, d.args()...)
-	p, err := d.e.lab.StartShared(d.e.lab.Host.NS, "env", append(cleanEnv(), argv...)...)
+	p, err := d.e.lab.StartShared(d.ns, "env", append(cleanEnv(), argv...)...)
 	if err != nil {
 		d.e.t.Fatal(err)
 	}
@@ -433,7 +451,7 @@ func (d *daemon) kill9() {
 	}
 }
 
-// teardown stops the daemon (by its PID) and runs `snared uninstall` in the host namespace,
+// teardown stops the daemon (by its PID) and runs `snared uninstall` in its namespace,
 // which detaches the program from the lab's interfaces and removes every pin (and the fallback's
 // chains and sets). The lab's own cleanup (registered earlier, so it runs later) then deletes the
 // namespaces, which takes anything left on the veths and in the namespace's netfilter with it.
@@ -451,7 +469,7 @@ func (d *daemon) teardown() {
 	if d.bpffs == "" {
 		return // it never owned anything (see the second-daemon test)
 	}
-	if r := runIn(d.e.lab.Host.NS, bins.snared, append([]string{"uninstall"}, d.args()...)...); r.code != 0 {
+	if r := runIn(d.ns, bins.snared, append([]string{"uninstall"}, d.args()...)...); r.code != 0 {
 		t.Errorf("%v", r)
 	}
 	if names := readDirNames(d.bpffs); len(names) > 0 {

@@ -27,6 +27,11 @@
 //   - back-ends and config (backend_test.go, config_test.go): uninstall (store kept, reboot-like
 //     restore), automatic fallback to iptables, a flushed firewall repaired, --xdp-mode generic,
 //     SNARE_* environment.
+//   - the fleet (fleet_test.go, XDP): three snared processes in their own namespaces sharing
+//     through the JetStream server embedded in one of them, an attacker reaching all three: a
+//     block, a trap hit, an unblock, a short TTL and the allowlist seen in real packets on every
+//     host; a host down catching up; the engine down (local blocks at once, the outbox drained on
+//     its return).
 //
 // Run as root: go test ./e2e -run TestBlock (or `make test`). Without root, or without a tool the
 // suite needs, tests skip and say why; with CI set they fail instead. -short skips the suite.
