@@ -57,19 +57,20 @@ func (d *Daemon) FleetStatus() api.FleetStatus {
 	return d.fleet.Status()
 }
 
-// ApplyFleet applies blocks made elsewhere in the fleet (fleet.Local). A block of an address
-// this host allowlists is not enforced and is returned; one older than the fleet rule stored
-// (a lower revision) is skipped. The rule keeps the absolute deadline it came with.
-func (d *Daemon) ApplyFleet(ctx context.Context, rules []store.Rule) ([]netip.Prefix, error) {
+// ApplyFleet applies blocks made elsewhere in the fleet (fleet.Local) and returns how many it
+// applied. A block of an address this host allowlists is not enforced and is returned; one no
+// newer than the fleet rule stored (a revision as low) is skipped. The rule keeps the absolute
+// deadline it came with.
+func (d *Daemon) ApplyFleet(ctx context.Context, rules []store.Rule) (int, []store.Rule, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	cfg := d.cfg
 	now := time.Now()
-	var kept []netip.Prefix
+	var kept []store.Rule
 	fresh := make([]store.Rule, 0, len(rules))
 	for _, r := range rules {
 		if err := d.allow.Refuse(r.Prefix.String(), r.Prefix, netip.Addr{}, false); err != nil {
-			kept = append(kept, r.Prefix)
+			kept = append(kept, r)
 			continue
 		}
 		fresh = append(fresh, r)
@@ -112,13 +113,13 @@ func (d *Daemon) ApplyFleet(ctx context.Context, rules []store.Rule) ([]netip.Pr
 	})
 	if err != nil {
 		d.undoKernel("fleet block", undo)
-		return nil, fmt.Errorf("fleet block: %w", err)
+		return 0, nil, fmt.Errorf("fleet block: %w", err)
 	}
 	d.logEvents(fleetBlockEvents(applied, now)...)
 	if len(applied) > 0 {
 		d.rec.Blocked(api.OriginFleet, len(applied))
 	}
-	return kept, nil
+	return len(applied), kept, nil
 }
 
 // fleetEventsEach is the most fleet blocks applied at once that get an event each; more (a

@@ -596,3 +596,32 @@ func TestFleetUnblockInsideSharedImport(t *testing.T) {
 	}
 	shared(t, "198.19.0.5/32", "c", c, a, b)
 }
+
+// A reconnect reads every key again: what is applied already is not counted again, and a block
+// the allowlist keeps out is counted and logged once.
+func TestFleetReconnectCountsOnce(t *testing.T) {
+	jsDir := t.TempDir()
+	srv := natsServer(t, jsDir, -1)
+	url := srv.ClientURL()
+	port := srv.Addr().(*net.TCPAddr).Port
+	a := startFleetHost(t, url, "a", t.TempDir())
+	b := startFleetHost(t, url, "b", t.TempDir(), "198.18.5.1/32")
+	waitConnected(t, a, b)
+	ctx := context.Background()
+	for _, p := range []string{"198.18.0.80", "198.18.5.1"} {
+		if _, err := a.d.Block(ctx, []string{p}, "1h", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shared(t, "198.18.0.80/32", "a", a, b)
+	waitFor(t, 2*time.Second, "allowlisted counted on b", func() bool { return b.d.FleetStatus().Allowlisted == 1 })
+
+	srv.Shutdown()
+	srv.WaitForShutdown()
+	waitFor(t, 5*time.Second, "b sees the outage", func() bool { return !b.d.FleetStatus().Connected })
+	natsServer(t, jsDir, port)
+	waitConnected(t, b) // connected once the bucket's keys are all applied again
+	if st := b.d.FleetStatus(); st.Received != 1 || st.Allowlisted != 1 {
+		t.Errorf("after a reconnect b counts received %d, allowlisted %d; want 1 and 1", st.Received, st.Allowlisted)
+	}
+}

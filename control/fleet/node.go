@@ -34,8 +34,9 @@ type Removal struct {
 // Local is what the fleet needs of the daemon.
 type Local interface {
 	// ApplyFleet applies blocks made elsewhere (origin fleet) to the store and the back-end and
-	// returns those the local allowlist kept out.
-	ApplyFleet(ctx context.Context, rules []store.Rule) (allowlisted []netip.Prefix, err error)
+	// returns how many it applied (not those it has already) and those the local allowlist
+	// kept out.
+	ApplyFleet(ctx context.Context, rules []store.Rule) (applied int, allowlisted []store.Rule, err error)
 	// RemoveFleet applies removals (see Removal) and returns how many rules went.
 	RemoveFleet(ctx context.Context, gone []Removal) (int, error)
 	// FleetPrefixes lists the stored rules of origin fleet.
@@ -80,6 +81,10 @@ type Node struct {
 	// made after the unblock, which the marker must not remove.
 	ownDeletes map[string]int
 	lag        time.Duration
+
+	// allowlistedSeen holds the revision of each fleet block the allowlist kept out, so that a
+	// reconnect, which reads every key again, does not count and log them again.
+	allowlistedSeen map[netip.Prefix]uint64
 }
 
 // New prepares a node; Run connects it.
@@ -93,7 +98,7 @@ func New(o Options) *Node {
 	return &Node{cfg: c.Fleet, name: c.FleetNode(), storeDir: c.FleetStoreDir(), local: o.Local, st: o.Store, log: log.With("component", "fleet"),
 		limits: limits{rules: c.TargetRules(), maxTTL: time.Duration(c.Block.Escalation.MaxTTL)},
 		wake:   make(chan struct{}, 1), limit: rate.NewLimiter(rate.Limit(maxRate), maxRate),
-		peers: map[string]time.Time{}, ownDeletes: map[string]int{}}
+		peers: map[string]time.Time{}, ownDeletes: map[string]int{}, allowlistedSeen: map[netip.Prefix]uint64{}}
 }
 
 // Notify tells the publisher that the outbox has new decisions.

@@ -25,20 +25,13 @@ func (n *Node) watch(ctx context.Context, w jetstream.KeyWatcher) error {
 	var dels []Removal
 	apply := func() {
 		if len(puts) > 0 {
-			kept, err := n.local.ApplyFleet(ctx, puts)
+			applied, kept, err := n.local.ApplyFleet(ctx, puts)
 			if err != nil {
 				n.refused.Add(uint64(len(puts)))
 				n.log.Error("apply fleet blocks", "blocks", len(puts), "err", err)
 			} else {
-				n.received.Add(uint64(len(puts) - len(kept)))
-				n.allowlisted.Add(uint64(len(kept)))
-				for i, p := range kept {
-					if i == 10 {
-						n.log.Warn("more fleet blocks of allowlisted addresses not enforced here", "more", len(kept)-i)
-						break
-					}
-					n.log.Warn("fleet block of an allowlisted address not enforced here", "prefix", p)
-				}
+				n.received.Add(uint64(applied))
+				n.noteAllowlisted(kept)
 			}
 			puts = puts[:0]
 		}
@@ -148,6 +141,27 @@ func (n *Node) entry(e jetstream.KeyValueEntry, initial bool, puts *[]store.Rule
 	}
 	n.mu.Unlock()
 	return Removal{}, false
+}
+
+// noteAllowlisted counts and logs the fleet blocks the allowlist kept out, each revision once.
+func (n *Node) noteAllowlisted(kept []store.Rule) {
+	n.mu.Lock()
+	var fresh []netip.Prefix
+	for _, r := range kept {
+		if n.allowlistedSeen[r.Prefix] != r.Revision {
+			n.allowlistedSeen[r.Prefix] = r.Revision
+			fresh = append(fresh, r.Prefix)
+		}
+	}
+	n.mu.Unlock()
+	n.allowlisted.Add(uint64(len(fresh)))
+	for i, p := range fresh {
+		if i == 10 {
+			n.log.Warn("more fleet blocks of allowlisted addresses not enforced here", "more", len(fresh)-i)
+			break
+		}
+		n.log.Warn("fleet block of an allowlisted address not enforced here", "prefix", p)
+	}
 }
 
 func (n *Node) refuse(err error) {
