@@ -46,7 +46,7 @@ func BenchmarkStoreImport1M(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		if err := s.BulkPutRules(len(rules), func(i int) store.Rule { return rules[i] }, nil); err != nil {
+		if err := s.BulkPutRules(len(rules), func(i int) store.Rule { return rules[i] }, nil, nil); err != nil {
 			b.Fatal(err)
 		}
 		b.StopTimer()

@@ -215,21 +215,17 @@ func (d *Daemon) FleetPrefixes() ([]netip.Prefix, error) {
 	return out, err
 }
 
-// shareImport queues the rules at(0..n-1) of a bulk import for the fleet (read in turn), packed
-// into bulk values (fleet.EncodeBulk), a few per transaction.
-func (d *Daemon) shareImport(n int, at func(int) store.Rule) error {
+// shareImport queues the rules at(0..n-1) of a bulk import for the fleet (read in turn), in tx,
+// packed into bulk values (fleet.EncodeBulk).
+func (d *Daemon) shareImport(tx *store.Tx, n int, at func(int) store.Rule) error {
 	if d.fleet == nil {
 		return nil
 	}
 	node := d.cfg.FleetNode()
 	for i := 0; i < n; {
-		entries := make([]store.OutboxEntry, 0, 8) // 4 MB a transaction
-		for i < n && len(entries) < cap(entries) {
-			var value []byte
-			value, i = fleet.EncodeBulk(node, i, n, at)
-			entries = append(entries, store.OutboxEntry{Bulk: value})
-		}
-		if err := d.store.Update(func(tx *store.Tx) error { return tx.AppendOutbox(entries...) }); err != nil {
+		var value []byte
+		value, i = fleet.EncodeBulk(node, i, n, at)
+		if err := tx.AppendOutbox(store.OutboxEntry{Bulk: value}); err != nil {
 			return err
 		}
 	}

@@ -161,7 +161,8 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	}
 	switch {
 	case early != nil:
-		err = d.bulkBlock(n, orderedRules(), nil, func() error {
+		share := func(tx *store.Tx) error { return d.shareImport(tx, n, orderedRules()) }
+		err = d.bulkBlock(n, orderedRules(), nil, share, func() error {
 			if err := <-early; err != nil {
 				return err
 			}
@@ -182,7 +183,8 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 		}
 		if n >= bulkImport {
 			kernel := final(orderedRules())
-			err = d.bulkBlock(n, final(orderedRules()), merged, func() error {
+			share := func(tx *store.Tx) error { return d.shareImport(tx, n, final(orderedRules())) }
+			err = d.bulkBlock(n, final(orderedRules()), merged, share, func() error {
 				return d.blockChunks(ctx, n, func(i int) backend.Rule { return kernel(i).Enforced() })
 			})
 			break
@@ -208,18 +210,6 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 	}
 	if err != nil {
 		return api.ImportResponse{}, fmt.Errorf("import %s: %w", name, err)
-	}
-	if n >= bulkImport && d.fleet != nil {
-		// The bulk path writes the store in transactions of its own: the fleet's share follows.
-		get := orderedRules()
-		if err := d.shareImport(n, func(i int) store.Rule {
-			if m, ok := merged[i]; ok {
-				return m.merged
-			}
-			return get(i)
-		}); err != nil {
-			d.log.Error("queue an import for the fleet; it is enforced here, re-import it to share it", "import", name, "err", err)
-		}
 	}
 	d.notifyFleet()
 	resp.Imported = n
@@ -362,16 +352,16 @@ func (d *Daemon) mergeStored(n int, prefix func(int) netip.Prefix, rule func(int
 
 // bulkBlock writes the rules at(0..n-1) (sorted by prefix) to the store in chunks while kernel
 // writes the same rules to the enforcer, concurrently, and swaps the store's new rules in only
-// when the kernel has them all. On any failure the kernel is put back: new entries removed,
-// merged ones given their old deadlines.
-func (d *Daemon) bulkBlock(n int, at func(int) store.Rule, merged map[int]mergedRule, kernel func() error) error {
+// when the kernel has them all; share queues them for the fleet in that same commit. On any
+// failure the kernel is put back: new entries removed, merged ones given their old deadlines.
+func (d *Daemon) bulkBlock(n int, at func(int) store.Rule, merged map[int]mergedRule, share func(*store.Tx) error, kernel func() error) error {
 	kerr := make(chan error, 1)
 	go func() { kerr <- kernel() }()
 	waited := false
 	err := d.store.BulkPutRules(n, at, func() error {
 		waited = true
 		return <-kerr
-	})
+	}, share)
 	if !waited {
 		<-kerr // the store failed first: let the kernel finish before undoing it
 	}

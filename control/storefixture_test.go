@@ -171,7 +171,7 @@ func TestWriteStoreFixture(t *testing.T) {
 			others = append(others, r)
 		}
 	}
-	if err := st.BulkPutRules(len(imports), func(i int) store.Rule { return imports[i] }, nil); err != nil {
+	if err := st.BulkPutRules(len(imports), func(i int) store.Rule { return imports[i] }, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	err = st.Update(func(tx *store.Tx) error {

@@ -16,10 +16,11 @@ var bucketStaging = []byte("staging")
 // the store, replacing stored rules with the same prefix, all or nothing: it builds a new rules
 // bucket beside the current one from the stored rules merged with the new ones, in full
 // segments, and swaps it in with a second transaction. ready runs before the swap; its error (the
-// kernel refusing the batch) abandons the new bucket. It is for big batches (import, restore):
-// it rewrites every stored rule. The caller must keep other writers out until it returns (the
-// daemon holds its lock).
-func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) error {
+// kernel refusing the batch) abandons the new bucket. withSwap, if set, writes in the swap's
+// transaction what must be committed with the new rules (the fleet's outbox). It is for big
+// batches (import, restore): it rewrites every stored rule. The caller must keep other writers
+// out until it returns (the daemon holds its lock).
+func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error, withSwap func(*Tx) error) error {
 	var added [2]int
 	var earliest time.Time
 	note := func(d time.Time) {
@@ -105,7 +106,13 @@ func (s *Store) BulkPutRules(n int, at func(i int) Rule, ready func() error) err
 		if err := tx.MoveBucket(bucketRules, tx.Bucket(bucketStaging), nil); err != nil {
 			return err
 		}
-		return tx.DeleteBucket(bucketStaging)
+		if err := tx.DeleteBucket(bucketStaging); err != nil {
+			return err
+		}
+		if withSwap != nil {
+			return withSwap(wrapTx(tx))
+		}
+		return nil
 	})
 	if err != nil {
 		drop()

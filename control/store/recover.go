@@ -225,7 +225,7 @@ func (s *salvage) write(path string) error {
 		rules = append(rules, r)
 	}
 	slices.SortFunc(rules, func(a, b Rule) int { return a.Prefix.Compare(b.Prefix) })
-	if err := st.BulkPutRules(len(rules), func(i int) Rule { return rules[i] }, nil); err != nil {
+	if err := st.BulkPutRules(len(rules), func(i int) Rule { return rules[i] }, nil, nil); err != nil {
 		return err
 	}
 	err = st.Update(func(tx *Tx) error {

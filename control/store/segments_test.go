@@ -88,7 +88,7 @@ func TestSegmentsRepeatValues(t *testing.T) {
 	rules := segRules(5000, now)
 	writes := map[string]func(s *Store) error{
 		"bulk": func(s *Store) error {
-			return s.BulkPutRules(len(rules), func(i int) Rule { return rules[i] }, nil)
+			return s.BulkPutRules(len(rules), func(i int) Rule { return rules[i] }, nil, nil)
 		},
 		"sorted batch": func(s *Store) error {
 			return s.Update(func(tx *Tx) error { return tx.PutRulesSorted(rules) })

@@ -386,10 +386,10 @@ func TestBulkPutRulesMerges(t *testing.T) {
 	at := func(i int) Rule {
 		return Rule{Prefix: addr(2 * i), Reason: "new", Origin: api.OriginImport, Created: now}
 	}
-	if err := s.BulkPutRules(n, at, func() error { return errors.New("kernel said no") }); err == nil || s.Count() != bulkTestN {
+	if err := s.BulkPutRules(n, at, func() error { return errors.New("kernel said no") }, nil); err == nil || s.Count() != bulkTestN {
 		t.Fatalf("failed bulk put: %v, count %d", err, s.Count())
 	}
-	if err := s.BulkPutRules(n, at, nil); err != nil {
+	if err := s.BulkPutRules(n, at, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	want := map[netip.Prefix]string{}
@@ -553,7 +553,7 @@ func TestCountPerFamily(t *testing.T) {
 	put(r("198.18.0.1/32", now.Add(2*time.Hour))) // replaced, not added
 	want(2, 1)
 	bulk := []Rule{r("198.18.0.1/32", now), r("198.18.1.0/24", now.Add(time.Hour)), r("2001:db8:1::/64", time.Time{}), r("2001:db8:2::/48", now.Add(time.Hour))}
-	if err := s.BulkPutRules(len(bulk), func(i int) Rule { return bulk[i] }, nil); err != nil {
+	if err := s.BulkPutRules(len(bulk), func(i int) Rule { return bulk[i] }, nil, nil); err != nil {
 		t.Fatal(err)
 	}
 	want(3, 3)
