@@ -145,3 +145,23 @@ func TestPortsentryConf(t *testing.T) {
 		}
 	}
 }
+
+func TestReportName(t *testing.T) {
+	all := []section{{name: "testrun"}, {name: "control"}, {name: "fleet"}}
+	now := time.Date(2026, 12, 6, 23, 30, 0, 0, time.UTC)
+	for _, c := range []struct {
+		quick bool
+		want  map[string]bool
+		name  string
+	}{
+		{false, map[string]bool{"testrun": true, "control": true, "fleet": true}, "2026-12-06-6.18-fc.md"},
+		{true, map[string]bool{"testrun": true, "control": true, "fleet": true}, "2026-12-06-6.18-fc-quick.md"},
+		// A subset never gets the full run's name, in the order the sections run.
+		{false, map[string]bool{"fleet": true, "control": true}, "2026-12-06-6.18-fc-control-fleet.md"},
+		{true, map[string]bool{"fleet": true}, "2026-12-06-6.18-fc-quick-fleet.md"},
+	} {
+		if got := reportName(now, "6.18-fc", c.quick, all, c.want); got != c.name {
+			t.Errorf("reportName(quick %v, %v) = %q, want %q", c.quick, c.want, got, c.name)
+		}
+	}
+}

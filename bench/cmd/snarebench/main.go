@@ -138,16 +138,31 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
-	name := fmt.Sprintf("%s-%s", time.Now().UTC().Format("2006-01-02"), kernel())
-	if quick {
-		name += "-quick"
-	}
-	path := filepath.Join(outDir, name+".md")
+	path := filepath.Join(outDir, reportName(time.Now(), kernel(), quick, all, want))
 	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
 		return err
 	}
 	log.Info("report written", "path", path)
 	return nil
+}
+
+// reportName names the report file: date and kernel, "-quick" for a quick run, and the sections
+// when only some ran, so that a run of one section does not overwrite the day's full report.
+func reportName(now time.Time, kernel string, quick bool, all []section, want map[string]bool) string {
+	name := now.UTC().Format("2006-01-02") + "-" + kernel
+	if quick {
+		name += "-quick"
+	}
+	var ran []string
+	for _, s := range all {
+		if want[s.name] {
+			ran = append(ran, s.name)
+		}
+	}
+	if len(ran) < len(all) {
+		name += "-" + strings.Join(ran, "-")
+	}
+	return name + ".md"
 }
 
 func kernel() string {
