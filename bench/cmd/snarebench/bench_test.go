@@ -165,3 +165,25 @@ func TestReportName(t *testing.T) {
 		}
 	}
 }
+
+func TestFleetSources(t *testing.T) {
+	f := &fleetLab{}
+	seen := map[netip.Addr]bool{}
+	for _, n := range []int{1, 300, 1<<16 - 301} {
+		got, err := f.sources(n)
+		if err != nil || len(got) != n {
+			t.Fatalf("sources(%d) = %d sources, %v", n, len(got), err)
+		}
+		for _, a := range got {
+			// Never a lab interface's address (198.18.i.x), never outside the lab's range.
+			if !netip.MustParsePrefix("198.19.0.0/16").Contains(a) || seen[a] {
+				t.Fatalf("sources(%d): %s outside 198.19.0.0/16 or handed out twice", n, a)
+			}
+			seen[a] = true
+		}
+	}
+	// The /16 is used up: no more, and nothing handed out.
+	if got, err := f.sources(1); err == nil || got != nil {
+		t.Errorf("sources past 198.19.255.255 = %v, %v; want an error", got, err)
+	}
+}

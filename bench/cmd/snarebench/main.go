@@ -34,7 +34,7 @@ type section struct {
 
 func main() {
 	quick := flag.Bool("quick", false, "short run for development (< 2 minutes)")
-	only := flag.String("sections", "testrun,control,live,detect,web", "comma-separated sections to run")
+	only := flag.String("sections", "testrun,control,live,detect,web,fleet", "comma-separated sections to run")
 	outDir := flag.String("out", "bench/results", "directory for the markdown report (empty: none)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the harness itself to this file")
 	flag.Parse()
@@ -69,6 +69,7 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 		{"live", (*env).sectionLive},
 		{"detect", (*env).sectionDetect},
 		{"web", (*env).sectionWeb},
+		{"fleet", (*env).sectionFleet},
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
@@ -80,7 +81,7 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 			found = found || a.name == s
 		}
 		if !found {
-			return fmt.Errorf("unknown section %q (have testrun, control, live, detect, web)", s)
+			return fmt.Errorf("unknown section %q (have testrun, control, live, detect, web, fleet)", s)
 		}
 	}
 
