@@ -287,7 +287,7 @@ func (f *fleetLab) latency(t *table) error {
 		return err
 	}
 	for i, src := range warm {
-		if _, _, _, err := f.blockRound(f.hosts[i], src); err != nil {
+		if _, err := f.blockRound(f.hosts[i], src); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
@@ -295,18 +295,23 @@ func (f *fleetLab) latency(t *table) error {
 	if err != nil {
 		return err
 	}
-	var blocks, unblocks, calls, after []time.Duration
+	// Per decision kind: the whole time, the origin's API call, and the rest after its answer.
+	var total, call, rest [2][]time.Duration
 	end := time.Now().Add(2 * time.Minute)
 	for i, src := range srcs {
 		if time.Now().After(end) {
 			t.note("The latency loop stopped after %d of %d rounds at its 2-minute bound.", i, rounds)
 			break
 		}
-		b, u, c, err := f.blockRound(f.hosts[i%n], src)
+		r, err := f.blockRound(f.hosts[i%n], src)
 		if err != nil {
 			return err
 		}
-		blocks, unblocks, calls, after = append(blocks, b), append(unblocks, u), append(calls, c), append(after, b-c)
+		for k := range 2 {
+			total[k] = append(total[k], r.total[k])
+			call[k] = append(call[k], r.call[k])
+			rest[k] = append(rest[k], r.total[k]-r.call[k])
+		}
 	}
 	goal := 10 * time.Millisecond
 	if n > 3 {
@@ -314,31 +319,36 @@ func (f *fleetLab) latency(t *table) error {
 	}
 	hosts := fmt.Sprint(n)
 	others := fmt.Sprintf("the %d others", n-1)
-	for _, r := range []struct {
-		what string
-		d    []time.Duration
-	}{
-		{fmt.Sprintf("block on one host (API) → XDP_DROP on %s", others), blocks},
-		{fmt.Sprintf("unblock on that host (API) → XDP_PASS on %s", others), unblocks},
-	} {
-		p50, p99 := percentiles(r.d)
-		t.add(fmt.Sprintf("%s, p50 of %d", r.what, len(r.d)), hosts, ms(p50)+" ms", "", "")
-		t.add(fmt.Sprintf("%s, p99 of %d", r.what, len(r.d)), hosts, ms(p99)+" ms", fmt.Sprintf("≤ %.0f ms (of ≥ 200)", goal.Seconds()*1000), passMiss(p99 <= goal))
+	for k, kind := range []string{"block", "unblock"} {
+		what := fmt.Sprintf("block on one host (API) → XDP_DROP on %s", others)
+		if k == 1 {
+			what = fmt.Sprintf("unblock on that host (API) → XDP_PASS on %s", others)
+		}
+		c := len(total[k])
+		p50, p99 := percentiles(total[k])
+		t.add(fmt.Sprintf("%s, p50 of %d", what, c), hosts, ms(p50)+" ms", "", "")
+		t.add(fmt.Sprintf("%s, p99 of %d", what, c), hosts, ms(p99)+" ms", fmt.Sprintf("≤ %.0f ms (of ≥ 200)", goal.Seconds()*1000), passMiss(p99 <= goal))
+		p50, p99 = percentiles(call[k])
+		t.add(fmt.Sprintf("%s: the part until the origin's API answered (durable, in the origin's XDP), p50 / p99 of %d", kind, c), hosts, ms(p50)+" / "+ms(p99)+" ms", "", "")
+		p50, p99 = percentiles(rest[k])
+		t.add(fmt.Sprintf("%s: the part from that answer until the last of %s, p50 / p99 of %d", kind, others, c), hosts, ms(p50)+" / "+ms(p99)+" ms", "", "")
 	}
-	p50, p99 := percentiles(calls)
-	t.add(fmt.Sprintf("of which the origin's API round trip of the block (durable, in its own XDP), p50 / p99 of %d", len(calls)), hosts, ms(p50)+" / "+ms(p99)+" ms", "", "")
-	p50, p99 = percentiles(after)
-	t.add(fmt.Sprintf("of which the rest: from that answer until XDP_DROP on %s, p50 / p99 of %d", others, len(after)), hosts, ms(p50)+" / "+ms(p99)+" ms", "", "")
 	return nil
 }
 
+// round is one block and unblock of blockRound: for each ([0] block, [1] unblock), the time from
+// the API call on the origin until every other host enforced it, and the call's round trip.
+type round struct {
+	total, call [2]time.Duration
+}
+
 // blockRound blocks src on origin, waits until every other host drops it, unblocks it on
-// origin and waits until every other host passes it. It returns the two latencies and the
-// block call's round trip.
-func (f *fleetLab) blockRound(origin *fleetHost, src netip.Addr) (block, unblock, call time.Duration, err error) {
+// origin and waits until every other host passes it.
+func (f *fleetLab) blockRound(origin *fleetHost, src netip.Addr) (round, error) {
+	var r round
 	frame, err := lfgen.Frame(udp4(src))
 	if err != nil {
-		return 0, 0, 0, err
+		return r, err
 	}
 	var others []*fleetHost
 	for _, h := range f.hosts {
@@ -350,20 +360,21 @@ func (f *fleetLab) blockRound(origin *fleetHost, src netip.Addr) (block, unblock
 	defer cancel()
 	t0 := time.Now()
 	if _, err := origin.d.client.Block(ctx, api.BlockRequest{Targets: []string{src.String()}, TTL: "1h", Reason: "bench fleet"}); err != nil {
-		return 0, 0, 0, fmt.Errorf("block %s on %s: %w", src, origin.name, err)
+		return r, fmt.Errorf("block %s on %s: %w", src, origin.name, err)
 	}
-	call = time.Since(t0)
-	if block, err = waitVerdict(others, frame, xdpDrop, t0, fleetWait); err != nil {
-		return 0, 0, 0, fmt.Errorf("block %s made on %s: %w", src, origin.name, err)
+	r.call[0] = time.Since(t0)
+	if r.total[0], err = waitVerdict(others, frame, xdpDrop, t0, fleetWait); err != nil {
+		return r, fmt.Errorf("block %s made on %s: %w", src, origin.name, err)
 	}
 	t0 = time.Now()
 	if _, err := origin.d.client.Unblock(ctx, api.UnblockRequest{Targets: []string{src.String()}}); err != nil {
-		return 0, 0, 0, fmt.Errorf("unblock %s on %s: %w", src, origin.name, err)
+		return r, fmt.Errorf("unblock %s on %s: %w", src, origin.name, err)
 	}
-	if unblock, err = waitVerdict(others, frame, xdpPass, t0, fleetWait); err != nil {
-		return 0, 0, 0, fmt.Errorf("unblock %s made on %s: %w", src, origin.name, err)
+	r.call[1] = time.Since(t0)
+	if r.total[1], err = waitVerdict(others, frame, xdpPass, t0, fleetWait); err != nil {
+		return r, fmt.Errorf("unblock %s made on %s: %w", src, origin.name, err)
 	}
-	return block, unblock, call, nil
+	return r, nil
 }
 
 // sustained: three hosts block distinct sources at a fixed rate each for a bounded time (open
