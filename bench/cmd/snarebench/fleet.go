@@ -92,12 +92,14 @@ func (e *env) sectionFleet() ([]*table, error) {
 			}
 			return []*table{t}, fmt.Errorf("start a fleet of %d: %w", n, err)
 		}
+		load := loadAvg()
 		for _, s := range fleetSteps() {
 			e.log.Info("fleet step", "step", s.name, "hosts", n)
 			if err := s.run(f, t); err != nil {
 				t.add(s.name, fmt.Sprint(n), "n/a: "+oneLine(err), "", "")
 			}
 		}
+		t.note("%d hosts: 1-minute load average %s when the fleet was up, %s when its steps were done.", n, load, loadAvg())
 		if err := f.close(); err != nil {
 			return []*table{t}, fmt.Errorf("tear down the fleet of %d: %w", n, err)
 		}
