@@ -83,7 +83,9 @@ func (e *env) sectionFleet() ([]*table, error) {
 		t.add("snared", "", "n/a: "+oneLine(err), "", "")
 		return []*table{t}, nil
 	}
-	defer os.RemoveAll(bin)
+	removeBin := func() error { return os.RemoveAll(bin) }
+	e.onClose(removeBin) // also on Ctrl-C, which does not run the deferred call
+	defer removeBin()
 	for _, n := range []int{3, 10} {
 		f, err := e.startFleet(bin, n)
 		if err != nil {
