@@ -269,7 +269,7 @@ func waitVerdict(hosts []*fleetHost, frame []byte, want uint32, t0 time.Time, li
 			return took, nil
 		}
 		if took > limit {
-			return 0, fmt.Errorf("%d hosts (%s first) still without the verdict %d after %s", len(pending), pending[0].name, want, limit)
+			return 0, fmt.Errorf("%d hosts (%s first) still without %s after %s", len(pending), pending[0].name, map[uint32]string{xdpDrop: "XDP_DROP", xdpPass: "XDP_PASS"}[want], limit)
 		}
 		time.Sleep(fleetPoll)
 	}
@@ -360,6 +360,10 @@ func (f *fleetLab) blockRound(origin *fleetHost, src netip.Addr) (round, error) 
 			others = append(others, h)
 		}
 	}
+	// Every host passes the packet before the block: a drop after it is the block's doing.
+	if _, err := waitVerdict(f.hosts, frame, xdpPass, time.Now(), 0); err != nil {
+		return r, fmt.Errorf("before blocking %s: %w", src, err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	t0 := time.Now()
@@ -369,6 +373,9 @@ func (f *fleetLab) blockRound(origin *fleetHost, src netip.Addr) (round, error) 
 	r.call[0] = time.Since(t0)
 	if r.total[0], err = waitVerdict(others, frame, xdpDrop, t0, fleetWait); err != nil {
 		return r, fmt.Errorf("block %s made on %s: %w", src, origin.name, err)
+	}
+	if _, err := waitVerdict([]*fleetHost{origin}, frame, xdpDrop, time.Now(), 0); err != nil {
+		return r, fmt.Errorf("block %s made on %s, on %s itself: %w", src, origin.name, origin.name, err)
 	}
 	t0 = time.Now()
 	if _, err := origin.d.client.Unblock(ctx, api.UnblockRequest{Targets: []string{src.String()}}); err != nil {
