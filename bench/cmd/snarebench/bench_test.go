@@ -145,3 +145,45 @@ func TestPortsentryConf(t *testing.T) {
 		}
 	}
 }
+
+func TestReportName(t *testing.T) {
+	all := []section{{name: "testrun"}, {name: "control"}, {name: "fleet"}}
+	now := time.Date(2026, 12, 6, 23, 30, 0, 0, time.UTC)
+	for _, c := range []struct {
+		quick bool
+		want  map[string]bool
+		name  string
+	}{
+		{false, map[string]bool{"testrun": true, "control": true, "fleet": true}, "2026-12-06-6.18-fc.md"},
+		{true, map[string]bool{"testrun": true, "control": true, "fleet": true}, "2026-12-06-6.18-fc-quick.md"},
+		// A subset never gets the full run's name, in the order the sections run.
+		{false, map[string]bool{"fleet": true, "control": true}, "2026-12-06-6.18-fc-control-fleet.md"},
+		{true, map[string]bool{"fleet": true}, "2026-12-06-6.18-fc-quick-fleet.md"},
+	} {
+		if got := reportName(now, "6.18-fc", c.quick, all, c.want); got != c.name {
+			t.Errorf("reportName(quick %v, %v) = %q, want %q", c.quick, c.want, got, c.name)
+		}
+	}
+}
+
+func TestFleetSources(t *testing.T) {
+	f := &fleetLab{}
+	seen := map[netip.Addr]bool{}
+	for _, n := range []int{1, 300, 1<<16 - 301} {
+		got, err := f.sources(n)
+		if err != nil || len(got) != n {
+			t.Fatalf("sources(%d) = %d sources, %v", n, len(got), err)
+		}
+		for _, a := range got {
+			// Never a lab interface's address (198.18.i.x), never outside the lab's range.
+			if !netip.MustParsePrefix("198.19.0.0/16").Contains(a) || seen[a] {
+				t.Fatalf("sources(%d): %s outside 198.19.0.0/16 or handed out twice", n, a)
+			}
+			seen[a] = true
+		}
+	}
+	// The /16 is used up: no more, and nothing handed out.
+	if got, err := f.sources(1); err == nil || got != nil {
+		t.Errorf("sources past 198.19.255.255 = %v, %v; want an error", got, err)
+	}
+}

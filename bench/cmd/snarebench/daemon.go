@@ -20,18 +20,20 @@ import (
 	"github.com/snare-dev/snare/loader"
 )
 
-// daemon is a snared started by the benchmark in the lab's host namespace, protecting the
-// client-facing interface.
+// daemon is a snared started by the benchmark in one of a lab's namespaces, protecting one of
+// its interfaces.
 type daemon struct {
-	e       *env
-	dir     string
-	bin     string // directory with snared and snarectl
-	pin     string
-	iface   string
-	proc    *netlab.Proc
-	socket  string
-	client  *api.Client
-	started time.Time
+	lab      *netlab.Lab
+	ns       string // the namespace it runs in
+	capacity int    // block.capacity
+	dir      string
+	bin      string // directory with snared and snarectl
+	pin      string
+	iface    string
+	proc     *netlab.Proc
+	socket   string
+	client   *api.Client
+	started  time.Time
 }
 
 // buildDaemon builds snared and snarectl from this module into a temporary directory.
@@ -66,12 +68,12 @@ const daemonCapacity = 1_100_000
 // start starts snared with config (YAML, may be empty) after the section's own settings.
 func (d *daemon) start(config string) error {
 	cfgFile := filepath.Join(d.dir, "snared.yaml")
-	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf("block:\n  capacity: %d\n%s", daemonCapacity, config)), 0o600); err != nil {
+	if err := os.WriteFile(cfgFile, []byte(fmt.Sprintf("block:\n  capacity: %d\n%s", d.capacity, config)), 0o600); err != nil {
 		return err
 	}
 	args := []string{"--config", cfgFile, "--iface", d.iface, "--xdp-mode", "native",
 		"--state-dir", filepath.Join(d.dir, "state"), "--socket", d.socket, "--bpffs", d.pin}
-	p, err := d.e.lab.StartShared(d.e.lab.Host.NS, filepath.Join(d.bin, "snared"), args...)
+	p, err := d.lab.StartShared(d.ns, filepath.Join(d.bin, "snared"), args...)
 	if err != nil {
 		return err
 	}
@@ -171,7 +173,7 @@ func (e *env) daemonBench() (*table, error) {
 		return t, err
 	}
 	defer os.RemoveAll(dir)
-	d := &daemon{e: e, dir: dir, bin: bin, pin: e.pinDir + "-d", iface: e.lab.HostIface("client").Name, socket: filepath.Join(dir, "snare.sock")}
+	d := &daemon{lab: e.lab, ns: e.lab.Host.NS, capacity: daemonCapacity, dir: dir, bin: bin, pin: e.pinDir + "-d", iface: e.lab.HostIface("client").Name, socket: filepath.Join(dir, "snare.sock")}
 	defer func() {
 		d.stop()
 		e.lab.Do(e.lab.Host.NS, func() error { return loader.Remove(d.pin, []string{d.iface}) })

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/snare-dev/snare/control/input"
@@ -64,6 +65,17 @@ type env struct {
 	prog   *ebpf.Program // snare's XDP program (the one the loader loaded)
 	dut    netlab.Iface
 	gen    netlab.Iface
+
+	mu       sync.Mutex
+	cleanups []func() error // labs of their own that sections built, torn down by close too
+}
+
+// onClose has close tear down what a section built beside the lab (also on Ctrl-C, when the
+// section does not get to do it itself). fn must be safe to call twice.
+func (e *env) onClose(fn func() error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.cleanups = append(e.cleanups, fn)
 }
 
 func setup(quick bool, log *slog.Logger) (*env, error) {
@@ -226,6 +238,13 @@ func (e *env) ethtoolStat(ns, iface, name string) (uint64, error) {
 
 func (e *env) close() error {
 	var errs []error
+	e.mu.Lock()
+	for i := len(e.cleanups) - 1; i >= 0; i-- {
+		if err := e.cleanups[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	e.mu.Unlock()
 	if e.snare != nil {
 		e.snare.Close()
 	}

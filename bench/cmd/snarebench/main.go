@@ -34,7 +34,7 @@ type section struct {
 
 func main() {
 	quick := flag.Bool("quick", false, "short run for development (< 2 minutes)")
-	only := flag.String("sections", "testrun,control,live,detect,web", "comma-separated sections to run")
+	only := flag.String("sections", "testrun,control,live,detect,web,fleet", "comma-separated sections to run")
 	outDir := flag.String("out", "bench/results", "directory for the markdown report (empty: none)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the harness itself to this file")
 	flag.Parse()
@@ -69,6 +69,7 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 		{"live", (*env).sectionLive},
 		{"detect", (*env).sectionDetect},
 		{"web", (*env).sectionWeb},
+		{"fleet", (*env).sectionFleet},
 	}
 	want := map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
@@ -80,7 +81,7 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 			found = found || a.name == s
 		}
 		if !found {
-			return fmt.Errorf("unknown section %q (have testrun, control, live, detect, web)", s)
+			return fmt.Errorf("unknown section %q (have testrun, control, live, detect, web, fleet)", s)
 		}
 	}
 
@@ -138,16 +139,31 @@ func run(quick bool, only, outDir string, log *slog.Logger) error {
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
 		return err
 	}
-	name := fmt.Sprintf("%s-%s", time.Now().UTC().Format("2006-01-02"), kernel())
-	if quick {
-		name += "-quick"
-	}
-	path := filepath.Join(outDir, name+".md")
+	path := filepath.Join(outDir, reportName(time.Now(), kernel(), quick, all, want))
 	if err := os.WriteFile(path, []byte(report), 0o644); err != nil {
 		return err
 	}
 	log.Info("report written", "path", path)
 	return nil
+}
+
+// reportName names the report file: date and kernel, "-quick" for a quick run, and the sections
+// when only some ran, so that a run of one section does not overwrite the day's full report.
+func reportName(now time.Time, kernel string, quick bool, all []section, want map[string]bool) string {
+	name := now.UTC().Format("2006-01-02") + "-" + kernel
+	if quick {
+		name += "-quick"
+	}
+	var ran []string
+	for _, s := range all {
+		if want[s.name] {
+			ran = append(ran, s.name)
+		}
+	}
+	if len(ran) < len(all) {
+		name += "-" + strings.Join(ran, "-")
+	}
+	return name + ".md"
 }
 
 func kernel() string {
