@@ -223,6 +223,12 @@ func (n *Node) session(ctx context.Context, js jetstream.JetStream) error {
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", n.cfg.Bucket, err)
 	}
+	// The stream behind the bucket: an unblock reads a key's last revision, delete markers
+	// included, which kv.Get does not give.
+	stream, err := js.Stream(ctx, "KV_"+n.cfg.Bucket)
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", n.cfg.Bucket, err)
+	}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("watch bucket %s: %w", n.cfg.Bucket, err)
@@ -232,7 +238,7 @@ func (n *Node) session(ctx context.Context, js jetstream.JetStream) error {
 	defer cancel()
 	errc := make(chan error, 2)
 	go func() { errc <- n.watch(ctx, w) }()
-	go func() { errc <- n.publish(ctx, js, kv) }()
+	go func() { errc <- n.publish(ctx, js, stream) }()
 	err = <-errc
 	cancel()
 	<-errc

@@ -23,11 +23,11 @@ const publishBatch = 1000
 const ackTimeout = 10 * time.Second
 
 // publish drains the outbox whenever it has something, until ctx ends or the engine fails.
-func (n *Node) publish(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) error {
+func (n *Node) publish(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream) error {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
-		if err := n.drain(ctx, js, kv); err != nil {
+		if err := n.drain(ctx, js, stream); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
@@ -52,7 +52,7 @@ type pending struct {
 
 // drain publishes the outbox in order; what is handled is deleted from it. An entry that fails
 // stays, with everything after it, for the next try.
-func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue) error {
+func (n *Node) drain(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream) error {
 	for {
 		entries, err := n.st.ReadOutbox(publishBatch)
 		if err != nil || len(entries) == 0 {
@@ -95,7 +95,7 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, kv jetstream.K
 					break
 				}
 				var deleted bool
-				if deleted, err = n.unblock(ctx, js, kv, e); err != nil {
+				if deleted, err = n.unblock(ctx, js, stream, e); err != nil {
 					break
 				}
 				if deleted {
@@ -200,20 +200,20 @@ func (n *Node) putBulk(js jetstream.JetStream, e store.OutboxEntry, now time.Tim
 // (a stale unblock never removes a newer block): the delete is conditional on the revision read.
 // A key that holds no block gets its delete marker all the same, since a bulk value may hold the
 // prefix (see bulk.go).
-func (n *Node) unblock(ctx context.Context, js jetstream.JetStream, kv jetstream.KeyValue, e store.OutboxEntry) (deleted bool, err error) {
+func (n *Node) unblock(ctx context.Context, js jetstream.JetStream, stream jetstream.Stream, e store.OutboxEntry) (deleted bool, err error) {
 	key := Key(e.Rule.Prefix)
+	subject := "$KV." + n.cfg.Bucket + "." + key
 	for range 5 {
 		var rev uint64 // the key's last revision, marker or value; 0: it never had one
-		history, err := kv.History(ctx, key)
+		last, err := stream.GetLastMsgForSubject(ctx, subject)
 		switch {
-		case errors.Is(err, jetstream.ErrKeyNotFound):
+		case errors.Is(err, jetstream.ErrMsgNotFound):
 		case err != nil:
 			return false, fmt.Errorf("read %s before its unblock: %w", key, err)
 		default:
-			last := history[len(history)-1]
-			rev = last.Revision()
+			rev = last.Sequence
 			var v Value
-			if last.Operation() == jetstream.KeyValuePut && json.Unmarshal(last.Value(), &v) == nil && v.MadeMs > e.Rule.LastOffence.UnixMilli() {
+			if last.Header.Get("KV-Operation") == "" && json.Unmarshal(last.Data, &v) == nil && v.MadeMs > e.Rule.LastOffence.UnixMilli() {
 				n.stale.Add(1)
 				n.log.Info("unblock not shared: the fleet blocked it again since", "prefix", e.Rule.Prefix, "node", v.Node)
 				return false, nil
@@ -222,7 +222,7 @@ func (n *Node) unblock(ctx context.Context, js jetstream.JetStream, kv jetstream
 		n.noteOwnDelete(key, 1)
 		// kv.Delete cannot require "no revision yet" (it reads 0 as no condition): the marker is
 		// published as it would, with the condition always set.
-		m := nats.NewMsg("$KV." + n.cfg.Bucket + "." + key)
+		m := nats.NewMsg(subject)
 		m.Header.Set("KV-Operation", "DEL")
 		m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(rev, 10))
 		_, err = js.PublishMsg(ctx, m)
