@@ -26,7 +26,12 @@ import (
 // natsServer runs a real JetStream server on 127.0.0.1 (port -1: a free one), its store in dir.
 func natsServer(t *testing.T, dir string, port int) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true})
+	return natsServerWith(t, &server.Options{Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoSigs: true})
+}
+
+func natsServerWith(t *testing.T, o *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -623,5 +628,30 @@ func TestFleetReconnectCountsOnce(t *testing.T) {
 	waitConnected(t, b) // connected once the bucket's keys are all applied again
 	if st := b.d.FleetStatus(); st.Received != 1 || st.Allowlisted != 1 {
 		t.Errorf("after a reconnect b counts received %d, allowlisted %d; want 1 and 1", st.Received, st.Allowlisted)
+	}
+}
+
+// A server whose max_payload is too small for a bulk value: the import is enforced here, waits
+// in the outbox, and fleet status says why.
+func TestFleetBulkOverMaxPayload(t *testing.T) {
+	srv := natsServerWith(t, &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true,
+		MaxPayload: 256 << 10})
+	a := startFleetHost(t, srv.ClientURL(), "a", t.TempDir())
+	waitConnected(t, a)
+	var list strings.Builder
+	for i := range bulkImport + 10 {
+		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
+	}
+	if _, err := a.d.Import(context.Background(), api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
+		t.Fatal(err)
+	}
+	if !a.enforced("198.19.0.1/32") {
+		t.Fatal("the import is not enforced here")
+	}
+	waitFor(t, 5*time.Second, "fleet status names max_payload", func() bool {
+		return strings.Contains(a.d.FleetStatus().Error, "max_payload")
+	})
+	if st := a.d.FleetStatus(); st.Outbox == 0 || st.Published != 0 {
+		t.Errorf("outbox %d, published %d: want the import waiting", st.Outbox, st.Published)
 	}
 }

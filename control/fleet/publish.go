@@ -189,6 +189,10 @@ func (n *Node) putBulk(js jetstream.JetStream, e store.OutboxEntry, now time.Tim
 		}
 		opts = append(opts, jetstream.WithMsgTTL(deadline.Sub(now).Round(time.Second)+gcMargin))
 	}
+	if limit := js.Conn().MaxPayload(); int64(len(e.Bulk))+1024 > limit {
+		return pending{}, fmt.Errorf("share %d imported blocks: a bulk value of %d bytes is over the server's max_payload (%d): set max_payload to 1MB, its default",
+			count, len(e.Bulk), limit)
+	}
 	ack, err := js.PublishAsync("$KV."+n.cfg.Bucket+"."+BulkKey(), e.Bulk, opts...)
 	if err != nil {
 		return pending{}, fmt.Errorf("publish %d shared blocks: %w", count, err)

@@ -66,7 +66,10 @@ func (t *Tx) AppendOutbox(entries ...OutboxEntry) error {
 	return nil
 }
 
-// ReadOutbox returns up to limit queued decisions, oldest first.
+// outboxReadBytes bounds what one ReadOutbox reads: bulk entries are half a megabyte each.
+const outboxReadBytes = 8 << 20
+
+// ReadOutbox returns up to limit queued decisions, oldest first (fewer when they are big).
 func (s *Store) ReadOutbox(limit int) ([]OutboxEntry, error) {
 	var out []OutboxEntry
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -75,7 +78,9 @@ func (s *Store) ReadOutbox(limit int) ([]OutboxEntry, error) {
 			return nil
 		}
 		c := b.Cursor()
-		for k, v := c.First(); k != nil && len(out) < limit; k, v = c.Next() {
+		size := 0
+		for k, v := c.First(); k != nil && len(out) < limit && size < outboxReadBytes; k, v = c.Next() {
+			size += len(v)
 			e, err := decodeOutbox(k, v)
 			if err != nil {
 				return err

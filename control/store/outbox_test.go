@@ -82,3 +82,31 @@ func TestFleetRuleRoundTrip(t *testing.T) {
 		t.Fatalf("got %+v, want %+v", got, r)
 	}
 }
+
+// A read of the outbox stops at about outboxReadBytes: bulk entries are big.
+func TestReadOutboxBoundsBytes(t *testing.T) {
+	s, err := OpenStore(filepath.Join(t.TempDir(), "snare.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	big := make([]byte, 1<<20)
+	err = s.Update(func(tx *Tx) error {
+		for range 20 {
+			if err := tx.AppendOutbox(OutboxEntry{Bulk: big}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ReadOutbox(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := outboxReadBytes / len(big); len(got) != want {
+		t.Fatalf("read %d entries of 1 MB, want %d", len(got), want)
+	}
+}
