@@ -201,12 +201,12 @@ func (d *Daemon) RemoveFleet(ctx context.Context, gone []fleet.Removal) (int, er
 	return len(removed), nil
 }
 
-// FleetPrefixes lists the stored fleet rules (fleet.Local).
-func (d *Daemon) FleetPrefixes() ([]netip.Prefix, error) {
+// FleetRulesNotFrom lists the stored fleet rules whose revision live refuses (fleet.Local).
+func (d *Daemon) FleetRulesNotFrom(live func(revision uint64) bool) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	err := d.store.View(func(tx *store.Tx) error {
 		return tx.ForEachRule(func(r store.Rule) error {
-			if r.Origin == api.OriginFleet {
+			if r.Origin == api.OriginFleet && !live(r.Revision) {
 				out = append(out, r.Prefix)
 			}
 			return nil

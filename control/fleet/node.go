@@ -39,8 +39,8 @@ type Local interface {
 	ApplyFleet(ctx context.Context, rules []store.Rule) (applied int, allowlisted []store.Rule, err error)
 	// RemoveFleet applies removals (see Removal) and returns how many rules went.
 	RemoveFleet(ctx context.Context, gone []Removal) (int, error)
-	// FleetPrefixes lists the stored rules of origin fleet.
-	FleetPrefixes() ([]netip.Prefix, error)
+	// FleetRulesNotFrom lists the stored rules of origin fleet whose revision live refuses.
+	FleetRulesNotFrom(live func(revision uint64) bool) ([]netip.Prefix, error)
 }
 
 // Options configure New.

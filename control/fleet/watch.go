@@ -20,7 +20,10 @@ const watchBatch = 4096
 // the fleet rules whose key is gone), then every change as it comes.
 func (n *Node) watch(ctx context.Context, w jetstream.KeyWatcher) error {
 	initial := true
-	seen := map[netip.Prefix]bool{} // keys holding a block in the initial state
+	// The revisions of the values in the initial state: a fleet rule came from one of them, or
+	// its key or bulk value is gone (a set of one number per key, where a set of the prefixes
+	// of a million shared blocks would cost a catching-up host some 60 MB).
+	live := map[uint64]bool{}
 	var puts []store.Rule
 	var dels []Removal
 	apply := func() {
@@ -58,20 +61,17 @@ func (n *Node) watch(ctx context.Context, w jetstream.KeyWatcher) error {
 			}
 			if e == nil { // the initial state is all delivered
 				apply()
-				if err := n.reconcile(ctx, seen); err != nil {
+				if err := n.reconcile(ctx, live); err != nil {
 					return err
 				}
-				initial, seen = false, nil
+				initial, live = false, nil
 				n.setConnected(true)
 			} else {
-				before := len(puts)
 				if rm, ok := n.entry(e, initial, &puts); ok {
 					dels = append(dels, rm)
 				}
-				if initial {
-					for _, r := range puts[before:] {
-						seen[r.Prefix] = true
-					}
+				if initial && e.Operation() == jetstream.KeyValuePut {
+					live[e.Revision()] = true
 				}
 			}
 			if len(puts)+len(dels) >= watchBatch {
@@ -171,23 +171,21 @@ func (n *Node) refuse(err error) {
 	}
 }
 
-// reconcile drops the fleet rules whose key the bucket no longer holds (unblocked or expired
-// while this host was away, the delete markers maybe purged since). It runs after the current
-// keys are applied, so that no still-valid block is ever missing meanwhile.
-func (n *Node) reconcile(ctx context.Context, seen map[netip.Prefix]bool) error {
-	have, err := n.local.FleetPrefixes()
+// reconcile drops the fleet rules that came from a value the bucket no longer holds (unblocked
+// or expired while this host was away, the delete markers maybe purged since). It runs after the
+// current values are applied, so that no still-valid block is ever missing meanwhile.
+func (n *Node) reconcile(ctx context.Context, live map[uint64]bool) error {
+	stale, err := n.local.FleetRulesNotFrom(func(rev uint64) bool { return live[rev] })
 	if err != nil {
 		return err
 	}
-	var gone []Removal
-	now := time.Now()
-	for _, p := range have {
-		if !seen[p] {
-			gone = append(gone, Removal{Prefix: p, Revision: math.MaxUint64, At: now})
-		}
-	}
-	if len(gone) == 0 {
+	if len(stale) == 0 {
 		return nil
+	}
+	gone := make([]Removal, len(stale))
+	now := time.Now()
+	for i, p := range stale {
+		gone[i] = Removal{Prefix: p, Revision: math.MaxUint64, At: now}
 	}
 	dropped, err := n.local.RemoveFleet(ctx, gone)
 	if err != nil {
