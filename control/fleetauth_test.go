@@ -174,6 +174,9 @@ func (o *natsOperator) creds(t *testing.T, dir, user string) string {
 	upub, _ := ukp.PublicKey()
 	uc := jwt.NewUserClaims(upub)
 	uc.Name = user
+	// The permissions docs/fleet.md gives a snared user of bucket snare.
+	uc.Pub.Allow.Add("$JS.API.>", "$KV.snare.>", "$JS.FC.>")
+	uc.Sub.Allow.Add("_INBOX.>")
 	ujwt, err := uc.Encode(o.account)
 	if err != nil {
 		t.Fatal(err)
