@@ -254,6 +254,21 @@ func TestFleetCredsRequired(t *testing.T) {
 	}
 	shared(t, "198.18.0.91/32", "a", a, b)
 
+	// A user without the permissions for its bucket connects, and the status says what it may
+	// not do while its decisions wait in the outbox.
+	narrow := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		set("narrow", op.creds(t, dir, "narrow"))(c)
+		c.Fleet.Bucket = "other"
+	})
+	waitConnected(t, narrow)
+	if _, err := narrow.d.Block(t.Context(), []string{"198.18.0.92"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "a permissions error on narrow", func() bool { return narrow.d.FleetStatus().Error != "" })
+	if st := narrow.d.FleetStatus(); !strings.Contains(st.Error, `Permissions Violation for Publish to "$KV.other.`) || st.Outbox != 1 {
+		t.Errorf("narrow: error %q, outbox %d; want the permissions violation and the block waiting", st.Error, st.Outbox)
+	}
+
 	// A user of an account the server does not know yet is refused, and connects once the
 	// account is pushed to the server, without a restart.
 	late := &natsOperator{}
