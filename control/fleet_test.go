@@ -443,6 +443,36 @@ func TestFleetEmbeddedServer(t *testing.T) {
 	shared(t, "198.18.0.50/32", "b", b, a)
 }
 
+// An embedded server that cannot open its listener says why in the fleet status, at once; the
+// host goes on enforcing its own decisions.
+func TestFleetEmbeddedListenFails(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	for _, tc := range []struct{ listen, clusterListen, want string }{
+		{held.Addr().String(), "", "fleet.embedded.listen: listen tcp " + held.Addr().String() + ": bind: address already in use"},
+		{"198.18.99.99:4222", "", "fleet.embedded.listen: listen tcp 198.18.99.99:4222: bind: cannot assign requested address"},
+		{fmt.Sprintf("127.0.0.1:%d", freePort(t)), held.Addr().String(), "fleet.embedded.cluster_listen: listen tcp " + held.Addr().String() + ": bind: address already in use"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			h := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+				c.Fleet.Node = "a"
+				c.Fleet.Embedded.Listen = tc.listen
+				c.Fleet.Embedded.ClusterListen = tc.clusterListen
+			})
+			waitFor(t, 2*time.Second, "an error in the fleet status", func() bool { return h.d.FleetStatus().Error != "" })
+			if st := h.d.FleetStatus(); st.Connected || st.Error != tc.want {
+				t.Errorf("fleet status: connected %v, error %q; want %q", st.Connected, st.Error, tc.want)
+			}
+			if _, err := h.d.Block(t.Context(), []string{"198.18.0.55"}, "1h", ""); err != nil || !h.enforced("198.18.0.55/32") {
+				t.Fatalf("local block: %v", err)
+			}
+		})
+	}
+}
+
 // A stale unblock never removes a newer block: neither an unblock made before a later block
 // (held in an outbox meanwhile), nor a delete with an older revision than the rule's.
 func TestFleetStaleUnblock(t *testing.T) {

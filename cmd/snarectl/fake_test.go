@@ -34,6 +34,7 @@ type fakeDaemon struct {
 type canned struct {
 	list     api.ListResponse
 	status   api.StatusResponse
+	fleet    api.FleetStatus
 	allow    api.AllowResponse
 	events   []api.Event
 	export   string
@@ -128,6 +129,7 @@ func (f *fakeDaemon) handler() http.Handler {
 		}
 	})
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).status) })
+	mux.HandleFunc("GET /v1/fleet", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).fleet) })
 	mux.HandleFunc("GET /v1/allow", func(w http.ResponseWriter, r *http.Request) { answer(w, f.record(r, nil).allow) })
 	allowChange := func(w http.ResponseWriter, r *http.Request) {
 		var req api.AllowRequest

@@ -31,10 +31,10 @@ func (c *cli) fleetCommand() *cobra.Command {
 		Use:   "status",
 		Short: "Show this host in the fleet",
 		Long: `Show this host in the fleet: its node name, the NATS servers, whether it is connected
-(and the last error if not), the embedded server if it runs one, how many local decisions wait
-in the outbox, the decisions published, received, refused (bad values from the engine), shed
-(trap blocks over fleet.max_publish_per_second), kept out by the local allowlist, and the other
-nodes seen and when.
+(and why not, or the last thing the engine refused since), the embedded server if it runs one,
+how many local decisions wait in the outbox, the decisions published, received, refused (bad
+values from the engine), shed (trap blocks over fleet.max_publish_per_second), kept out by the
+local allowlist, and the other nodes seen and when.
 
 -o json prints the daemon's answer as is ("connected": true|false).`,
 		Example: `  snarectl fleet status
@@ -76,6 +76,10 @@ func (c *cli) fleetTable(st api.FleetStatus) error {
 		}
 	}
 	row("connected", "%s", conn)
+	if st.Connected && st.Error != "" {
+		// Connected, yet the engine refused something since (a permission, a publication).
+		row("last error", "%s", st.Error)
+	}
 	if e := st.Embedded; e != nil {
 		row("embedded server", "%s, listening on %s, %d routes, store %s", map[bool]string{true: "running", false: "stopped"}[e.Running], e.ClientURL, e.Routes, e.StoreDir)
 	}

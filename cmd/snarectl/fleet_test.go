@@ -106,3 +106,24 @@ func TestFleetStatus(t *testing.T) {
 		t.Errorf("fleet nonsense: code %d", r.code)
 	}
 }
+
+// The table shows why the engine refused something: in the connected line when not connected,
+// on a line of its own when connected (a permission the user lacks, say).
+func TestFleetStatusShowsError(t *testing.T) {
+	f := newFakeDaemon(t)
+	perm := `nats: permissions violation: Permissions Violation for Publish to "$KV.other.4.198-18-0-9.32"`
+	for _, tc := range []struct {
+		st   api.FleetStatus
+		want string
+	}{
+		{api.FleetStatus{Enabled: true, Node: "web-1", Connected: true, Error: perm, Outbox: 1}, "connected: yes last error: " + perm},
+		{api.FleetStatus{Enabled: true, Node: "web-1", Error: "connect to nats://198.18.0.5:4222: refused"}, "connected: no (connect to nats://198.18.0.5:4222: refused)"},
+		{api.FleetStatus{Enabled: true, Node: "web-1", Connected: true}, "connected: yes outbox: 0"},
+	} {
+		f.set(func() { f.fleet = tc.st })
+		r := runCLI(t, f.socket, "", "fleet", "status")
+		if table := strings.Join(strings.Fields(r.stdout), " "); r.code != exitOK || !strings.Contains(table, tc.want) {
+			t.Errorf("fleet status of %+v: code %d, table\n%s\nwant %q", tc.st, r.code, r.stdout, tc.want)
+		}
+	}
+}

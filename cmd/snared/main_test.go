@@ -29,14 +29,18 @@ func TestCheckConfig(t *testing.T) {
 		}
 	}
 
+	notCreds := filepath.Join(dir, "cert.pem")
+	os.WriteFile(notCreds, []byte("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"), 0o600)
 	for name, tc := range map[string]struct {
 		file, env, want string
 	}{
-		"broken yaml":     {file: "block: [\n", want: "config file"},
-		"unknown key":     {file: "blok:\n  ttl: 5d\n", want: "unknown key"},
-		"bad ttl":         {file: "block:\n  ttl: -5d\n", want: "block.ttl"},
-		"bad backend env": {env: "SNARE_BACKEND=ebpf", want: "backend"},
-		"missing file":    {file: "-", want: "does not exist"},
+		"broken yaml":      {file: "block: [\n", want: "config file"},
+		"unknown key":      {file: "blok:\n  ttl: 5d\n", want: "unknown key"},
+		"bad ttl":          {file: "block:\n  ttl: -5d\n", want: "block.ttl"},
+		"bad backend env":  {env: "SNARE_BACKEND=ebpf", want: "backend"},
+		"missing file":     {file: "-", want: "does not exist"},
+		"missing creds":    {file: "fleet:\n  creds: " + filepath.Join(dir, "nope.creds") + "\n", want: "fleet.creds: stat " + filepath.Join(dir, "nope.creds") + ": no such file"},
+		"not a creds file": {file: "fleet:\n  creds: " + notCreds + "\n", want: "fleet.creds: " + notCreds + " is not a NATS credentials file"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			args := []string{"--check-config"}

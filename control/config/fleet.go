@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/nats-io/jwt/v2"
 	"golang.org/x/sys/unix"
 
 	"github.com/snare-dev/snare/control/input"
@@ -102,6 +103,11 @@ func (c *Config) validateFleet() error {
 			return bad(key, "%s is a directory, not a file", path)
 		}
 	}
+	if f.Creds != "" {
+		if err := checkCreds(f.Creds); err != nil {
+			return bad("fleet.creds", "%v", err)
+		}
+	}
 	if (f.TLS.Cert == "") != (f.TLS.Key == "") {
 		return bad("fleet.tls.cert", "fleet.tls.cert and fleet.tls.key go together: set both or neither")
 	}
@@ -130,6 +136,36 @@ func (c *Config) validateFleet() error {
 	}
 	if err := checkCreatableDir(c.FleetStoreDir()); err != nil {
 		return bad("fleet.embedded.store_dir", "%v", err)
+	}
+	return nil
+}
+
+// checkCreds reads a NATS credentials file as the client will on every connect: a user JWT and
+// that user's nkey seed. A wrong file found here is named now, not as a refusal by the server later.
+func checkCreds(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	defer clear(b) // the seed is a secret: do not leave it in memory
+	tok, err := jwt.ParseDecoratedJWT(b)
+	if err != nil {
+		return fmt.Errorf("%s is not a NATS credentials file: %v", path, err)
+	}
+	uc, err := jwt.DecodeUserClaims(tok)
+	if err != nil {
+		return fmt.Errorf("%s is not a NATS credentials file (want a user JWT and its nkey seed, as `nsc generate creds` writes): %v", path, err)
+	}
+	kp, err := jwt.ParseDecoratedUserNKey(b)
+	if err != nil {
+		return fmt.Errorf("%s holds a user JWT but no user nkey seed: %v", path, err)
+	}
+	pub, err := kp.PublicKey()
+	if err != nil {
+		return fmt.Errorf("%s: nkey seed: %v", path, err)
+	}
+	if pub != uc.Subject {
+		return fmt.Errorf("%s: the nkey seed is of user %s, the JWT of user %s", path, pub, uc.Subject)
 	}
 	return nil
 }

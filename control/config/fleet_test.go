@@ -4,8 +4,45 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nkeys"
 )
+
+// natsUser makes a NATS user: its JWT (signed by a new account) and its nkey seed.
+func natsUser(t *testing.T) (string, []byte) {
+	t.Helper()
+	akp, err := nkeys.CreateAccount()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ukp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	upub, _ := ukp.PublicKey()
+	tok, err := jwt.NewUserClaims(upub).Encode(akp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := ukp.Seed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, seed
+}
+
+// credsText is a .creds file of a user JWT and a seed, as `nsc generate creds` writes it.
+func credsText(t *testing.T, tok string, seed []byte) string {
+	t.Helper()
+	text, err := jwt.FormatUserConfig(tok, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(text)
+}
 
 func TestFleetConfigDefaults(t *testing.T) {
 	c, err := Load(LoadOptions{})
@@ -25,7 +62,8 @@ func TestFleetConfigDefaults(t *testing.T) {
 }
 
 func TestFleetConfigEnvAndFile(t *testing.T) {
-	creds := writeFile(t, "fleet.creds", "x")
+	tok, seed := natsUser(t)
+	creds := writeFile(t, "fleet.creds", credsText(t, tok, seed))
 	file := writeFile(t, "snare.yaml", `fleet:
   servers: ["nats://198.18.0.5:4222"]
   node: web-1
@@ -77,6 +115,25 @@ func TestFleetConfigBadValues(t *testing.T) {
 		{"fleet: {embedded: {listen: '127.0.0.1:4222', cluster_listen: 'x'}}", []string{"fleet.embedded.cluster_listen", "host:port"}},
 		{"fleet: {embedded: {listen: '127.0.0.1:4222', store_dir: " + file + "/nats}}", []string{"fleet.embedded.store_dir", "cannot create", "is not a directory"}},
 	}
+	tok, seed := natsUser(t)
+	otherTok, otherSeed := natsUser(t)
+	other := credsText(t, otherTok, otherSeed)
+	full := credsText(t, tok, seed)
+	jwtOnly := full[:strings.Index(full, "*")] // the JWT block without the seed block
+	for _, c := range []struct{ content, want string }{
+		{"x\n", "is not a NATS credentials file"},
+		{jwtOnly, "holds a user JWT but no user nkey seed"},
+		{jwtOnly + other[strings.Index(other, "*"):], "the nkey seed is of user"}, // another user's seed
+	} {
+		cases = append(cases, struct {
+			yaml string
+			want []string
+		}{"fleet: {creds: " + writeFile(t, "bad.creds", c.content) + "}", []string{"fleet.creds", "bad.creds", c.want}})
+	}
+	cases = append(cases, struct {
+		yaml string
+		want []string
+	}{"fleet: {creds: " + t.TempDir() + "}", []string{"fleet.creds", "is a directory"}})
 	for _, tc := range cases {
 		t.Run(tc.yaml, func(t *testing.T) {
 			f := writeFile(t, "bad.yaml", tc.yaml+"\n")

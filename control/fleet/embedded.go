@@ -14,6 +14,18 @@ import (
 // startEmbedded runs the JetStream server of fleet.embedded inside snared.
 func (n *Node) startEmbedded() (*server.Server, error) {
 	e := n.cfg.Embedded
+	// The server tells a listener it cannot open only to its logger, then never becomes ready:
+	// try the addresses first, so that the reason (in use, not this host's address) is shown.
+	for key, addr := range map[string]string{"fleet.embedded.listen": e.Listen, "fleet.embedded.cluster_listen": e.ClusterListen} {
+		if addr == "" {
+			continue
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		l.Close()
+	}
 	host, port, err := splitHostPort(e.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("fleet.embedded.listen: %w", err)

@@ -149,13 +149,16 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 			poke()
 		}),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { n.setErr(err) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { n.setErr(n.explain(err)) }),
 		// Every failed attempt says why (refused, TLS required, authorization violation).
 		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
-				n.setErr(fmt.Errorf("connect to %s: %w", strings.Join(servers, ","), err))
+				n.setErr(n.explain(fmt.Errorf("connect to %s: %w", strings.Join(servers, ","), err)))
 			}
 		}),
+		// A refused user is retried like an unreachable server: the account may be pushed to the
+		// server, or the creds file replaced (it is read on every attempt), after snared started.
+		nats.IgnoreAuthErrorAbort(),
 	}
 	if n.cfg.Creds != "" {
 		opts = append(opts, nats.UserCredentials(n.cfg.Creds))
@@ -168,7 +171,7 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	nc, err := nats.Connect(strings.Join(servers, ","), opts...)
 	if err != nil {
-		n.setErr(fmt.Errorf("connect to %s: %w", strings.Join(servers, ","), err))
+		n.setErr(n.explain(fmt.Errorf("connect to %s: %w", strings.Join(servers, ","), err)))
 		return err
 	}
 	defer nc.Close()
@@ -264,6 +267,21 @@ func (n *Node) setErr(err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.lastErr = err.Error()
+}
+
+// explain adds to an error of the server's authorization what the operator should check: the
+// server names only the violation, not which side is wrong.
+func (n *Node) explain(err error) error {
+	msg := strings.ToLower(err.Error())
+	switch {
+	case !strings.Contains(msg, "authorization violation") && !strings.Contains(msg, "authentication expired") &&
+		!strings.Contains(msg, "authentication revoked"):
+		return err
+	case n.cfg.Creds == "":
+		return fmt.Errorf("%w (the server requires authentication, e.g. a NATS credentials file in fleet.creds, which is not set)", err)
+	default:
+		return fmt.Errorf("%w (the server refused the user of fleet.creds %s: is it a user of an account this server trusts, not expired or revoked?)", err, n.cfg.Creds)
+	}
 }
 
 // Status is the node as `snarectl fleet status` shows it.
