@@ -148,6 +148,18 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
+// importBig imports n addresses, 198.19.0.0 on, for a day on h.
+func importBig(t *testing.T, h *fleetHost, n int) {
+	t.Helper()
+	var list strings.Builder
+	for i := range n {
+		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
+	}
+	if _, err := h.d.Import(context.Background(), api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func waitConnected(t *testing.T, hs ...*fleetHost) {
 	t.Helper()
 	for _, h := range hs {
@@ -524,8 +536,8 @@ func TestFleetStaleUnblock(t *testing.T) {
 	}
 }
 
-// An import is shared in bulk: small ones in the import's transaction, big ones (the bulk path)
-// after it; every entry reaches the other host.
+// An import is shared: a small one a key per entry, a big one (the bulk path) packed into bulk
+// values; both queued in the commit that stores them, and every entry reaches the other host.
 func TestFleetSharesImports(t *testing.T) {
 	srv := natsServer(t, t.TempDir(), -1)
 	url := srv.ClientURL()
@@ -533,14 +545,8 @@ func TestFleetSharesImports(t *testing.T) {
 	b := startFleetHost(t, url, "b", t.TempDir())
 	waitConnected(t, a, b)
 	ctx := context.Background()
-	var list strings.Builder
 	n := bulkImport + 10_000 // the bulk path
-	for i := range n {
-		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
-	}
-	if _, err := a.d.Import(ctx, api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
-		t.Fatal(err)
-	}
+	importBig(t, a, n)
 	if _, err := a.d.Import(ctx, api.ImportRequest{Content: "198.18.0.70\n2001:db8:7::/48\n", Name: "small"}); err != nil {
 		t.Fatal(err)
 	}
@@ -606,14 +612,8 @@ func TestFleetUnblockInsideSharedImport(t *testing.T) {
 	b := startFleetHost(t, url, "b", t.TempDir())
 	waitConnected(t, a, b)
 	ctx := context.Background()
-	var list strings.Builder
 	n := bulkImport + 10 // the bulk path
-	for i := range n {
-		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
-	}
-	if _, err := a.d.Import(ctx, api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
-		t.Fatal(err)
-	}
+	importBig(t, a, n)
 	waitFor(t, 60*time.Second, "every imported entry on b", func() bool { return b.d.store.Count() == n })
 	if _, _, err := b.d.Unblock(ctx, []string{"198.19.0.5"}); err != nil {
 		t.Fatal(err)
@@ -668,13 +668,7 @@ func TestFleetBulkOverMaxPayload(t *testing.T) {
 		MaxPayload: 256 << 10})
 	a := startFleetHost(t, srv.ClientURL(), "a", t.TempDir())
 	waitConnected(t, a)
-	var list strings.Builder
-	for i := range bulkImport + 10 {
-		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
-	}
-	if _, err := a.d.Import(context.Background(), api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
-		t.Fatal(err)
-	}
+	importBig(t, a, bulkImport+10)
 	if !a.enforced("198.19.0.1/32") {
 		t.Fatal("the import is not enforced here")
 	}

@@ -8,9 +8,9 @@ import (
 	"testing"
 
 	"github.com/nats-io/jwt/v2"
-	"github.com/nats-io/nkeys"
 
 	"github.com/snare-dev/snare/control/config"
+	"github.com/snare-dev/snare/internal/testutil"
 )
 
 const fleetDoc = "../docs/fleet.md"
@@ -18,20 +18,7 @@ const fleetDoc = "../docs/fleet.md"
 // writeCreds writes a real NATS credentials file (a user JWT and its nkey seed) to path.
 func writeCreds(t *testing.T, path string) {
 	t.Helper()
-	akp, err := nkeys.CreateAccount()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ukp, err := nkeys.CreateUser()
-	if err != nil {
-		t.Fatal(err)
-	}
-	upub, _ := ukp.PublicKey()
-	tok, err := jwt.NewUserClaims(upub).Encode(akp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed, _ := ukp.Seed()
+	tok, seed := testutil.NATSUser(t)
 	text, err := jwt.FormatUserConfig(tok, seed)
 	if err != nil {
 		t.Fatal(err)

@@ -8,31 +8,9 @@ import (
 	"testing"
 
 	"github.com/nats-io/jwt/v2"
-	"github.com/nats-io/nkeys"
-)
 
-// natsUser makes a NATS user: its JWT (signed by a new account) and its nkey seed.
-func natsUser(t *testing.T) (string, []byte) {
-	t.Helper()
-	akp, err := nkeys.CreateAccount()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ukp, err := nkeys.CreateUser()
-	if err != nil {
-		t.Fatal(err)
-	}
-	upub, _ := ukp.PublicKey()
-	tok, err := jwt.NewUserClaims(upub).Encode(akp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seed, err := ukp.Seed()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok, seed
-}
+	"github.com/snare-dev/snare/internal/testutil"
+)
 
 // credsText is a .creds file of a user JWT and a seed, as `nsc generate creds` writes it.
 func credsText(t *testing.T, tok string, seed []byte) string {
@@ -62,7 +40,7 @@ func TestFleetConfigDefaults(t *testing.T) {
 }
 
 func TestFleetConfigEnvAndFile(t *testing.T) {
-	tok, seed := natsUser(t)
+	tok, seed := testutil.NATSUser(t)
 	creds := writeFile(t, "fleet.creds", credsText(t, tok, seed))
 	file := writeFile(t, "snare.yaml", `fleet:
   servers: ["nats://198.18.0.5:4222"]
@@ -115,8 +93,8 @@ func TestFleetConfigBadValues(t *testing.T) {
 		{"fleet: {embedded: {listen: '127.0.0.1:4222', cluster_listen: 'x'}}", []string{"fleet.embedded.cluster_listen", "host:port"}},
 		{"fleet: {embedded: {listen: '127.0.0.1:4222', store_dir: " + file + "/nats}}", []string{"fleet.embedded.store_dir", "cannot create", "is not a directory"}},
 	}
-	tok, seed := natsUser(t)
-	otherTok, otherSeed := natsUser(t)
+	tok, seed := testutil.NATSUser(t)
+	otherTok, otherSeed := testutil.NATSUser(t)
 	other := credsText(t, otherTok, otherSeed)
 	full := credsText(t, tok, seed)
 	jwtOnly := full[:strings.Index(full, "*")] // the JWT block without the seed block

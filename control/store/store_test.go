@@ -402,19 +402,7 @@ func TestBulkPutRulesMerges(t *testing.T) {
 	if s.Count() != len(want) {
 		t.Fatalf("count %d, want %d", s.Count(), len(want))
 	}
-	got := 0
-	err = s.View(func(tx *Tx) error {
-		return tx.ForEachRule(func(r Rule) error {
-			got++
-			if want[r.Prefix] != r.Reason {
-				return fmt.Errorf("%s: reason %q, want %q", r.Prefix, r.Reason, want[r.Prefix])
-			}
-			return nil
-		})
-	})
-	if err != nil || got != len(want) {
-		t.Fatalf("walked %d of %d: %v", got, len(want), err)
-	}
+	holdsReasons(t, s, want)
 }
 
 // A store written by format 1 (one bbolt key per rule) is migrated to segments on open.
@@ -633,6 +621,12 @@ func TestMergeSorted(t *testing.T) {
 	if s.Count() != len(want) {
 		t.Fatalf("count %d, want %d", s.Count(), len(want))
 	}
+	holdsReasons(t, s, want)
+}
+
+// holdsReasons fails unless s holds exactly the prefixes of want, each with its reason.
+func holdsReasons(t *testing.T, s *Store, want map[netip.Prefix]string) {
+	t.Helper()
 	got := 0
 	err := s.View(func(tx *Tx) error {
 		return tx.ForEachRule(func(r Rule) error {
