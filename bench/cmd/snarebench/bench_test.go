@@ -187,3 +187,27 @@ func TestFleetSources(t *testing.T) {
 		t.Errorf("sources past 198.19.255.255 = %v, %v; want an error", got, err)
 	}
 }
+
+// The catch-up's list: a million addresses of the reserved filler range, none of them in the
+// first list (blockList), which must be gone before it fits block.capacity.
+func TestFillerList(t *testing.T) {
+	const n = 1_000_000
+	first := map[netip.Addr]bool{}
+	for _, a := range blockList(n) {
+		first[a] = true
+	}
+	l := fillerList(bulkFirst, n)
+	if len(l) != n {
+		t.Fatalf("fillerList: %d entries, want %d", len(l), n)
+	}
+	seen := map[netip.Addr]bool{}
+	for i, a := range l {
+		if !netip.MustParsePrefix("240.0.0.0/8").Contains(a) || first[a] || seen[a] {
+			t.Fatalf("fillerList: entry %d, %s, outside 240.0.0.0/8, in blockList or twice", i, a)
+		}
+		seen[a] = true
+	}
+	if l[0] != bulkFirst || l[256] != netip.MustParseAddr("240.128.1.0") || l[n-1] != netip.MustParseAddr("240.143.66.63") {
+		t.Errorf("fillerList: %s, %s, ..., %s; want consecutive addresses from %s", l[0], l[256], l[n-1], bulkFirst)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,17 +35,33 @@ const (
 var fleetSrcBase = netip.MustParseAddr("198.19.0.0")
 
 // fleetStep is one measurement on a running fleet; each adds its rows to the section's table.
-// The 1,000,000-entry shared import and the catch-up of a host that was away belong here as
-// further steps.
 type fleetStep struct {
 	name string
 	run  func(*fleetLab, *table) error
 }
 
-func fleetSteps() []fleetStep {
-	return []fleetStep{
+// fleetRun is a fresh fleet of hosts snared with block.capacity capacity, and the steps measured
+// on it in turn.
+type fleetRun struct {
+	hosts, capacity int
+	steps           []fleetStep
+}
+
+// fleetRuns: single decisions with 3 and with 10 hosts (a small capacity, so ten fit), then the
+// 1,000,000-entry imports with 3 hosts big enough to hold one.
+func fleetRuns() []fleetRun {
+	decisions := []fleetStep{
 		{"latency", (*fleetLab).latency},
 		{"sustained", (*fleetLab).sustained},
+	}
+	bulk := []fleetStep{
+		{"shared import", (*fleetLab).sharedImport},
+		{"catch-up", (*fleetLab).catchUp},
+	}
+	return []fleetRun{
+		{hosts: 3, capacity: fleetCapacity, steps: decisions},
+		{hosts: 10, capacity: fleetCapacity, steps: decisions},
+		{hosts: 3, capacity: bulkCapacity, steps: bulk},
 	}
 }
 
@@ -53,6 +70,7 @@ func fleetSteps() []fleetStep {
 type fleetHost struct {
 	name string
 	d    *daemon
+	cfg  string // its fleet configuration, for a restart
 	prog *ebpf.Program
 }
 
@@ -74,10 +92,11 @@ type fleetLab struct {
 func (e *env) sectionFleet() ([]*table, error) {
 	t := newTable("Fleet: decisions shared over NATS JetStream (real snared processes, native XDP)",
 		"measurement", "hosts", "measured", "goal", "result")
-	t.note("Every snared runs in its own network namespace with its own veth (native XDP), pin dir, socket and state dir, block.capacity %s; the first runs the embedded NATS JetStream server on its lab address, the others connect to it across the lab's host namespace. Blocks and unblocks go through the origin host's API (what `snarectl block` sends); a host enforces a decision when its attached XDP program (found through its pinned link) returns XDP_DROP (XDP_PASS for an unblock) under BPF_PROG_TEST_RUN for a UDP packet from the source. The harness polls every host every %s, so latencies are rounded up by about that much.", num(fleetCapacity), fleetPoll)
+	t.note("Every snared runs in its own network namespace with its own veth (native XDP), pin dir, socket and state dir, block.capacity %s (%s in the fleet that shares the big imports); the first runs the embedded NATS JetStream server on its lab address, the others connect to it across the lab's host namespace. Blocks and unblocks go through the origin host's API (what `snarectl block` sends); a host enforces a decision when its attached XDP program (found through its pinned link) returns XDP_DROP (XDP_PASS for an unblock) under BPF_PROG_TEST_RUN for a UDP packet from the source. The harness polls every host every %s, so latencies are rounded up by about that much.", num(fleetCapacity), num(bulkCapacity), fleetPoll)
 	if e.quick {
-		t.note("Quick mode: 50 blocks and unblocks instead of 200, 3 s of sustained blocking instead of 10; the goals are applied as they are.")
+		t.note("Quick mode: 50 blocks and unblocks instead of 200, 3 s of sustained blocking instead of 10, imports of 100,000 entries instead of 1,000,000; the goals are applied as they are.")
 	}
+	t.note("The big imports (a third fleet: n01 runs the engine, n02 imports, n03 only receives): a list imported through n02's API (what `snarectl import FILE` sends) counts as enforced on a host when its API counts every entry (the store's count, which a fleet block reaches only once it is in the kernel too) and its XDP program returns XDP_DROP for a sample of %s of the list's sources (evenly spread, and the last), polled every 20 ms; once that holds, every entry of the list is looked up in the host's pinned block4 map. The first list (`blockList`: 240.0.0.0/8 filler and 198.19.0.0/16, never sent) has a TTL of %s, so it is gone (expired, swept) before the second (240.128.0.0 onwards), which fits block.capacity only alone. Memory is read from /proc/PID/status.", num(bulkSample+1), bulkTTL(e.quick))
 	bin, err := buildDaemon()
 	if err != nil {
 		t.add("snared", "", "n/a: "+oneLine(err), "", "")
@@ -86,8 +105,9 @@ func (e *env) sectionFleet() ([]*table, error) {
 	removeBin := func() error { return os.RemoveAll(bin) }
 	e.onClose(removeBin) // also on Ctrl-C, which does not run the deferred call
 	defer removeBin()
-	for _, n := range []int{3, 10} {
-		f, err := e.startFleet(bin, n)
+	for _, r := range fleetRuns() {
+		n := r.hosts
+		f, err := e.startFleet(bin, n, r.capacity)
 		if err != nil {
 			if f != nil {
 				f.close()
@@ -95,13 +115,15 @@ func (e *env) sectionFleet() ([]*table, error) {
 			return []*table{t}, fmt.Errorf("start a fleet of %d: %w", n, err)
 		}
 		load := loadAvg()
-		for _, s := range fleetSteps() {
+		var names []string
+		for _, s := range r.steps {
 			e.log.Info("fleet step", "step", s.name, "hosts", n)
+			names = append(names, s.name)
 			if err := s.run(f, t); err != nil {
 				t.add(s.name, fmt.Sprint(n), "n/a: "+oneLine(err), "", "")
 			}
 		}
-		t.note("%d hosts: 1-minute load average %s when the fleet was up, %s when its steps were done.", n, load, loadAvg())
+		t.note("%d hosts (%s): 1-minute load average %s when the fleet was up, %s when its steps were done.", n, strings.Join(names, ", "), load, loadAvg())
 		if err := f.close(); err != nil {
 			return []*table{t}, fmt.Errorf("tear down the fleet of %d: %w", n, err)
 		}
@@ -109,10 +131,10 @@ func (e *env) sectionFleet() ([]*table, error) {
 	return []*table{t}, nil
 }
 
-// startFleet builds the lab and starts n snared in it, the NATS server's host first, and waits
-// until every one is connected to the fleet. On error the returned fleetLab (if any) holds what
-// was built, for close.
-func (e *env) startFleet(bin string, n int) (*fleetLab, error) {
+// startFleet builds the lab and starts n snared with block.capacity capacity in it, the NATS
+// server's host first, and waits until every one is connected to the fleet. On error the
+// returned fleetLab (if any) holds what was built, for close.
+func (e *env) startFleet(bin string, n, capacity int) (*fleetLab, error) {
 	roles := make([]string, n)
 	for i := range roles {
 		roles[i] = fmt.Sprintf("n%02d", i+1)
@@ -146,14 +168,14 @@ func (e *env) startFleet(bin string, n int) (*fleetLab, error) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return f, err
 		}
-		d := &daemon{lab: lab, ns: p.NS, capacity: fleetCapacity, dir: dir, bin: bin,
+		d := &daemon{lab: lab, ns: p.NS, capacity: capacity, dir: dir, bin: bin,
 			pin: e.pinDir + "-fleet-" + p.Role, iface: p.Ifaces[0].Name, socket: filepath.Join(dir, "snare.sock")}
-		h := &fleetHost{name: p.Role, d: d}
-		f.hosts = append(f.hosts, h)
 		cfg := fmt.Sprintf("fleet:\n  node: %s\n  servers: [\"nats://%s\"]\n", p.Role, server)
 		if i == 0 {
 			cfg = fmt.Sprintf("fleet:\n  node: %s\n  embedded:\n    listen: %q\n", p.Role, server)
 		}
+		h := &fleetHost{name: p.Role, d: d, cfg: cfg}
+		f.hosts = append(f.hosts, h)
 		if err := d.start(cfg); err != nil {
 			return f, fmt.Errorf("start snared %s: %w", p.Role, err)
 		}
