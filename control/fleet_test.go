@@ -679,3 +679,38 @@ func TestFleetBulkOverMaxPayload(t *testing.T) {
 		t.Errorf("outbox %d, published %d: want the import waiting", st.Outbox, st.Published)
 	}
 }
+
+// A repeat offender's escalated block is shared with its longer deadline.
+func TestFleetSharesEscalation(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHost(t, url, "a", t.TempDir())
+	b := startFleetHost(t, url, "b", t.TempDir())
+	waitConnected(t, a, b)
+	if !b.d.Config().Block.Escalation.Enabled {
+		t.Fatal("escalation is off by default: this test needs it on")
+	}
+	ctx := context.Background()
+	trap := func() {
+		t.Helper()
+		if err := b.d.handleTraps(ctx, []backend.TrapEvent{{Time: time.Now(), Source: netip.MustParseAddr("198.18.0.90"),
+			Proto: "tcp", Ports: []uint16{1}, TCPFlags: "SYN", Blocked: true}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trap()
+	shared(t, "198.18.0.90/32", "b", b, a)
+	first, _ := a.rule(t, "198.18.0.90/32")
+	if _, _, err := b.d.Unblock(ctx, []string{"198.18.0.90"}); err != nil {
+		t.Fatal(err)
+	}
+	gone(t, "198.18.0.90/32", a, b)
+	trap()
+	shared(t, "198.18.0.90/32", "b", b, a)
+	again, _ := a.rule(t, "198.18.0.90/32")
+	base := time.Duration(b.d.Config().Block.TTL)
+	if got := again.Deadline.Sub(again.LastOffence); got < base*3/2 || !again.Deadline.After(first.Deadline) {
+		t.Errorf("the second block reached a for %s (the first for %s), want an escalated TTL over %s",
+			got, first.Deadline.Sub(first.LastOffence), base)
+	}
+}
