@@ -485,6 +485,31 @@ func TestFleetEmbeddedListenFails(t *testing.T) {
 	}
 }
 
+// An embedded server whose port is held starts once it is free (as one whose address is not up
+// yet at boot starts once it is), and the fleet connects.
+func TestFleetEmbeddedStartsLater(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listen := held.Addr().String()
+	a := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		c.Fleet.Node = "a"
+		c.Fleet.Embedded.Listen = listen
+	})
+	b := startFleetHost(t, "nats://"+listen, "b", t.TempDir())
+	waitFor(t, 2*time.Second, "an error in the fleet status", func() bool { return a.d.FleetStatus().Error != "" })
+	held.Close()
+	waitConnected(t, a, b)
+	if st := a.d.FleetStatus(); st.Embedded == nil || !st.Embedded.Running {
+		t.Fatalf("embedded status %+v", st.Embedded)
+	}
+	if _, err := a.d.Block(t.Context(), []string{"198.18.0.56"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.56/32", "a", a, b)
+}
+
 // A stale unblock never removes a newer block: neither an unblock made before a later block
 // (held in an outbox meanwhile), nor a delete with an older revision than the rule's.
 func TestFleetStaleUnblock(t *testing.T) {

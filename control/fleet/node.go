@@ -122,10 +122,9 @@ const markerTTL = time.Hour
 func (n *Node) Run(ctx context.Context) error {
 	servers := slices.Clone(n.cfg.Servers)
 	if n.cfg.Embedded.Listen != "" {
-		srv, err := n.startEmbedded()
-		if err != nil {
-			n.setErr(err)
-			return err
+		srv := n.startEmbeddedRetrying(ctx)
+		if srv == nil {
+			return nil // ended before the server could start
 		}
 		defer srv.Shutdown()
 		servers = append([]string{srv.ClientURL()}, servers...)
