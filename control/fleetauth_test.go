@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net"
 	"os"
@@ -284,5 +285,52 @@ func TestFleetCredsRequired(t *testing.T) {
 	waitConnected(t, c)
 	if st := c.d.FleetStatus(); st.Error != "" {
 		t.Errorf("error after connecting: %q", st.Error)
+	}
+}
+
+// An embedded server given fleet.tls speaks only TLS and takes only clients whose certificate
+// fleet.tls.ca signed; its own snared talks to it in process.
+func TestFleetEmbeddedTLS(t *testing.T) {
+	dir := t.TempDir()
+	caPath, _, ca := writeCert(t, dir, "ca", nil, true)
+	tlsOf := func(name string) config.FleetTLS {
+		cert, key, _ := writeCert(t, dir, name, &ca, false)
+		return config.FleetTLS{CA: caPath, Cert: cert, Key: key}
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	a := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		c.Fleet.Node = "a"
+		c.Fleet.Embedded.Listen = listen
+		c.Fleet.TLS = tlsOf("a")
+	})
+	b := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		c.Fleet.Node = "b"
+		c.Fleet.Servers = []string{"tls://" + listen}
+		c.Fleet.TLS = tlsOf("b")
+	})
+	waitConnected(t, a, b)
+	if _, err := a.d.Block(t.Context(), []string{"198.18.0.85"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.85/32", "a", a, b)
+
+	// Plain, or TLS with a certificate of another CA: refused.
+	_, _, other := writeCert(t, t.TempDir(), "other-ca", nil, true)
+	otherCert, otherKey, _ := writeCert(t, dir, "stranger", &other, false)
+	for name, set := range map[string]func(*config.Config){
+		"plain": func(c *config.Config) { c.Fleet.Servers = []string{"nats://" + listen} },
+		"another CA's certificate": func(c *config.Config) {
+			c.Fleet.Servers = []string{"tls://" + listen}
+			c.Fleet.TLS = config.FleetTLS{CA: caPath, Cert: otherCert, Key: otherKey}
+		},
+	} {
+		h := startFleetHostWith(t, t.TempDir(), func(c *config.Config) { c.Fleet.Node = "x"; set(c) })
+		waitFor(t, 10*time.Second, name+": an error in the fleet status", func() bool { return h.d.FleetStatus().Error != "" })
+		if st := h.d.FleetStatus(); st.Connected {
+			t.Errorf("%s: connected to the embedded server (%+v)", name, st)
+		}
+		if n := h.d.store.Count(); n != 0 {
+			t.Errorf("%s: %d fleet rules applied", name, n)
+		}
 	}
 }

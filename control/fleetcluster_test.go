@@ -21,10 +21,27 @@ func freePort(t *testing.T) int {
 }
 
 // Three snared run the embedded servers as a JetStream cluster (R3); losing one, the other two
-// keep sharing.
+// keep sharing. With fleet.tls, clients and routes speak TLS with certificates of one CA.
 func TestFleetEmbeddedCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a three-server JetStream cluster takes seconds to form")
+	}
+	t.Run("plain", func(t *testing.T) { testEmbeddedCluster(t, nil) })
+	t.Run("tls", func(t *testing.T) {
+		dir := t.TempDir()
+		caPath, _, ca := writeCert(t, dir, "ca", nil, true)
+		testEmbeddedCluster(t, func(name string) config.FleetTLS {
+			cert, key, _ := writeCert(t, dir, name, &ca, false)
+			return config.FleetTLS{CA: caPath, Cert: cert, Key: key}
+		})
+	})
+}
+
+// testEmbeddedCluster runs the cluster test, with tlsOf giving each host's fleet.tls if set.
+func testEmbeddedCluster(t *testing.T, tlsOf func(name string) config.FleetTLS) {
+	scheme, routeScheme := "nats", "nats-route"
+	if tlsOf != nil {
+		scheme, routeScheme = "tls", "tls"
 	}
 	var client, route [3]int
 	for i := range 3 {
@@ -34,9 +51,9 @@ func TestFleetEmbeddedCluster(t *testing.T) {
 	for i := range 3 {
 		var routes, servers []string
 		for j := range 3 {
-			servers = append(servers, fmt.Sprintf("nats://127.0.0.1:%d", client[j]))
+			servers = append(servers, fmt.Sprintf("%s://127.0.0.1:%d", scheme, client[j]))
 			if j != i {
-				routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", route[j]))
+				routes = append(routes, fmt.Sprintf("%s://127.0.0.1:%d", routeScheme, route[j]))
 			}
 		}
 		hosts[i] = startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
@@ -46,6 +63,9 @@ func TestFleetEmbeddedCluster(t *testing.T) {
 			c.Fleet.Embedded.Listen = fmt.Sprintf("127.0.0.1:%d", client[i])
 			c.Fleet.Embedded.ClusterListen = fmt.Sprintf("127.0.0.1:%d", route[i])
 			c.Fleet.Embedded.Routes = routes
+			if tlsOf != nil {
+				c.Fleet.TLS = tlsOf(c.Fleet.Node)
+			}
 		})
 	}
 	for _, h := range hosts {

@@ -124,6 +124,9 @@ func (c *Config) validateFleet() error {
 	if err := checkHostPort(e.Listen); err != nil {
 		return bad("fleet.embedded.listen", "%v", err)
 	}
+	if e.ClusterListen != "" && f.TLS.Cert != "" && f.TLS.CA == "" {
+		return bad("fleet.tls.cert", "with fleet.embedded.cluster_listen, needs fleet.tls.ca too: the servers of a cluster check each other's certificates")
+	}
 	if e.ClusterListen != "" {
 		if err := checkHostPort(e.ClusterListen); err != nil {
 			return bad("fleet.embedded.cluster_listen", "%v", err)

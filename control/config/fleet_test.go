@@ -92,6 +92,8 @@ func TestFleetConfigBadValues(t *testing.T) {
 		{"fleet: {embedded: {listen: '127.0.0.1:4222', routes: ['10.0.0.6']}}", []string{"fleet.embedded.routes"}},
 		{"fleet: {embedded: {listen: '127.0.0.1:4222', cluster_listen: 'x'}}", []string{"fleet.embedded.cluster_listen", "host:port"}},
 		{"fleet: {embedded: {listen: '127.0.0.1:4222', store_dir: " + file + "/nats}}", []string{"fleet.embedded.store_dir", "cannot create", "is not a directory"}},
+		{"fleet: {tls: {cert: " + file + ", key: " + file + "}, embedded: {listen: '127.0.0.1:4222', cluster_listen: '127.0.0.1:6222'}}",
+			[]string{"fleet.tls.cert", "needs fleet.tls.ca too"}},
 	}
 	tok, seed := testutil.NATSUser(t)
 	otherTok, otherSeed := testutil.NATSUser(t)

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strconv"
@@ -58,12 +59,29 @@ func (n *Node) startEmbedded() (*server.Server, error) {
 	}
 	o := &server.Options{ServerName: n.name, Host: host, Port: port, JetStream: true, StoreDir: n.storeDir,
 		NoSigs: true, MaxPayload: 1 << 20}
+	// With fleet.tls's certificate the server speaks only TLS, to clients and to the other
+	// servers, and with its CA it takes only peers whose certificate that CA signed: without
+	// them, whoever reaches the port could write blocks and unblocks for the whole fleet.
+	tlsConfig, err := n.embeddedTLS()
+	if err != nil {
+		return nil, err
+	}
+	if tlsConfig != nil {
+		o.TLSConfig, o.TLS, o.TLSVerify, o.TLSTimeout = tlsConfig, true, n.cfg.TLS.CA != "", 2
+	}
 	if e.ClusterListen != "" {
 		ch, cp, err := splitHostPort(e.ClusterListen)
 		if err != nil {
 			return nil, fmt.Errorf("fleet.embedded.cluster_listen: %w", err)
 		}
 		o.Cluster = server.ClusterOpts{Name: "snare", Host: ch, Port: cp}
+		if tlsConfig != nil {
+			// A route is client and server at once: both ends show a certificate of the CA,
+			// as nats-server's own configuration has it.
+			o.Cluster.TLSConfig, o.Cluster.TLSTimeout = tlsConfig.Clone(), 2
+			o.Cluster.TLSConfig.ClientAuth = tls.RequireAndVerifyClientCert
+			o.Cluster.TLSConfig.RootCAs = o.Cluster.TLSConfig.ClientCAs
+		}
 		for _, r := range e.Routes {
 			o.Routes = append(o.Routes, server.RoutesFromStr(r)...)
 		}
@@ -83,6 +101,20 @@ func (n *Node) startEmbedded() (*server.Server, error) {
 	n.mu.Unlock()
 	n.log.Info("embedded NATS JetStream server running", "listen", srv.ClientURL(), "store_dir", n.storeDir)
 	return srv, nil
+}
+
+// embeddedTLS is the embedded server's TLS configuration from fleet.tls; nil without a
+// certificate.
+func (n *Node) embeddedTLS() (*tls.Config, error) {
+	t := n.cfg.TLS
+	if t.Cert == "" {
+		return nil, nil
+	}
+	c, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: t.Cert, KeyFile: t.Key, CaFile: t.CA, Verify: t.CA != ""})
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS server: fleet.tls: %w", err)
+	}
+	return c, nil
 }
 
 func splitHostPort(addr string) (string, int, error) {

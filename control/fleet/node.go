@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/time/rate"
@@ -121,13 +122,15 @@ const markerTTL = time.Hour
 // waits for it.
 func (n *Node) Run(ctx context.Context) error {
 	servers := slices.Clone(n.cfg.Servers)
+	var embedded *server.Server
 	if n.cfg.Embedded.Listen != "" {
-		srv := n.startEmbeddedRetrying(ctx)
-		if srv == nil {
+		if embedded = n.startEmbeddedRetrying(ctx); embedded == nil {
 			return nil // ended before the server could start
 		}
-		defer srv.Shutdown()
-		servers = append([]string{srv.ClientURL()}, servers...)
+		defer embedded.Shutdown()
+		// This snared talks to its own server in process (over no socket, so neither TLS nor
+		// credentials apply), and through it to the rest of a cluster.
+		servers = []string{"nats://" + n.cfg.Embedded.Listen}
 	}
 	// Every (re)connect starts a session: a new watcher that reconciles from the bucket's state.
 	sessions := make(chan struct{}, 1)
@@ -159,14 +162,19 @@ func (n *Node) Run(ctx context.Context) error {
 		// server, or the creds file replaced (it is read on every attempt), after snared started.
 		nats.IgnoreAuthErrorAbort(),
 	}
-	if n.cfg.Creds != "" {
-		opts = append(opts, nats.UserCredentials(n.cfg.Creds))
-	}
-	if n.cfg.TLS.CA != "" {
-		opts = append(opts, nats.RootCAs(n.cfg.TLS.CA))
-	}
-	if n.cfg.TLS.Cert != "" {
-		opts = append(opts, nats.ClientCert(n.cfg.TLS.Cert, n.cfg.TLS.Key))
+	switch {
+	case embedded != nil:
+		opts = append(opts, nats.InProcessServer(embedded))
+	default:
+		if n.cfg.Creds != "" {
+			opts = append(opts, nats.UserCredentials(n.cfg.Creds))
+		}
+		if n.cfg.TLS.CA != "" {
+			opts = append(opts, nats.RootCAs(n.cfg.TLS.CA))
+		}
+		if n.cfg.TLS.Cert != "" {
+			opts = append(opts, nats.ClientCert(n.cfg.TLS.Cert, n.cfg.TLS.Key))
+		}
 	}
 	nc, err := nats.Connect(strings.Join(servers, ","), opts...)
 	if err != nil {
