@@ -12,11 +12,12 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/internal/netlab"
 	"github.com/snare-dev/snare/internal/testutil"
 )
 
-// The fleet lab: three hosts A, B and C, each a namespace with its own snared (XDP back-end, its
-// own interface, pins, socket and state dir), joined to one hub namespace by a veth each. The
+// The fleet lab: three hosts A, B and C, each a namespace with its own snared (its own back-end,
+// interface, pins, socket and state dir), joined to one hub namespace by a veth each. The
 // hub is the attacker, and it routes between the hosts, which carries the NATS traffic of B and
 // C to the JetStream server embedded in A's snared:
 //
@@ -34,6 +35,9 @@ type fleetHost struct {
 	d    *daemon
 }
 
+// fleetBackends is the back-end ("xdp" or "iptables") each host's snared runs.
+type fleetBackends struct{ a, b, c string }
+
 // fleetLab is the lab, the hub's namespace and the three hosts.
 type fleetLab struct {
 	e       *labEnv
@@ -47,10 +51,17 @@ const attackerSources = 8
 // fleetPort is where A's embedded NATS server listens (on A's lab address).
 const fleetPort = 4222
 
-// newFleetLab builds the lab and starts the three daemons (A first: it runs the server).
-func newFleetLab(t *testing.T) *fleetLab {
+// newFleetLab builds the lab and starts the three daemons (A first: it runs the server) on the
+// back-ends given.
+func newFleetLab(t *testing.T, backends fleetBackends) *fleetLab {
 	t.Helper()
 	requireLab(t)
+	roles := map[string]string{"a": backends.a, "b": backends.b, "c": backends.c}
+	for _, backend := range roles {
+		if backend == "iptables" {
+			requireFallback(t)
+		}
+	}
 	lab := testutil.NewLab(t, "a", "b", "c")
 	e := &labEnv{t: t, lab: lab, backend: "xdp", dir: t.TempDir(), config: baseConfig()}
 	f := &fleetLab{e: e, hub: lab.Host.NS}
@@ -69,8 +80,14 @@ func newFleetLab(t *testing.T) *fleetLab {
 		n := lab.Peer(role)
 		run(n.NS, "ip", "route", "add", "198.18.0.0/15", "via", lab.HostIface(role).Addr4.Addr().String())
 		e.startWeb(n.NS)
+		if roles[role] == "iptables" {
+			// Registered before the daemon, so it runs after the daemon's teardown (snared
+			// uninstall) and before the lab deletes the namespace.
+			t.Cleanup(func() { noFallbackLeft(t, lab, n.NS) })
+		}
 		h := &fleetHost{name: strings.ToUpper(role), addr: n.Addr4()}
 		h.d = e.newDaemonIn(h.name, n.NS, []string{n.Ifaces[0].Name})
+		h.d.backend = roles[role]
 		hosts = append(hosts, h)
 	}
 	f.a, f.b, f.c = hosts[0], hosts[1], hosts[2]
@@ -90,9 +107,25 @@ func newFleetLab(t *testing.T) *fleetLab {
 		h.d.start()
 	}
 	for _, h := range f.hosts() {
+		if st := h.d.status(t); st.Backend != h.d.backend {
+			t.Fatalf("%s runs back-end %q (fallback reason %q), want %q", h.name, st.Backend, st.Fallback, h.d.backend)
+		}
 		f.waitConnected(t, h, true)
 	}
 	return f
+}
+
+// noFallbackLeft fails the test if snare's iptables rules or ipset sets are left in namespace ns.
+func noFallbackLeft(t *testing.T, lab *netlab.Lab, ns string) {
+	t.Helper()
+	for _, cmd := range [][]string{{"iptables", "-t", "raw", "-S"}, {"ip6tables", "-t", "raw", "-S"}, {"ipset", "list", "-n"}} {
+		out, err := lab.Run(ns, cmd[0], cmd[1:]...)
+		if err != nil {
+			t.Errorf("after the fleet test: %v", err)
+		} else if strings.Contains(strings.ToLower(out), "snare") {
+			t.Errorf("after the fleet test, `%s` in %s still shows snare:\n%s", strings.Join(cmd, " "), ns, out)
+		}
+	}
 }
 
 func (f *fleetLab) hosts() []*fleetHost { return []*fleetHost{f.a, f.b, f.c} }
@@ -203,15 +236,71 @@ func (f *fleetLab) trip(t *testing.T, h *fleetHost, src netip.Addr) {
 	}
 }
 
-// Three snared processes share their decisions through the JetStream server embedded in A's,
-// and the attacker's real packets show what each host enforces. XDP only: the fleet is the same
-// code above either back-end, which the rest of the suite runs both of.
+// inBlockSet reports whether src is in the IPv4 block set of h's ipset+iptables back-end
+// (`ipset test`, which leaves out entries whose timeout has passed).
+func (f *fleetLab) inBlockSet(h *fleetHost, src netip.Addr) (bool, error) {
+	out, err := f.e.lab.Run(h.d.ns, "ipset", "test", fallbackIP4Set, src.String())
+	switch {
+	case err == nil:
+		return true, nil
+	case strings.Contains(out, "is NOT in set"):
+		return false, nil
+	}
+	return false, fmt.Errorf("%s: %w", h.name, err)
+}
+
+// blockSetHolds fails the test unless the ipset+iptables hosts among hosts hold src in their
+// block set (or, with want false, do not): what drops the packets there is the set, not only
+// the daemon's list.
+func (f *fleetLab) blockSetHolds(t *testing.T, src netip.Addr, want bool, hosts ...*fleetHost) {
+	t.Helper()
+	for _, h := range hosts {
+		if h.d.backend != "iptables" {
+			continue
+		}
+		in, err := f.inBlockSet(h, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if in != want {
+			t.Errorf("%s: %s in ipset %s: %v, want %v", h.name, src, fallbackIP4Set, in, want)
+		}
+	}
+}
+
+// fallbackIP4Set is the ipset set of single IPv4 blocks that snared's ipset+iptables back-end
+// keeps (see iptables-fallback's package doc).
+const fallbackIP4Set = "snare-ip4"
+
+// ipsetLate is how late an ipset+iptables host may end a block: ipset's timeouts are whole
+// seconds, rounded up when the entry is written, so a block ends at its deadline or up to a
+// second after it, never before. The rest covers polling and a loaded machine.
+const ipsetLate = 1300 * time.Millisecond
+
+// ipsetTick is how early the kernel may end an ipset timeout: it counts from the jiffy the entry
+// was added in, which may be up to a tick (at most 10 ms) before the moment it was added.
+const ipsetTick = 10 * time.Millisecond
+
+// The fleet with every host on XDP.
 func TestFleetAcrossHostsXDP(t *testing.T) {
+	testFleetAcrossHosts(t, fleetBackends{a: "xdp", b: "xdp", c: "xdp"})
+}
+
+// The fleet with B on the ipset+iptables back-end and A and C on XDP: remote decisions are
+// applied to B's sets, and B's trap rules feed the fleet.
+func TestFleetAcrossHostsMixed(t *testing.T) {
+	testFleetAcrossHosts(t, fleetBackends{a: "xdp", b: "iptables", c: "xdp"})
+}
+
+// testFleetAcrossHosts runs three snared processes that share their decisions through the
+// JetStream server embedded in A's, and the attacker's real packets show what each host
+// enforces.
+func testFleetAcrossHosts(t *testing.T, backends fleetBackends) {
 	start := time.Now()
-	f := newFleetLab(t)
+	f := newFleetLab(t, backends)
 	a, b, c := f.a, f.b, f.c
 	all := []*fleetHost{a, b, c}
-	t.Logf("fleet up after %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("fleet up after %s (back-ends A %s, B %s, C %s)", time.Since(start).Round(time.Millisecond), backends.a, backends.b, backends.c)
 
 	t.Log("a block on A is dropped on B and C too")
 	x := attackerSource(1)
@@ -221,6 +310,7 @@ func TestFleetAcrossHostsXDP(t *testing.T) {
 		fromFleet(t, h, f.waitListed(t, h, x, true), "A")
 	}
 	f.dropped(t, x, all...)
+	f.blockSetHolds(t, x, true, all...)
 	if st := f.fleetStatus(t, a); st.Embedded == nil || !st.Embedded.Running {
 		t.Errorf("A's fleet status: embedded server %+v, want one running", st.Embedded)
 	}
@@ -239,12 +329,14 @@ func TestFleetAcrossHostsXDP(t *testing.T) {
 		fromFleet(t, h, f.waitListed(t, h, x, true), "B")
 	}
 	f.dropped(t, x, all...)
+	f.blockSetHolds(t, x, true, all...)
 
 	t.Log("unblocking it on C serves it again everywhere")
 	c.d.mustCtl(t, "unblock", x.String())
 	for _, h := range all {
 		f.waitListed(t, h, x, false)
 	}
+	f.blockSetHolds(t, x, false, all...)
 	f.served(t, x, all...)
 
 	t.Log("a short block made on A ends on B and C at A's deadline")
@@ -258,36 +350,46 @@ func TestFleetAcrossHostsXDP(t *testing.T) {
 		}
 	}
 	f.dropped(t, x, b, c)
+	f.blockSetHolds(t, x, true, b, c)
 	if time.Now().After(deadline) {
 		t.Fatalf("the drop checks ended after the deadline (%s): the machine is too slow for a %s TTL", deadline, ttl)
 	}
-	time.Sleep(time.Until(deadline) + 200*time.Millisecond)
-	f.served(t, x, all...) // no sweep has run (sweep.interval 1h): the data path ends it
+	// No sweep runs (sweep.interval 1h): the kernel ends the block, XDP's data path exactly at the
+	// deadline, ipset's timeout within ipsetLate of it.
+	f.each([]*fleetHost{b, c}, func(h *fleetHost) {
+		if h.d.backend == "iptables" {
+			f.waitBlockSetEnds(t, h, x, deadline)
+		} else {
+			time.Sleep(time.Until(deadline) + 200*time.Millisecond)
+		}
+		f.e.served(t, f.peerTo(h, x))
+	})
 	for _, h := range []*fleetHost{b, c} {
 		if en := find(h.d.list(t), host32(x)); en != nil {
 			t.Errorf("%s still lists %s after its deadline %s: %+v", h.name, x, deadline, *en)
 		}
 	}
 
-	t.Log("C's allowlist wins over a block made on A; C counts it")
+	t.Log("B's allowlist wins over a block made on A; B counts it")
 	x = attackerSource(4)
-	before := f.fleetStatus(t, c).Allowlisted
-	c.d.mustCtl(t, "allow", "add", x.String())
+	before := f.fleetStatus(t, b).Allowlisted
+	b.d.mustCtl(t, "allow", "add", x.String())
 	a.d.mustCtl(t, "block", x.String())
-	f.waitListed(t, b, x, true)
+	f.waitListed(t, c, x, true)
 	if err := eventually(10*time.Second, func() error {
-		if got := f.fleetStatus(t, c).Allowlisted; got <= before {
+		if got := f.fleetStatus(t, b).Allowlisted; got <= before {
 			return fmt.Errorf("allowlisted %d, was %d", got, before)
 		}
 		return nil
 	}); err != nil {
-		t.Errorf("C's fleet status after 10s: %v, want the block of an allowlisted address counted", err)
+		t.Errorf("B's fleet status after 10s: %v, want the block of an allowlisted address counted", err)
 	}
-	if en := find(c.d.list(t), host32(x)); en != nil {
-		t.Errorf("C lists its allowlisted %s: %+v", x, *en)
+	if en := find(b.d.list(t), host32(x)); en != nil {
+		t.Errorf("B lists its allowlisted %s: %+v", x, *en)
 	}
-	f.dropped(t, x, a, b)
-	f.served(t, x, c)
+	f.blockSetHolds(t, x, false, b)
+	f.dropped(t, x, a, c)
+	f.served(t, x, b)
 
 	t.Log("C is down while A blocks one address and unblocks another; restarted, C catches up")
 	gone, x := attackerSource(5), attackerSource(6)
@@ -298,7 +400,7 @@ func TestFleetAcrossHostsXDP(t *testing.T) {
 	a.d.mustCtl(t, "unblock", gone.String())
 	f.waitListed(t, b, x, true) // both decisions are in the bucket
 	f.waitListed(t, b, gone, false)
-	f.dropped(t, gone, c) // C's pinned program kept enforcing while its daemon was away
+	f.dropped(t, gone, c) // C's kernel state kept enforcing while its daemon was away
 	c.d.start()
 	fromFleet(t, c, f.waitListed(t, c, x, true), "A")
 	f.waitListed(t, c, gone, false)
@@ -340,5 +442,31 @@ func TestFleetAcrossHostsXDP(t *testing.T) {
 		fromFleet(t, h, f.waitListed(t, h, x, true), "B")
 	}
 	f.dropped(t, x, a, c)
+	f.blockSetHolds(t, x, true, b)
 	t.Logf("fleet test took %s", time.Since(start).Round(time.Millisecond))
+}
+
+// waitBlockSetEnds polls h's block set until src leaves it, and fails the test unless that is at
+// the deadline, within ipsetLate. Called before the deadline, so an early end is seen too.
+func (f *fleetLab) waitBlockSetEnds(t *testing.T, h *fleetHost, src netip.Addr, deadline time.Time) {
+	t.Helper()
+	for {
+		in, err := f.inBlockSet(h, src)
+		now := time.Now()
+		switch {
+		case err != nil:
+			t.Error(err)
+			return
+		case !in && now.Before(deadline.Add(-ipsetTick)):
+			t.Errorf("%s: %s left ipset %s at %s, %s before A's deadline %s", h.name, src, fallbackIP4Set, now, deadline.Sub(now), deadline)
+			return
+		case !in:
+			t.Logf("%s: %s left ipset %s %s after A's deadline", h.name, src, fallbackIP4Set, now.Sub(deadline).Round(time.Millisecond))
+			return
+		case now.After(deadline.Add(ipsetLate)):
+			t.Errorf("%s: %s still in ipset %s %s after A's deadline %s, want it gone within %s", h.name, src, fallbackIP4Set, now.Sub(deadline).Round(time.Millisecond), deadline, ipsetLate)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

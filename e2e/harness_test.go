@@ -306,6 +306,7 @@ type daemon struct {
 	name     string
 	ns       string   // network namespace it runs in
 	ifaces   []string // what it attaches to (--iface)
+	backend  string   // --backend: the lab's, unless the test gives this daemon its own
 	stateDir string
 	socket   string
 	bpffs    string
@@ -329,6 +330,7 @@ func (e *labEnv) newDaemonIn(name, ns string, ifaces []string) *daemon {
 		name:     name,
 		ns:       ns,
 		ifaces:   ifaces,
+		backend:  e.backend,
 		stateDir: filepath.Join(e.dir, name+"-state"),
 		// Unix socket paths are limited to 107 bytes; t.TempDir paths can be long.
 		socket: filepath.Join(shortTempDir(e.t), "snare.sock"),
@@ -365,7 +367,7 @@ func (d *daemon) writeConfig(cfg map[string]any) {
 
 // args is snared's command line for this daemon.
 func (d *daemon) args(extra ...string) []string {
-	a := []string{"--config", d.config, "--backend", d.e.backend, "--state-dir", d.stateDir,
+	a := []string{"--config", d.config, "--backend", d.backend, "--state-dir", d.stateDir,
 		"--socket", d.socket, "--bpffs", d.bpffs}
 	for _, ifc := range d.ifaces {
 		a = append(a, "--iface", ifc)
