@@ -739,3 +739,43 @@ func TestFleetSharesEscalation(t *testing.T) {
 			got, first.Deadline.Sub(first.LastOffence), base)
 	}
 }
+
+// An existing bucket is used as it is: fleet.replicas applies only when snared creates it (a
+// host configured for 3 replicas joins a one-server fleet's bucket), and one that cannot take a
+// TTL per key is refused with the reason in fleet status.
+func TestFleetBucketAsItIs(t *testing.T) {
+	srv := natsServer(t, t.TempDir(), -1)
+	url := srv.ClientURL()
+	a := startFleetHost(t, url, "a", t.TempDir())
+	waitConnected(t, a)
+	b := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		c.Fleet.Servers, c.Fleet.Node, c.Fleet.Replicas = []string{url}, "b", 3
+	})
+	waitConnected(t, b)
+	if _, err := b.d.Block(t.Context(), []string{"198.18.0.95"}, "1h", ""); err != nil {
+		t.Fatal(err)
+	}
+	shared(t, "198.18.0.95/32", "b", b, a)
+
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "plain"}); err != nil {
+		t.Fatal(err)
+	}
+	c := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
+		c.Fleet.Servers, c.Fleet.Node, c.Fleet.Bucket = []string{url}, "c", "plain"
+	})
+	waitFor(t, 5*time.Second, "the reason in c's fleet status", func() bool {
+		return strings.Contains(c.d.FleetStatus().Error, "bucket plain does not take a TTL per key")
+	})
+	if c.d.FleetStatus().Connected {
+		t.Error("c connected to a bucket it cannot use")
+	}
+}

@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -67,7 +68,7 @@ type Node struct {
 
 	published, received, refused, shed, allowlisted, stale atomic.Uint64
 	running                                                atomic.Bool  // a session runs
-	lastShedLog, lastRefuseLog                             atomic.Int64 // unix ns: logs are rate-limited
+	lastShedLog, lastRefuseLog, lastReplicasLog            atomic.Int64 // unix ns: logs are rate-limited
 
 	// outboxMu makes a delete from the outbox and the count of what it published one step.
 	outboxMu sync.Mutex
@@ -228,8 +229,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 // session binds the bucket and runs the watcher and the publisher until one fails or ctx ends.
 func (n *Node) session(ctx context.Context, js jetstream.JetStream) error {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: n.cfg.Bucket, Replicas: n.cfg.Replicas,
-		LimitMarkerTTL: markerTTL, Description: "snare fleet: one key per blocked prefix"})
+	kv, err := n.bucket(ctx, js)
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", n.cfg.Bucket, err)
 	}
@@ -238,6 +238,15 @@ func (n *Node) session(ctx context.Context, js jetstream.JetStream) error {
 	stream, err := js.Stream(ctx, "KV_"+n.cfg.Bucket)
 	if err != nil {
 		return fmt.Errorf("bucket %s: %w", n.cfg.Bucket, err)
+	}
+	sc := stream.CachedInfo().Config
+	if !sc.AllowMsgTTL {
+		return fmt.Errorf("bucket %s does not take a TTL per key, which snare's values carry: let snared create it, or create it with one (nats kv add %s --marker-ttl 1h)",
+			n.cfg.Bucket, n.cfg.Bucket)
+	}
+	if sc.Replicas != n.cfg.Replicas && every(&n.lastReplicasLog, time.Hour) {
+		n.log.Warn("the fleet's bucket has other replicas than fleet.replicas, which applies only when snared creates it; left as it is",
+			"bucket", n.cfg.Bucket, "replicas", sc.Replicas, "fleet.replicas", n.cfg.Replicas)
 	}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
@@ -253,6 +262,21 @@ func (n *Node) session(ctx context.Context, js jetstream.JetStream) error {
 	cancel()
 	<-errc
 	return err
+}
+
+// bucket binds the fleet's bucket, creating it if missing: fleet.replicas applies then only,
+// so that a host configured otherwise does not reshape the bucket every other host uses.
+func (n *Node) bucket(ctx context.Context, js jetstream.JetStream) (jetstream.KeyValue, error) {
+	kv, err := js.KeyValue(ctx, n.cfg.Bucket)
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		return kv, err
+	}
+	kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: n.cfg.Bucket, Replicas: n.cfg.Replicas,
+		LimitMarkerTTL: markerTTL, Description: "snare fleet: one key per blocked prefix"})
+	if errors.Is(err, jetstream.ErrBucketExists) { // another host made it meanwhile
+		return js.KeyValue(ctx, n.cfg.Bucket)
+	}
+	return kv, err
 }
 
 func (n *Node) isConnected() bool {
