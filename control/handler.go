@@ -236,23 +236,40 @@ func (d *Daemon) serveEvents(w http.ResponseWriter, r *http.Request) {
 
 // idleReader reads a request body with a deadline that moves with every read: an upload that
 // sends nothing for idle is cut off with an error saying so, while a big one that keeps sending
-// takes as long as it needs.
+// takes as long as it needs. One that sends a byte now and then, just inside idle, is cut off
+// once it has run for uploadGrace idle periods averaging under minUploadRate: it would hold the
+// one import slot for as long as it likes.
 type idleReader struct {
-	r    io.Reader
-	rc   *http.ResponseController
-	idle time.Duration
+	r     io.Reader
+	rc    *http.ResponseController
+	idle  time.Duration
+	start time.Time
+	total int64
 }
 
+const (
+	minUploadRate = 1024 // bytes a second
+	uploadGrace   = 4    // idle periods
+)
+
 func (b *idleReader) Read(p []byte) (int, error) {
+	if b.start.IsZero() {
+		b.start = time.Now()
+	}
 	// A ResponseWriter without a connection (the Handler served in process) has no deadlines:
 	// the body is read without one.
 	if err := b.rc.SetReadDeadline(time.Now().Add(b.idle)); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return 0, fmt.Errorf("set read deadline: %w", err)
 	}
 	n, err := b.r.Read(p)
+	b.total += int64(n)
+	took := time.Since(b.start)
 	switch {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		return n, userErrorf("the upload sent nothing for %s: cut off, nothing imported", b.idle)
+	case err == nil && took > uploadGrace*b.idle && float64(b.total) < minUploadRate*took.Seconds():
+		return n, userErrorf("the upload sent %d bytes in %s, under %d bytes a second: cut off, nothing imported",
+			b.total, took.Round(100*time.Millisecond), minUploadRate)
 	case err != nil:
 		// The body is read (or broken): no deadline for the server's own read of the connection
 		// while the import is written, which would cancel the request when it fires.

@@ -207,4 +207,36 @@ func TestImportSlowUpload(t *testing.T) {
 		t.Fatalf("stalled import cut off after %v; want the idle timeout, 1 s", took)
 	}
 	nothing("stalled import", prefixes)
+
+	// A list that trickles, a byte every 300 ms (never idle for 1 s): cut off once it has run
+	// for 4 idle periods at under 1 KiB a second; the control path answers meanwhile.
+	lines, prefixes = listOf(4, 8)
+	u = startUpload(t, dl.cfg.Socket, "trickled.list", strings.Join(lines, ""))
+	trickling := time.Now()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := 0; i < 40 && i < len(u.body); i++ { // 12 s at most, then it stalls
+			select {
+			case <-stop:
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			u.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := io.WriteString(u.conn, u.body[i:i+1]); err != nil {
+				return // cut off
+			}
+		}
+	}()
+	quick("block", block)
+	quick("unblock", unblock)
+	status, body = u.answer()
+	took = time.Since(trickling)
+	if want := "under 1024 bytes a second: cut off, nothing imported"; status != http.StatusBadRequest || !strings.Contains(body, want) {
+		t.Fatalf("trickled import: %d %s; want 400 %q", status, body, want)
+	}
+	if took < 3900*time.Millisecond || took > 6*time.Second {
+		t.Fatalf("trickled import cut off after %v; want 4 idle periods, 4 s", took)
+	}
+	nothing("trickled import", prefixes)
 }
