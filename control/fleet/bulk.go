@@ -36,8 +36,9 @@ const maxBulkBytes = 512 << 10
 // bulkKeyPrefix starts the key of every bulk value; a prefix's own key starts with its family.
 const bulkKeyPrefix = "b."
 
-// maxBulkCount bounds the entries a bulk value may claim: the smallest record is 17 bytes.
-const maxBulkCount = 1 + (1<<20)/17
+// maxBulkCount bounds the blocks a bulk value may claim (and what its decoding allocates): a
+// message is at most 1 MB, a record at least 10 bytes.
+const maxBulkCount = (1 << 20) / 10
 
 var bulkOrigins = []string{api.OriginManual, api.OriginTrap, api.OriginImport}
 

@@ -279,12 +279,6 @@ func (n *Node) bucket(ctx context.Context, js jetstream.JetStream) (jetstream.Ke
 	return kv, err
 }
 
-func (n *Node) isConnected() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.connected
-}
-
 func (n *Node) setConnected(c bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
