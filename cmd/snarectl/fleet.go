@@ -32,9 +32,11 @@ func (c *cli) fleetCommand() *cobra.Command {
 		Short: "Show this host in the fleet",
 		Long: `Show this host in the fleet: its node name, the NATS servers, whether it is connected
 (and why not, or the last thing the engine refused since), the embedded server if it runs one,
-how many local decisions wait in the outbox, the decisions published, received, refused (bad
-values from the engine), shed (trap blocks over fleet.max_publish_per_second), kept out by the
-local allowlist, and the other nodes seen and when.
+how many local decisions wait in the outbox, the decisions published, received (with the lag of
+the last remote block: from its decision to its arrival here), refused (bad values from the
+engine), shed (trap blocks over fleet.max_publish_per_second), kept out by the local allowlist,
+the unblocks not shared because the fleet blocked the address again since (stale), and the other
+nodes seen and when.
 
 -o json prints the daemon's answer as is ("connected": true|false).`,
 		Example: `  snarectl fleet status
