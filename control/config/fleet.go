@@ -26,9 +26,9 @@ type FleetConfig struct {
 	Creds    string        `koanf:"creds" yaml:"creds"`
 	TLS      FleetTLS      `koanf:"tls" yaml:"tls"`
 	Embedded FleetEmbedded `koanf:"embedded" yaml:"embedded"`
-	// MaxPublishPerSecond caps the decisions this host publishes: a trap flood from random
-	// sources must not flood the fleet. What is over it is shed (counted, logged); local
-	// enforcement is unaffected.
+	// MaxPublishPerSecond caps the trap blocks this host publishes a second: a trap flood from
+	// random sources must not flood the fleet (manual blocks, unblocks and imports are never
+	// shed). What is over it is shed (counted, logged); local enforcement is unaffected.
 	MaxPublishPerSecond int `koanf:"max_publish_per_second" yaml:"max_publish_per_second"`
 }
 
