@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
-	"github.com/snare-dev/snare/control/input"
 	"github.com/snare-dev/snare/control/store"
 )
 
@@ -173,8 +172,6 @@ func (l limits) decodeBulk(k string, data []byte, rev uint64, now time.Time) (ru
 		return nil, "", 0, nil, fmt.Errorf("key %s: bulk value: %w", k, err)
 	}
 	rules = make([]store.Rule, 0, h.count)
-	var reason string // the last reason read: an import gives most blocks the same one
-	var reasonErr error
 	for i := range h.count {
 		var size int
 		switch fam := r.bytes(1); {
@@ -192,11 +189,7 @@ func (l limits) decodeBulk(k string, data []byte, rev uint64, now time.Time) (ru
 		if o := r.uvarint(uint64(len(bulkOrigins) - 1)); r.err == nil {
 			v.Origin = bulkOrigins[o]
 		}
-		if b := r.bytes(int(r.uvarint(uint64(len(r.b))))); string(b) != reason || i == 0 {
-			reason = string(b)
-			reasonErr = input.CheckReason(reason)
-		}
-		v.Reason = reason
+		v.Reason = string(r.bytes(int(r.uvarint(uint64(len(r.b))))))
 		if r.err != nil {
 			return nil, "", 0, nil, fmt.Errorf("key %s: bulk value, block %d of %d: %w", k, i+1, h.count, r.err)
 		}
@@ -209,8 +202,8 @@ func (l limits) decodeBulk(k string, data []byte, rev uint64, now time.Time) (ru
 			continue
 		}
 		rule, err := l.rule(p, v, rev, now)
-		if reasonErr != nil {
-			err = fmt.Errorf("%s: %w", p, reasonErr)
+		if rerr := checkReason(p, v.Reason); rerr != nil {
+			err = rerr
 		}
 		switch {
 		case errors.Is(err, errExpired):

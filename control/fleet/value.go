@@ -143,7 +143,8 @@ func checkReason(p netip.Prefix, reason string) error {
 }
 
 // rule checks a block shared as v for prefix p and returns the rule it makes here (origin
-// fleet, revision rev); v's node and reason are checked by the caller (a bulk value's once).
+// fleet, revision rev); v's node and reason are checked by the caller (a bulk value's node
+// once, from its header).
 // errExpired: a valid block whose deadline has passed.
 func (l limits) rule(p netip.Prefix, v Value, rev uint64, now time.Time) (store.Rule, error) {
 	if err := input.CheckTarget(p, l.rules); err != nil {
