@@ -132,6 +132,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 		{"export bad format", []string{"export", "--format", "csv"}, []string{`invalid argument "csv" for "--format" flag: must be one of blocked-list, plain`}},
 		{"top negative limit", []string{"top", "-n", "-1"}, []string{`bad --limit -1`}},
 		{"completion unknown shell", []string{"completion", "tcsh"}, []string{`unknown shell "tcsh"`}},
+		{"fleet without command", []string{"fleet"}, []string{"missing fleet command (want: status)"}},
+		{"fleet unknown command", []string{"fleet", "stats"}, []string{`unknown fleet command "stats" (want: status)`}},
+		{"fleet status extra arg", []string{"fleet", "status", "web-1"}, []string{`unexpected arguments ["web-1"]`}},
+		{"fleet status bad output", []string{"fleet", "status", "-o", "yaml"}, []string{`invalid argument "yaml" for "-o, --output" flag: must be one of table, json`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
