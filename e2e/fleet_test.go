@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -44,6 +46,10 @@ type fleetLab struct {
 	hub     string
 	a, b, c *fleetHost
 }
+
+// fleetBulkImport is the size of the import that travels packed: the daemon's bulk path starts
+// at 50,000 entries.
+const fleetBulkImport = 50_010
 
 // attackerSources is how many 198.18.200.N addresses the hub holds.
 const attackerSources = 8
@@ -406,6 +412,34 @@ func testFleetAcrossHosts(t *testing.T, backends fleetBackends) {
 	f.waitListed(t, c, gone, false)
 	f.dropped(t, x, c)
 	f.served(t, gone, c)
+
+	t.Log("an import big enough to travel packed (the bulk path) on C is dropped on A and B; " +
+		"an unblock of one of its entries on A, a delete marker newer than the import, serves it again everywhere")
+	x = attackerSource(8)
+	f.served(t, x, all...)
+	var list strings.Builder
+	fmt.Fprintln(&list, x)
+	for i := range fleetBulkImport - 1 { // 198.19.0.0/16: no address of the lab
+		fmt.Fprintf(&list, "198.19.%d.%d\n", i/256, i%256)
+	}
+	file := filepath.Join(t.TempDir(), "big.list")
+	if err := os.WriteFile(file, []byte(list.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.d.mustCtl(t, "import", file, "--ttl", "1h")
+	for _, h := range []*fleetHost{a, b} {
+		fromFleet(t, h, f.waitListed(t, h, x, true), "C")
+	}
+	f.dropped(t, x, all...)
+	f.blockSetHolds(t, x, true, all...)
+	a.d.mustCtl(t, "unblock", x.String())
+	for _, h := range all {
+		f.waitListed(t, h, x, false)
+	}
+	f.served(t, x, all...)
+	if n := len(b.d.list(t)); n < fleetBulkImport-1 {
+		t.Errorf("B lists %d entries after the unblock, want the rest of C's import (%d)", n, fleetBulkImport-1)
+	}
 
 	t.Log("the engine is down (A, which runs it, stops): B blocks locally at once and keeps the decision " +
 		"in its outbox, across a restart of its own; A back, the outbox drains and the block reaches C")
