@@ -215,8 +215,9 @@ func (d *Daemon) FleetRulesNotFrom(live func(revision uint64) bool) ([]netip.Pre
 	return out, err
 }
 
-// shareImport queues the rules at(0..n-1) of a bulk import for the fleet (read in turn), in tx,
-// packed into bulk values (fleet.EncodeBulk).
+// shareImport queues the rules at(0..n-1) of an import for the fleet (read in turn), in tx,
+// packed into bulk values (fleet.EncodeBulk): an import is shared in a few messages whatever its
+// size, where a key per entry costs the engine a message and a subject each.
 func (d *Daemon) shareImport(tx *store.Tx, n int, at func(int) store.Rule) error {
 	if d.fleet == nil {
 		return nil

@@ -561,8 +561,8 @@ func TestFleetStaleUnblock(t *testing.T) {
 	}
 }
 
-// An import is shared: a small one a key per entry, a big one (the bulk path) packed into bulk
-// values; both queued in the commit that stores them, and every entry reaches the other host.
+// An import, small or big (the store's bulk path), is shared packed into bulk values, queued in
+// the commit that stores it, and every entry reaches the other host.
 func TestFleetSharesImports(t *testing.T) {
 	srv := natsServer(t, t.TempDir(), -1)
 	url := srv.ClientURL()
@@ -581,6 +581,34 @@ func TestFleetSharesImports(t *testing.T) {
 	shared(t, "2001:db8:7::/48", "a", a, b)
 	if st := a.d.FleetStatus(); st.Published != uint64(n+2) || st.Outbox != 0 {
 		t.Errorf("a published %d, outbox %d; want %d, 0", st.Published, st.Outbox, n+2)
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv, err := js.KeyValue(ctx, "snare")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := kv.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var perPrefix, bulk int
+	for k := range keys.Keys() {
+		if fleet.IsBulkKey(k) {
+			bulk++
+		} else {
+			perPrefix++
+		}
+	}
+	if perPrefix != 0 || bulk < 3 {
+		t.Errorf("the bucket holds %d keys of a prefix and %d bulk values; want none and one per 512 KB of each import", perPrefix, bulk)
 	}
 }
 

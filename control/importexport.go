@@ -198,7 +198,7 @@ func (d *Daemon) ImportStream(ctx context.Context, body io.Reader, req api.Impor
 			if err := tx.PutRulesSorted(rules); err != nil {
 				return err
 			}
-			if err := d.shareBlocks(tx, rules); err != nil {
+			if err := d.shareImport(tx, n, func(i int) store.Rule { return rules[i] }); err != nil {
 				return err
 			}
 			written = true

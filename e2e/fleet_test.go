@@ -47,8 +47,8 @@ type fleetLab struct {
 	a, b, c *fleetHost
 }
 
-// fleetBulkImport is the size of the import that travels packed: the daemon's bulk path starts
-// at 50,000 entries.
+// fleetBulkImport is the size of the import shared packed: big enough for the daemon's bulk
+// path too (50,000 entries and more), and for more than one bulk value.
 const fleetBulkImport = 50_010
 
 // attackerSources is how many 198.18.200.N addresses the hub holds.

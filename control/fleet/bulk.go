@@ -14,7 +14,7 @@ import (
 	"github.com/snare-dev/snare/control/store"
 )
 
-// A big import is shared in bulk: its blocks travel packed into values of about maxBulkBytes
+// An import is shared in bulk: its blocks travel packed into values of about maxBulkBytes
 // under keys of their own ("b.<random>"), not a key each. A key per entry costs the engine a
 // message and a subject each: a million took 12 s and 663 MB of server memory in the
 // calibration (issue 21). An unblock of a prefix a bulk value holds is the delete marker of the
