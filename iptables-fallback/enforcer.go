@@ -7,17 +7,16 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
 	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/internal/nsrun"
 )
 
 // Enforcer implements backend.Enforcer with ipset sets and iptables/ip6tables rules in the raw
@@ -249,28 +248,5 @@ func (n nsHandle) do(fn func() error) error {
 	if n.h <= 0 {
 		return fn()
 	}
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.h); err != nil {
-			// The thread stays locked and dies with the goroutine.
-			errc <- fmt.Errorf("enter network namespace: %w", err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("return to own network namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsrun.In(n.h, fn)
 }

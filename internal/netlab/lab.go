@@ -15,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -23,6 +22,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/snare-dev/snare/internal/nsrun"
 )
 
 // The lab is a star: one "host" namespace (the protected host, where snared and its interfaces
@@ -310,31 +311,7 @@ func (l *Lab) Do(ns string, fn func() error) error {
 		return fmt.Errorf("open netns %s: %w", ns, err)
 	}
 	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		// A fresh goroutine: if the thread cannot be moved back, it stays locked and the
-		// runtime throws the thread away when the goroutine exits.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			errc <- fmt.Errorf("enter netns %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("return from netns %s: %w", ns, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return nsrun.In(target, fn)
 }
 
 // RunTimeout bounds Run and RunShared.
