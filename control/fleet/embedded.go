@@ -19,17 +19,15 @@ const embeddedRetry = 2 * time.Second
 // startEmbeddedRetrying starts the embedded server, trying again until it runs or ctx ends
 // (nil): at boot its address may not be up yet, and a port may be held for a while.
 func (n *Node) startEmbeddedRetrying(ctx context.Context) *server.Server {
-	var lastLog time.Time
 	for {
 		srv, err := n.startEmbedded()
 		if err == nil {
 			return srv
 		}
 		n.setErr(err)
-		if time.Since(lastLog) >= time.Minute {
+		n.embeddedLog.Do(func() {
 			n.log.Error("embedded NATS server not started; trying again", "err", err, "every", embeddedRetry)
-			lastLog = time.Now()
-		}
+		})
 		select {
 		case <-ctx.Done():
 			return nil

@@ -67,8 +67,9 @@ type Node struct {
 	limit    *rate.Limiter // trap decisions published per second
 
 	published, received, refused, shed, allowlisted, stale atomic.Uint64
-	running                                                atomic.Bool  // a session runs
-	lastShedLog, lastRefuseLog, lastReplicasLog            atomic.Int64 // unix ns: logs are rate-limited
+	running                                                atomic.Bool // a session runs
+	// Log lines a flood would repeat are written once an interval.
+	shedLog, refuseLog, replicasLog, embeddedLog *rate.Sometimes
 
 	// outboxMu makes a delete from the outbox and the count of what it published one step.
 	outboxMu sync.Mutex
@@ -100,7 +101,9 @@ func New(o Options) *Node {
 	return &Node{cfg: c.Fleet, name: c.FleetNode(), storeDir: c.FleetStoreDir(), local: o.Local, st: o.Store, log: log.With("component", "fleet"),
 		limits: limits{rules: c.TargetRules(), maxTTL: time.Duration(c.Block.Escalation.MaxTTL)},
 		wake:   make(chan struct{}, 1), limit: rate.NewLimiter(rate.Limit(maxRate), maxRate),
-		peers: map[string]time.Time{}, ownDeletes: map[string]int{}, allowlistedSeen: map[netip.Prefix]uint64{}}
+		peers: map[string]time.Time{}, ownDeletes: map[string]int{}, allowlistedSeen: map[netip.Prefix]uint64{},
+		shedLog: &rate.Sometimes{Interval: 10 * time.Second}, refuseLog: &rate.Sometimes{Interval: time.Second},
+		replicasLog: &rate.Sometimes{Interval: time.Hour}, embeddedLog: &rate.Sometimes{Interval: time.Minute}}
 }
 
 // Notify tells the publisher that the outbox has new decisions.
@@ -244,9 +247,11 @@ func (n *Node) session(ctx context.Context, js jetstream.JetStream) error {
 		return fmt.Errorf("bucket %s does not take a TTL per key, which snare's values carry: let snared create it, or create it with one (nats kv add %s --marker-ttl 1h)",
 			n.cfg.Bucket, n.cfg.Bucket)
 	}
-	if sc.Replicas != n.cfg.Replicas && every(&n.lastReplicasLog, time.Hour) {
-		n.log.Warn("the fleet's bucket has other replicas than fleet.replicas, which applies only when snared creates it; left as it is",
-			"bucket", n.cfg.Bucket, "replicas", sc.Replicas, "fleet.replicas", n.cfg.Replicas)
+	if sc.Replicas != n.cfg.Replicas {
+		n.replicasLog.Do(func() {
+			n.log.Warn("the fleet's bucket has other replicas than fleet.replicas, which applies only when snared creates it; left as it is",
+				"bucket", n.cfg.Bucket, "replicas", sc.Replicas, "fleet.replicas", n.cfg.Replicas)
+		})
 	}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
@@ -329,12 +334,4 @@ func (n *Node) Status() api.FleetStatus {
 	n.outboxMu.Unlock()
 	s.Shed, s.Allowlisted, s.Stale = n.shed.Load(), n.allowlisted.Load(), n.stale.Load()
 	return s
-}
-
-// every reports whether at least d passed since the time in last, and if so sets it to now:
-// a log line a flood would repeat is written once per d.
-func every(last *atomic.Int64, d time.Duration) bool {
-	now := time.Now().UnixNano()
-	prev := last.Load()
-	return now-prev >= int64(d) && last.CompareAndSwap(prev, now)
 }

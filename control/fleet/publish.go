@@ -134,10 +134,10 @@ func (n *Node) drain(ctx context.Context, js jetstream.JetStream, stream jetstre
 		}
 		if shed > 0 {
 			n.shed.Add(uint64(shed))
-			if every(&n.lastShedLog, 10*time.Second) {
+			n.shedLog.Do(func() {
 				n.log.Warn("trap decisions not shared: over fleet.max_publish_per_second; enforced here all the same",
 					"shed", shed, "shed_total", n.shed.Load(), "cap", n.cfg.MaxPublishPerSecond)
-			}
+			})
 		}
 		if done > 0 {
 			n.outboxMu.Lock()

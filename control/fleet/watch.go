@@ -166,9 +166,9 @@ func (n *Node) noteAllowlisted(kept []store.Rule) {
 
 func (n *Node) refuse(err error) {
 	n.refused.Add(1)
-	if every(&n.lastRefuseLog, time.Second) {
+	n.refuseLog.Do(func() {
 		n.log.Warn("refused a value from the fleet", "err", err, "refused_total", n.refused.Load())
-	}
+	})
 }
 
 // reconcile drops the fleet rules that came from a value the bucket no longer holds (unblocked
