@@ -21,6 +21,7 @@ import (
 	"github.com/snare-dev/snare/control/config"
 	"github.com/snare-dev/snare/control/fleet"
 	"github.com/snare-dev/snare/control/store"
+	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // natsServer runs a real JetStream server on 127.0.0.1 (port -1: a free one), its store in dir.
@@ -46,7 +47,7 @@ func natsServerWith(t *testing.T, o *server.Options) *server.Server {
 // fleetHost is one snared of a fleet: a real daemon with an in-memory enforcer, serving.
 type fleetHost struct {
 	d     *Daemon
-	f     *fakeEnforcer
+	f     *testutil.MemEnforcer
 	state string
 	stop  func()
 }
@@ -72,7 +73,7 @@ func startFleetHostWith(t *testing.T, state string, set func(*config.Config), al
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	f := newFake()
+	f := &testutil.MemEnforcer{}
 	d, err := Open(context.Background(), Options{
 		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) {
@@ -130,9 +131,7 @@ func (h *fleetHost) rule(t *testing.T, p string) (store.Rule, bool) {
 }
 
 func (h *fleetHost) enforced(p string) bool {
-	h.f.mu.Lock()
-	defer h.f.mu.Unlock()
-	_, ok := h.f.rules[netip.MustParsePrefix(p)]
+	_, ok := h.f.Rule(netip.MustParsePrefix(p))
 	return ok
 }
 

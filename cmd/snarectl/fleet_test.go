@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,7 +29,7 @@ func startFleetDaemon(t *testing.T, env ...string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := control.Open(ctx, control.Options{Config: cfg, Version: "test",
 		OpenEnforcer: func() (backend.Enforcer, string, error) {
-			return &memEnforcer{rules: map[netip.Prefix]backend.Rule{}}, "", nil
+			return newMemEnforcer(), "", nil
 		},
 		ImplicitAllow: func() (control.Allowlist, error) { return nil, nil },
 		Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
