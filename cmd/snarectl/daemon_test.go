@@ -56,28 +56,33 @@ func startDaemonIn(t *testing.T, dir string, enf *testutil.MemEnforcer) string {
 		t.Fatal(err)
 	}
 	cfg.Block.Capacity = 1000 // what newMemEnforcer reports
+	serveDaemon(t, cfg, enf, control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: api.AllowGateway}})
+	return socket
+}
+
+// serveDaemon runs the real control.Daemon on cfg and enf, with implicit as its implicit
+// allowlist and no listening ports, serving its API on cfg.Socket until the test ends.
+func serveDaemon(t *testing.T, cfg *config.Config, enf backend.Enforcer, implicit control.Allowlist) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := control.Open(ctx, control.Options{
-		Config:       cfg,
-		Version:      "test",
-		OpenEnforcer: func() (backend.Enforcer, string, error) { return enf, "", nil },
-		ImplicitAllow: func() (control.Allowlist, error) {
-			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: api.AllowGateway}}, nil
-		},
-		Listening: func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
+		Config:        cfg,
+		Version:       "test",
+		OpenEnforcer:  func() (backend.Enforcer, string, error) { return enf, "", nil },
+		ImplicitAllow: func() (control.Allowlist, error) { return implicit, nil },
+		Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
 	})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	l, err := net.Listen("unix", socket)
+	l, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); d.ServeListener(ctx, l, func() {}) }()
 	t.Cleanup(func() { cancel(); <-done; d.Close() })
-	return socket
 }
 
 // The CLI against the real API: what snarectl sends is what snared understands, and the
