@@ -159,6 +159,19 @@ func importBig(t *testing.T, h *fleetHost, n int) {
 	}
 }
 
+// startFleet runs a NATS server and, on it, a host of each name with a fresh state, and waits
+// until all are connected; it returns the server's client URL and the hosts in names' order.
+func startFleet(t *testing.T, names ...string) (string, []*fleetHost) {
+	t.Helper()
+	url := natsServer(t, t.TempDir(), -1).ClientURL()
+	var hs []*fleetHost
+	for _, n := range names {
+		hs = append(hs, startFleetHost(t, url, n, t.TempDir()))
+	}
+	waitConnected(t, hs...)
+	return url, hs
+}
+
 func waitConnected(t *testing.T, hs ...*fleetHost) {
 	t.Helper()
 	for _, h := range hs {
@@ -315,11 +328,8 @@ func TestFleetRefusesBadValues(t *testing.T) {
 // A host that was away catches up: blocks made meanwhile arrive, and a fleet block removed
 // meanwhile goes, even with its delete marker purged.
 func TestFleetCatchUp(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	url, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	ctx := context.Background()
 	for _, p := range []string{"198.18.0.30", "198.18.0.31"} {
 		if _, err := a.d.Block(ctx, []string{p}, "1h", ""); err != nil {
@@ -512,11 +522,8 @@ func TestFleetEmbeddedStartsLater(t *testing.T) {
 // A stale unblock never removes a newer block: neither an unblock made before a later block
 // (held in an outbox meanwhile), nor a delete with an older revision than the rule's.
 func TestFleetStaleUnblock(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	c := startFleetHost(t, url, "c", t.TempDir())
-	waitConnected(t, a, c)
+	url, hs := startFleet(t, "a", "c")
+	a, c := hs[0], hs[1]
 	ctx := context.Background()
 	if _, err := a.d.Block(ctx, []string{"198.18.0.60"}, "1h", ""); err != nil {
 		t.Fatal(err)
@@ -563,11 +570,8 @@ func TestFleetStaleUnblock(t *testing.T) {
 // An import is shared: a small one a key per entry, a big one (the bulk path) packed into bulk
 // values; both queued in the commit that stores them, and every entry reaches the other host.
 func TestFleetSharesImports(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	_, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	ctx := context.Background()
 	n := bulkImport + 10_000 // the bulk path
 	importBig(t, a, n)
@@ -630,11 +634,8 @@ func TestFleetReloadNeedsRestart(t *testing.T) {
 // An unblock of a prefix a shared import holds reaches every host, a host that joins later
 // included, and a later block of it is shared again.
 func TestFleetUnblockInsideSharedImport(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	url, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	ctx := context.Background()
 	n := bulkImport + 10 // the bulk path
 	importBig(t, a, n)
@@ -706,11 +707,8 @@ func TestFleetBulkOverMaxPayload(t *testing.T) {
 
 // A repeat offender's escalated block is shared with its longer deadline.
 func TestFleetSharesEscalation(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	_, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	if !b.d.Config().Block.Escalation.Enabled {
 		t.Fatal("escalation is off by default: this test needs it on")
 	}
