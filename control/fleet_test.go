@@ -44,6 +44,22 @@ func natsServerWith(t *testing.T, o *server.Options) *server.Server {
 	return s
 }
 
+// jetStream is a JetStream client of the server at url, closed when the test ends: what another
+// fleet member, or a hand on the bucket, does.
+func jetStream(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
 // fleetHost is one snared of a fleet: a real daemon with an in-memory enforcer, serving.
 type fleetHost struct {
 	d     *Daemon
@@ -272,15 +288,7 @@ func TestFleetRefusesBadValues(t *testing.T) {
 	srv := natsServer(t, t.TempDir(), -1)
 	b := startFleetHost(t, srv.ClientURL(), "b", t.TempDir())
 	waitConnected(t, b)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, srv.ClientURL())
 	ctx := context.Background()
 	kv, err := js.KeyValue(ctx, "snare")
 	if err != nil {
@@ -350,13 +358,7 @@ func TestFleetCatchUp(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "a's outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
 	// One delete marker is purged: only a reconcile can tell b that .31 is gone.
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(ctx, "snare")
+	kv, err := jetStream(t, url).KeyValue(ctx, "snare")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -754,16 +756,7 @@ func TestFleetBucketAsItIs(t *testing.T) {
 	}
 	shared(t, "198.18.0.95/32", "b", b, a)
 
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "plain"}); err != nil {
+	if _, err := jetStream(t, url).CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "plain"}); err != nil {
 		t.Fatal(err)
 	}
 	c := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {
