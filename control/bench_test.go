@@ -1,32 +1,17 @@
 package control
 
 import (
-	"fmt"
 	"net/netip"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
 	"github.com/snare-dev/snare/control/blocklist"
 	"github.com/snare-dev/snare/control/store"
+	"github.com/snare-dev/snare/internal/testutil"
 )
-
-// benchList is n distinct block-list lines: IPv4 addresses from 198.18.0.0/15, then IPv6
-// addresses (each its own /64) from 2001:db8::/32.
-func benchList(n int) string {
-	var b strings.Builder
-	for i := 0; i < n; i++ {
-		if i < 1<<17 {
-			fmt.Fprintf(&b, "198.%d.%d.%d\n", 18+i>>16, i>>8&255, i&255)
-		} else {
-			fmt.Fprintf(&b, "2001:db8:%x:%x::1\n", i>>16, i&0xffff)
-		}
-	}
-	return b.String()
-}
 
 // BenchmarkStoreImport1M writes 1,000,000 rules in one transaction into an empty store, the
 // store's share of `snarectl import` of a million addresses.
@@ -96,9 +81,9 @@ func BenchmarkStoreExpire1M(b *testing.B) {
 	}
 }
 
-// benchPrefixes are the prefixes of benchList(n).
+// benchPrefixes are the prefixes of testutil.BenchList(n).
 func benchPrefixes(n int) []netip.Prefix {
 	out := make([]netip.Prefix, 0, n)
-	blocklist.NewParser(defaultRules, time.Now(), 1).Parse(benchList(n), func(l blocklist.Line) { out = append(out, l.Prefix) })
+	blocklist.NewParser(defaultRules, time.Now(), 1).Parse(testutil.BenchList(n), func(l blocklist.Line) { out = append(out, l.Prefix) })
 	return out
 }

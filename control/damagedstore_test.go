@@ -38,9 +38,9 @@ func TestOpenRefusesDamagedStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.StateDir = filepath.Dir(path)
-	f := newFake()
+	f := &testutil.MemEnforcer{}
 	held := netip.MustParsePrefix("198.18.5.5/32")
-	f.rules[held] = backend.RuleState{Rule: backend.Rule{Prefix: held}}
+	f.Put(backend.RuleState{Rule: backend.Rule{Prefix: held}})
 	_, err = Open(context.Background(), Options{Config: cfg,
 		OpenEnforcer:  func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) { return nil, nil },
@@ -49,7 +49,7 @@ func TestOpenRefusesDamagedStore(t *testing.T) {
 	if !errors.Is(err, store.ErrStoreCorrupt) || !strings.Contains(err.Error(), path) {
 		t.Fatalf("Open: %v; want ErrStoreCorrupt naming %s", err, path)
 	}
-	if len(f.rules) != 1 || f.allow != nil {
-		t.Errorf("the refused start changed the enforcer: rules %v, allow %v", f.rules, f.allow)
+	if f.Len() != 1 || f.Allowed() != nil {
+		t.Errorf("the refused start changed the enforcer: rules %v, allow %v", f.Held(), f.Allowed())
 	}
 }

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,115 +23,17 @@ import (
 	"github.com/snare-dev/snare/control/api"
 
 	"github.com/snare-dev/snare/backend"
+	"github.com/snare-dev/snare/internal/testutil"
 )
 
-// fakeEnforcer keeps rules in memory: enough to test the daemon's own logic without root.
-type fakeEnforcer struct {
-	mu    sync.Mutex
-	rules map[netip.Prefix]backend.RuleState
-	allow []netip.Prefix
-	trap  backend.TrapConfig
-	fail  error // returned by Block when set
-	// room, when full is set, is how many more rules Block accepts; past it Block fails with
-	// errFakeFull: a kernel map that fills up in the middle of a load.
-	room int
-	full bool
-}
-
-var errFakeFull = errors.New("fake enforcer full")
-
-func newFake() *fakeEnforcer { return &fakeEnforcer{rules: map[netip.Prefix]backend.RuleState{}} }
-
-func (f *fakeEnforcer) Name() string { return "fake" }
-func (f *fakeEnforcer) Block(_ context.Context, rules []backend.Rule) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.fail != nil {
-		return f.fail
-	}
-	for _, r := range rules {
-		if f.full {
-			if f.room == 0 {
-				return errFakeFull
-			}
-			f.room--
-		}
-		f.rules[r.Prefix] = backend.RuleState{Rule: r}
-	}
-	return nil
-}
-func (f *fakeEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, p := range ps {
-		delete(f.rules, p)
-	}
-	return nil
-}
-
-// Replace keeps the unexpired trap blocks rules lack and returns them, as the back-ends do.
-func (f *fakeEnforcer) Replace(ctx context.Context, list backend.Rules) (int, []backend.RuleState, error) {
-	want := map[netip.Prefix]bool{}
-	var rules []backend.Rule
-	for i := range list.Len() {
-		r := list.At(i)
-		want[r.Prefix] = true
-		rules = append(rules, r)
-	}
-	f.mu.Lock()
-	var trapped []backend.RuleState
-	for p, r := range f.rules {
-		if !want[p] && r.FromTrap && (r.Deadline.IsZero() || r.Deadline.After(time.Now())) {
-			trapped = append(trapped, r)
-		} else {
-			delete(f.rules, p)
-		}
-	}
-	f.mu.Unlock()
-	return len(rules), trapped, f.Block(ctx, rules)
-}
-func (f *fakeEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	var out []backend.RuleState
-	for _, r := range f.rules {
-		out = append(out, r)
-	}
-	return out, nil
-}
-func (f *fakeEnforcer) SetAllow(_ context.Context, ps []netip.Prefix) error {
-	f.mu.Lock()
-	f.allow = ps
-	f.mu.Unlock()
-	return nil
-}
-func (f *fakeEnforcer) SetTrap(_ context.Context, c backend.TrapConfig) error {
-	f.mu.Lock()
-	f.trap = c
-	f.mu.Unlock()
-	return nil
-}
-func (f *fakeEnforcer) SetSettings(context.Context, backend.Settings) error { return nil }
-func (f *fakeEnforcer) TrapEvents(ctx context.Context) (<-chan backend.TrapEvent, error) {
-	ch := make(chan backend.TrapEvent)
-	go func() { <-ctx.Done(); close(ch) }()
-	return ch, nil
-}
-func (f *fakeEnforcer) Status(context.Context) (backend.Status, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return backend.Status{Backend: "fake", Counters: backend.Counters{Entries: len(f.rules)}}, nil
-}
-func (f *fakeEnforcer) Close() error { return nil }
-
-func fakeDaemon(t testing.TB) (*Daemon, *fakeEnforcer) {
+func fakeDaemon(t testing.TB) (*Daemon, *testutil.MemEnforcer) {
 	t.Helper()
 	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.StateDir = t.TempDir()
-	f := newFake()
+	f := &testutil.MemEnforcer{}
 	d, err := Open(context.Background(), Options{
 		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) {
@@ -219,11 +120,11 @@ func TestEscalationThroughBlocks(t *testing.T) {
 func TestBlockFailsAtomically(t *testing.T) {
 	d, f := fakeDaemon(t)
 	ctx := context.Background()
-	f.fail = context.DeadlineExceeded
+	f.FailBlocks(context.DeadlineExceeded)
 	if _, err := d.Block(ctx, []string{"198.18.0.9"}, "", ""); err == nil {
 		t.Fatal("block succeeded although the enforcer failed")
 	}
-	f.fail = nil
+	f.FailBlocks(nil)
 	es, err := listEntries(ctx, d)
 	if err != nil || len(es) != 0 {
 		t.Fatalf("a failed block left %v in the store (%v)", es, err)
@@ -235,13 +136,14 @@ func TestBlockFailsAtomically(t *testing.T) {
 
 func TestTrapPortsSkipListeningPorts(t *testing.T) {
 	d, f := fakeDaemon(t)
-	for _, p := range f.trap.TCPPorts {
+	trap := f.Trap()
+	for _, p := range trap.TCPPorts {
 		if p == 31337 {
 			t.Fatal("a port the host listens on is a trap")
 		}
 	}
-	if len(f.trap.TCPPorts) == 0 || len(f.trap.UDPPorts) == 0 || !f.trap.BlockTCP {
-		t.Errorf("trap config %+v", f.trap)
+	if len(trap.TCPPorts) == 0 || len(trap.UDPPorts) == 0 || !trap.BlockTCP {
+		t.Errorf("trap config %+v", trap)
 	}
 	st, _ := d.Status(context.Background())
 	if strings.Contains(st.Trap.TCPPorts, "31337") || !strings.Contains(st.Trap.UDPPorts, "31337") {
@@ -398,8 +300,8 @@ func TestImplicitAllowFollowsTheHost(t *testing.T) {
 	if _, err := d.Block(ctx, []string{"198.18.9.1"}, "", ""); err == nil || !strings.Contains(err.Error(), "gateway") {
 		t.Errorf("block of the new gateway: %v", err)
 	}
-	if !slices.Contains(f.allow, gw) {
-		t.Errorf("enforcer allowlist %v lacks the new gateway", f.allow)
+	if !slices.Contains(f.Allowed(), gw) {
+		t.Errorf("enforcer allowlist %v lacks the new gateway", f.Allowed())
 	}
 }
 
@@ -463,7 +365,7 @@ func TestRestoreAfterAllowlistChange(t *testing.T) {
 	cfg := d.Config()
 	d.Close()
 
-	f := newFake() // empty maps: a start after a reboot
+	f := &testutil.MemEnforcer{} // empty maps: a start after a reboot
 	d2, err := Open(ctx, Options{
 		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) {
@@ -489,7 +391,7 @@ func TestRestoreAfterAllowlistChange(t *testing.T) {
 }
 
 // heldPrefixes is what the fake enforcer holds, sorted.
-func heldPrefixes(t *testing.T, f *fakeEnforcer) []string {
+func heldPrefixes(t *testing.T, f *testutil.MemEnforcer) []string {
 	t.Helper()
 	rs, err := f.Rules(context.Background())
 	if err != nil {
@@ -512,7 +414,7 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.StateDir = t.TempDir()
-	f := newFake()
+	f := &testutil.MemEnforcer{}
 	open := func() *Daemon {
 		d, err := Open(context.Background(), Options{Config: cfg,
 			OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
@@ -534,12 +436,10 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 
 	P := netip.MustParsePrefix
 	now := time.Now()
-	f.mu.Lock()
-	f.rules[P("198.19.0.9/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.9/32"), Deadline: now.Add(time.Hour)}, FromTrap: true}
-	f.rules[P("198.19.0.8/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.8/32"), Deadline: now.Add(-time.Minute)}, FromTrap: true}
-	f.rules[P("198.19.0.7/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.7/32"), Deadline: now.Add(time.Hour)}}
-	f.rules[P("198.19.0.5/32")] = backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.5/32"), Deadline: now.Add(time.Hour)}, FromTrap: true}
-	f.mu.Unlock()
+	f.Put(backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.9/32"), Deadline: now.Add(time.Hour)}, FromTrap: true})
+	f.Put(backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.8/32"), Deadline: now.Add(-time.Minute)}, FromTrap: true})
+	f.Put(backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.7/32"), Deadline: now.Add(time.Hour)}})
+	f.Put(backend.RuleState{Rule: backend.Rule{Prefix: P("198.19.0.5/32"), Deadline: now.Add(time.Hour)}, FromTrap: true})
 
 	d = open()
 	defer d.Close()
@@ -551,13 +451,12 @@ func TestOpenAdoptsTrapBlocks(t *testing.T) {
 	if adopted.Origin != api.OriginTrap || adopted.Reason != adoptReason || adopted.Expires.IsZero() {
 		t.Fatalf("adopted trap block %+v: want origin trap, reason %q, a deadline", adopted, adoptReason)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if gap := f.rules[P("198.19.0.9/32")].Deadline.Sub(adopted.Expires); len(f.rules) != 2 || gap < -time.Millisecond || gap > time.Millisecond {
-		t.Fatalf("kernel after start: %v; want 198.19.0.1 and 198.19.0.9 expiring %v", f.rules, adopted.Expires)
+	held := f.Held()
+	if gap := held[P("198.19.0.9/32")].Deadline.Sub(adopted.Expires); len(held) != 2 || gap < -time.Millisecond || gap > time.Millisecond {
+		t.Fatalf("kernel after start: %v; want 198.19.0.1 and 198.19.0.9 expiring %v", held, adopted.Expires)
 	}
-	if _, ok := f.rules[P("198.19.0.1/32")]; !ok {
-		t.Fatalf("kernel after start lost the manual block: %v", f.rules)
+	if _, ok := held[P("198.19.0.1/32")]; !ok {
+		t.Fatalf("kernel after start lost the manual block: %v", held)
 	}
 }
 
@@ -578,14 +477,12 @@ func TestTrapEventsAfterShutdownRecorded(t *testing.T) {
 		d.HandleTrapEvents(ctx, ch)
 	}
 	stored := entriesByPrefix(t, d)
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	for _, src := range srcs {
 		p := netip.PrefixFrom(src, 32)
 		if e, ok := stored[p.String()]; !ok || e.Origin != api.OriginTrap || !strings.HasPrefix(e.Reason, "trap: tcp/31337") {
 			t.Errorf("%s: stored %v %+v, want a trap block", p, ok, e)
 		}
-		if _, ok := f.rules[p]; !ok {
+		if _, ok := f.Rule(p); !ok {
 			t.Errorf("%s: not in the kernel", p)
 		}
 	}
@@ -631,8 +528,8 @@ func TestBlockRefusedAtCapacity(t *testing.T) {
 	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "block.capacity 3") {
 		t.Fatalf("two more at capacity 3: %v, want a user error (400) naming block.capacity 3", err)
 	}
-	if es, _ := listEntries(ctx, d); len(es) != 2 || len(f.rules) != 2 {
-		t.Fatalf("the refused block changed something: %d stored, %d in the kernel", len(es), len(f.rules))
+	if es, _ := listEntries(ctx, d); len(es) != 2 || f.Len() != 2 {
+		t.Fatalf("the refused block changed something: %d stored, %d in the kernel", len(es), f.Len())
 	}
 	if _, err := d.Block(ctx, []string{"198.18.0.1", "198.18.0.2", "198.18.0.3"}, "", ""); err != nil {
 		t.Fatalf("blocking two stored and one new at capacity 3: %v", err)

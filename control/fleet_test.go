@@ -21,6 +21,7 @@ import (
 	"github.com/snare-dev/snare/control/config"
 	"github.com/snare-dev/snare/control/fleet"
 	"github.com/snare-dev/snare/control/store"
+	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // natsServer runs a real JetStream server on 127.0.0.1 (port -1: a free one), its store in dir.
@@ -43,10 +44,26 @@ func natsServerWith(t *testing.T, o *server.Options) *server.Server {
 	return s
 }
 
+// jetStream is a JetStream client of the server at url, closed when the test ends: what another
+// fleet member, or a hand on the bucket, does.
+func jetStream(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
 // fleetHost is one snared of a fleet: a real daemon with an in-memory enforcer, serving.
 type fleetHost struct {
 	d     *Daemon
-	f     *fakeEnforcer
+	f     *testutil.MemEnforcer
 	state string
 	stop  func()
 }
@@ -72,7 +89,7 @@ func startFleetHostWith(t *testing.T, state string, set func(*config.Config), al
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	f := newFake()
+	f := &testutil.MemEnforcer{}
 	d, err := Open(context.Background(), Options{
 		Config: cfg, OpenEnforcer: func() (backend.Enforcer, string, error) { return f, "", nil },
 		ImplicitAllow: func() (Allowlist, error) {
@@ -130,9 +147,7 @@ func (h *fleetHost) rule(t *testing.T, p string) (store.Rule, bool) {
 }
 
 func (h *fleetHost) enforced(p string) bool {
-	h.f.mu.Lock()
-	defer h.f.mu.Unlock()
-	_, ok := h.f.rules[netip.MustParsePrefix(p)]
+	_, ok := h.f.Rule(netip.MustParsePrefix(p))
 	return ok
 }
 
@@ -158,6 +173,19 @@ func importBig(t *testing.T, h *fleetHost, n int) {
 	if _, err := h.d.Import(context.Background(), api.ImportRequest{Content: list.String(), TTL: "1d", Name: "big"}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// startFleet runs a NATS server and, on it, a host of each name with a fresh state, and waits
+// until all are connected; it returns the server's client URL and the hosts in names' order.
+func startFleet(t *testing.T, names ...string) (string, []*fleetHost) {
+	t.Helper()
+	url := natsServer(t, t.TempDir(), -1).ClientURL()
+	var hs []*fleetHost
+	for _, n := range names {
+		hs = append(hs, startFleetHost(t, url, n, t.TempDir()))
+	}
+	waitConnected(t, hs...)
+	return url, hs
 }
 
 func waitConnected(t *testing.T, hs ...*fleetHost) {
@@ -260,15 +288,7 @@ func TestFleetRefusesBadValues(t *testing.T) {
 	srv := natsServer(t, t.TempDir(), -1)
 	b := startFleetHost(t, srv.ClientURL(), "b", t.TempDir())
 	waitConnected(t, b)
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, srv.ClientURL())
 	ctx := context.Background()
 	kv, err := js.KeyValue(ctx, "snare")
 	if err != nil {
@@ -316,11 +336,8 @@ func TestFleetRefusesBadValues(t *testing.T) {
 // A host that was away catches up: blocks made meanwhile arrive, and a fleet block removed
 // meanwhile goes, even with its delete marker purged.
 func TestFleetCatchUp(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	url, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	ctx := context.Background()
 	for _, p := range []string{"198.18.0.30", "198.18.0.31"} {
 		if _, err := a.d.Block(ctx, []string{p}, "1h", ""); err != nil {
@@ -341,13 +358,7 @@ func TestFleetCatchUp(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, "a's outbox drained", func() bool { return a.d.FleetStatus().Outbox == 0 })
 	// One delete marker is purged: only a reconcile can tell b that .31 is gone.
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(ctx, "snare")
+	kv, err := jetStream(t, url).KeyValue(ctx, "snare")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,11 +524,8 @@ func TestFleetEmbeddedStartsLater(t *testing.T) {
 // A stale unblock never removes a newer block: neither an unblock made before a later block
 // (held in an outbox meanwhile), nor a delete with an older revision than the rule's.
 func TestFleetStaleUnblock(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	c := startFleetHost(t, url, "c", t.TempDir())
-	waitConnected(t, a, c)
+	url, hs := startFleet(t, "a", "c")
+	a, c := hs[0], hs[1]
 	ctx := context.Background()
 	if _, err := a.d.Block(ctx, []string{"198.18.0.60"}, "1h", ""); err != nil {
 		t.Fatal(err)
@@ -564,11 +572,8 @@ func TestFleetStaleUnblock(t *testing.T) {
 // An import, small or big (the store's bulk path), is shared packed into bulk values, queued in
 // the commit that stores it, and every entry reaches the other host.
 func TestFleetSharesImports(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	url, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	ctx := context.Background()
 	n := bulkImport + 10_000 // the bulk path
 	importBig(t, a, n)
@@ -582,16 +587,7 @@ func TestFleetSharesImports(t *testing.T) {
 	if st := a.d.FleetStatus(); st.Published != uint64(n+2) || st.Outbox != 0 {
 		t.Errorf("a published %d, outbox %d; want %d, 0", st.Published, st.Outbox, n+2)
 	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kv, err := js.KeyValue(ctx, "snare")
+	kv, err := jetStream(t, url).KeyValue(ctx, "snare")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -659,11 +655,8 @@ func TestFleetReloadNeedsRestart(t *testing.T) {
 // An unblock of a prefix a shared import holds reaches every host, a host that joins later
 // included, and a later block of it is shared again.
 func TestFleetUnblockInsideSharedImport(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	url, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	ctx := context.Background()
 	n := bulkImport + 10 // the bulk path
 	importBig(t, a, n)
@@ -735,11 +728,8 @@ func TestFleetBulkOverMaxPayload(t *testing.T) {
 
 // A repeat offender's escalated block is shared with its longer deadline.
 func TestFleetSharesEscalation(t *testing.T) {
-	srv := natsServer(t, t.TempDir(), -1)
-	url := srv.ClientURL()
-	a := startFleetHost(t, url, "a", t.TempDir())
-	b := startFleetHost(t, url, "b", t.TempDir())
-	waitConnected(t, a, b)
+	_, hs := startFleet(t, "a", "b")
+	a, b := hs[0], hs[1]
 	if !b.d.Config().Block.Escalation.Enabled {
 		t.Fatal("escalation is off by default: this test needs it on")
 	}
@@ -785,16 +775,7 @@ func TestFleetBucketAsItIs(t *testing.T) {
 	}
 	shared(t, "198.18.0.95/32", "b", b, a)
 
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "plain"}); err != nil {
+	if _, err := jetStream(t, url).CreateKeyValue(t.Context(), jetstream.KeyValueConfig{Bucket: "plain"}); err != nil {
 		t.Fatal(err)
 	}
 	c := startFleetHostWith(t, t.TempDir(), func(c *config.Config) {

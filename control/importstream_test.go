@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/snare-dev/snare/control/api"
+	"github.com/snare-dev/snare/internal/testutil"
 )
 
 // v4List is n distinct addresses of 198.19.0.0/16, one per line.
@@ -46,8 +47,8 @@ func TestImportStreamBulk(t *testing.T) {
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != 200 || out.Imported != n {
 		t.Fatalf("status %d, %+v, %v", resp.StatusCode, out, err)
 	}
-	if d.store.Count() != n || len(f.rules) != n {
-		t.Fatalf("store %d, kernel %d, want %d", d.store.Count(), len(f.rules), n)
+	if d.store.Count() != n || f.Len() != n {
+		t.Fatalf("store %d, kernel %d, want %d", d.store.Count(), f.Len(), n)
 	}
 	es, err := listEntries(ctx, d)
 	if err != nil {
@@ -64,7 +65,7 @@ func TestImportStreamBulk(t *testing.T) {
 	}
 
 	// A kernel that refuses the batch: nothing changes, in the store or the kernel.
-	f.fail = errors.New("map full")
+	f.FailBlocks(errors.New("map full"))
 	var b strings.Builder
 	for i := range n {
 		fmt.Fprintf(&b, "2001:db8:%x:%x::1\n", 0x100+i>>16, i&0xffff)
@@ -72,11 +73,11 @@ func TestImportStreamBulk(t *testing.T) {
 	if _, err := d.Import(ctx, api.ImportRequest{Content: b.String()}); err == nil || !strings.Contains(err.Error(), "map full") {
 		t.Fatalf("import with a failing kernel: %v", err)
 	}
-	f.fail = nil
-	if d.store.Count() != n || len(f.rules) != n {
-		t.Fatalf("after a failed import: store %d, kernel %d, want %d", d.store.Count(), len(f.rules), n)
+	f.FailBlocks(nil)
+	if d.store.Count() != n || f.Len() != n {
+		t.Fatalf("after a failed import: store %d, kernel %d, want %d", d.store.Count(), f.Len(), n)
 	}
-	if _, ok := f.rules[netip.MustParsePrefix("2001:db8:100::/64")]; ok {
+	if _, ok := f.Rule(netip.MustParsePrefix("2001:db8:100::/64")); ok {
 		t.Fatal("failed import left an entry in the kernel")
 	}
 }
@@ -100,14 +101,14 @@ func TestImportStreamCutOff(t *testing.T) {
 	if err == nil || !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("cut-off import: %v", err)
 	}
-	if d.store.Count() != 0 || len(f.rules) != 0 {
-		t.Fatalf("cut-off import changed something: store %d, kernel %d", d.store.Count(), len(f.rules))
+	if d.store.Count() != 0 || f.Len() != 0 {
+		t.Fatalf("cut-off import changed something: store %d, kernel %d", d.store.Count(), f.Len())
 	}
 	// A line that does not end within 1 MB: refused as the user's mistake, nothing imported.
 	var ue *UserError
 	_, err = d.Import(context.Background(), api.ImportRequest{Content: "198.19.0.1\n" + strings.Repeat("x", 1<<20+1)})
-	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "line 2 is longer than") || d.store.Count() != 0 || len(f.rules) != 0 {
-		t.Fatalf("endless line: %v; store %d, kernel %d", err, d.store.Count(), len(f.rules))
+	if !errors.As(err, &ue) || !strings.Contains(err.Error(), "line 2 is longer than") || d.store.Count() != 0 || f.Len() != 0 {
+		t.Fatalf("endless line: %v; store %d, kernel %d", err, d.store.Count(), f.Len())
 	}
 	srv := httptest.NewServer(d.Handler())
 	defer srv.Close()
@@ -159,8 +160,8 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v %+v", err, resp.Errors[:min(3, len(resp.Errors))])
 	}
-	if resp.Imported != len(latest) || d.store.Count() != len(latest) || len(f.rules) != len(latest) {
-		t.Fatalf("imported %d, store %d, kernel %d; want %d distinct prefixes", resp.Imported, d.store.Count(), len(f.rules), len(latest))
+	if resp.Imported != len(latest) || d.store.Count() != len(latest) || f.Len() != len(latest) {
+		t.Fatalf("imported %d, store %d, kernel %d; want %d distinct prefixes", resp.Imported, d.store.Count(), f.Len(), len(latest))
 	}
 	es, err := listEntries(ctx, d)
 	if err != nil {
@@ -171,7 +172,7 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 		if !ok || !e.Created.Equal(day) || !e.Expires.Equal(day.Add(5*24*time.Hour)) {
 			t.Fatalf("%s created %v expires %v; want a line's latest date %v (listed: %v)", e.Prefix, e.Created, e.Expires, day, ok)
 		}
-		if k := f.rules[netip.MustParsePrefix(e.Prefix)]; !k.Deadline.Equal(e.Expires) {
+		if k, _ := f.Rule(netip.MustParsePrefix(e.Prefix)); !k.Deadline.Equal(e.Expires) {
 			t.Fatalf("%s: kernel deadline %v, store %v", e.Prefix, k.Deadline, e.Expires)
 		}
 	}
@@ -181,11 +182,12 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 	if resp, err := d.Import(ctx, api.ImportRequest{Content: b.String(), TTL: "permanent"}); err != nil || resp.Imported != len(first) {
 		t.Fatalf("permanent import: %+v, %v", resp, err)
 	}
-	if es, err = listEntries(ctx, d); err != nil || len(es) != len(first) || len(f.rules) != len(first) {
-		t.Fatalf("permanent import: %d entries, %d in the kernel, %v; want %d", len(es), len(f.rules), err, len(first))
+	if es, err = listEntries(ctx, d); err != nil || len(es) != len(first) || f.Len() != len(first) {
+		t.Fatalf("permanent import: %d entries, %d in the kernel, %v; want %d", len(es), f.Len(), err, len(first))
 	}
 	for _, e := range es {
-		if day := first[e.Prefix]; !e.Permanent || !e.Created.Equal(day) || !f.rules[netip.MustParsePrefix(e.Prefix)].Deadline.IsZero() {
+		k, _ := f.Rule(netip.MustParsePrefix(e.Prefix))
+		if day := first[e.Prefix]; !e.Permanent || !e.Created.Equal(day) || !k.Deadline.IsZero() {
 			t.Fatalf("%s: permanent %v created %v; want permanent, created on its first line's date %v", e.Prefix, e.Permanent, e.Created, day)
 		}
 	}
@@ -195,7 +197,7 @@ func TestImportUnsortedWithRepeats(t *testing.T) {
 // fills up after part of it took its first chunk: nothing stays, in the store or the kernel.
 func TestImportIntoEmptyKernelFull(t *testing.T) {
 	d, f := fakeDaemon(t)
-	f.full, f.room = true, kernelChunk+10
+	f.Limit(kernelChunk + 10)
 	n := kernelChunk + 5000
 	lines := make([]string, n)
 	for i := range lines {
@@ -203,18 +205,18 @@ func TestImportIntoEmptyKernelFull(t *testing.T) {
 	}
 	rand.New(rand.NewPCG(3, 4)).Shuffle(n, func(i, j int) { lines[i], lines[j] = lines[j], lines[i] })
 	_, err := d.Import(context.Background(), api.ImportRequest{Content: strings.Join(lines, "\n")})
-	if !errors.Is(err, errFakeFull) {
+	if !errors.Is(err, testutil.ErrMemFull) {
 		t.Fatalf("import into a kernel that fills up: %v", err)
 	}
-	if d.store.Count() != 0 || len(f.rules) != 0 {
-		t.Fatalf("failed import left store %d, kernel %d entries", d.store.Count(), len(f.rules))
+	if d.store.Count() != 0 || f.Len() != 0 {
+		t.Fatalf("failed import left store %d, kernel %d entries", d.store.Count(), f.Len())
 	}
 	// Once there is room, the same list imports whole.
-	f.full = false
+	f.Limit(-1)
 	if resp, err := d.Import(context.Background(), api.ImportRequest{Content: strings.Join(lines, "\n")}); err != nil || resp.Imported != n {
 		t.Fatalf("import: %+v, %v", resp, err)
 	}
-	if d.store.Count() != n || len(f.rules) != n {
-		t.Fatalf("store %d, kernel %d, want %d", d.store.Count(), len(f.rules), n)
+	if d.store.Count() != n || f.Len() != n {
+		t.Fatalf("store %d, kernel %d, want %d", d.store.Count(), f.Len(), n)
 	}
 }

@@ -11,11 +11,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/snare-dev/snare/control/config"
+	"github.com/snare-dev/snare/internal/testutil"
 
 	"github.com/snare-dev/snare/control/store"
 
@@ -333,7 +333,7 @@ func TestStoreFixtureOpens(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.StateDir = dir
-	enf := &memEnforcer{rules: map[netip.Prefix]backend.Rule{}}
+	enf := &testutil.MemEnforcer{}
 	d, err := control.Open(context.Background(), control.Options{Config: cfg,
 		OpenEnforcer: func() (backend.Enforcer, string, error) { return enf, "", nil },
 		ImplicitAllow: func() (control.Allowlist, error) {
@@ -345,9 +345,7 @@ func TestStoreFixtureOpens(t *testing.T) {
 		t.Fatalf("open a daemon on the fixture store: %v", err)
 	}
 	defer d.Close()
-	enf.mu.Lock()
-	held := enf.rules
-	enf.mu.Unlock()
+	held := enf.Held()
 	if len(held) != len(f.rules)-1 {
 		t.Errorf("the enforcer holds %d rules, want %d", len(held), len(f.rules)-1)
 	}
@@ -378,9 +376,7 @@ func TestStoreFixtureOpens(t *testing.T) {
 			t.Errorf("the daemon still lists the expired rule %s", e.Prefix)
 		}
 	}
-	enf.mu.Lock()
-	allowed := enf.allow
-	enf.mu.Unlock()
+	allowed := enf.Allowed()
 	for _, a := range f.allow {
 		if !slices.Contains(allowed, a.Prefix) {
 			t.Errorf("the enforcer's allowlist %v lacks %s", allowed, a.Prefix)
@@ -421,66 +417,3 @@ func ruleDiff(got, want store.Rule) string {
 	}
 	return strings.Join(d, "; ")
 }
-
-// memEnforcer holds rules in memory: what a daemon restores, without a kernel.
-type memEnforcer struct {
-	mu    sync.Mutex
-	rules map[netip.Prefix]backend.Rule
-	allow []netip.Prefix
-}
-
-func (m *memEnforcer) Name() string { return "mem" }
-func (m *memEnforcer) Block(_ context.Context, rules []backend.Rule) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, r := range rules {
-		m.rules[r.Prefix] = r
-	}
-	return nil
-}
-func (m *memEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, p := range ps {
-		delete(m.rules, p)
-	}
-	return nil
-}
-func (m *memEnforcer) Replace(_ context.Context, rules backend.Rules) (int, []backend.RuleState, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.rules = make(map[netip.Prefix]backend.Rule, rules.Len())
-	for i := range rules.Len() {
-		r := rules.At(i)
-		m.rules[r.Prefix] = r
-	}
-	return rules.Len(), nil, nil
-}
-func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []backend.RuleState
-	for _, r := range m.rules {
-		out = append(out, backend.RuleState{Rule: r})
-	}
-	return out, nil
-}
-func (m *memEnforcer) SetAllow(_ context.Context, ps []netip.Prefix) error {
-	m.mu.Lock()
-	m.allow = ps
-	m.mu.Unlock()
-	return nil
-}
-func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error { return nil }
-func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error {
-	return nil
-}
-func (m *memEnforcer) TrapEvents(ctx context.Context) (<-chan backend.TrapEvent, error) {
-	ch := make(chan backend.TrapEvent)
-	go func() { <-ctx.Done(); close(ch) }()
-	return ch, nil
-}
-func (m *memEnforcer) Status(context.Context) (backend.Status, error) {
-	return backend.Status{Backend: "mem"}, nil
-}
-func (m *memEnforcer) Close() error { return nil }

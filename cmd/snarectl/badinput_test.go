@@ -12,8 +12,6 @@ import (
 	"github.com/snare-dev/snare/control/store"
 
 	"github.com/snare-dev/snare/control/api"
-
-	"github.com/snare-dev/snare/backend"
 )
 
 // Reasons too long or holding control characters, and link-local, multicast or loopback
@@ -117,7 +115,9 @@ func TestTablesEscapeOldStoredText(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "events.jsonl"), events, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	socket := startDaemonIn(t, dir, &memEnforcer{rules: map[netip.Prefix]backend.Rule{}, hits: 3})
+	enf := newMemEnforcer()
+	enf.Hits = 3
+	socket := startDaemonIn(t, dir, enf)
 
 	clean := func(t *testing.T, what string, r result, rows int) {
 		t.Helper()

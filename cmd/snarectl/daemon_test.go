@@ -9,10 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/snare-dev/snare/control/config"
+	"github.com/snare-dev/snare/internal/testutil"
 
 	"github.com/snare-dev/snare/control/api"
 
@@ -20,71 +20,18 @@ import (
 	"github.com/snare-dev/snare/control"
 )
 
-// memEnforcer is an in-memory backend.Enforcer, so that snarectl can be run against the real
-// control.Daemon and its real API handler without root or a kernel. It only keeps rules.
-type memEnforcer struct {
-	mu    sync.Mutex
-	rules map[netip.Prefix]backend.Rule
-	hits  uint64 // reported as every rule's hits
+// newMemEnforcer is an in-memory enforcer that reports itself as the XDP back-end on veth0, so
+// that snarectl can be run against the real control.Daemon and its real API handler without
+// root or a kernel.
+func newMemEnforcer() *testutil.MemEnforcer {
+	return &testutil.MemEnforcer{Backend: "xdp", Interfaces: []backend.InterfaceStatus{{Name: "veth0", Mode: "native"}}, Capacity: 1000}
 }
-
-func (m *memEnforcer) Name() string { return "xdp" }
-func (m *memEnforcer) Block(_ context.Context, rules []backend.Rule) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, r := range rules {
-		m.rules[r.Prefix] = r
-	}
-	return nil
-}
-func (m *memEnforcer) Unblock(_ context.Context, ps []netip.Prefix) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for _, p := range ps {
-		delete(m.rules, p)
-	}
-	return nil
-}
-func (m *memEnforcer) Replace(_ context.Context, rules backend.Rules) (int, []backend.RuleState, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.rules = map[netip.Prefix]backend.Rule{}
-	for i := range rules.Len() {
-		r := rules.At(i)
-		m.rules[r.Prefix] = r
-	}
-	return rules.Len(), nil, nil
-}
-func (m *memEnforcer) Rules(context.Context) ([]backend.RuleState, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var out []backend.RuleState
-	for _, r := range m.rules {
-		out = append(out, backend.RuleState{Rule: r, Hits: m.hits})
-	}
-	return out, nil
-}
-func (m *memEnforcer) SetAllow(context.Context, []netip.Prefix) error      { return nil }
-func (m *memEnforcer) SetTrap(context.Context, backend.TrapConfig) error   { return nil }
-func (m *memEnforcer) SetSettings(context.Context, backend.Settings) error { return nil }
-func (m *memEnforcer) TrapEvents(ctx context.Context) (<-chan backend.TrapEvent, error) {
-	ch := make(chan backend.TrapEvent)
-	go func() { <-ctx.Done(); close(ch) }()
-	return ch, nil
-}
-func (m *memEnforcer) Status(context.Context) (backend.Status, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return backend.Status{Backend: "xdp", Interfaces: []backend.InterfaceStatus{{Name: "veth0", Mode: "native"}},
-		Counters: backend.Counters{Entries: len(m.rules), Capacity: 1000}}, nil
-}
-func (m *memEnforcer) Close() error { return nil }
 
 // startDaemon runs the real control.Daemon (store, allowlist, import parser, event log, API)
 // over an in-memory enforcer, with 198.18.0.1 as its "gateway", and returns its socket.
 func startDaemon(t *testing.T) string {
 	t.Helper()
-	return startDaemonIn(t, stateDir(t), &memEnforcer{rules: map[netip.Prefix]backend.Rule{}})
+	return startDaemonIn(t, stateDir(t), newMemEnforcer())
 }
 
 // stateDir is a fresh state directory, removed when the test ends. It is short (not t.TempDir,
@@ -101,36 +48,41 @@ func stateDir(t *testing.T) string {
 
 // startDaemonIn is startDaemon on the state in dir (a store and event log written before, as
 // an older snared left them) and the given enforcer.
-func startDaemonIn(t *testing.T, dir string, enf *memEnforcer) string {
+func startDaemonIn(t *testing.T, dir string, enf *testutil.MemEnforcer) string {
 	t.Helper()
 	socket := filepath.Join(dir, "snare.sock")
 	cfg, err := config.Load(config.LoadOptions{Env: []string{"SNARE_STATE_DIR=" + dir, "SNARE_SOCKET=" + socket}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Block.Capacity = 1000 // what the memEnforcer reports
+	cfg.Block.Capacity = 1000 // what newMemEnforcer reports
+	serveDaemon(t, cfg, enf, control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: api.AllowGateway}})
+	return socket
+}
+
+// serveDaemon runs the real control.Daemon on cfg and enf, with implicit as its implicit
+// allowlist and no listening ports, serving its API on cfg.Socket until the test ends.
+func serveDaemon(t *testing.T, cfg *config.Config, enf backend.Enforcer, implicit control.Allowlist) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := control.Open(ctx, control.Options{
-		Config:       cfg,
-		Version:      "test",
-		OpenEnforcer: func() (backend.Enforcer, string, error) { return enf, "", nil },
-		ImplicitAllow: func() (control.Allowlist, error) {
-			return control.Allowlist{{Prefix: netip.MustParsePrefix("198.18.0.1/32"), Source: api.AllowGateway}}, nil
-		},
-		Listening: func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
+		Config:        cfg,
+		Version:       "test",
+		OpenEnforcer:  func() (backend.Enforcer, string, error) { return enf, "", nil },
+		ImplicitAllow: func() (control.Allowlist, error) { return implicit, nil },
+		Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
 	})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	l, err := net.Listen("unix", socket)
+	l, err := net.Listen("unix", cfg.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); d.ServeListener(ctx, l, func() {}) }()
 	t.Cleanup(func() { cancel(); <-done; d.Close() })
-	return socket
 }
 
 // The CLI against the real API: what snarectl sends is what snared understands, and the

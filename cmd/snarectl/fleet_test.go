@@ -1,10 +1,7 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
-	"net"
-	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,8 +9,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/snare-dev/snare/backend"
-	"github.com/snare-dev/snare/control"
 	"github.com/snare-dev/snare/control/api"
 	"github.com/snare-dev/snare/control/config"
 )
@@ -27,25 +22,7 @@ func startFleetDaemon(t *testing.T, env ...string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	d, err := control.Open(ctx, control.Options{Config: cfg, Version: "test",
-		OpenEnforcer: func() (backend.Enforcer, string, error) {
-			return &memEnforcer{rules: map[netip.Prefix]backend.Rule{}}, "", nil
-		},
-		ImplicitAllow: func() (control.Allowlist, error) { return nil, nil },
-		Listening:     func(context.Context) (tcp, udp map[uint16]bool, err error) { return nil, nil, nil },
-	})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	l, err := net.Listen("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); d.ServeListener(ctx, l, func() {}) }()
-	t.Cleanup(func() { cancel(); <-done; d.Close() })
+	serveDaemon(t, cfg, newMemEnforcer(), nil)
 	return socket
 }
 

@@ -20,17 +20,24 @@ import (
 
 var discard = slog.New(slog.DiscardHandler)
 
-// Maps pinned by a newer snare are refused with loader.ErrNewerABI even with backend auto: that
-// snare's program stays attached to them, so falling back to iptables would enforce twice, and on
-// stale maps.
-func TestNewerPinsRefusedNotFallenBack(t *testing.T) {
-	lab := testutil.NewLab(t, "attacker")
+// hostConfig is the default configuration on lab's host: its interfaces, pins in a fresh bpffs.
+func hostConfig(t *testing.T, lab *netlab.Lab) *config.Config {
+	t.Helper()
 	cfg, err := config.Load(config.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Interfaces = lab.HostIfaceNames()
 	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
+	return cfg
+}
+
+// Maps pinned by a newer snare are refused with loader.ErrNewerABI even with backend auto: that
+// snare's program stays attached to them, so falling back to iptables would enforce twice, and on
+// stale maps.
+func TestNewerPinsRefusedNotFallenBack(t *testing.T) {
+	lab := testutil.NewLab(t, "attacker")
+	cfg := hostConfig(t, lab)
 	if err := os.Mkdir(cfg.BPFFS, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -72,12 +79,7 @@ func TestAutoFallback(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lab.Close() })
-	cfg, err := config.Load(config.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Interfaces = lab.HostIfaceNames()
-	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
+	cfg := hostConfig(t, lab)
 	cfg.XDPMode = "native"
 	openFB := func(ifaces []string) (backend.Enforcer, error) {
 		return fallback.New(fallback.Options{Interfaces: ifaces, Capacity: 1024, Prefix: "snta" + lab.Suffix,
@@ -115,12 +117,7 @@ func TestAutoFallback(t *testing.T) {
 // enforcing there, which is no reason to fall back.
 func TestLockedPinsNotFallenBack(t *testing.T) {
 	lab := testutil.NewLab(t, "attacker")
-	cfg, err := config.Load(config.LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Interfaces = lab.HostIfaceNames()
-	cfg.BPFFS = filepath.Join(testutil.TempBPFFS(t), "pins")
+	cfg := hostConfig(t, lab)
 	fellBack := false
 	openFB := func([]string) (backend.Enforcer, error) {
 		fellBack = true

@@ -47,6 +47,44 @@ func waitSocket(t *testing.T, c *api.Client, p *netlab.Proc) {
 	t.Fatalf("snared did not answer in 15s:\n%s", p.Output())
 }
 
+// hostSnared is the snared binary set to run on the host of a lab with an attacker peer, its
+// state, socket (state/snare.sock) and pins in fresh directories.
+type hostSnared struct {
+	lab                    *netlab.Lab
+	bin, state, sock, pins string
+	args                   []string // --state-dir, --socket, --bpffs and an --iface for each host interface
+	att                    *netlab.Node
+	reaches                func() bool // whether the attacker's ping reaches the host
+	c                      *api.Client
+}
+
+func newHostSnared(t *testing.T) *hostSnared {
+	t.Helper()
+	s := &hostSnared{lab: testutil.NewLab(t, "attacker"), bin: buildSnared(t), state: t.TempDir()}
+	s.pins = filepath.Join(testutil.TempBPFFS(t), "pins")
+	s.sock = filepath.Join(s.state, "snare.sock")
+	s.args = []string{"--state-dir", s.state, "--socket", s.sock, "--bpffs", s.pins}
+	for _, i := range s.lab.HostIfaceNames() {
+		s.args = append(s.args, "--iface", i)
+	}
+	s.att = s.lab.Attacker()
+	dst := s.lab.HostIface("attacker").Addr4.Addr()
+	s.reaches = func() bool { return s.lab.Ping(s.att.NS, dst, 300*time.Millisecond) == nil }
+	s.c = api.NewClient(s.sock)
+	return s
+}
+
+// start starts snared with s.args in the host's namespace.
+func (s *hostSnared) start() (*netlab.Proc, error) {
+	return s.lab.StartShared(s.lab.Host.NS, s.bin, s.args...)
+}
+
+// run runs snared with the extra arguments (a subcommand, a flag) before s.args, in the host's
+// namespace, to its end.
+func (s *hostSnared) run(extra ...string) (string, error) {
+	return s.lab.RunShared(s.lab.Host.NS, s.bin, append(extra, s.args...)...)
+}
+
 // The real binary: runs on the lab host's interfaces, a second one on the same pins is refused
 // with a clear error and a non-zero exit, SIGHUP reloads, SIGTERM stops cleanly leaving the
 // blocks enforced, kill -9 loses nothing, and uninstall removes the program and pins.
@@ -269,28 +307,16 @@ func TestSnaredProcess(t *testing.T) {
 // keeps dropping meanwhile. --recover-store salvages the readable entries; after a reboot (pins
 // gone) the next start restores them into the kernel.
 func TestSnaredDamagedStore(t *testing.T) {
-	lab := testutil.NewLab(t, "attacker")
-	bin := buildSnared(t)
-	state := t.TempDir()
-	pins := filepath.Join(testutil.TempBPFFS(t), "pins")
-	sock := filepath.Join(state, "snare.sock")
-	db := filepath.Join(state, "snare.db")
-	args := []string{"--state-dir", state, "--socket", sock, "--bpffs", pins}
-	for _, i := range lab.HostIfaceNames() {
-		args = append(args, "--iface", i)
-	}
-	att := lab.Attacker()
-	dst := lab.HostIface("attacker").Addr4.Addr()
-	reaches := func() bool { return lab.Ping(att.NS, dst, 300*time.Millisecond) == nil }
-	c := api.NewClient(sock)
+	s := newHostSnared(t)
+	db := filepath.Join(s.state, "snare.db")
 	ctx := context.Background()
 
-	p, err := lab.StartShared(lab.Host.NS, bin, args...)
+	p, err := s.start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitSocket(t, c, p)
-	if _, err := c.Block(ctx, api.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
+	waitSocket(t, s.c, p)
+	if _, err := s.c.Block(ctx, api.BlockRequest{Targets: []string{s.att.Addr4().String()}}); err != nil {
 		t.Fatal(err)
 	}
 	// Enough rules for a store of many pages: 198.19.0.0 - 198.19.78.31.
@@ -299,13 +325,13 @@ func TestSnaredDamagedStore(t *testing.T) {
 	for i := range n {
 		fmt.Fprintf(&list, "198.19.%d.%d\n", i>>8, i&255)
 	}
-	if r, err := c.ImportStream(ctx, strings.NewReader(list.String()), int64(list.Len()), api.ImportRequest{}); err != nil || r.Imported != n {
+	if r, err := s.c.ImportStream(ctx, strings.NewReader(list.String()), int64(list.Len()), api.ImportRequest{}); err != nil || r.Imported != n {
 		t.Fatalf("import: %+v %v", r, err)
 	}
 	if err := p.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if reaches() {
+	if s.reaches() {
 		t.Fatal("blocked attacker reaches the host")
 	}
 	sound, err := os.ReadFile(db)
@@ -324,7 +350,7 @@ func TestSnaredDamagedStore(t *testing.T) {
 		} else {
 			testutil.DamageStorePage(t, db, middle)
 		}
-		out, err := lab.RunShared(lab.Host.NS, bin, args...)
+		out, err := s.run()
 		t.Logf("%s: %s", damage, out)
 		if err == nil || !strings.Contains(err.Error(), "exit status 1") {
 			t.Errorf("%s: snared did not exit 1: %v", damage, err)
@@ -337,12 +363,12 @@ func TestSnaredDamagedStore(t *testing.T) {
 		if strings.Contains(out, "panic") || strings.Contains(out, "goroutine") || strings.Count(out, "\n") != 1 {
 			t.Errorf("%s: want one line of message, no Go trace:\n%s", damage, out)
 		}
-		if reaches() {
+		if s.reaches() {
 			t.Fatalf("%s: the attacker reaches the host after the refused start", damage)
 		}
 	}
 
-	out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"--recover-store"}, args...)...)
+	out, err := s.run("--recover-store")
 	t.Logf("--recover-store: %s", out)
 	if err != nil {
 		t.Fatalf("--recover-store: %v", err)
@@ -352,34 +378,34 @@ func TestSnaredDamagedStore(t *testing.T) {
 		salvaged <= n-300 || salvaged > n || !strings.Contains(out, "lost: rules after 198.19.") || !strings.Contains(out, db+".corrupt-") {
 		t.Fatalf("--recover-store salvaged %d of %d (%v):\n%s", salvaged, n+1, err, out)
 	}
-	if out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"--recover-store"}, args...)...); err != nil || !strings.Contains(out, "nothing to recover") {
+	if out, err := s.run("--recover-store"); err != nil || !strings.Contains(out, "nothing to recover") {
 		t.Errorf("second --recover-store: %v\n%s", err, out)
 	}
 
 	// A reboot: the pins go, and the start rebuilds the kernel from the salvaged store.
-	if out, err := lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...); err != nil {
+	if out, err := s.run("uninstall"); err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}
-	if !reaches() {
+	if !s.reaches() {
 		t.Fatal("attacker still dropped with no program attached")
 	}
-	p, err = lab.StartShared(lab.Host.NS, bin, args...)
+	p, err = s.start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitSocket(t, c, p)
+	waitSocket(t, s.c, p)
 	defer func() {
 		p.Stop()
-		lab.RunShared(lab.Host.NS, bin, append([]string{"uninstall"}, args...)...)
+		s.run("uninstall")
 	}()
-	l, err := c.List(ctx)
+	l, err := s.c.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(l.Entries) != salvaged {
 		t.Errorf("restored %d entries, salvaged %d", len(l.Entries), salvaged)
 	}
-	if reaches() {
+	if s.reaches() {
 		t.Error("the salvaged block of the attacker is not enforced after the start")
 	}
 }
@@ -388,26 +414,14 @@ func TestSnaredDamagedStore(t *testing.T) {
 // naming the pin directory, both ABIs and the way out; it does not fall back to iptables, and
 // the pinned program keeps dropping what it held.
 func TestSnaredRefusesNewerPins(t *testing.T) {
-	lab := testutil.NewLab(t, "attacker")
-	bin := buildSnared(t)
-	state := t.TempDir()
-	pins := filepath.Join(testutil.TempBPFFS(t), "pins")
-	sock := filepath.Join(state, "snare.sock")
-	args := []string{"--state-dir", state, "--socket", sock, "--bpffs", pins}
-	for _, i := range lab.HostIfaceNames() {
-		args = append(args, "--iface", i)
-	}
-	att := lab.Attacker()
-	dst := lab.HostIface("attacker").Addr4.Addr()
-	reaches := func() bool { return lab.Ping(att.NS, dst, 300*time.Millisecond) == nil }
-	c := api.NewClient(sock)
+	s := newHostSnared(t)
 
-	p, err := lab.StartShared(lab.Host.NS, bin, args...)
+	p, err := s.start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitSocket(t, c, p)
-	if _, err := c.Block(context.Background(), api.BlockRequest{Targets: []string{att.Addr4().String()}}); err != nil {
+	waitSocket(t, s.c, p)
+	if _, err := s.c.Block(context.Background(), api.BlockRequest{Targets: []string{s.att.Addr4().String()}}); err != nil {
 		t.Fatal(err)
 	}
 	if err := p.Stop(); err != nil {
@@ -423,7 +437,7 @@ func TestSnaredRefusesNewerPins(t *testing.T) {
 	if err := m.Put(uint32(0), newer); err != nil {
 		t.Fatal(err)
 	}
-	abiPin := filepath.Join(pins, "abi")
+	abiPin := filepath.Join(s.pins, "abi")
 	if err := os.Remove(abiPin); err != nil {
 		t.Fatalf("no abi pin beside the maps: %v", err)
 	}
@@ -431,15 +445,15 @@ func TestSnaredRefusesNewerPins(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	out, err := lab.RunShared(lab.Host.NS, bin, args...)
+	out, err := s.run()
 	if err == nil || !strings.Contains(err.Error(), "exit status 1") {
 		t.Errorf("snared over a newer snare's pins did not exit 1: %v", err)
 	}
-	want := fmt.Sprintf("pinned maps at %s were made by a newer snare (ABI %d, this snared understands up to %d): run `snared uninstall` or the newer snared", pins, newer, bpf.SnareAbiSNARE_ABI)
+	want := fmt.Sprintf("pinned maps at %s were made by a newer snare (ABI %d, this snared understands up to %d): run `snared uninstall` or the newer snared", s.pins, newer, bpf.SnareAbiSNARE_ABI)
 	if !strings.Contains(out, want) || strings.Contains(out, "fallback") {
 		t.Errorf("snared's message:\n%s\nwant it to say: %s (and no fallback)", out, want)
 	}
-	if reaches() {
+	if s.reaches() {
 		t.Error("the pinned program stopped dropping the blocked attacker")
 	}
 }
